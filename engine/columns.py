@@ -9,6 +9,8 @@ import polars as pl
 # Devices the engine knows; the order is the integer code used inside arrays (-1 = unknown).
 DEVICES: tuple[str, ...] = ("tv", "mobile", "tablet", "web")
 TITLE_KINDS: tuple[str, ...] = ("movie", "series")
+# Age ratings (minimum viewer age): titles.maturity and users.maturity_max take these values.
+MATURITY_LEVELS: tuple[int, ...] = (0, 7, 13, 16, 18)
 TIMESTAMP = pl.Datetime("us", "UTC")
 
 # Table names = Parquet file stems inside a dataset directory.

@@ -1,0 +1,330 @@
+"""engine.movielens: each MovieLens layout converts to the documented dataset; broken input
+names the file and line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from engine.columns import SCHEMA, TITLES, USERS, Col
+from engine.dataset import Dataset
+from engine.errors import ImportFormatError
+from engine.movielens import detect_format, import_movielens
+from engine.validate import validate_directory
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures" / "movielens"
+
+
+def real_movielens_dir() -> Path:
+    """ml-latest-small: $ROWRANK_MOVIELENS_DIR, else shared/data beside the checkout."""
+    env = os.environ.get("ROWRANK_MOVIELENS_DIR")
+    if env:
+        return Path(env)
+    return ROOT.parent / "shared" / "data" / "ml-latest-small"
+
+
+def convert(name: str, out: Path) -> Dataset:
+    """Import a fixture and check the written directory passes `rowrank validate`."""
+    ds = import_movielens(FIXTURES / name, out)
+    read, problems = validate_directory(out)
+    assert problems == []
+    assert read is not None
+    for table, frame in ds.tables().items():
+        assert read.tables()[table].equals(frame)
+    return ds
+
+
+def title(ds: Dataset, title_id: str) -> dict[str, object]:
+    rows = ds.titles.filter(pl.col(Col.TITLE_ID) == title_id)
+    assert rows.height == 1
+    return rows.row(0, named=True)
+
+
+def at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [("ml-100k", "ml-100k"), ("ml-1m", "ml-1m"), ("ml-10m", "ml-10m"), ("ml-latest", "ml-latest")],
+)
+def test_detects_the_format_from_the_files(name: str, fmt: str) -> None:
+    assert detect_format(FIXTURES / name) == fmt
+
+
+def test_ml_latest(tmp_path: Path) -> None:
+    ds = convert("ml-latest", tmp_path)
+    assert (ds.plays.height, ds.users.height, ds.titles.height) == (12, 4, 8)
+    assert ds.source == "MovieLens ml-latest"
+    # Every rating is a finished play of unknown length on an unknown device.
+    assert ds.plays[Col.PROGRESS].unique().to_list() == [1.0]
+    assert ds.plays[Col.SECONDS_WATCHED].unique().to_list() == [0.0]
+    assert ds.plays[Col.DEVICE].null_count() == ds.plays.height
+    assert ds.plays.row(0, named=True) == {
+        Col.USER_ID: "1",
+        Col.TITLE_ID: "1",
+        Col.TS: at(964982703),
+        Col.DEVICE: None,
+        Col.SECONDS_WATCHED: 0.0,
+        Col.PROGRESS: 1.0,
+        Col.RATING: 4.0,
+    }
+    assert ds.plays[Col.RATING].to_list()[5] == 0.5
+    assert ds.clock == at(1445715000)  # the last rating
+
+    shawshank = title(ds, "318")
+    assert shawshank[Col.NAME] == "Shawshank Redemption, The"  # quoted CSV field, year removed
+    assert shawshank[Col.RELEASE_YEAR] == 1994
+    assert shawshank[Col.GENRES] == ["Crime", "Drama"]
+    assert shawshank[Col.TAGS] == ["prison", "Morgan Freeman"]  # most applied first
+    assert shawshank[Col.KIND] == "movie" and shawshank[Col.MATURITY] == 0
+    assert shawshank[Col.COUNTRIES] == [] and shawshank[Col.DURATION_MIN] is None
+    assert shawshank[Col.ADDED_AT] == at(964982400)  # its first rating
+
+    death_note = title(ds, "171749")
+    assert death_note[Col.NAME] == "Death Note: Desu nôto"
+    assert death_note[Col.RELEASE_YEAR] == 2006  # "(2006–2007)"
+    assert death_note[Col.GENRES] == []  # "(no genres listed)"
+    assert title(ds, "40697")[Col.RELEASE_YEAR] is None  # "Babylon 5" has no year
+    # Never rated, only tagged: added when first tagged.
+    innocents = title(ds, "1076")
+    assert innocents[Col.ADDED_AT] == at(986935500)
+    assert innocents[Col.TAGS] == ["creepy, atmospheric"]
+    assert title(ds, "2")[Col.TAGS] == []
+
+    users = ds.users.sort(Col.USER_ID)
+    assert users[Col.USER_ID].to_list() == ["1", "2", "3", "4"]
+    assert users[Col.CREATED_AT][1] == at(1445714835)  # user 2's first rating
+    assert users[Col.COUNTRY].null_count() == 4
+    assert users[Col.MATURITY_MAX].to_list() == [18] * 4
+
+
+def test_ml_100k(tmp_path: Path) -> None:
+    ds = convert("ml-100k", tmp_path)
+    assert (ds.plays.height, ds.users.height, ds.titles.height) == (12, 4, 7)
+    star_wars = title(ds, "50")
+    assert star_wars[Col.NAME] == "Star Wars"
+    assert star_wars[Col.RELEASE_YEAR] == 1977
+    assert star_wars[Col.GENRES] == ["Action", "Adventure", "Romance", "Sci-Fi", "War"]
+    assert title(ds, "1")[Col.GENRES] == ["Animation", "Children's", "Comedy"]
+    assert title(ds, "1300")[Col.NAME] == "Misérables, Les"  # latin-1 decoded
+    # The title's year wins over the (later) US release date; without one, the date's year.
+    assert title(ds, "1682")[Col.RELEASE_YEAR] == 1991
+    assert title(ds, "999")[Col.RELEASE_YEAR] == 1997
+    unknown = title(ds, "267")
+    assert unknown[Col.RELEASE_YEAR] is None and unknown[Col.GENRES] == []
+    assert Col.TAGS not in ds.titles.columns
+    # u.user columns are kept beside the schema's.
+    first = ds.users.row(0, named=True)
+    assert first == {
+        Col.USER_ID: "1",
+        Col.COUNTRY: None,
+        Col.MATURITY_MAX: 18,
+        Col.CREATED_AT: at(874965758),
+        "age": 24,
+        "gender": "M",
+        "occupation": "technician",
+        "zip_code": "85711",
+    }
+    assert ds.plays[Col.RATING].to_list()[:3] == [5.0, 3.0, 4.0]
+
+
+def test_ml_1m(tmp_path: Path) -> None:
+    ds = convert("ml-1m", tmp_path)
+    assert (ds.plays.height, ds.users.height, ds.titles.height) == (8, 3, 4)
+    assert title(ds, "73")[Col.NAME] == "Misérables, Les"
+    assert title(ds, "3952")[Col.RELEASE_YEAR] == 2000
+    assert title(ds, "2")[Col.GENRES] == ["Adventure", "Children's", "Fantasy"]
+    assert ds.users.columns[4:] == ["gender", "age", "occupation", "zip_code"]
+    assert ds.users.row(1, named=True)["age"] == 56
+    assert ds.clock == at(978824268)
+
+
+def test_ml_10m(tmp_path: Path) -> None:
+    ds = convert("ml-10m", tmp_path)
+    assert (ds.plays.height, ds.users.height, ds.titles.height) == (7, 3, 5)
+    assert ds.users.columns == [c.name for c in SCHEMA[USERS]]  # no users.dat
+    assert ds.plays[Col.RATING].to_list()[1] == 3.5
+    amelie = title(ds, "4973")
+    assert amelie[Col.RELEASE_YEAR] == 2001
+    assert amelie[Col.TAGS] == ["excellent!", "Paris"]
+    daisy = title(ds, "8606")
+    assert daisy[Col.GENRES] == []
+    # Rated exactly at the last rating time: added then, which is the clock.
+    assert daisy[Col.ADDED_AT] == ds.clock
+
+
+def test_import_is_byte_stable(tmp_path: Path) -> None:
+    import_movielens(FIXTURES / "ml-latest", tmp_path / "a")
+    import_movielens(FIXTURES / "ml-latest", tmp_path / "b")
+    for path in sorted((tmp_path / "a").iterdir()):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
+
+
+# ----- broken input ------------------------------------------------------------------------------
+
+
+def test_missing_movies_file() -> None:
+    with pytest.raises(ImportFormatError, match=r"missing-movies/movies\.csv: file is missing"):
+        import_movielens(FIXTURES / "broken" / "missing-movies", Path("/nonexistent/out"))
+
+
+def test_bad_line_names_file_and_line() -> None:
+    with pytest.raises(ImportFormatError) as info:
+        import_movielens(FIXTURES / "broken" / "bad-line", Path("/nonexistent/out"))
+    assert str(info.value).endswith(
+        "bad-line/ratings.csv: line 4: movieId 'abc' is not an integer: '2,abc,4.0,964982900'"
+    )
+
+
+def test_ragged_line_names_file_and_line() -> None:
+    with pytest.raises(ImportFormatError) as info:
+        import_movielens(FIXTURES / "broken" / "ragged-dat", Path("/nonexistent/out"))
+    assert str(info.value).endswith(
+        "ragged-dat/ratings.dat: line 3: expected 4 fields, found 5: '1::1::3::978824400::extra'"
+    )
+
+
+def broken_copy(tmp_path: Path, name: str, file: str, lines: dict[int, str]) -> Path:
+    """A copy of a fixture with some lines (numbered from 1) replaced; "" deletes nothing but
+    leaves an empty line."""
+    src = tmp_path / name
+    shutil.copytree(FIXTURES / name, src)
+    path = src / file
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape").split("\n")
+    for number, line in lines.items():
+        text[number - 1] = line
+    path.write_bytes("\n".join(text).encode("utf-8", errors="surrogateescape"))
+    return src
+
+
+@pytest.mark.parametrize(
+    ("name", "file", "lines", "expected"),
+    [
+        (
+            "ml-latest",
+            "ratings.csv",
+            {3: "1,47,5.0"},
+            "ratings.csv: line 3: timestamp is missing: '1,47,5.0'",
+        ),
+        ("ml-latest", "ratings.csv", {5: ""}, "ratings.csv: line 5: empty line: ''"),
+        (
+            "ml-latest",
+            "ratings.csv",
+            {1: "user,movie,rating,timestamp"},
+            "ratings.csv: line 1: expected the header userId,movieId,rating,timestamp",
+        ),
+        (
+            "ml-latest",
+            "ratings.csv",
+            {7: "3,999,3.0,1306463600"},
+            "ratings.csv: line 7: movie id 999 is not in movies.csv (1 such line)",
+        ),
+        (
+            "ml-latest",
+            "movies.csv",
+            {4: "1,Toy Story again (1995),Comedy"},
+            "movies.csv: line 4: movie id 1 appears twice",
+        ),
+        (
+            "ml-latest",
+            "tags.csv",
+            {2: "2,318,prison,soon"},
+            "tags.csv: line 2: timestamp 'soon' is not an integer",
+        ),
+        (
+            "ml-latest",
+            "ratings.csv",
+            {2: "1,1,four,964982703"},
+            "ratings.csv: line 2: rating 'four' is not a number",
+        ),
+        ("ml-1m", "users.dat", {2: "2::M::old::16::70072"}, "users.dat: line 2: age 'old'"),
+        (
+            "ml-1m",
+            "ratings.dat",
+            {4: "9::3952::3::978299026"},
+            "ratings.dat: line 4: user id 9 is not in users.dat",
+        ),
+        (
+            "ml-100k",
+            "u.data",
+            {6: "3\t50\t2"},
+            "u.data: line 6: timestamp is missing: '3\\t50\\t2'",
+        ),
+        (
+            "ml-100k",
+            "u.item",
+            {2: "2|GoldenEye (1995)|soon||url|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0"},
+            "u.item: line 2: bad date",
+        ),
+        (
+            "ml-100k",
+            "u.item",
+            {2: "2|GoldenEye (1995)|01-Jan-1995||url|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|2|0|0"},
+            "u.item: line 2: genre flags must be 0 or 1",
+        ),
+    ],
+)
+def test_malformed_lines(
+    tmp_path: Path, name: str, file: str, lines: dict[int, str], expected: str
+) -> None:
+    src = broken_copy(tmp_path, name, file, lines)
+    with pytest.raises(ImportFormatError) as info:
+        import_movielens(src, tmp_path / "out")
+    assert str(info.value).startswith(str(src / file))
+    assert expected in str(info.value)
+    assert not (tmp_path / "out").exists()  # nothing written on failure
+
+
+def test_missing_users_file_of_ml_100k(tmp_path: Path) -> None:
+    src = tmp_path / "ml-100k"
+    shutil.copytree(FIXTURES / "ml-100k", src)
+    (src / "u.user").unlink()
+    with pytest.raises(ImportFormatError, match=r"u\.user: file is missing"):
+        import_movielens(src, tmp_path / "out")
+
+
+def test_no_movielens_files(tmp_path: Path) -> None:
+    with pytest.raises(ImportFormatError, match="no MovieLens ratings file found"):
+        import_movielens(tmp_path, tmp_path / "out")
+    with pytest.raises(ImportFormatError, match="no such directory"):
+        import_movielens(tmp_path / "nowhere", tmp_path / "out")
+
+
+def test_ratings_without_rows(tmp_path: Path) -> None:
+    src = tmp_path / "ml-latest"
+    shutil.copytree(FIXTURES / "ml-latest", src)
+    (src / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+    with pytest.raises(ImportFormatError, match="holds no ratings"):
+        import_movielens(src, tmp_path / "out")
+
+
+# ----- the real thing ----------------------------------------------------------------------------
+
+
+def test_real_ml_latest_small(tmp_path: Path) -> None:
+    src = real_movielens_dir()
+    if not (src / "ratings.csv").is_file():
+        pytest.skip(
+            f"MovieLens ml-latest-small not found at {src} (set ROWRANK_MOVIELENS_DIR to "
+            "an unzipped copy from https://grouplens.org/datasets/movielens/)"
+        )
+    ds = import_movielens(src, tmp_path)
+    read, problems = validate_directory(tmp_path)
+    assert problems == []
+    assert read is not None
+    assert read.plays.height == 100_836
+    assert read.users.height == 610
+    assert read.titles.height == 9_742
+    assert read.clock == at(1537799250)
+    assert title(read, "1")[Col.NAME] == "Toy Story"
+    assert ds.titles.filter(pl.col(Col.RELEASE_YEAR).is_null()).height < 20
+    # Titles never rated take their first tag time; none may be later than the clock.
+    assert read.titles[Col.ADDED_AT].max() <= read.clock  # type: ignore[operator]
+    assert TITLES in read.tables()
