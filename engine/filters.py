@@ -1,0 +1,104 @@
+"""Business filters, applied to every candidate row of a request (the filters stage).
+
+In this order, each title is removed by the first filter that rejects it:
+
+    unavailable   not licensed in the member's country (History.available_in)
+    maturity      rated above the member's limit (History.user_maturity_max)
+    finished      already watched to FINISHED_PROGRESS (History.finished), except in rows of
+                  rankers with `keeps_finished` (Watch again)
+
+The country is the request's, else the member's; with neither, only titles available everywhere
+pass. A member unknown to the history (cold start) gets UNKNOWN_USER_MATURITY_MAX: we do not
+know whose profile it is, so nothing rated above 13 is shown until we do.
+
+Filters never remove a row, even when it ends empty: dropping short rows is the assembly's
+business. What was removed is returned too, so a page can explain itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.candidates import CandidateRow, Ranker
+from engine.context import RequestContext
+from engine.history import History
+
+FILTERS: tuple[str, ...] = ("unavailable", "maturity", "finished")
+UNKNOWN_USER_MATURITY_MAX = 13
+
+
+@dataclass(frozen=True)
+class Removed:
+    """Titles one row lost, per filter (int32 title indices, in the row's order)."""
+
+    row_id: str
+    by_filter: dict[str, np.ndarray]
+
+    def counts(self) -> dict[str, int]:
+        return {f: len(t) for f, t in self.by_filter.items()}
+
+    @property
+    def total(self) -> int:
+        return sum(len(t) for t in self.by_filter.values())
+
+
+@dataclass(frozen=True)
+class RequestMasks:
+    """Per-title rejection masks for one request (True = the filter removes the title)."""
+
+    unavailable: np.ndarray
+    maturity: np.ndarray
+    finished: np.ndarray
+    country: str
+    maturity_max: int
+
+
+def request_masks(request: RequestContext, history: History) -> RequestMasks:
+    """The three masks for this member, country and catalog: computed once per request."""
+    user = history.user_index(request.user_id)
+    country = request.country or (str(history.user_country[user]) if user >= 0 else "")
+    limit = int(history.user_maturity_max[user]) if user >= 0 else UNKNOWN_USER_MATURITY_MAX
+    finished = np.zeros(history.n_titles, dtype=bool)
+    finished[history.finished(user)] = True
+    return RequestMasks(
+        unavailable=~history.available_in(country),
+        maturity=history.maturity > limit,
+        finished=finished,
+        country=country,
+        maturity_max=limit,
+    )
+
+
+def apply_filters(
+    rows: Sequence[CandidateRow],
+    request: RequestContext,
+    history: History,
+    rankers: Mapping[str, Ranker],
+) -> tuple[list[CandidateRow], dict[str, Removed]]:
+    """Filter every row; returns the rows (same order, titles in the same order, none dropped)
+    and, per row id, what each filter removed. `rankers` maps instance names to rankers; a row
+    of an instance not in it is treated as not keeping finished titles."""
+    masks = request_masks(request, history)
+    kept: list[CandidateRow] = []
+    removed: dict[str, Removed] = {}
+    for row in rows:
+        ranker = rankers.get(row.ranker)
+        keeps_finished = bool(getattr(ranker, "keeps_finished", False))
+        t = row.titles
+        unavailable = masks.unavailable[t]
+        maturity = masks.maturity[t] & ~unavailable
+        finished = (
+            np.zeros(len(t), dtype=bool)
+            if keeps_finished
+            else masks.finished[t] & ~unavailable & ~maturity
+        )
+        drop = unavailable | maturity | finished
+        kept.append(row.take(~drop) if drop.any() else row)
+        removed[row.row_id] = Removed(
+            row.row_id,
+            {"unavailable": t[unavailable], "maturity": t[maturity], "finished": t[finished]},
+        )
+    return kept, removed

@@ -1,0 +1,184 @@
+"""Trending Now: what members are playing right now, in the member's country.
+
+Each play before the history cut-off counts 2^(-age / half_life) (age measured at the cut-off),
+so a spike in the last hours outweighs last week's hit: with a 24 h half-life a play from 3 hours
+ago counts 0.92, one from 3 days ago 0.125. The popularity is kept per country and globally; a
+member's row blends the two, trusting the country in proportion to how much it has played
+lately (a country with little recent data falls back to the global trend). A light personal
+touch multiplies each title by (1 + personalization x the member's share of plays in its genres).
+
+Two instances with different half-lives (e.g. 24 h and 7 d) are normal. Scores are decayed on
+to the request time, so they shrink as the model ages: the same order, but a page model sees a
+stale trend as a weaker one. Nothing at or after the cut-off is ever read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+from pydantic import Field
+
+from engine.candidates import CandidateRow, RankerConfig
+from engine.context import RequestContext
+from engine.errors import ModelLoadError
+from engine.history import History
+from rankers._common import (
+    check_fitted,
+    history_fingerprint,
+    load_state,
+    make_row,
+    save_state,
+    top_k,
+)
+
+STATE_VERSION = 1
+_US_PER_HOUR = 3_600_000_000
+
+
+class TrendingConfig(RankerConfig):
+    """Keys of a `type = "trending"` instance."""
+
+    # A play's weight halves every half_life_hours: 24 reacts within hours, 168 is "this week".
+    half_life_hours: float = Field(default=24.0, gt=0)
+    # Titles proposed; filters and dedupe trim the row later.
+    max_titles: int = Field(default=40, ge=1)
+    # Weight of the member's country against the world, at full trust in the country's data.
+    country_weight: float = Field(default=0.6, ge=0, le=1)
+    # Decayed plays at which a country earns half of country_weight (shrinkage for small ones).
+    country_prior_plays: float = Field(default=30.0, ge=0)
+    # A title is multiplied by (1 + personalization x the member's share of plays in its genres).
+    personalization: float = Field(default=0.3, ge=0)
+    # Decayed plays below which a title is not trending at all.
+    min_score: float = Field(default=0.05, ge=0)
+    label: str = "Trending Now"
+
+
+class TrendingRanker:
+    """One row of titles with the most decayed plays in the member's country and worldwide."""
+
+    type_name = "trending"
+    Config = TrendingConfig
+    keeps_finished = False
+
+    def __init__(self, name: str, config: TrendingConfig) -> None:
+        self.name = name
+        self.config = config
+
+    def fit(self, history: History) -> Self:
+        c = self.config
+        age_h = (history.cutoff_us - history.play_ts).astype(np.float64) / _US_PER_HOUR
+        weight = np.exp2(-np.maximum(age_h, 0.0) / c.half_life_hours)
+        countries, code = np.unique(history.user_country[history.play_user], return_inverse=True)
+        n_t = history.n_titles
+        flat = code.astype(np.int64) * n_t + history.play_title
+        per_country = np.bincount(flat, weights=weight, minlength=len(countries) * n_t)
+        self.countries_ = countries.astype(str)
+        self.country_counts_ = per_country.reshape(len(countries), n_t)
+        self.global_counts_ = self.country_counts_.sum(axis=0)
+        self.history_ = history_fingerprint(history)
+        self._prepare()
+        return self
+
+    def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
+        check_fitted(self, "global_counts_")
+        c = self.config
+        user = history.user_index(request.user_id)
+        country = request.country or (str(history.user_country[user]) if user >= 0 else "")
+        short, base, trust = self.short_lists_.get(country) or self.short_lists_[""]
+        if len(short) == 0:
+            return []
+        score = base * (1.0 + c.personalization * _genre_affinity(history, user, short))
+        order = top_k(score, c.max_titles)
+        hours = max(request.at_us - history.cutoff_us, 0) / _US_PER_HOUR
+        scores = score[order] * np.exp2(-hours / c.half_life_hours)
+        evidence = {"country": country, "country_trust": round(trust, 3), "age_hours": hours}
+        return [
+            make_row(
+                ranker=self.name,
+                kind=self.type_name,
+                title=c.label,
+                titles=short[order],
+                scores=scores,
+                evidence=evidence,
+            )
+        ]
+
+    def _prepare(self) -> None:
+        """Per country (and "" = the world), the titles that can make the row, precomputed.
+
+        Personalization multiplies a score by at most (1 + personalization), so a title whose
+        base score is below the k-th best divided by that factor can never reach the top k:
+        the short list keeps exactly the others (the request then only personalizes those)."""
+        c = self.config
+        self.short_lists_: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+        for country in ["", *self.countries_.tolist()]:
+            base, trust = self._blend(country)
+            cand = np.flatnonzero(base >= c.min_score)
+            best = top_k(base, c.max_titles, cand)
+            if len(best) == c.max_titles:
+                reach = base[best[-1]] / (1.0 + c.personalization)
+                cand = cand[base[cand] >= reach]
+            short = top_k(base, len(cand), cand)
+            self.short_lists_[country] = (short.astype(np.int32), base[short], trust)
+
+    def _blend(self, country: str) -> tuple[np.ndarray, float]:
+        """Decayed plays: the world's, pulled toward the country's in proportion to its data."""
+        c = self.config
+        glob = self.global_counts_
+        pos = int(np.searchsorted(self.countries_, country))
+        if not country or pos >= len(self.countries_) or self.countries_[pos] != country:
+            return glob, 0.0
+        local = self.country_counts_[pos]
+        mass, g_mass = float(local.sum()), float(glob.sum())
+        if mass <= 0 or g_mass <= 0:
+            return glob, 0.0
+        trust = c.country_weight * mass / (mass + c.country_prior_plays)
+        # Blend shares, then scale back to world play counts so min_score keeps its meaning.
+        return ((1 - trust) * glob / g_mass + trust * local / mass) * g_mass, trust
+
+    def save(self, directory: Path) -> None:
+        check_fitted(self, "global_counts_")
+        save_state(
+            directory,
+            type_name=self.type_name,
+            version=STATE_VERSION,
+            history=self.history_,
+            arrays={"countries": self.countries_, "country_counts": self.country_counts_},
+            meta={"half_life_hours": self.config.half_life_hours},
+        )
+
+    def load(self, directory: Path, history: History) -> Self:
+        arrays, meta = load_state(
+            directory,
+            type_name=self.type_name,
+            version=STATE_VERSION,
+            history=history,
+            arrays=("countries", "country_counts"),
+        )
+        if meta.get("half_life_hours") != self.config.half_life_hours:
+            raise ModelLoadError(
+                f"{directory}: {self.name} was fitted with half_life_hours="
+                f"{meta.get('half_life_hours')}, the config says {self.config.half_life_hours}: "
+                "retrain, or restore the config the model was trained with."
+            )
+        self.countries_ = arrays["countries"].astype(str)
+        self.country_counts_ = arrays["country_counts"].astype(np.float64)
+        self.global_counts_ = self.country_counts_.sum(axis=0)
+        self.history_ = history_fingerprint(history)
+        self._prepare()
+        return self
+
+
+def _genre_affinity(history: History, user: int, titles: np.ndarray) -> np.ndarray:
+    """Per title, the member's share of plays in that title's genres, averaged over its genres
+    (so a title in many genres is not favoured for that alone); 0 for new members."""
+    if user < 0 or history.title_genres.shape[1] == 0:
+        return np.zeros(len(titles))
+    played = history.play_title[history.user_plays(user)]
+    if len(played) == 0:
+        return np.zeros(len(titles))
+    share = history.title_genres[played].sum(axis=0) / len(played)
+    genres = history.title_genres[titles]
+    return np.asarray((genres @ share) / np.maximum(genres.sum(axis=1), 1), dtype=np.float64)
