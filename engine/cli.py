@@ -63,6 +63,58 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="keep the demo's files here instead of a temporary directory")
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    # Defined here, not in engine.serve, so `rowrank --help` does not import starlette.
+    p.add_argument("model_dir", help="model directory written by `rowrank train`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--log-impressions", metavar="DIR", help="log served pages as impressions")
+    p.add_argument(
+        "--log-scope",
+        choices=["visible", "page"],
+        default="visible",
+        help="impressions: what the device shows (default) or the whole page",
+    )
+    p.add_argument(
+        "--models-root",
+        help="reloads may load only below this directory (default: the parent of MODEL_DIR)",
+    )
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data_dir", help="dataset directory (rowrank simulate / import)")
+    p.add_argument("model_dir", help="model directory to write (replaced if it is one)")
+    p.add_argument("--config", help="engine config TOML (default: the built-in one)")
+    p.add_argument("--until", help="cut-off, ISO 8601 (default: the dataset's clock)")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from engine.train import main_train
+
+    return main_train(args.data_dir, args.model_dir, args.config, args.until)
+
+
+def _page_args(p: argparse.ArgumentParser) -> None:
+    # No argparse `choices` for the device: a bad value is a one-line error with exit 2.
+    p.add_argument("model_dir", help="model directory written by `rowrank train`")
+    p.add_argument("--user", required=True, help="user id (unknown ids get a cold-start page)")
+    p.add_argument("--device", default="tv", help="tv, mobile, tablet or web (default tv)")
+    p.add_argument("--at", help="request time, ISO 8601 (default: now)")
+    p.add_argument("--country", help="country code (default: the member's)")
+
+
+def _cmd_page(args: argparse.Namespace) -> int:
+    import engine
+    from engine.context import parse_device, parse_time
+
+    device = parse_device(args.device)  # validate the request before loading anything
+    at = parse_time(args.at) if args.at is not None else None
+    page = engine.load(Path(args.model_dir)).page(args.user, device, at, args.country)
+    sys.stdout.buffer.write(page.to_json() + b"\n")
+    return EXIT_OK
+
+
 # (name, one-line help, example, add arguments, run)
 COMMANDS: list[Command] = [
     (
@@ -85,6 +137,48 @@ COMMANDS: list[Command] = [
         "rowrank demo",
         _demo_args,
         _cmd_demo,
+    ),
+    (
+        "simulate",
+        "Generate a simulated streaming world: a dataset plus its ground truth.",
+        "rowrank simulate data/sim --users 5000 --titles 2000 --days 60 --seed 0",
+        lambda p: __import__("engine.simulate").simulate.add_arguments(p),
+        lambda args: __import__("engine.simulate").simulate.cli(args),
+    ),
+    (
+        "train",
+        "Fit the rankers and the page model on a dataset; write a model directory.",
+        "rowrank train data/sim models/demo",
+        _train_args,
+        _cmd_train,
+    ),
+    (
+        "page",
+        "Print one member's homepage as JSON (the bytes engine.load(d).page(...) gives).",
+        "rowrank page models/demo --user u00042 --device mobile --at 2025-03-06T22:00:00",
+        _page_args,
+        _cmd_page,
+    ),
+    (
+        "precompute",
+        "Precompute every user's pages into sharded files (local cores or Dask); resumable.",
+        "rowrank precompute models/demo out/pages --device tv --device mobile --workers 2",
+        lambda p: __import__("engine.precompute").precompute.add_arguments(p),
+        lambda args: __import__("engine.precompute").precompute.cli(args),
+    ),
+    (
+        "bench",
+        "Train and compare engine variants offline and in a simulated A/B test; write reports.",
+        "rowrank bench bench/variants/page_model.toml --out bench/results/page_model",
+        lambda p: __import__("engine.benchmark").benchmark.add_arguments(p),
+        lambda args: __import__("engine.benchmark").benchmark.cli(args),
+    ),
+    (
+        "serve",
+        "Serve pages over HTTP: JSON API, HTML preview, /metrics, model hot swap.",
+        "rowrank serve models/demo --port 8000 --workers 2",
+        _serve_args,
+        lambda args: __import__("engine.serve").serve.run_cli(args),
     ),
 ]
 
