@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 
 def load(model_dir: str | PathLike[str]) -> Engine:
-    """Load a model directory written by `rowrank train`: `load(d).page(user_id, device=..., at=...)`."""
+    """Load a model directory written by `rowrank train`; then `.page(user_id, device=, at=)`."""
     from engine.pipeline import load as _load
 
     return _load(Path(model_dir))

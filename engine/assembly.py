@@ -362,6 +362,30 @@ def score_rows_by_top_titles(k: int) -> RowScorer:
     return score
 
 
+def score_rows_by_template(template: Sequence[str], k: int) -> RowScorer:
+    """A fixed editorial order of row kinds instead of the row model: a row's score is set by
+    the template slot it would take (the next unused slot of its kind; kinds not in the template
+    come after every slot), ties broken by the mean of its first `k` title scores (squashed
+    into (-1, 1) so they never cross a slot)."""
+    slots: dict[str, list[int]] = {}
+    for i, kind in enumerate(template):
+        slots.setdefault(kind, []).append(i)
+    last = len(template)
+
+    def score(placed: Sequence[CandidateRow], rows: Sequence[CandidateRow]) -> np.ndarray:
+        used = Counter(r.kind for r in placed)
+        out = np.empty(len(rows))
+        for j, r in enumerate(rows):
+            own = slots.get(r.kind, [])
+            slot = own[used[r.kind]] if used[r.kind] < len(own) else last
+            head = r.scores[:k]
+            tie = float(np.tanh(head.mean())) if len(head) else -1.0
+            out[j] = 10.0 * (last - slot) + tie
+        return out
+
+    return score
+
+
 def _head(row: CandidateRow, n: int) -> CandidateRow:
     # Built directly rather than with dataclasses.replace: this runs for every long row.
     progress = None if row.progress is None else row.progress[:n]

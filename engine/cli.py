@@ -4,11 +4,12 @@ lazy so `rowrank --help` stays fast."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from engine.errors import DataError, RowrankError
+from engine.errors import BadRequestError, DataError, RowrankError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -41,7 +42,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
 
-    return run_demo(out=Path(args.out) if args.out else None)
+    return run_demo(out=Path(args.out) if args.out else None, quick=args.quick)
 
 
 Command = tuple[str, str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
@@ -61,6 +62,7 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="keep the demo's files here instead of a temporary directory")
+    p.add_argument("--quick", action="store_true", help="a tiny world and small models (seconds)")
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -92,6 +94,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from engine.train import main_train
 
+    if Path(args.model_dir).exists() and not Path(args.model_dir).is_dir():
+        # Checked before minutes of fitting (engine.train would fail only when writing).
+        raise BadRequestError(f"{args.model_dir} exists and is not a directory: choose a model dir")
     return main_train(args.data_dir, args.model_dir, args.config, args.until)
 
 
@@ -110,6 +115,11 @@ def _cmd_page(args: argparse.Namespace) -> int:
 
     device = parse_device(args.device)  # validate the request before loading anything
     at = parse_time(args.at) if args.at is not None else None
+    if args.country is not None and not re.fullmatch(r"[A-Z]{2}", args.country):
+        # The same rule and words as the HTTP API (engine.serve.COUNTRY_RE).
+        raise BadRequestError(
+            f"country {args.country!r} is not a two-letter upper-case ISO 3166 code (e.g. US, DE)"
+        )
     page = engine.load(Path(args.model_dir)).page(args.user, device, at, args.country)
     sys.stdout.buffer.write(page.to_json() + b"\n")
     return EXIT_OK
@@ -133,7 +143,7 @@ COMMANDS: list[Command] = [
     ),
     (
         "demo",
-        "Run the main job end to end on the built-in default data.",
+        "Simulate a world, train the engine, print one member's pages in four contexts.",
         "rowrank demo",
         _demo_args,
         _cmd_demo,
@@ -169,7 +179,7 @@ COMMANDS: list[Command] = [
     (
         "bench",
         "Train and compare engine variants offline and in a simulated A/B test; write reports.",
-        "rowrank bench bench/variants/page_model.toml --out bench/results/page_model",
+        "rowrank bench bench/variants/simulated.toml",
         lambda p: __import__("engine.benchmark").benchmark.add_arguments(p),
         lambda args: __import__("engine.benchmark").benchmark.cli(args),
     ),

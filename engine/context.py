@@ -54,4 +54,12 @@ def parse_time(value: str) -> datetime:
         raise BadRequestError(
             f"malformed time {value!r}: use ISO 8601, e.g. 2026-11-27T21:00:00+01:00"
         ) from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+    try:
+        # Pages carry the time in UTC: 9999-12-31T23:59-12:00 parses but has no UTC year.
+        ts.astimezone(UTC)
+    except OverflowError:
+        raise BadRequestError(
+            f"time {value!r} is out of range: in UTC it falls outside the years 1 to 9999"
+        ) from None
+    return ts

@@ -7,6 +7,7 @@ handed to every ranker, so no ranker keeps its own copy of anyone's plays.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -20,6 +21,10 @@ import polars as pl
 from engine.columns import DEVICES, TITLE_KINDS, Col
 from engine.dataset import Dataset, to_utc
 from engine.errors import ModelLoadError
+
+# What reading a saved history can raise: a cut or damaged .npz gives BadZipFile or EOFError,
+# which are not OSError.
+_UNREADABLE = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, orjson.JSONDecodeError)
 
 # A play that reached this far counts as finished: such titles leave most rows.
 FINISHED_PROGRESS = 0.9
@@ -235,9 +240,13 @@ class History:
     def load(cls, directory: Path) -> History:
         try:
             meta = orjson.loads((directory / "history.json").read_bytes())
-            with np.load(directory / "history.npz", allow_pickle=False) as npz:
+            # Our own handle: np.load leaks the one it opens when the zip is unreadable.
+            with (
+                (directory / "history.npz").open("rb") as f,
+                np.load(f, allow_pickle=False) as npz,
+            ):
                 arrays = {name: npz[name] for name in cls._ARRAYS}
-        except (OSError, KeyError, ValueError, orjson.JSONDecodeError) as exc:
+        except _UNREADABLE as exc:
             raise ModelLoadError(f"cannot read the history in {directory}: {exc}") from exc
         if meta.get("version") != HISTORY_VERSION:
             raise ModelLoadError(

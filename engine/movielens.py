@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +25,9 @@ from typing import NoReturn
 import polars as pl
 
 from engine.columns import STR_LIST, TIMESTAMP, Col
+from engine.dataset import MANIFEST as DATASET_MANIFEST
 from engine.dataset import Dataset, save_dataset
-from engine.errors import DataError, ImportFormatError
+from engine.errors import ConfigError, DataError, ImportFormatError
 
 DOWNLOAD = "https://grouplens.org/datasets/movielens/"
 # ml-100k's u.item genre flags, in file order (the same list as its u.genre).
@@ -40,6 +44,8 @@ USER_MATURITY_MAX = 18
 # Internal separator for `::` files: polars separators are one byte; 0x1F (unit separator) is
 # never found in MovieLens text.
 _UNIT_SEP = "\x1f"
+# 9999-12-31T23:59:59Z, the last second Python's datetime holds.
+MAX_TIMESTAMP_S = 253_402_300_799
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ def import_movielens(src: Path, out: Path) -> Dataset:
     ratings = _read(src, ratings_spec)
     if ratings.height == 0:
         raise ImportFormatError(f"{src / ratings_spec.file}: holds no ratings")
+    _check_times(src, ratings_spec, ratings)
     movies = _movies_100k(src) if movies_spec is U_ITEM else _movies_titled(src, movies_spec)
     _check_known(src, ratings_spec, ratings, "movie", movies_spec, movies)
     users_extra = None
@@ -175,8 +182,36 @@ def import_movielens(src: Path, out: Path) -> Dataset:
     problems = validate_dataset(ds)
     if problems:
         raise DataError(problems)
-    save_dataset(ds, Path(out))
+    _save_replacing(ds, Path(out))
     return ds
+
+
+def _save_replacing(ds: Dataset, out: Path) -> None:
+    """Write the dataset beside `out`, then swap it in: a failed import leaves `out` as it was,
+    and no file of a dataset `out` held before (its impressions, say) survives into this one."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory: choose a dataset directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / DATASET_MANIFEST).is_file():
+        raise ConfigError(
+            f"{out} is not empty and is not a rowrank dataset directory (no {DATASET_MANIFEST}): "
+            "refusing to replace it; choose a new or empty directory"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkdtemp: its mode 0700 would become the dataset directory's.
+    tmp = out.with_name(f".{out.name}.import-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        save_dataset(ds, tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # ----- reading -----------------------------------------------------------------------------------
@@ -346,6 +381,23 @@ def _check_known(
         )
 
 
+def _check_times(src: Path, spec: _Spec, frame: pl.DataFrame) -> None:
+    """Timestamps are seconds since 1970 (UTC); one before 1970 or past the year 9999 is a
+    broken line, not a time (and would overflow every date type downstream)."""
+    bad = (~frame["timestamp"].is_between(0, MAX_TIMESTAMP_S)).arg_true()
+    if bad.len():
+        row = int(bad[0])
+        line = row + (2 if spec.header is not None else 1)
+        path = src / spec.file
+        _fail(
+            path,
+            line,
+            f"timestamp {frame['timestamp'][row]} is out of range: seconds since "
+            f"1970-01-01 UTC must be within [0, {MAX_TIMESTAMP_S}] (year 9999)",
+            _line_at(path, line),
+        )
+
+
 # ----- movies and tags ---------------------------------------------------------------------------
 
 
@@ -400,6 +452,7 @@ def _movies_100k(src: Path) -> pl.DataFrame:
 def _tags(src: Path, spec: _Spec, movies_spec: _Spec, movies: pl.DataFrame) -> pl.DataFrame:
     """Tag applications (movie, tag, ts), tags stripped, empty ones dropped."""
     raw = _read(src, spec)
+    _check_times(src, spec, raw)
     _check_known(src, spec, raw, "movie", movies_spec, movies)
     return raw.select(
         "movie", pl.col("tag").str.strip_chars(), pl.col("timestamp").alias("ts")

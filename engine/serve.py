@@ -368,15 +368,25 @@ class ModelHolder:
         if not isinstance(requested, str) or not requested or "\x00" in requested:
             raise ApiError(400, "bad_model_dir", f"model_dir must be a path, got {requested!r}")
         path = Path(requested)
-        path = (path if path.is_absolute() else self.root / path).resolve()
-        if not path.is_relative_to(self.root):
+        try:
+            path = (path if path.is_absolute() else self.root / path).resolve()
+            inside = path.is_relative_to(self.root)
+            is_dir = inside and path.is_dir()  # nothing outside the root is even looked at
+        except (OSError, RuntimeError) as exc:  # a name too long; a symlink loop (RuntimeError)
+            shown = requested if len(requested) <= 200 else requested[:200] + "..."
+            raise ApiError(
+                400,
+                "bad_model_dir",
+                f"model_dir {shown!r} cannot be resolved: {getattr(exc, 'strerror', None) or exc}",
+            ) from None
+        if not inside:
             raise ApiError(
                 400,
                 "model_dir_outside_root",
                 f"model_dir {requested!r} resolves outside the models root {self.root}; "
                 "only directories inside it can be loaded",
             )
-        if not path.is_dir():
+        if not is_dir:
             raise ApiError(
                 422, "model_dir_not_found", f"model_dir {requested!r} is not a directory"
             )
@@ -762,9 +772,10 @@ async def preview_form(request: Request) -> Response:
 
 async def preview(request: Request) -> Response:
     svc = _service(request)
-    q = parse_query(request, blank_is_absent=True)
     user_id = request.path_params["user_id"]
-    try:
+    q: dict[str, str] = {}
+    try:  # every error of this route is the HTML form with the message (openapi.json)
+        q = parse_query(request, blank_is_absent=True)
         req = parse_fields(user_id, q, "query")
         eng = svc.holder.require()
         built: Built = await _build(svc, partial(svc.build, eng, req, log_impression=False))

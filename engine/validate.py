@@ -246,7 +246,13 @@ def _read_manifest(directory: Path, problems: list[str]) -> tuple[datetime, str]
         problems.append(
             f"{MANIFEST}: clock {raw!r} has no time zone; write it in UTC with +00:00 or Z"
         )
-    return to_utc(clock), source
+    try:
+        return to_utc(clock), source
+    except OverflowError:
+        problems.append(
+            f"{MANIFEST}: clock {raw!r} is out of range: in UTC it falls outside the years 1-9999"
+        )
+        return now, source
 
 
 def _empty_dataset() -> Dataset:
@@ -313,7 +319,12 @@ def _rows_message(
     rows = mask.arg_true().head(MAX_EXAMPLES).to_list()
     shown = list(dict.fromkeys([*KEY_COLUMNS[table], *columns]))
     shown = [c for c in shown if c in frame.columns]
-    sample = frame[rows].select(shown).to_dicts()
+    picked = frame[rows].select(shown)
+    try:
+        sample = picked.to_dicts()
+    except (OverflowError, ValueError):
+        # A time outside Python's years 1-9999 (a unit mix-up, usually): polars' text of it.
+        sample = picked.with_columns(pl.col(pl.Datetime).dt.to_string()).to_dicts()
     examples = ", ".join(
         f"row {r} (" + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()) + ")"
         for r, values in zip(rows, sample, strict=True)

@@ -77,13 +77,14 @@ def test_import_broken_source_names_file_and_line(
 def test_demo_runs_offline_and_keeps_files_with_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["demo"]) == EXIT_OK
-    assert "titles 8, users 4, plays 12" in capsys.readouterr().out
-
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == EXIT_OK
-    assert "top genres (titles): Drama 3" in capsys.readouterr().out
-    assert (tmp_path / "demo" / "plays.parquet").is_file()
-    assert main(["validate", str(tmp_path / "demo")]) == EXIT_OK
+    # `--quick`: the tiny world and small models (the full demo takes about a minute).
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "homepages of member" in printed
+    assert printed.count("visible (") == 4  # two devices x two times of day
+    assert (tmp_path / "demo" / "world" / "plays.parquet").is_file()
+    assert (tmp_path / "demo" / "model" / "manifest.json").is_file()
+    assert main(["validate", str(tmp_path / "demo" / "world")]) == EXIT_OK
 
 
 @pytest.mark.parametrize("argv", [["--help"], *[[name, "--help"] for name, *_ in COMMANDS]])

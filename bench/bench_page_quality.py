@@ -1,0 +1,407 @@
+"""Page quality of the engine against the ground truth of a simulated world (and on MovieLens).
+
+    .venv/bin/python bench/bench_page_quality.py [--work DIR] [--users N] [--seed N]
+                                                 [--world-users N --world-titles N --world-days N]
+                                                 [--ml DIR | --no-ml] [--retrain]
+
+Simulated world (default: `rowrank simulate`'s default world, 5,000 members x 2,000 titles x
+60 days, written once under WORK/world): the engine is trained up to the dataset's clock, then
+every page is scored by the world's true model, for requests in the day after the clock whose
+(device, hour) follow the last week of logged traffic:
+
+- take-rate: GroundTruth.expected_plays, the true probability that the member plays something
+  from the page under the world's browsing model (2-D cascade in the device's viewport);
+- N2DCG: sum over the page of true play probability / log2(row + column) (1-based; a title
+  repeated after its first appearance counts zero), divided by the same sum for the catalog's
+  most attractive titles on the best slots of the device's full grid.
+
+Pages compared, for the same requests: the engine; (a) a template page from the same rankers
+(same filters, dedupe, caps and layout; rows in the fixed kind order
+PageModelConfig.row_template, titles in each ranker's own order; no model); (b) the engine
+trained without context features (`[page] context_features = false`); the oracle page
+(GroundTruth.oracle_page). Ratios are of means; intervals are paired bootstraps over requests.
+
+MovieLens (ml-latest-small, bench/protocol.py's temporal test cut): the engine trained as of the
+cut; for each test member one page at the time of their first play after the cut. Top Picks row
+NDCG@10 (the `top_n` row as the page shows it) against the best single ranker's list; page
+N2DCG (binary relevance: titles the member played after the cut) against that best list poured
+into the same page shape (row-major, same rows x titles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import orjson
+import polars as pl
+
+import engine
+from engine.assembly import assemble_page, score_rows_by_template
+from engine.columns import DEVICES, Col
+from engine.config import EngineConfig, load_config, parse_config
+from engine.context import RequestContext
+from engine.dataset import load_dataset
+from engine.layout import DEFAULT_LAYOUTS
+from engine.metrics import discounts_2d, first_appearances, n2dcg, ndcg_at_k, page_grid
+from engine.pipeline import Engine, filter_rows, propose_rows
+from engine.train import data_fingerprint, train
+from engine.world import GroundTruth
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+# ----- models (trained once per config and data) -------------------------------------------------
+
+
+def config_with(page: dict[str, Any], base: EngineConfig | None = None) -> EngineConfig:
+    doc = (base or load_config(None)).to_document()
+    doc["page"] = {**doc.get("page", {}), **page}
+    return parse_config(doc, source="bench_page_quality")
+
+
+def trained(
+    data: Path, out: Path, cfg: EngineConfig, *, until: datetime | None = None, retrain: bool
+) -> tuple[Engine, float]:
+    """Train unless `out` already holds a model of this config, data and cut-off."""
+    manifest = out / "manifest.json"
+    if manifest.exists() and not retrain:
+        m = orjson.loads(manifest.read_bytes())
+        same = (
+            m.get("config") == cfg.to_document()
+            and m.get("data", {}).get("fingerprint") == data_fingerprint(data)
+            and (until is None or m.get("cutoff") == until.isoformat())
+        )
+        if same:
+            return engine.load(out), float("nan")
+    t0 = time.perf_counter()
+    train(data, out, engine_config=cfg, until=until, progress=sys.stderr.isatty())
+    return engine.load(out), time.perf_counter() - t0
+
+
+# ----- pages -------------------------------------------------------------------------------------
+
+
+def template_page(eng: Engine, ctx: RequestContext) -> list[list[str]]:
+    """(a): the same rankers and filters, rows in the template order, ranker title order."""
+    ctx = eng.context(ctx.user_id, ctx.device, ctx.at, ctx.country)
+    layout = eng.layout(ctx.device)
+    proposed = propose_rows(eng.rankers, ctx, eng.history)
+    rows, _ = filter_rows(
+        proposed.rows, ctx, eng.history, eng.rankers, eng.page_config.row_titles_scored
+    )
+    scorer = score_rows_by_template(eng.page_config.row_template, layout.visible_titles)
+    page = assemble_page(rows, scorer, layout, eng.rules)
+    ids = eng.history.title_ids
+    return [ids[r.titles].tolist() for r in page.rows]
+
+
+def with_row_order(eng: Engine, row_order: str) -> Engine:
+    """The same loaded engine with another `[page] row_order`."""
+    return Engine(
+        config=eng.config,
+        page_config=eng.page_config.model_copy(update={"row_order": row_order}),
+        history=eng.history,
+        rankers=eng.rankers,
+        store=eng.store,
+        model=eng.model,
+        model_version=eng.model_version,
+        manifest=eng.manifest,
+    )
+
+
+def engine_page(eng: Engine, ctx: RequestContext) -> list[list[str]]:
+    return [[i.title_id for i in row.items] for row in eng.page_for(ctx).rows]
+
+
+def graded_n2dcg(gt: GroundTruth, ctx: RequestContext, rows: list[list[str]]) -> float:
+    """N2DCG with the true play probability as the gain (module doc)."""
+    layout = DEFAULT_LAYOUTS[ctx.device]
+    all_p = gt.play_probability(ctx.user_id, ctx, gt.world.title_ids)
+    idx = {t: i for i, t in enumerate(gt.world.title_ids.tolist())}
+    grid = page_grid([np.array([idx.get(t, -1) for t in r], dtype=np.int64) for r in rows])
+    gain = np.where(grid >= 0, all_p[np.maximum(grid, 0)], 0.0) * first_appearances(grid)
+    dcg = float((discounts_2d(*grid.shape) * gain).sum())
+    disc = np.sort(discounts_2d(layout.rows, layout.titles_per_row).reshape(-1))[::-1]
+    best = np.sort(all_p)[::-1][: disc.size]
+    ideal = float((disc[: best.size] * best).sum())
+    return dcg / ideal if ideal > 0 else 0.0
+
+
+# ----- requests ----------------------------------------------------------------------------------
+
+
+def requests(
+    data: Path, eng: Engine, n_users: int, rng: np.random.Generator
+) -> list[RequestContext]:
+    """Members (seeded sample of those the model knows) asking for a page in the day after the
+    clock, at a (device, hour) drawn from the last week of logged pages."""
+    ds = load_dataset(data, validate=False)
+    clock = ds.clock
+    imp = ds.impressions
+    assert imp is not None
+    week = imp.filter(pl.col(Col.TS) >= pl.lit(clock - timedelta(days=7)).dt.cast_time_unit("us"))
+    pages = week.group_by(Col.PAGE_ID).agg(pl.col(Col.DEVICE).first(), pl.col(Col.TS).first())
+    pages = pages.sort(Col.PAGE_ID)
+    devs = pages[Col.DEVICE].fill_null("tv").to_list()
+    hours = pages[Col.TS].dt.hour().to_list()
+    users = rng.choice(eng.history.user_ids, size=min(n_users, eng.history.n_users), replace=False)
+    day = datetime(clock.year, clock.month, clock.day, tzinfo=UTC) + timedelta(days=1)
+    out = []
+    for u in sorted(users.tolist()):
+        k = int(rng.integers(len(devs)))
+        at = day + timedelta(hours=int(hours[k]), minutes=int(rng.integers(60)))
+        dev = devs[k] if devs[k] in DEVICES else "tv"
+        out.append(eng.context(str(u), dev, at))
+    return out
+
+
+# ----- statistics --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ratio:
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def ratio(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n_boot: int = 2000) -> Ratio:
+    """mean(a) / mean(b) with a paired percentile bootstrap over requests."""
+    idx = rng.integers(len(a), size=(n_boot, len(a)))
+    boot = a[idx].mean(axis=1) / b[idx].mean(axis=1)
+    return Ratio(float(a.mean() / b.mean()), *np.percentile(boot, [2.5, 97.5]).tolist())
+
+
+# ----- the simulated world -----------------------------------------------------------------------
+
+
+def bench_world(args: argparse.Namespace) -> dict[str, Any]:
+    from engine.simulate import GROUND_TRUTH_DIR, simulate
+
+    work = Path(args.work)
+    world = work / f"world-{args.world_users}x{args.world_titles}x{args.world_days}"
+    if not (world / "dataset.json").exists():
+        print(f"simulating {world.name} ...", flush=True)
+        s = simulate(
+            world,
+            users=args.world_users,
+            titles=args.world_titles,
+            days=args.world_days,
+            seed=args.world_seed,
+        )
+        print(s.describe(), flush=True)
+    gt = GroundTruth.load(world / GROUND_TRUTH_DIR)
+    full, t_full = trained(world, work / "models" / "full", config_with({}), retrain=args.retrain)
+    noctx, t_noctx = trained(
+        world,
+        work / "models" / "no_context",
+        config_with({"context_features": False}),
+        retrain=args.retrain,
+    )
+    rng = np.random.default_rng(args.seed)
+    reqs = requests(world, full, args.users, rng)
+    # The same models, rows ordered by the title model's cascade estimate instead of the row
+    # model (PageModelConfig.row_order = "cascade").
+    other = "cascade" if full.page_config.row_order != "cascade" else "learned"
+    alt = with_row_order(full, other)
+    names = ("engine", f"rows_{other}", "template", "no_context", "oracle")
+    take = {n: np.zeros(len(reqs)) for n in names}
+    ndcg = {n: np.zeros(len(reqs)) for n in names}
+    t0 = time.perf_counter()
+    for i, ctx in enumerate(reqs):
+        pages = {
+            "engine": engine_page(full, ctx),
+            f"rows_{other}": engine_page(alt, ctx),
+            "template": template_page(full, ctx),
+            "no_context": engine_page(noctx, ctx),
+            "oracle": gt.oracle_page(ctx.user_id, ctx, DEFAULT_LAYOUTS[ctx.device]),
+        }
+        for n, rows in pages.items():
+            take[n][i] = gt.expected_plays(ctx.user_id, ctx, rows)
+            ndcg[n][i] = graded_n2dcg(gt, ctx, rows)
+    seconds = time.perf_counter() - t0
+    boot = np.random.default_rng([args.seed, 1])
+    m = full.manifest["metrics"]
+    out = {
+        "world": world.name,
+        "requests": len(reqs),
+        "devices": {d: sum(c.device == d for c in reqs) for d in DEVICES},
+        "train_seconds": {"full": t_full, "no_context": t_noctx},
+        "eval_seconds": seconds,
+        "take_rate": {n: float(v.mean()) for n, v in take.items()},
+        "n2dcg": {n: float(v.mean()) for n, v in ndcg.items()},
+        "take_rate_vs_oracle": {
+            n: str(ratio(take[n], take["oracle"], boot)) for n in names if n != "oracle"
+        },
+        "engine_vs_template": str(ratio(take["engine"], take["template"], boot)),
+        "engine_vs_no_context": str(ratio(take["engine"], take["no_context"], boot)),
+        "n2dcg_engine_vs_template": str(ratio(ndcg["engine"], ndcg["template"], boot)),
+        "n2dcg_engine_vs_no_context": str(ratio(ndcg["engine"], ndcg["no_context"], boot)),
+        "held_out_ndcg10": {
+            "title": m["title"]["valid_ndcg_at_10"],
+            "row": m["row"]["valid_ndcg_at_10"],
+        },
+        "per_device_take_rate": {
+            d: {
+                n: float(take[n][[c.device == d for c in reqs]].mean())
+                for n in names
+                if any(c.device == d for c in reqs)
+            }
+            for d in DEVICES
+        },
+    }
+    return out
+
+
+# ----- MovieLens ---------------------------------------------------------------------------------
+
+
+def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
+    from protocol import test_split  # bench/protocol.py
+
+    from engine.movielens import import_movielens
+
+    work = Path(args.work)
+    data = work / "ml-latest-small"
+    if not (data / "dataset.json").exists():
+        import_movielens(Path(args.ml), data)
+    ds = load_dataset(data)
+    split = test_split(ds)
+    cut = split.cutoff
+    eng, t_train = trained(
+        data, work / "models" / "ml", config_with({}), until=cut, retrain=args.retrain
+    )
+    h = eng.history
+    best_name, best_list = best_single_ranker(eng, split)
+    plays_after = ds.plays.filter(pl.col(Col.TS) >= pl.lit(cut).dt.cast_time_unit("us"))
+    first = plays_after.sort(Col.TS).group_by(Col.USER_ID, maintain_order=True).first()
+    first_at = dict(zip(first[Col.USER_ID].to_list(), first[Col.TS].to_list(), strict=True))
+    top_ndcg, best_ndcg, page_n2, best_n2 = [], [], [], []
+    for u, truth in zip(split.users.tolist(), split.truth, strict=True):
+        uid = str(h.user_ids[u])
+        ctx = eng.context(uid, "tv", first_at[uid] - timedelta(seconds=1))
+        page = eng.page_for(ctx)
+        rows = [np.array([h.title_index(i.title_id) for i in r.items]) for r in page.rows]
+        top = next((r for r, pr in zip(rows, page.rows, strict=True) if pr.ranker == "top_n"), None)
+        ranked_best = best_list(ctx)
+        top_ndcg.append(ndcg_at_k(top if top is not None else np.empty(0), truth, 10))
+        best_ndcg.append(ndcg_at_k(ranked_best, truth, 10))
+        layout = eng.layout(ctx.device)
+        grid = page_grid(rows)
+        page_n2.append(n2dcg(grid, truth, layout))
+        shape = [len(r) for r in rows]
+        poured, start = [], 0
+        for n in shape:
+            poured.append(ranked_best[start : start + n])
+            start += n
+        best_n2.append(n2dcg(page_grid(poured, grid.shape[1]), truth, layout))
+    return {
+        "split": split.describe(),
+        "train_seconds": t_train,
+        "best_single_ranker": best_name,
+        "top_picks_row_ndcg10": float(np.mean(top_ndcg)),
+        "best_ranker_ndcg10": float(np.mean(best_ndcg)),
+        "page_n2dcg": float(np.mean(page_n2)),
+        "best_ranker_poured_n2dcg": float(np.mean(best_n2)),
+    }
+
+
+def best_single_ranker(eng: Engine, split: Any) -> tuple[str, Any]:
+    """The ranker whose own (filtered) first row scores the best NDCG@10 on the test members:
+    the strongest single list a page could be poured from (chosen on the test set, so the
+    comparison favours it)."""
+    h = eng.history
+    per: dict[str, list[float]] = {}
+    cache: dict[tuple[str, str], np.ndarray] = {}
+
+    def lists(ctx: RequestContext) -> dict[str, np.ndarray]:
+        proposed = propose_rows(eng.rankers, ctx, h)
+        rows, _ = filter_rows(proposed.rows, ctx, h, eng.rankers, 200)
+        out: dict[str, np.ndarray] = {}
+        for r in rows:  # a ranker's list: its rows concatenated, first appearance kept
+            prev = out.get(r.ranker, np.empty(0, dtype=np.int64))
+            cat = np.concatenate([prev, r.titles.astype(np.int64)])
+            _, first = np.unique(cat, return_index=True)
+            out[r.ranker] = cat[np.sort(first)]
+        return out
+
+    at = datetime.fromtimestamp(h.cutoff_us / 1e6, tz=UTC)
+    for u, truth in zip(split.users.tolist(), split.truth, strict=True):
+        ctx = eng.context(str(h.user_ids[u]), "tv", at)
+        for name, ranked in lists(ctx).items():
+            per.setdefault(name, []).append(ndcg_at_k(ranked, truth, 10))
+            cache[(ctx.user_id, name)] = ranked
+    best = max(per, key=lambda n: np.sum(per[n]))
+
+    def best_list(ctx: RequestContext) -> np.ndarray:
+        return cache.get((ctx.user_id, best), np.empty(0, dtype=np.int64))
+
+    return best, best_list
+
+
+# ----- main --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", default=str(ROOT / "bench" / "results" / "page_quality"))
+    p.add_argument("--users", type=int, default=600, help="simulated requests (one per member)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world-users", type=int, default=5000)
+    p.add_argument("--world-titles", type=int, default=2000)
+    p.add_argument("--world-days", type=int, default=60)
+    p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--ml", default="/work/shared/data/ml-latest-small")
+    p.add_argument("--no-ml", action="store_true")
+    p.add_argument("--no-world", action="store_true")
+    p.add_argument("--retrain", action="store_true")
+    args = p.parse_args(argv)
+    results: dict[str, Any] = {}
+    if not args.no_world:
+        results["simulated"] = r = bench_world(args)
+        print(f"\n== simulated world {r['world']}: {r['requests']} requests {r['devices']}")
+        print(f"{'page':<16}{'take-rate':>10}{'N2DCG':>9}   take-rate / oracle")
+        for n in r["take_rate"]:
+            vs = r["take_rate_vs_oracle"].get(n, "1")
+            print(f"{n:<16}{r['take_rate'][n]:>10.4f}{r['n2dcg'][n]:>9.4f}   {vs}")
+        print(f"engine / template   take-rate {r['engine_vs_template']}")
+        print(f"engine / no-context take-rate {r['engine_vs_no_context']}")
+        print(f"engine / template   N2DCG     {r['n2dcg_engine_vs_template']}")
+        print(f"engine / no-context N2DCG     {r['n2dcg_engine_vs_no_context']}")
+        print(f"held-out window NDCG@10: {r['held_out_ndcg10']}")
+        print(f"per device take-rate: {orjson.dumps(r['per_device_take_rate']).decode()}")
+        print(f"train seconds {r['train_seconds']}, eval {r['eval_seconds']:.1f} s")
+    if not args.no_ml and Path(args.ml).is_dir():
+        results["movielens"] = r = bench_movielens(args)
+        print(f"\n== MovieLens: {r['split']}")
+        print(
+            f"Top Picks row NDCG@10 {r['top_picks_row_ndcg10']:.4f} vs best single ranker "
+            f"({r['best_single_ranker']}) {r['best_ranker_ndcg10']:.4f}"
+        )
+        print(
+            f"page N2DCG {r['page_n2dcg']:.4f} vs best list poured into the page "
+            f"{r['best_ranker_poured_n2dcg']:.4f}"
+        )
+    out = Path(args.work) / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Precompute throughput and memory: prints pages/s and peak memory (docs/precompute.md).
+
+    .venv/bin/python bench/bench_precompute.py [--work DIR] [--repeats 3] [--memory-users 100000]
+
+1. Builds the default simulated world (`rowrank simulate`) and trains a model on it
+   (`rowrank train`), once, under --work (default bench/results/precompute; kept between runs).
+2. Throughput: `rowrank precompute` over every known user with the default contexts (tv and
+   mobile at 20:00 after the cut-off) as 1 process, local with 2 workers, and Dask (LocalCluster)
+   with 2 workers; each --repeats times into a fresh OUT_DIR; medians. Two figures per run:
+   end to end (wall clock of the whole command: start-up, model loads, all pages, manifest) and
+   steady state (pages of shards 2..n over the time between the first and the last shard's done
+   marker, i.e. without start-up). Also checks that the three engines wrote identical shards.
+3. Memory: a --users file of --memory-users ids (every known user, then cold-start ids
+   `cold-0000001`... that the model has never seen: the engine gives them cold-start pages), local
+   with 2 workers; the summed RSS of the command's process tree is sampled every 50 ms. The same
+   run with a tenth of the users shows whether memory grows with the user count.
+4. A paper estimate for 100M users x 4 contexts at the measured per-core rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import psutil  # a dependency of dask.distributed (the `dask` extra)
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWRANK = [sys.executable, "-m", "engine.cli"]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, text=True, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def build_model(work: Path) -> Path:
+    """The default world and a model trained on it; retrained when this rowrank cannot load the
+    saved one (the model format changed)."""
+    import engine
+    from engine.errors import RowrankError
+
+    world, model = work / "world", work / "model"
+    if not (world / "dataset.json").exists():
+        shutil.rmtree(world, ignore_errors=True)
+        t = time.perf_counter()
+        run([*ROWRANK, "simulate", str(world)])
+        print(f"simulated the default world in {time.perf_counter() - t:.0f} s -> {world}")
+    try:
+        engine.load(model)
+    except RowrankError as exc:
+        print(f"(re)training: {str(exc)[:200]}")
+        t = time.perf_counter()
+        run([*ROWRANK, "train", str(world), str(model)])
+        print(f"trained in {time.perf_counter() - t:.0f} s -> {model}")
+    return model
+
+
+def children_cpu() -> float:
+    """CPU seconds of every finished, reaped descendant (workers roll up through their parent)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+@dataclass
+class Run:
+    pages: int
+    wall: float  # seconds, the whole command
+    steady: float  # pages/s between the first and the last shard's done marker
+    cpu: float  # CPU seconds of the whole process tree
+    load: float  # 1-minute load average at the end (other jobs share the machine)
+    digest: str  # of the shards' sha256s: equal digests = identical output
+
+    @property
+    def rate(self) -> float:
+        return self.pages / self.wall
+
+
+def precompute(model: Path, out: Path, *extra: str) -> Run:
+    """One fresh `rowrank precompute` run, measured."""
+    shutil.rmtree(out, ignore_errors=True)
+    cpu0, t = children_cpu(), time.perf_counter()
+    run([*ROWRANK, "precompute", str(model), str(out), *extra])
+    wall, cpu = time.perf_counter() - t, children_cpu() - cpu0
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    assert manifest["completed"], f"{out}: run did not complete"
+    marks = sorted(
+        (p.stat().st_mtime, orjson.loads(p.read_bytes())["pages"])
+        for p in (out / "done").glob("*.json")
+    )
+    steady = float("nan")
+    if len(marks) >= 3:
+        steady = sum(n for _, n in marks[1:]) / (marks[-1][0] - marks[0][0])
+    digest = hashlib.sha256("".join(s["sha256"] for s in manifest["shards"]).encode())
+    return Run(
+        int(manifest["pages"]), wall, steady, cpu, os.getloadavg()[0], digest.hexdigest()[:12]
+    )
+
+
+def peak_rss(cmd: list[str]) -> tuple[float, float, float]:
+    """(peak summed RSS of the process tree, peak RSS of the largest process, seconds)."""
+    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak_sum = peak_one = 0.0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_sum, peak_one
+        while not stop.is_set():
+            try:
+                procs = [proc, *proc.children(recursive=True)]
+                rss = []
+                for p in procs:
+                    with contextlib.suppress(psutil.Error):  # a process may just have ended
+                        rss.append(p.memory_info().rss)
+                peak_sum = max(peak_sum, sum(rss))
+                peak_one = max(peak_one, max(rss, default=0))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    t = time.perf_counter()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    rc = proc.wait()
+    stop.set()
+    sampler.join()
+    if rc != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {rc}")
+    return peak_sum / 2**20, peak_one / 2**20, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "precompute")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-users", type=int, default=100_000)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument(
+        "--limit-users", type=int, help="throughput on the first N users only (a quick check)"
+    )
+    args = ap.parse_args()
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    model = build_model(work)
+    import engine
+
+    known = [str(u) for u in engine.load(model).history.user_ids.tolist()]
+    print(f"model: {model} ({len(known):,} users)")
+
+    # The engine alone, no precompute around it: the ceiling for one process.
+    eng = engine.load(model)
+    from engine.precompute import build_contexts
+
+    grid = build_contexts(None, None, int(eng.history.cutoff_us))
+    sample = known[: min(len(known), args.limit_users or 500)]
+    t, cpu = time.perf_counter(), time.process_time()
+    for u in sample:
+        for c in grid:
+            eng.page(u, device=c.device, at=c.at).to_json()
+    n = len(sample) * len(grid)
+    bare, cpu_ms = n / (time.perf_counter() - t), 1000 * (time.process_time() - cpu) / n
+    print(
+        f"engine alone (a loop of Engine.page(...).to_json(), {len(sample)} users x "
+        f"{len(grid)} contexts, in this process): {bare:,.0f} pages/s, CPU {cpu_ms:.1f} ms/page, "
+        f"load avg {os.getloadavg()[0]:.1f}"
+    )
+    del eng
+
+    # 250-user shards: 20 shards for 5,000 users, enough for a steady-state rate between the
+    # first and the last; per-page costs do not depend on the shard size.
+    subset: list[str] = ["--shard-size", "250"]
+    if args.limit_users:
+        users = work / f"users-first-{args.limit_users}.txt"
+        users.write_text("\n".join(known[: args.limit_users]) + "\n")
+        subset += ["--users", str(users)]
+    configs = [
+        ("1 process", [*subset, "--workers", "1"]),
+        ("local, 2 workers", [*subset, "--workers", "2"]),
+        ("dask LocalCluster, 2 workers", [*subset, "--engine", "dask", "--workers", "2"]),
+    ]
+    results: dict[str, list[Run]] = {}
+    for label, extra in configs:
+        runs = []
+        for i in range(args.repeats):
+            out = work / "out" / f"run-{i}"
+            runs.append(precompute(model, out, *extra))
+            shutil.rmtree(out)
+        results[label] = runs
+        med = statistics.median
+        print(
+            f"{label:30s} {runs[0].pages:,} pages: end to end {med(r.rate for r in runs):5.0f} "
+            f"pages/s (runs {', '.join(f'{r.rate:.0f}' for r in runs)}); steady state "
+            f"{med(r.steady for r in runs):5.0f} pages/s (runs "
+            f"{', '.join(f'{r.steady:.0f}' for r in runs)}); CPU "
+            f"{med(1000 * r.cpu / r.pages for r in runs):.1f} ms/page; load avg "
+            f"{', '.join(f'{r.load:.1f}' for r in runs)}"
+        )
+    digests = {r.digest for runs in results.values() for r in runs}
+    print(f"identical shards across engines and repeats: {'yes' if len(digests) == 1 else 'NO'}")
+
+    def med_rate(label: str, steady: bool = False) -> float:
+        return statistics.median(r.steady if steady else r.rate for r in results[label])
+
+    one, two = "1 process", "local, 2 workers"
+    print(
+        f"2 local workers vs 1 process: end to end {med_rate(two):.0f} vs {med_rate(one):.0f} "
+        f"pages/s = {med_rate(two) / med_rate(one):.2f}x; steady state "
+        f"{med_rate(two, True):.0f} vs {med_rate(one, True):.0f} pages/s = "
+        f"{med_rate(two, True) / med_rate(one, True):.2f}x "
+        "(targets: >= 500 pages/s with 2 workers, >= 1.7x)"
+    )
+
+    if not args.skip_memory:
+        for n in (args.memory_users // 10, args.memory_users):
+            users = work / f"users-{n}.txt"
+            cold = [f"cold-{i:07d}" for i in range(max(0, n - len(known)))]
+            users.write_text("\n".join((known + cold)[:n]) + "\n")
+            out = work / "out" / f"memory-{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [*ROWRANK, "precompute", str(model), str(out), "--users", str(users)]
+            # One context (tv): memory per page does not depend on how many contexts there are.
+            total, largest, secs = peak_rss([*cmd, "--device", "tv", "--workers", "2"])
+            n_known = min(n, len(known))
+            print(
+                f"memory, {n:,} users ({n_known:,} known + {n - n_known:,} cold-start) x 1 "
+                f"context, local 2 workers: peak RSS of all processes {total:,.0f} MiB, largest "
+                f"process {largest:,.0f} MiB ({n / secs:,.0f} pages/s over {secs:.0f} s)"
+            )
+            shutil.rmtree(out)
+
+    # Per core: the 2-worker steady state over 2, and, robust to other jobs on the machine, the
+    # 2-worker run's pages per CPU-second (start-up included).
+    per_core = med_rate(two, True) / 2
+    per_cpu = statistics.median(r.pages / r.cpu for r in results[two])
+    for label, rate in (("steady state / 2", per_core), ("pages per CPU-second", per_cpu)):
+        need = 100e6 * 4 / rate / 3600
+        print(
+            f"paper estimate ({label}: {rate:,.0f} pages/s per core): 100M users x 4 contexts "
+            f"= 400M pages = {need:,.0f} core-hours, i.e. {need / 4:,.0f} cores for a 4-hour "
+            f"nightly window ({need / 8:,.0f} for 8 hours); page building only, not loading "
+            "the pages into a serving store"
+        )
+
+
+if __name__ == "__main__":
+    main()

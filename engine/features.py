@@ -1,0 +1,1176 @@
+"""Page-model features: declared once here (name, scope, dtype, default), computed here.
+
+Two feature sets, one per LightGBM model:
+- TITLE_FEATURES score one (row, title) pair: the within-row title order.
+- ROW_FEATURES score one row at one stage of the page assembly: the row order.
+
+Everything a feature reads comes from a `FeatureStore`: statistics fitted on a `History` (and on
+the impressions logged before the same cut-off), so features are point-in-time by construction;
+the only request-time inputs are the request itself and the rankers' rows. The same vectorized
+code computes the features of one request (the page path, numpy fancy indexing) and of a whole
+training window (many requests in one batch), so training and serving cannot drift apart.
+
+Context x title interactions (mobile -> short titles, late night -> thrillers, daytime -> kids)
+reach the model two ways: raw context features next to raw title features in the same trees,
+and "lift" features measured in the history (how much more than usual this title and its genres
+are played on this device / at this time of day).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import orjson
+import polars as pl
+
+from engine.columns import DEVICES, Col
+from engine.errors import ModelLoadError
+from engine.history import FINISHED_PROGRESS, US_PER_DAY, History
+
+Scope = Literal[
+    "context", "user", "title", "context_title", "user_title", "row", "placement", "position"
+]
+Dtype = Literal["float", "int", "category"]
+
+FEATURE_STORE_VERSION = 3
+N_DAYPARTS = 6  # 4-hour buckets of the local hour: 0-3, 4-7, ..., 20-23
+N_GENRE_FLAGS = 12  # the most played genres get a 0/1 feature each (title_genre_00 ...)
+RECENT_PLAYS = 10  # "recent plays" of a member for the similarity features
+AFFINITY_HALF_LIFE_DAYS = 60.0
+_US_PER_HOUR = 3_600_000_000
+# Smoothing of rates: a rate with n observations is pulled toward its prior with weight _PRIOR_N.
+_PRIOR_N = 20.0
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One declared feature. `default` is its value when the entity is unknown (NaN = missing,
+    which LightGBM routes on its own); `context` marks features that read the request context
+    (device, time, country): the set removed in the no-context ablation."""
+
+    name: str
+    scope: Scope
+    dtype: Dtype
+    default: float
+    context: bool
+    doc: str
+
+
+def _f(
+    name: str, scope: Scope, doc: str, dtype: Dtype = "float", default: float = np.nan
+) -> Feature:
+    return Feature(name, scope, dtype, default, scope in ("context", "context_title"), doc)
+
+
+def _fc(name: str, scope: Scope, doc: str, dtype: Dtype = "float") -> Feature:
+    """A feature of another scope that also reads the context (e.g. the user's device mix)."""
+    return Feature(name, scope, dtype, np.nan, True, doc)
+
+
+CONTEXT_FEATURES: tuple[Feature, ...] = (
+    _f("ctx_device", "context", "device code (engine.columns.DEVICES)", "category"),
+    _f("ctx_hour", "context", "local hour of the request, 0-23", "int"),
+    _f("ctx_weekend", "context", "1 on Saturday and Sunday", "int"),
+    _f("ctx_country", "context", "country code (vocabulary in the store), -1 unknown", "category"),
+)
+
+USER_FEATURES: tuple[Feature, ...] = (
+    _f("user_log_plays", "user", "log1p of the member's plays", default=0.0),
+    _f("user_tenure_days", "user", "days since the member joined"),
+    _f("user_plays_7d", "user", "plays in the 7 days before the cut-off", default=0.0),
+    _f("user_days_since_play", "user", "days from the last play to the request"),
+    _f("user_mean_progress", "user", "mean progress of the member's plays"),
+    _fc("user_device_share", "user", "share of the member's plays on the request's device"),
+    _fc("user_daypart_share", "user", "share of the member's plays in the request's daypart"),
+)
+
+TITLE_ONLY_FEATURES: tuple[Feature, ...] = (
+    _f("title_kind", "title", "engine.columns.TITLE_KINDS code", "category"),
+    _f("title_duration_min", "title", "running time in minutes"),
+    _f("title_age_days", "title", "days since the title was added, at the request"),
+    _f("title_release_age", "title", "years since release, at the request"),
+    _f("title_maturity", "title", "minimum viewer age", "int"),
+    _f("title_n_genres", "title", "number of genres", "int"),
+    _f("title_pop_1d", "title", "log1p plays in the last day before the cut-off", default=0.0),
+    _f("title_pop_7d", "title", "log1p plays in the last 7 days", default=0.0),
+    _f("title_pop_28d", "title", "log1p plays in the last 28 days", default=0.0),
+    _f("title_trend", "title", "log of (7 x plays last day + 1) / (plays last 7 days + 1)"),
+    _f("title_completion", "title", "mean progress of the title's plays"),
+    _f("title_episode", "title", "episode number (NaN: not an episode)"),
+    _fc("title_pop_country_1d", "title", "log1p plays in the request's country, last day"),
+    _fc("title_pop_country_7d", "title", "log1p plays in the request's country, last 7 days"),
+    *(
+        _f(f"title_genre_{i:02d}", "title", f"1 if the title has the #{i} most played genre", "int")
+        for i in range(N_GENRE_FLAGS)
+    ),
+)
+
+CONTEXT_TITLE_FEATURES: tuple[Feature, ...] = (
+    _f("ct_title_device_lift", "context_title", "title's share of plays on this device / base"),
+    _f("ct_title_daypart_lift", "context_title", "title's share of plays in this daypart / base"),
+    _f("ct_genre_device_lift", "context_title", "same for the title's genres (mean)"),
+    _f("ct_genre_daypart_lift", "context_title", "same for the title's genres (mean)"),
+    _f("ct_genre_weekend_lift", "context_title", "genres' share on this kind of day / base"),
+)
+
+USER_TITLE_FEATURES: tuple[Feature, ...] = (
+    _f("ut_pvr_score", "user_title", "the PVR ranker's score of the title for the member"),
+    _f("ut_pvr_rel", "user_title", "PVR score / the member's best PVR score"),
+    _f("ut_genre_affinity", "user_title", "cosine of member's decayed genre mix and the title's"),
+    _f("ut_recent_sim", "user_title", "cosine of the genres of the last 10 plays and the title's"),
+    _f("ut_progress", "user_title", "progress of the member's last play of the title", default=0),
+    _f("ut_plays", "user_title", "times the member played the title", default=0.0),
+    _f("ut_days_since_play", "user_title", "days since the member last played the title"),
+    _f("ut_shown_no_play", "user_title", "times shown to the member without a play", default=0),
+    _f("ut_max_progress", "user_title", "furthest progress the member reached", default=0.0),
+    _f("ut_prev_finished", "user_title", "episode > 1: 1 if the member finished the previous one"),
+    _f("ut_prev_days", "user_title", "episode > 1: days since the member played the previous one"),
+    _fc("ut_duration_ratio", "user_title", "duration / member's mean on this device"),
+)
+
+ROW_PAIR_FEATURES: tuple[Feature, ...] = (
+    _f("row_kind", "row", "row kind code (vocabulary in the store)", "category"),
+    _f("row_ranker", "row", "ranker instance code (config order)", "category"),
+    _f("row_score", "row", "the ranker's score of the title in this row"),
+    _f("row_score_rel", "row", "that score / the row's top score"),
+    _f("row_rank", "row", "the title's rank in the ranker's row (0 = first)", "int"),
+    _f("row_len", "row", "titles in the row after filters", "int"),
+)
+
+TITLE_FEATURES: tuple[Feature, ...] = (
+    *CONTEXT_FEATURES,
+    *USER_FEATURES,
+    *TITLE_ONLY_FEATURES,
+    *CONTEXT_TITLE_FEATURES,
+    *USER_TITLE_FEATURES,
+    *ROW_PAIR_FEATURES,
+)
+
+# Aggregates over a row's visible titles (its first `visible_titles`, in the within-row order).
+_ROW_AGG_SOURCES: tuple[tuple[str, str], ...] = (
+    ("agg_pop_7d", "title_pop_7d"),
+    ("agg_duration", "title_duration_min"),
+    ("agg_age_days", "title_age_days"),
+    ("agg_pvr", "ut_pvr_score"),
+    ("agg_genre_affinity", "ut_genre_affinity"),
+    ("agg_recent_sim", "ut_recent_sim"),
+    ("agg_progress", "ut_progress"),
+    ("agg_plays", "ut_plays"),
+    ("agg_shown_no_play", "ut_shown_no_play"),
+    ("agg_genre_device_lift", "ct_genre_device_lift"),
+    ("agg_genre_daypart_lift", "ct_genre_daypart_lift"),
+)
+
+ROW_FEATURES: tuple[Feature, ...] = (
+    *CONTEXT_FEATURES,
+    *USER_FEATURES,
+    _f("row_kind", "row", "row kind code", "category"),
+    _f("row_ranker", "row", "ranker instance code", "category"),
+    _f("row_len", "row", "titles in the row", "int"),
+    _f("row_top_score", "row", "the ranker's top score in the row"),
+    _f("rs_top", "row", "within-row model: best title score"),
+    _f("rs_mean_visible", "row", "within-row model: mean score of the visible titles"),
+    _fc(
+        "rs_play_est",
+        "row",
+        "P(a play in the row | reached): the visible titles' title-model probabilities "
+        "through a left-to-right cascade with the device's column decay",
+    ),
+    *(
+        Feature(
+            name,
+            "row",
+            "float",
+            np.nan,
+            src in {f.name for f in TITLE_FEATURES if f.context},
+            f"mean {src} over the visible titles",
+        )
+        for name, src in _ROW_AGG_SOURCES
+    ),
+    _f("re_user_kind_shown", "row", "log1p titles of this kind shown to the member", default=0),
+    _f("re_user_kind_rate", "row", "member's play rate on this row kind (smoothed)"),
+    _fc("re_user_kind_device_rate", "row", "member's play rate on this kind on this device"),
+    _fc("re_user_kind_daypart_rate", "row", "member's play rate on this kind in this daypart"),
+    _fc("re_kind_device_rate", "row", "everyone's play rate on this kind on this device"),
+    _fc("re_kind_daypart_rate", "row", "everyone's play rate on this kind in this daypart"),
+    _f("pl_overlap_above", "placement", "share of visible titles already on rows above"),
+    _f("pl_genre_sim_above", "placement", "max genre cosine with a row above", default=0.0),
+    _f("pl_same_kind_above", "placement", "rows of the same kind above", "int", default=0.0),
+)
+
+FEATURE_SETS: dict[str, tuple[Feature, ...]] = {"title": TITLE_FEATURES, "row": ROW_FEATURES}
+
+# Training-only: where the logged item was shown (0-based). Appended last when the page config
+# handles position bias with a feature; at serving it is the constant 0 (the first slot), so
+# every candidate is scored as if shown where it is seen for sure (docs/page_model.md).
+_POS_COL = Feature("pos_col", "position", "int", 0.0, False, "column shown at (training)")
+_POS_ROW = Feature("pos_row", "position", "int", 0.0, False, "row shown at (training)")
+POSITION_FEATURES: dict[str, tuple[Feature, ...]] = {
+    "title": (_POS_COL, _POS_ROW),
+    "row": (_POS_ROW,),
+}
+
+
+def feature_names(model: str, *, context: bool = True, position: bool = False) -> list[str]:
+    """The declared feature order of one model ("title" or "row"); without `context`, the
+    features that read the request context are left out (the ablation); with `position`, the
+    training-only position feature comes last."""
+    names = [f.name for f in FEATURE_SETS[model] if context or not f.context]
+    return [*names, *(f.name for f in POSITION_FEATURES[model])] if position else names
+
+
+def categorical_names(model: str) -> list[str]:
+    return [f.name for f in FEATURE_SETS[model] if f.dtype == "category"]
+
+
+def has_position_feature(model: str, saved: Sequence[str]) -> bool:
+    pos = [f.name for f in POSITION_FEATURES[model]]
+    return list(saved[-len(pos) :]) == pos
+
+
+def check_feature_order(model: str, saved: Sequence[str], *, context: bool, where: str) -> None:
+    """Raise ModelLoadError unless `saved` is exactly this rowrank's declared order."""
+    want = feature_names(model, context=context, position=has_position_feature(model, saved))
+    if list(saved) == want:
+        return
+    missing = [n for n in want if n not in saved]
+    extra = [n for n in saved if n not in want]
+    if missing or extra:
+        detail = f"missing {missing[:5]}, unexpected {extra[:5]}"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(saved, want, strict=True)) if a != b)
+        detail = f"position {i} holds {saved[i]!r}, expected {want[i]!r}"
+    raise ModelLoadError(
+        f"{where}: the {model} model was trained with a different feature order ({detail}): "
+        "retrain it with this rowrank version (`rowrank train`)."
+    )
+
+
+def daypart(hour: np.ndarray | int) -> np.ndarray:
+    return np.asarray(hour) // (24 // N_DAYPARTS)
+
+
+# ----- request and pair batches ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requests:
+    """R page requests as arrays (one request on the page path, thousands in training)."""
+
+    user: np.ndarray  # int32 History user index, -1 = unknown member
+    device: np.ndarray  # int8 DEVICES code
+    hour: np.ndarray  # int8 local hour
+    weekend: np.ndarray  # int8 0/1
+    country: np.ndarray  # int16 store country code, -1 unknown
+    at_us: np.ndarray  # int64 request time
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """P (row, title) pairs of candidate rows; `req` points into Requests."""
+
+    req: np.ndarray  # int32
+    title: np.ndarray  # int32 History title index
+    kind: np.ndarray  # int16 store kind code, -1 unknown
+    ranker: np.ndarray  # int16 ranker code, -1 unknown
+    score: np.ndarray  # float32 ranker score (NaN when the ranker did not propose the title)
+    score_rel: np.ndarray  # float32
+    rank: np.ndarray  # float32 rank in the ranker's row (NaN when not proposed)
+    row_len: np.ndarray  # float32
+    pvr: np.ndarray  # float32 PVR score (NaN when unknown)
+    pvr_rel: np.ndarray  # float32
+
+
+# ----- the store ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureStore:
+    """Everything features read, fitted as of one cut-off (`History.cutoff_us`)."""
+
+    cutoff_us: int
+    countries: tuple[str, ...]
+    kinds: tuple[str, ...]
+    rankers: tuple[str, ...]
+    genre_flags: np.ndarray  # int32 (N_GENRE_FLAGS,) History genre index per flag, -1 = none
+    # titles
+    title_pop: np.ndarray  # float32 (n_titles, 3): log1p plays 1d, 7d, 28d
+    country_pop: np.ndarray  # float32 (n_countries, n_titles, 2): log1p plays 1d, 7d
+    prev_title: np.ndarray  # int32: the previous episode of the same series, -1 none
+    title_completion: np.ndarray  # float32
+    title_device_lift: np.ndarray  # float32 (n_titles, n_devices)
+    title_daypart_lift: np.ndarray  # float32 (n_titles, N_DAYPARTS)
+    genre_device_lift: np.ndarray  # float32 (n_titles, n_devices): mean over the title's genres
+    genre_daypart_lift: np.ndarray  # float32 (n_titles, N_DAYPARTS)
+    genre_weekend_lift: np.ndarray  # float32 (n_titles, 2)
+    title_genre_unit: np.ndarray  # float32 (n_titles, n_genres), rows of unit length (or 0)
+    # users
+    user_country: np.ndarray  # int16 country code
+    user_stats: np.ndarray  # float32 (n_users, 4): log plays, plays 7d, last play us, mean prog
+    user_device_share: np.ndarray  # float32 (n_users, n_devices)
+    user_daypart_share: np.ndarray  # float32 (n_users, N_DAYPARTS)
+    user_device_duration: np.ndarray  # float32 (n_users, n_devices): mean minutes, NaN none
+    user_genre: np.ndarray  # float32 (n_users, n_genres): decayed mix, unit length
+    user_recent_genre: np.ndarray  # float32 (n_users, n_genres): last plays, unit length
+    # (user, title) pairs, as sorted keys user * n_titles + title
+    ut_keys: np.ndarray  # int64 sorted
+    ut_values: np.ndarray  # float64 (k, 4): last progress, plays, last play (days), max progress
+    shown_keys: np.ndarray  # int64 sorted
+    shown_counts: np.ndarray  # float32 times shown without a play
+    # row-kind engagement from impressions: [..., 0] shown, [..., 1] played
+    user_kind: np.ndarray  # float32 (n_users, n_kinds, 2)
+    user_kind_device: np.ndarray  # float32 (n_users, n_kinds, n_devices, 2)
+    user_kind_daypart: np.ndarray  # float32 (n_users, n_kinds, N_DAYPARTS, 2)
+    kind_device: np.ndarray  # float32 (n_kinds, n_devices, 2)
+    kind_daypart: np.ndarray  # float32 (n_kinds, N_DAYPARTS, 2)
+    col_decay: np.ndarray  # float64 (n_devices,): play rate ratio of column c+1 to column c
+    # from History, kept by reference (not saved: the History is saved beside the store)
+    title_kind: np.ndarray
+    duration_min: np.ndarray
+    added_us: np.ndarray
+    release_year: np.ndarray
+    maturity: np.ndarray
+    title_n_genres: np.ndarray
+    title_episode: np.ndarray
+    user_created_us: np.ndarray
+    n_titles: int
+
+    _SAVED: ClassVar[tuple[str, ...]] = (
+        "genre_flags",
+        "title_pop",
+        "country_pop",
+        "prev_title",
+        "title_completion",
+        "title_device_lift",
+        "title_daypart_lift",
+        "genre_device_lift",
+        "genre_daypart_lift",
+        "genre_weekend_lift",
+        "title_genre_unit",
+        "user_country",
+        "user_stats",
+        "user_device_share",
+        "user_daypart_share",
+        "user_device_duration",
+        "user_genre",
+        "user_recent_genre",
+        "ut_keys",
+        "ut_values",
+        "shown_keys",
+        "shown_counts",
+        "user_kind",
+        "user_kind_device",
+        "user_kind_daypart",
+        "kind_device",
+        "kind_daypart",
+        "col_decay",
+    )
+
+    # ----- fitting -----------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        history: History,
+        impressions: pl.DataFrame | None,
+        *,
+        rankers: Sequence[str],
+        kinds: Sequence[str],
+        countries: Sequence[str] | None = None,
+    ) -> FeatureStore:
+        """Statistics of `history` and of the impressions logged before its cut-off.
+
+        `impressions` may contain later rows: they are dropped here, so a caller cannot leak.
+        `kinds` is the row-kind vocabulary (the rankers' kinds plus any logged row kinds)."""
+        h = history
+        n_t, n_u, n_d = h.n_titles, h.n_users, len(DEVICES)
+        cut = h.cutoff_us
+        age_us = cut - h.play_ts
+        pt, pu = h.play_title, h.play_user
+        # --- titles: popularity windows, completion
+        pop = np.stack(
+            [np.bincount(pt[age_us <= days * US_PER_DAY], minlength=n_t) for days in (1, 7, 28)],
+            axis=1,
+        )
+        n_title_plays = np.bincount(pt, minlength=n_t)
+        completion = np.bincount(pt, weights=h.play_progress, minlength=n_t) / np.maximum(
+            n_title_plays, 1
+        )
+        completion[n_title_plays == 0] = np.nan
+        # --- context lifts: how much more than its base rate a title (or genre) is played
+        play_hour = ((h.play_ts // _US_PER_HOUR) % 24).astype(np.int64)
+        play_dp = daypart(play_hour)
+        play_wk = _weekend_of_us(h.play_ts)
+        dev = h.play_device.astype(np.int64)
+        known_dev = dev >= 0
+        title_device_lift = _lift(pt[known_dev], dev[known_dev], n_t, n_d)
+        title_daypart_lift = _lift(pt, play_dp, n_t, N_DAYPARTS)
+        g = h.title_genres.astype(np.float32)
+        n_genres = g.shape[1]
+        genre_of_play_w = g[pt]  # (n_plays, n_genres)
+        genre_device = _genre_lift(genre_of_play_w[known_dev], dev[known_dev], n_d)
+        genre_daypart = _genre_lift(genre_of_play_w, play_dp, N_DAYPARTS)
+        genre_weekend = _genre_lift(genre_of_play_w, play_wk, 2)
+        n_g = np.maximum(g.sum(axis=1, keepdims=True), 1.0)
+        genre_device_lift = (g @ genre_device) / n_g
+        genre_daypart_lift = (g @ genre_daypart) / n_g
+        genre_weekend_lift = (g @ genre_weekend) / n_g
+        no_genre = g.sum(axis=1) == 0
+        for arr in (genre_device_lift, genre_daypart_lift, genre_weekend_lift):
+            arr[no_genre] = np.nan
+        # Most played genres first: the flag features follow the data, not the alphabet.
+        genre_plays = genre_of_play_w.sum(axis=0) if len(pt) else np.zeros(n_genres)
+        order = np.lexsort((np.arange(n_genres), -genre_plays))[:N_GENRE_FLAGS]
+        genre_flags = np.full(N_GENRE_FLAGS, -1, dtype=np.int32)
+        genre_flags[: len(order)] = order
+        title_genre_unit = _unit_rows(g)
+        # --- users
+        country_vocab = tuple(
+            sorted(set(countries) if countries is not None else set(h.user_country.tolist()) - {""})
+        )
+        cpos = {c: i for i, c in enumerate(country_vocab)}
+        user_country = np.array([cpos.get(c, -1) for c in h.user_country.tolist()], np.int16)
+        n_user_plays = np.diff(h.user_offsets).astype(np.float64)
+        last_us = np.full(n_u, np.nan)
+        has = n_user_plays > 0
+        last_us[has] = h.play_ts[h.user_offsets[1:][has] - 1]
+        plays_7d = np.bincount(pu[age_us <= 7 * US_PER_DAY], minlength=n_u)
+        mean_prog = np.bincount(pu, weights=h.play_progress, minlength=n_u) / np.maximum(
+            n_user_plays, 1
+        )
+        mean_prog[~has] = np.nan
+        user_stats = np.stack([np.log1p(n_user_plays), plays_7d, last_us, mean_prog], axis=1)
+        user_device_share = _share(pu[known_dev], dev[known_dev], n_u, n_d)
+        user_daypart_share = _share(pu, play_dp, n_u, N_DAYPARTS)
+        minutes = np.minimum(h.play_seconds / 60.0, np.nan_to_num(h.duration_min[pt], nan=1e9))
+        flat = pu[known_dev].astype(np.int64) * n_d + dev[known_dev]
+        dur_sum = np.bincount(flat, weights=minutes[known_dev], minlength=n_u * n_d)
+        dur_n = np.bincount(flat, minlength=n_u * n_d)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            user_device_duration = (dur_sum / dur_n).reshape(n_u, n_d)
+        decay = np.exp2(-age_us / (AFFINITY_HALF_LIFE_DAYS * US_PER_DAY))
+        weight = decay * (0.2 + np.clip(h.play_progress, 0, 1))
+        user_genre = _unit_rows(_user_genre_sum(pu, genre_of_play_w, weight, n_u))
+        idx_in_user = np.arange(len(pu)) - h.user_offsets[pu]
+        recent = idx_in_user >= (n_user_plays[pu] - RECENT_PLAYS)
+        user_recent_genre = _unit_rows(
+            _user_genre_sum(pu[recent], genre_of_play_w[recent], np.ones(recent.sum()), n_u)
+        )
+        # --- (user, title): last progress, number of plays, last play time
+        keys = pu.astype(np.int64) * n_t + pt
+        order = np.argsort(keys, kind="stable")  # plays are time-sorted within a user
+        ks = keys[order]
+        ut_keys, first, counts = np.unique(ks, return_index=True, return_counts=True)
+        last = order[first + counts - 1]
+        max_progress = np.maximum.reduceat(h.play_progress[order], first) if len(ks) else ks
+        ut_values = np.stack(
+            [h.play_progress[last], counts, h.play_ts[last] / US_PER_DAY, max_progress], axis=1
+        ).astype(np.float64)
+        # --- series: each episode's previous episode, for "next episode" / "skipped one"
+        prev_title = _previous_episode(h.series, h.episode)
+        # --- popularity in each country (the member's country at play time)
+        n_c = len(country_vocab)
+        pc = user_country[pu].astype(np.int64)
+        in_c = pc >= 0
+        country_pop = np.stack(
+            [
+                np.bincount(
+                    pc[in_c & (age_us <= days * US_PER_DAY)] * n_t
+                    + pt[in_c & (age_us <= days * US_PER_DAY)],
+                    minlength=n_c * n_t,
+                ).reshape(n_c, n_t)
+                for days in (1, 7)
+            ],
+            axis=2,
+        )
+        # --- impressions before the cut-off
+        kinds = tuple(kinds)
+        imp = _impressions_before(impressions, h, cut, kinds)
+        n_k = len(kinds)
+        iu, it, ik = imp["u"], imp["t"], imp["k"]
+        idev, idp, played = imp["d"], imp["dp"], imp["played"]
+        not_played = ~played & (it >= 0)
+        skeys = iu[not_played].astype(np.int64) * n_t + it[not_played]
+        shown_keys, shown_counts = np.unique(skeys, return_counts=True)
+        ok = ik >= 0
+        iu, ik, idev, idp, pl_ = iu[ok], ik[ok], idev[ok], idp[ok], played[ok].astype(np.float64)
+        okd = idev >= 0
+        user_kind = _count2(iu.astype(np.int64) * n_k + ik, pl_, n_u * n_k).reshape(n_u, n_k, 2)
+        ukd_flat = (iu[okd].astype(np.int64) * n_k + ik[okd]) * n_d + idev[okd]
+        user_kind_device = _count2(ukd_flat, pl_[okd], n_u * n_k * n_d).reshape(n_u, n_k, n_d, 2)
+        ukp_flat = (iu.astype(np.int64) * n_k + ik) * N_DAYPARTS + idp
+        user_kind_daypart = _count2(ukp_flat, pl_, n_u * n_k * N_DAYPARTS).reshape(
+            n_u, n_k, N_DAYPARTS, 2
+        )
+        kind_device = user_kind_device.sum(axis=0)
+        kind_daypart = user_kind_daypart.sum(axis=0)
+        col_decay = _column_decay(imp["d"], imp["pos"], imp["played"])
+        return cls(
+            cutoff_us=cut,
+            countries=country_vocab,
+            kinds=kinds,
+            rankers=tuple(rankers),
+            genre_flags=genre_flags,
+            title_pop=np.log1p(pop).astype(np.float32),
+            country_pop=np.log1p(country_pop).astype(np.float32),
+            prev_title=prev_title,
+            title_completion=completion.astype(np.float32),
+            title_device_lift=title_device_lift,
+            title_daypart_lift=title_daypart_lift,
+            genre_device_lift=genre_device_lift.astype(np.float32),
+            genre_daypart_lift=genre_daypart_lift.astype(np.float32),
+            genre_weekend_lift=genre_weekend_lift.astype(np.float32),
+            title_genre_unit=title_genre_unit,
+            user_country=user_country,
+            user_stats=user_stats.astype(np.float64),
+            user_device_share=user_device_share,
+            user_daypart_share=user_daypart_share,
+            user_device_duration=user_device_duration.astype(np.float32),
+            user_genre=user_genre,
+            user_recent_genre=user_recent_genre,
+            ut_keys=ut_keys.astype(np.int64),
+            ut_values=ut_values,
+            shown_keys=shown_keys.astype(np.int64),
+            shown_counts=shown_counts.astype(np.float32),
+            user_kind=user_kind,
+            user_kind_device=user_kind_device,
+            user_kind_daypart=user_kind_daypart,
+            kind_device=kind_device,
+            kind_daypart=kind_daypart,
+            col_decay=col_decay,
+            **_history_refs(h),
+        )
+
+    # ----- saving ------------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """`features.npz` (no pickle) + `features.json`; the History is saved separately."""
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez(directory / "features.npz", **{k: getattr(self, k) for k in self._SAVED})
+        meta = {
+            "version": FEATURE_STORE_VERSION,
+            "cutoff_us": self.cutoff_us,
+            "countries": list(self.countries),
+            "kinds": list(self.kinds),
+            "rankers": list(self.rankers),
+        }
+        (directory / "features.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+
+    @classmethod
+    def load(cls, directory: Path, history: History) -> FeatureStore:
+        try:
+            meta = orjson.loads((directory / "features.json").read_bytes())
+            # Our own handle: np.load leaks the one it opens when the zip is unreadable.
+            with (
+                (directory / "features.npz").open("rb") as f,
+                np.load(f, allow_pickle=False) as npz,
+            ):
+                arrays = {k: npz[k] for k in cls._SAVED}
+        except (
+            OSError,
+            KeyError,
+            ValueError,
+            EOFError,
+            zipfile.BadZipFile,
+            orjson.JSONDecodeError,
+        ) as exc:
+            raise ModelLoadError(f"cannot read the feature store in {directory}: {exc}") from exc
+        if meta.get("version") != FEATURE_STORE_VERSION:
+            raise ModelLoadError(
+                f"{directory}/features.json has version {meta.get('version')}, this rowrank reads "
+                f"{FEATURE_STORE_VERSION}: retrain with `rowrank train`."
+            )
+        if meta.get("cutoff_us") != history.cutoff_us:
+            raise ModelLoadError(
+                f"{directory}: the feature store was fitted as of {meta.get('cutoff_us')}, the "
+                f"history beside it is as of {history.cutoff_us}: the model directory is mixed up."
+            )
+        if arrays["title_pop"].shape[0] != history.n_titles or arrays["user_stats"].shape[0] != len(
+            history.user_ids
+        ):
+            raise ModelLoadError(f"{directory}: the feature store does not match the history")
+        return cls(
+            cutoff_us=int(meta["cutoff_us"]),
+            countries=tuple(meta["countries"]),
+            kinds=tuple(meta["kinds"]),
+            rankers=tuple(meta["rankers"]),
+            **arrays,
+            **_history_refs(history),
+        )
+
+    # ----- codes -------------------------------------------------------------------------------
+
+    def country_code(self, country: str | None) -> int:
+        if not country:
+            return -1
+        try:
+            return self.countries.index(country)
+        except ValueError:
+            return -1
+
+    def kind_code(self, kind: str) -> int:
+        try:
+            return self.kinds.index(kind)
+        except ValueError:
+            return -1
+
+    def ranker_code(self, ranker: str) -> int:
+        try:
+            return self.rankers.index(ranker)
+        except ValueError:
+            return -1
+
+    # ----- the title-model matrix --------------------------------------------------------------
+
+    def title_matrix(self, req: Requests, pairs: Pairs) -> np.ndarray:
+        """float32 (P, len(TITLE_FEATURES)) in declared order. Pure numpy gathers: the same code
+        serves one request (a few thousand pairs, well under a millisecond) and a training
+        window (millions of pairs)."""
+        n = len(pairs.title)
+        X = np.empty((n, len(TITLE_FEATURES)), dtype=np.float32)
+        col = _TITLE_COL
+        r = pairs.req
+        t = pairs.title
+        u = req.user[r].astype(np.int64)
+        known = u >= 0
+        uk = np.where(known, u, 0)
+        d = req.device[r].astype(np.int64)
+        hour = req.hour[r].astype(np.int64)
+        dp = daypart(hour)
+        wk = req.weekend[r].astype(np.int64)
+        at_us = req.at_us[r]
+        # context
+        X[:, col["ctx_device"]] = d
+        X[:, col["ctx_hour"]] = hour
+        X[:, col["ctx_weekend"]] = wk
+        X[:, col["ctx_country"]] = req.country[r]
+        # user
+        stats = self.user_stats[uk]
+        X[:, col["user_log_plays"]] = np.where(known, stats[:, 0], 0.0)
+        X[:, col["user_tenure_days"]] = np.where(
+            known, (at_us - self.user_created_us[uk]) / US_PER_DAY, np.nan
+        )
+        X[:, col["user_plays_7d"]] = np.where(known, stats[:, 1], 0.0)
+        X[:, col["user_days_since_play"]] = np.where(
+            known, (at_us - stats[:, 2]) / US_PER_DAY, np.nan
+        )
+        X[:, col["user_mean_progress"]] = np.where(known, stats[:, 3], np.nan)
+        X[:, col["user_device_share"]] = np.where(known, self.user_device_share[uk, d], np.nan)
+        X[:, col["user_daypart_share"]] = np.where(known, self.user_daypart_share[uk, dp], np.nan)
+        # title
+        X[:, col["title_kind"]] = self.title_kind[t]
+        dur = self.duration_min[t]
+        X[:, col["title_duration_min"]] = dur
+        X[:, col["title_age_days"]] = (at_us - self.added_us[t]) / US_PER_DAY
+        year_now = 1970.0 + at_us / (365.25 * US_PER_DAY)
+        X[:, col["title_release_age"]] = year_now - self.release_year[t]
+        X[:, col["title_maturity"]] = self.maturity[t]
+        X[:, col["title_n_genres"]] = self.title_n_genres[t]
+        pop = self.title_pop[t]
+        X[:, col["title_pop_1d"]] = pop[:, 0]
+        X[:, col["title_pop_7d"]] = pop[:, 1]
+        X[:, col["title_pop_28d"]] = pop[:, 2]
+        # log((7 * day + 1) / (week + 1)) from the log1p counts
+        X[:, col["title_trend"]] = np.log(7 * np.expm1(pop[:, 0]) + 1) - pop[:, 1]
+        X[:, col["title_completion"]] = self.title_completion[t]
+        X[:, col["title_episode"]] = self.title_episode[t]
+        c = req.country[r].astype(np.int64)
+        has_c = c >= 0
+        if len(self.country_pop):
+            cpop = self.country_pop[np.where(has_c, c, 0), t]
+            X[:, col["title_pop_country_1d"]] = np.where(has_c, cpop[:, 0], np.nan)
+            X[:, col["title_pop_country_7d"]] = np.where(has_c, cpop[:, 1], np.nan)
+        else:  # no countries in the data (MovieLens)
+            X[:, col["title_pop_country_1d"]] = np.nan
+            X[:, col["title_pop_country_7d"]] = np.nan
+        g0 = col["title_genre_00"]
+        flags = self.genre_flags
+        valid = flags >= 0
+        X[:, g0 : g0 + N_GENRE_FLAGS] = 0.0
+        if valid.any():
+            X[:, g0 : g0 + int(valid.sum())] = self.title_genre_unit[t][:, flags[valid]] > 0
+        # context x title
+        X[:, col["ct_title_device_lift"]] = self.title_device_lift[t, d]
+        X[:, col["ct_title_daypart_lift"]] = self.title_daypart_lift[t, dp]
+        X[:, col["ct_genre_device_lift"]] = self.genre_device_lift[t, d]
+        X[:, col["ct_genre_daypart_lift"]] = self.genre_daypart_lift[t, dp]
+        X[:, col["ct_genre_weekend_lift"]] = self.genre_weekend_lift[t, wk]
+        # user x title
+        X[:, col["ut_pvr_score"]] = pairs.pvr
+        X[:, col["ut_pvr_rel"]] = pairs.pvr_rel
+        tg = self.title_genre_unit[t]
+        X[:, col["ut_genre_affinity"]] = np.where(
+            known, np.einsum("ij,ij->i", self.user_genre[uk], tg), np.nan
+        )
+        X[:, col["ut_recent_sim"]] = np.where(
+            known, np.einsum("ij,ij->i", self.user_recent_genre[uk], tg), np.nan
+        )
+        key = u * self.n_titles + t
+        hit, pos = _lookup(self.ut_keys, key)
+        vals = self.ut_values[pos]
+        X[:, col["ut_progress"]] = np.where(hit, vals[:, 0], 0.0)
+        X[:, col["ut_plays"]] = np.where(hit, vals[:, 1], 0.0)
+        X[:, col["ut_days_since_play"]] = np.where(hit, at_us / US_PER_DAY - vals[:, 2], np.nan)
+        X[:, col["ut_max_progress"]] = np.where(hit, vals[:, 3], 0.0)
+        prev = self.prev_title[t].astype(np.int64)
+        has_prev = prev >= 0
+        hit_p, pos_p = _lookup(
+            self.ut_keys, np.where(has_prev & known, u * self.n_titles + prev, -1)
+        )
+        prev_vals = self.ut_values[pos_p]
+        X[:, col["ut_prev_finished"]] = np.where(
+            has_prev, np.where(hit_p, prev_vals[:, 3] >= FINISHED_PROGRESS, 0.0), np.nan
+        )
+        X[:, col["ut_prev_days"]] = np.where(hit_p, at_us / US_PER_DAY - prev_vals[:, 2], np.nan)
+        hit_s, pos_s = _lookup(self.shown_keys, key)
+        # No impressions (MovieLens): nothing was ever shown, and there is no count to index.
+        shown = self.shown_counts[pos_s] if len(self.shown_counts) else 0.0
+        X[:, col["ut_shown_no_play"]] = np.where(hit_s, shown, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            X[:, col["ut_duration_ratio"]] = np.where(
+                known, dur / self.user_device_duration[uk, d], np.nan
+            )
+        # row
+        X[:, col["row_kind"]] = pairs.kind
+        X[:, col["row_ranker"]] = pairs.ranker
+        X[:, col["row_score"]] = pairs.score
+        X[:, col["row_score_rel"]] = pairs.score_rel
+        X[:, col["row_rank"]] = pairs.rank
+        X[:, col["row_len"]] = pairs.row_len
+        _missing_categories(X, _TITLE_CATEGORICAL)
+        return X
+
+    # ----- the row-model matrix ----------------------------------------------------------------
+
+    def row_static(
+        self,
+        req: Requests,
+        row_req: np.ndarray,
+        row_kind: np.ndarray,
+        row_ranker: np.ndarray,
+        row_len: np.ndarray,
+        row_top_score: np.ndarray,
+        title_x: np.ndarray,
+        title_scores: np.ndarray,
+        visible_pairs: np.ndarray,
+        visible_row: np.ndarray,
+    ) -> np.ndarray:
+        """float32 (W, len(ROW_FEATURES)) for W rows, placement columns left NaN.
+
+        `title_x`/`title_scores` are the title-model matrix and scores of all pairs;
+        `visible_pairs` indexes the pairs each row shows first (its visible titles, in the
+        within-row order) and `visible_row` says which row each belongs to."""
+        n_rows = len(row_req)
+        X = np.full((n_rows, len(ROW_FEATURES)), np.nan, dtype=np.float32)
+        col = _ROW_COL
+        # context and user columns are the same as for any of the row's pairs
+        first = np.full(n_rows, -1, dtype=np.int64)
+        first[visible_row[::-1]] = visible_pairs[::-1]
+        has = first >= 0
+        for f in (*CONTEXT_FEATURES, *USER_FEATURES):
+            X[has, col[f.name]] = title_x[first[has], _TITLE_COL[f.name]]
+        if (~has).any():  # a row with no visible pair: fill from the request directly
+            X[~has, col["ctx_device"]] = req.device[row_req[~has]]
+            X[~has, col["ctx_hour"]] = req.hour[row_req[~has]]
+            X[~has, col["ctx_weekend"]] = req.weekend[row_req[~has]]
+            X[~has, col["ctx_country"]] = req.country[row_req[~has]]
+        X[:, col["row_kind"]] = row_kind
+        X[:, col["row_ranker"]] = row_ranker
+        X[:, col["row_len"]] = row_len
+        X[:, col["row_top_score"]] = row_top_score
+        X[:, col["rs_top"]] = _segment_max(title_scores[visible_pairs], visible_row, n_rows)
+        X[:, col["rs_mean_visible"]] = _segment_mean(
+            title_scores[visible_pairs], visible_row, n_rows
+        )
+        X[:, col["rs_play_est"]] = self.play_estimate(
+            title_scores[visible_pairs], visible_row, n_rows, req.device[row_req]
+        )
+        for name, src in _ROW_AGG_SOURCES:
+            X[:, col[name]] = _segment_mean(
+                title_x[visible_pairs, _TITLE_COL[src]], visible_row, n_rows
+            )
+        # engagement with this row kind, from impressions before the cut-off
+        u = req.user[row_req].astype(np.int64)
+        known = u >= 0
+        uk = np.where(known, u, 0)
+        k = row_kind.astype(np.int64)
+        kk = np.where(k >= 0, k, 0)
+        ok = known & (k >= 0)
+        d = req.device[row_req].astype(np.int64)
+        dp = daypart(req.hour[row_req].astype(np.int64))
+        g_dev = self.kind_device[kk, d]
+        g_dp = self.kind_daypart[kk, dp]
+        base_dev = _rate(g_dev, 0.0)
+        base_dp = _rate(g_dp, 0.0)
+        base_kind = _rate(self.kind_device[kk].sum(axis=1), 0.0)
+        uk_all = self.user_kind[uk, kk]
+        X[:, col["re_user_kind_shown"]] = np.where(ok, np.log1p(uk_all[:, 0]), 0.0)
+        X[:, col["re_user_kind_rate"]] = np.where(ok, _rate(uk_all, base_kind), base_kind)
+        X[:, col["re_user_kind_device_rate"]] = np.where(
+            ok, _rate(self.user_kind_device[uk, kk, d], base_dev), base_dev
+        )
+        X[:, col["re_user_kind_daypart_rate"]] = np.where(
+            ok, _rate(self.user_kind_daypart[uk, kk, dp], base_dp), base_dp
+        )
+        X[:, col["re_kind_device_rate"]] = base_dev
+        X[:, col["re_kind_daypart_rate"]] = base_dp
+        no_kind = k < 0
+        _missing_categories(X, _ROW_CATEGORICAL)
+        for name in (
+            "re_user_kind_rate",
+            "re_user_kind_device_rate",
+            "re_user_kind_daypart_rate",
+            "re_kind_device_rate",
+            "re_kind_daypart_rate",
+        ):
+            X[no_kind, col[name]] = np.nan
+        return X
+
+    def play_estimate(
+        self, scores: np.ndarray, owner: np.ndarray, n_rows: int, device: np.ndarray
+    ) -> np.ndarray:
+        """Per row, P(a play | the row is reached) = sum_c decay^c prod_{c'<c}(1 - p_c') p_c,
+        p = sigmoid(title-model score) of the row's visible titles in display order (the
+        browsing model of engine.world and engine.metrics; decay estimated from the log)."""
+        out = np.zeros(n_rows)
+        if len(scores) == 0:
+            return out
+        p = 1.0 / (1.0 + np.exp(-np.clip(scores.astype(np.float64), -30, 30)))
+        starts = np.searchsorted(owner, np.arange(n_rows))
+        col = np.arange(len(owner)) - starts[owner]
+        width = int(col.max()) + 1
+        P = np.zeros((n_rows, width))
+        P[owner, col] = p
+        survive = np.cumprod(np.concatenate([np.ones((n_rows, 1)), 1.0 - P[:, :-1]], axis=1), 1)
+        decay = self.col_decay[np.asarray(device, dtype=np.int64)][:, None] ** np.arange(width)
+        out = (survive * decay * P).sum(axis=1)
+        return np.asarray(out, dtype=np.float64)
+
+    def placement(
+        self,
+        visible_titles: Sequence[np.ndarray],
+        kinds: np.ndarray,
+        placed_titles: np.ndarray,
+        placed_genre: np.ndarray,
+        placed_kinds: np.ndarray,
+    ) -> np.ndarray:
+        """float32 (W, 3): overlap with titles above, max genre cosine with a row above, rows
+        of the same kind above. `placed_genre` is (n_placed, n_genres) unit row centroids."""
+        n = len(visible_titles)
+        out = np.zeros((n, 3), dtype=np.float32)
+        if n == 0:
+            return out
+        placed_mask = np.zeros(self.n_titles, dtype=bool)
+        placed_mask[placed_titles] = True
+        lens = np.fromiter((len(v) for v in visible_titles), dtype=np.int64, count=n)
+        flat = np.concatenate(visible_titles) if lens.sum() else np.empty(0, np.int64)
+        owner = np.repeat(np.arange(n), lens)
+        out[:, 0] = _segment_mean(placed_mask[flat].astype(np.float64), owner, n)
+        out[lens == 0, 0] = np.nan
+        if len(placed_genre):
+            cent = self.row_genre_centroids(visible_titles)
+            out[:, 1] = (cent @ placed_genre.T).max(axis=1)
+        if len(placed_kinds):
+            out[:, 2] = (kinds[:, None] == placed_kinds[None, :]).sum(axis=1)
+        return out
+
+    def row_genre_centroids(self, visible_titles: Sequence[np.ndarray]) -> np.ndarray:
+        """(W, n_genres) unit genre centroid of each row's visible titles."""
+        n = len(visible_titles)
+        lens = np.fromiter((len(v) for v in visible_titles), dtype=np.int64, count=n)
+        flat = np.concatenate(visible_titles) if lens.sum() else np.empty(0, np.int64)
+        owner = np.repeat(np.arange(n), lens)
+        n_genres = self.title_genre_unit.shape[1]
+        cent = np.zeros((n, n_genres), dtype=np.float64)
+        if len(flat):
+            np.add.at(cent, owner, self.title_genre_unit[flat])
+        return _unit_rows(cent)
+
+
+PLACEMENT_COLUMNS: tuple[str, ...] = (
+    "pl_overlap_above",
+    "pl_genre_sim_above",
+    "pl_same_kind_above",
+)
+_TITLE_COL: dict[str, int] = {f.name: i for i, f in enumerate(TITLE_FEATURES)}
+_ROW_COL: dict[str, int] = {f.name: i for i, f in enumerate(ROW_FEATURES)}
+PLACEMENT_SLICE = slice(_ROW_COL["pl_overlap_above"], _ROW_COL["pl_same_kind_above"] + 1)
+
+
+_TITLE_CATEGORICAL = np.array([i for i, f in enumerate(TITLE_FEATURES) if f.dtype == "category"])
+_ROW_CATEGORICAL = np.array([i for i, f in enumerate(ROW_FEATURES) if f.dtype == "category"])
+
+
+def _missing_categories(X: np.ndarray, cols: np.ndarray) -> None:
+    """Unknown category codes (-1) become NaN, which LightGBM reads as missing (it would
+    convert negative categories itself, with a warning per Dataset)."""
+    sub = X[:, cols]
+    sub[sub < 0] = np.nan
+    X[:, cols] = sub
+
+
+def title_column(name: str) -> int:
+    return _TITLE_COL[name]
+
+
+def row_column(name: str) -> int:
+    return _ROW_COL[name]
+
+
+def requests_from(
+    store: FeatureStore,
+    history: History,
+    user_ids: Sequence[str],
+    devices: Sequence[str],
+    at: Sequence[int],
+    hours: Sequence[int],
+    weekdays: Sequence[int],
+    countries: Sequence[str | None],
+) -> Requests:
+    """Requests arrays from plain columns; a missing country falls back to the member's."""
+    users = np.array([history.user_index(u) for u in user_ids], dtype=np.int32)
+    codes = []
+    for u, c in zip(users.tolist(), countries, strict=True):
+        if c:
+            codes.append(store.country_code(c))
+        else:
+            codes.append(int(store.user_country[u]) if u >= 0 else -1)
+    dev_pos = {d: i for i, d in enumerate(DEVICES)}
+    return Requests(
+        user=users,
+        device=np.array([dev_pos[d] for d in devices], dtype=np.int8),
+        hour=np.asarray(hours, dtype=np.int8),
+        weekend=(np.asarray(weekdays) >= 5).astype(np.int8),
+        country=np.asarray(codes, dtype=np.int16),
+        at_us=np.asarray(at, dtype=np.int64),
+    )
+
+
+# ----- helpers --------------------------------------------------------------------------------
+
+
+def _history_refs(h: History) -> dict[str, Any]:
+    return {
+        "title_kind": h.title_kind.astype(np.float32),
+        "duration_min": h.duration_min.astype(np.float32),
+        "added_us": h.added_us.astype(np.float64),
+        "release_year": h.release_year.astype(np.float64),
+        "maturity": h.maturity.astype(np.float32),
+        "title_n_genres": h.title_genres.sum(axis=1).astype(np.float32),
+        "title_episode": np.where(h.episode >= 0, h.episode, np.nan).astype(np.float32),
+        "user_created_us": h.user_created_us.astype(np.float64),
+        "n_titles": h.n_titles,
+    }
+
+
+DEFAULT_COLUMN_DECAY = 0.8
+
+
+def _column_decay(device: np.ndarray, pos: np.ndarray, played: np.ndarray) -> np.ndarray:
+    """Per device, exp(slope) of log(play rate) against the column over the first 6 columns of
+    logged rows: how much less a title one slot to the right is played. Without enough logged
+    data, DEFAULT_COLUMN_DECAY. Clipped to [0.2, 1]."""
+    out = np.full(len(DEVICES), DEFAULT_COLUMN_DECAY)
+    for d in range(len(DEVICES)):
+        m = (device == d) & (pos >= 0) & (pos < 6)
+        shown = np.bincount(pos[m], minlength=6).astype(np.float64)
+        hits = np.bincount(pos[m], weights=played[m].astype(np.float64), minlength=6)
+        ok = (shown >= 200) & (hits >= 5)
+        if ok.sum() >= 3:
+            c = np.flatnonzero(ok)
+            slope = np.polyfit(c, np.log(hits[ok] / shown[ok]), 1)[0]
+            out[d] = float(np.clip(np.exp(slope), 0.2, 1.0))
+    return out
+
+
+def _previous_episode(series: np.ndarray, episode: np.ndarray) -> np.ndarray:
+    """Per title, the index of the same series' previous episode (-1: none)."""
+    out = np.full(len(series), -1, dtype=np.int32)
+    is_ep = (series >= 0) & (episode >= 0)
+    idx = np.flatnonzero(is_ep)
+    if len(idx) == 0:
+        return out
+    key = series[idx].astype(np.int64) * (1 << 20) + episode[idx]
+    order = np.argsort(key)
+    skey, sidx = key[order], idx[order]
+    want = series[idx].astype(np.int64) * (1 << 20) + episode[idx] - 1
+    pos = np.minimum(np.searchsorted(skey, want), len(skey) - 1)
+    found = skey[pos] == want
+    out[idx[found]] = sidx[pos[found]]
+    return out
+
+
+def _weekend_of_us(ts_us: np.ndarray) -> np.ndarray:
+    # 1970-01-01 was a Thursday (weekday 3).
+    weekday = (ts_us // US_PER_DAY + 3) % 7
+    return (weekday >= 5).astype(np.int64)
+
+
+def _lift(entity: np.ndarray, bucket: np.ndarray, n_entities: int, n_buckets: int) -> np.ndarray:
+    """(n_entities, n_buckets): smoothed share of an entity's plays in each bucket / the global
+    share. 1 = no preference; NaN for an entity without plays."""
+    flat = entity.astype(np.int64) * n_buckets + bucket
+    counts = np.bincount(flat, minlength=n_entities * n_buckets).reshape(n_entities, n_buckets)
+    total = counts.sum(axis=1, keepdims=True).astype(np.float64)
+    base = counts.sum(axis=0) / max(counts.sum(), 1)
+    share = (counts + _PRIOR_N * base) / (total + _PRIOR_N)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lift = share / base
+    lift[total[:, 0] == 0] = np.nan
+    return lift.astype(np.float32)
+
+
+def _genre_lift(genre_w: np.ndarray, bucket: np.ndarray, n_buckets: int) -> np.ndarray:
+    """(n_genres, n_buckets) lift of each genre's plays per bucket."""
+    n_genres = genre_w.shape[1]
+    counts = np.zeros((n_genres, n_buckets))
+    for b in range(n_buckets):
+        counts[:, b] = genre_w[bucket == b].sum(axis=0)
+    base = counts.sum(axis=0) / max(counts.sum(), 1.0)
+    total = counts.sum(axis=1, keepdims=True)
+    share = (counts + _PRIOR_N * base) / (total + _PRIOR_N)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lift = np.where(base > 0, share / np.where(base > 0, base, 1), 1.0)
+    return np.asarray(lift, dtype=np.float64)
+
+
+def _share(entity: np.ndarray, bucket: np.ndarray, n_entities: int, n_buckets: int) -> np.ndarray:
+    flat = entity.astype(np.int64) * n_buckets + bucket
+    counts = np.bincount(flat, minlength=n_entities * n_buckets).reshape(n_entities, n_buckets)
+    total = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = counts / total
+    return out.astype(np.float32)
+
+
+def _user_genre_sum(
+    users: np.ndarray, genre_w: np.ndarray, weight: np.ndarray, n_users: int
+) -> np.ndarray:
+    out = np.zeros((n_users, genre_w.shape[1]))
+    for gi in range(genre_w.shape[1]):
+        out[:, gi] = np.bincount(users, weights=genre_w[:, gi] * weight, minlength=n_users)
+    return out
+
+
+def _unit_rows(m: np.ndarray) -> np.ndarray:
+    norm = np.sqrt((m.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
+    return (m / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def _lookup(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, position) of each query in sorted `keys`; negative queries are never found."""
+    if len(keys) == 0:
+        return np.zeros(len(query), dtype=bool), np.zeros(len(query), dtype=np.int64)
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return (keys[pos] == query) & (query >= 0), pos
+
+
+def _count2(flat: np.ndarray, played: np.ndarray, size: int) -> np.ndarray:
+    shown = np.bincount(flat, minlength=size)
+    hits = np.bincount(flat, weights=played, minlength=size)
+    return np.stack([shown, hits], axis=1).astype(np.float32)
+
+
+def _rate(counts: np.ndarray, prior: np.ndarray | float) -> np.ndarray:
+    """Smoothed play rate (hits + n0 * prior) / (shown + n0); the prior alone without data."""
+    shown, hits = counts[..., 0].astype(np.float64), counts[..., 1].astype(np.float64)
+    prior_arr = np.asarray(prior, dtype=np.float64)
+    out: np.ndarray = (hits + _PRIOR_N * prior_arr) / (shown + _PRIOR_N)
+    return out
+
+
+def _segment_mean(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Mean of `values` per owner (NaN values ignored; NaN for an owner with none)."""
+    v = values.astype(np.float64)
+    ok = ~np.isnan(v)
+    s = np.bincount(owner[ok], weights=v[ok], minlength=n)
+    c = np.bincount(owner[ok], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: np.ndarray = s / c
+    return out
+
+
+def _segment_max(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, -np.inf)
+    np.maximum.at(out, owner, values.astype(np.float64))
+    out[np.isinf(out)] = np.nan
+    return out
+
+
+def _impressions_before(
+    impressions: pl.DataFrame | None, h: History, cutoff_us: int, kinds: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Impressions strictly before the cut-off as index arrays (u, t, k, d, dp, played)."""
+    empty_i = np.empty(0, dtype=np.int64)
+    if impressions is None or impressions.height == 0:
+        return {
+            "u": empty_i,
+            "t": empty_i,
+            "k": empty_i,
+            "d": empty_i,
+            "dp": empty_i,
+            "pos": empty_i,
+            "played": np.empty(0, dtype=bool),
+        }
+    cut = pl.lit(cutoff_us).cast(pl.Int64)
+    imp = impressions.filter(pl.col(Col.TS).dt.epoch("us") < cut)
+    uindex = pl.DataFrame(
+        {Col.USER_ID: h.user_ids, "u": np.arange(h.n_users, dtype=np.int64)},
+        schema={Col.USER_ID: pl.String, "u": pl.Int64},
+    )
+    tindex = pl.DataFrame(
+        {Col.TITLE_ID: h.title_ids, "t": np.arange(h.n_titles, dtype=np.int64)},
+        schema={Col.TITLE_ID: pl.String, "t": pl.Int64},
+    )
+    kindex = pl.DataFrame(
+        {Col.ROW_KIND: list(kinds), "k": np.arange(len(kinds), dtype=np.int64)},
+        schema={Col.ROW_KIND: pl.String, "k": pl.Int64},
+    )
+    dindex = pl.DataFrame(
+        {Col.DEVICE: list(DEVICES), "d": np.arange(len(DEVICES), dtype=np.int64)},
+        schema={Col.DEVICE: pl.String, "d": pl.Int64},
+    )
+    j = (
+        imp.join(uindex, on=Col.USER_ID, how="inner")
+        .join(tindex, on=Col.TITLE_ID, how="left")
+        .join(kindex, on=Col.ROW_KIND, how="left")
+        .join(dindex, on=Col.DEVICE, how="left")
+        .select(
+            pl.col("u"),
+            pl.col("t").fill_null(-1),
+            pl.col("k").fill_null(-1),
+            pl.col("d").fill_null(-1),
+            (pl.col(Col.TS).dt.hour().cast(pl.Int64) // (24 // N_DAYPARTS)).alias("dp"),
+            pl.col(Col.POSITION).cast(pl.Int64).alias("pos"),
+            pl.col(Col.PLAYED).fill_null(False),
+        )
+    )
+    return {
+        "u": j["u"].to_numpy().astype(np.int64),
+        "t": j["t"].to_numpy().astype(np.int64),
+        "k": j["k"].to_numpy().astype(np.int64),
+        "d": j["d"].to_numpy().astype(np.int64),
+        "dp": j["dp"].to_numpy().astype(np.int64),
+        "pos": j["pos"].to_numpy().astype(np.int64),
+        "played": j[Col.PLAYED].to_numpy().astype(bool),
+    }
+
+
+__all__ = [
+    "FEATURE_SETS",
+    "FINISHED_PROGRESS",
+    "PLACEMENT_COLUMNS",
+    "ROW_FEATURES",
+    "TITLE_FEATURES",
+    "Feature",
+    "FeatureStore",
+    "Pairs",
+    "Requests",
+    "check_feature_order",
+    "feature_names",
+]

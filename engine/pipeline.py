@@ -1,0 +1,757 @@
+"""The page pipeline, written once, in order:
+
+    RequestContext
+      -> rankers    each configured instance proposes CandidateRows (fail open per ranker)
+      -> filters    availability, maturity, already finished (engine.filters)
+      -> features   context, user, title, user x title, row (engine.features, numpy gathers)
+      -> title model    LightGBM orders the titles inside every row
+      -> row model      LightGBM scores rows stage by stage inside engine.assembly.assemble_page
+                        (dedupe, caps, pins, diversity, device layout)
+      -> Page           engine.page.build_page; `Page.to_json()` gives the bytes
+
+Training (engine.train) calls the same stage functions (`propose_rows`, `filter_rows`,
+`pairs_for`) on past requests, so what the models learn from is what they are served.
+
+Failure policy (docs/page_model.md):
+- A ranker that raises an operational error (ValueError, KeyError, IndexError, arithmetic,
+  OSError, RuntimeError, ...) or returns rows with invalid values (titles out of range,
+  non-finite scores) loses its rows for this request; the failure is recorded in the page trace
+  under "failed_rankers" and the page still renders.
+- Programmer and schema errors are not swallowed: TypeError, AttributeError, NameError,
+  ImportError, AssertionError, NotImplementedError, MemoryError and every RowrankError
+  (ConfigError, ModelLoadError, NotFittedError, ...) propagate, as does a ranker returning
+  something that is not a list of CandidateRow. They mean the code or the model directory is
+  wrong, which a retry cannot fix and a silently thinner page would hide.
+- An unknown member gets a cold-start page (every feature of theirs at its default), not an
+  error. When no ranker has a row left, the page is `fallback_page` (popular + trending).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+import engine
+from engine.assembly import (
+    AssemblyRules,
+    assemble_page,
+    score_rows_by_template,
+    score_rows_by_top_titles,
+)
+from engine.candidates import CandidateRow, Ranker
+from engine.config import EngineConfig, build_rankers, parse_config
+from engine.context import RequestContext, parse_device, parse_time
+from engine.errors import BadRequestError, ConfigError, ModelLoadError, RowrankError
+from engine.features import (
+    FeatureStore,
+    Pairs,
+    Requests,
+    row_column,
+)
+from engine.filters import apply_filters
+from engine.history import FINISHED_PROGRESS, US_PER_DAY, History
+from engine.layout import DeviceLayout
+from engine.page import Page, build_page
+from engine.page_model import PageModel, PageModelConfig
+
+MANIFEST = "manifest.json"
+CONFIG_FILE = "config.json"
+MODEL_DIR_FORMAT = 1
+
+# Errors that mean "the code or the model is wrong": never turned into a thinner page.
+PROGRAMMER_ERRORS: tuple[type[BaseException], ...] = (
+    TypeError,
+    AttributeError,
+    NameError,
+    ImportError,
+    AssertionError,
+    NotImplementedError,
+    MemoryError,
+    RowrankError,
+)
+
+
+class RankerContractError(TypeError):
+    """A ranker returned something that is not a list of CandidateRow (a programmer error)."""
+
+
+# ----- stage 1: rankers -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proposed:
+    rows: list[CandidateRow]
+    failed: dict[str, str]  # ranker instance -> "ErrorType: message"
+    counts: dict[str, int]  # ranker instance -> rows proposed
+
+
+def propose_rows(rankers: Mapping[str, Ranker], ctx: RequestContext, history: History) -> Proposed:
+    """Every ranker's rows for one request, failing open per ranker (see the module doc)."""
+    rows: list[CandidateRow] = []
+    failed: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for name, ranker in rankers.items():
+        try:
+            got = ranker.propose(ctx, history)
+            _check_contract(name, got)
+            problem = _invalid_values(got, history.n_titles)
+            if problem:
+                raise ValueError(problem)
+        except PROGRAMMER_ERRORS:
+            raise
+        except Exception as exc:  # fail open: operational errors of one ranker
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        rows.extend(got)
+        counts[name] = len(got)
+    return Proposed(rows, failed, counts)
+
+
+def _check_contract(name: str, rows: Any) -> None:
+    if not isinstance(rows, list) or not all(isinstance(r, CandidateRow) for r in rows):
+        raise RankerContractError(
+            f"ranker {name!r} returned {type(rows).__name__}, not a list of CandidateRow"
+        )
+    for r in rows:
+        if r.ranker != name:
+            raise RankerContractError(f"ranker {name!r} returned a row of ranker {r.ranker!r}")
+        if r.titles.dtype.kind not in "iu" or r.scores.dtype.kind != "f":
+            raise RankerContractError(
+                f"row {r.row_id}: titles must be integer and scores float arrays, got "
+                f"{r.titles.dtype} and {r.scores.dtype}"
+            )
+
+
+def _invalid_values(rows: Sequence[CandidateRow], n_titles: int) -> str | None:
+    """Value problems of one ranker's rows, checked in one vectorized pass."""
+    if not rows:
+        return None
+    titles = np.concatenate([r.titles for r in rows]).astype(np.int64)
+    if len(titles) == 0:
+        return None
+    if titles.min() < 0 or titles.max() >= n_titles:
+        return f"rows of {rows[0].ranker}: title index out of range [0, {n_titles})"
+    if not np.isfinite(np.concatenate([r.scores for r in rows])).all():
+        return f"rows of {rows[0].ranker}: non-finite scores"
+    owner = np.repeat(np.arange(len(rows)), [len(r.titles) for r in rows])
+    keys = np.sort(owner * n_titles + titles)
+    dup = bool((keys[1:] == keys[:-1]).any())
+    if dup:
+        return f"rows of {rows[0].ranker}: a title appears twice in one row"
+    return None
+
+
+# ----- stage 2: filters -----------------------------------------------------------------------
+
+
+def filter_rows(
+    rows: Sequence[CandidateRow],
+    ctx: RequestContext,
+    history: History,
+    rankers: Mapping[str, Ranker],
+    limit: int,
+) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
+    """Business filters, then each row cut to the `limit` titles the title model scores."""
+    kept, removed = apply_filters(rows, ctx, history, rankers)
+    cut = [r if len(r.titles) <= limit else r.take(np.arange(limit)) for r in kept]
+    counts = {rid: rem.counts() for rid, rem in removed.items() if rem.total}
+    return [r for r in cut if len(r.titles)], counts
+
+
+# ----- stage 3: features ----------------------------------------------------------------------
+
+
+def pvr_ranker(rankers: Mapping[str, Ranker]) -> Any | None:
+    """The ranker whose `scores(user, history, at_us)` feeds the ut_pvr_* features."""
+    pvr = [r for r in rankers.values() if getattr(r, "type_name", "") == "pvr"]
+    pvr = pvr or [r for r in rankers.values() if callable(getattr(r, "scores", None))]
+    return pvr[0] if pvr else None
+
+
+def pvr_scores(
+    rankers: Mapping[str, Ranker], user: int, history: History, at_us: int
+) -> tuple[np.ndarray | None, str | None]:
+    """The member's PVR scores over every title, or (None, error) when unavailable."""
+    ranker = pvr_ranker(rankers)
+    if ranker is None:
+        return None, None
+    try:
+        s = np.asarray(ranker.scores(user, history, at_us), dtype=np.float64)
+    except PROGRAMMER_ERRORS:
+        raise
+    except Exception as exc:  # fail open: the features go missing, the page renders
+        return None, f"{type(exc).__name__}: {exc}"
+    if s.shape != (history.n_titles,):
+        raise RankerContractError(f"PVR scores have shape {s.shape}, not ({history.n_titles},)")
+    return s, None
+
+
+def request_arrays(
+    store: FeatureStore, history: History, ctxs: Sequence[RequestContext]
+) -> Requests:
+    """Requests arrays for contexts whose country is already resolved."""
+    return Requests(
+        user=np.array([history.user_index(c.user_id) for c in ctxs], dtype=np.int32),
+        device=np.array([c.device_code for c in ctxs], dtype=np.int8),
+        hour=np.array([c.hour for c in ctxs], dtype=np.int8),
+        weekend=np.array([c.is_weekend for c in ctxs], dtype=np.int8),
+        country=np.array([store.country_code(c.country) for c in ctxs], dtype=np.int16),
+        at_us=np.array([c.at_us for c in ctxs], dtype=np.int64),
+    )
+
+
+def pairs_for(
+    store: FeatureStore,
+    rows: Sequence[CandidateRow],
+    req_index: int,
+    pvr: np.ndarray | None,
+) -> Pairs:
+    """The (row, title) pairs of one request's rows, in row order then title order."""
+    n_rows = len(rows)
+    lens = np.fromiter((len(r.titles) for r in rows), dtype=np.int64, count=n_rows)
+    n = int(lens.sum())
+    if n == 0:
+        return _empty_pairs()
+    title = np.concatenate([r.titles for r in rows]).astype(np.int32)
+    score = np.concatenate([r.scores for r in rows]).astype(np.float64)
+    owner = np.repeat(np.arange(n_rows), lens)
+    starts = np.cumsum(lens) - lens
+    rank = np.arange(n) - np.repeat(starts, lens)
+    top = np.repeat(np.maximum.reduceat(score, starts), lens)
+    low = np.repeat(np.minimum.reduceat(score, starts), lens)
+    span = top - low
+    rel = np.where(span > 0, (score - low) / np.where(span > 0, span, 1.0), 1.0)
+    kinds = np.array([store.kind_code(r.kind) for r in rows], dtype=np.int16)
+    rankers = np.array([store.ranker_code(r.ranker) for r in rows], dtype=np.int16)
+    if pvr is None:
+        p = np.full(n, np.nan, dtype=np.float32)
+        pct = p
+    else:
+        p = pvr[title].astype(np.float32)
+        srt = np.sort(pvr)
+        pct = (np.searchsorted(srt, pvr[title], side="left") / max(len(srt) - 1, 1)).astype(
+            np.float32
+        )
+    return Pairs(
+        req=np.full(n, req_index, dtype=np.int32),
+        title=title,
+        kind=kinds[owner],
+        ranker=rankers[owner],
+        score=score.astype(np.float32),
+        score_rel=rel.astype(np.float32),
+        rank=rank.astype(np.float32),
+        row_len=lens[owner].astype(np.float32),
+        pvr=p,
+        pvr_rel=pct,
+    )
+
+
+def _empty_pairs() -> Pairs:
+    e32 = np.empty(0, dtype=np.int32)
+    ef = np.empty(0, dtype=np.float32)
+    return Pairs(e32, e32, e32.astype(np.int16), e32.astype(np.int16), ef, ef, ef, ef, ef, ef)
+
+
+def concat_pairs(parts: Sequence[Pairs]) -> Pairs:
+    if not parts:
+        return _empty_pairs()
+    return Pairs(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in Pairs.__dataclass_fields__)
+    )
+
+
+# ----- stage 4: the title model ---------------------------------------------------------------
+
+
+def order_titles(
+    rows: Sequence[CandidateRow], scores: np.ndarray
+) -> tuple[list[CandidateRow], list[np.ndarray]]:
+    """Each row's titles by descending title-model score (ties: the ranker's order); the row's
+    scores become the model's. Also returns, per row, the pair indices in the new order."""
+    out: list[CandidateRow] = []
+    pair_idx: list[np.ndarray] = []
+    start = 0
+    for r in rows:
+        n = len(r.titles)
+        s = scores[start : start + n]
+        order = np.lexsort((np.arange(n), -s))
+        out.append(
+            CandidateRow(
+                r.row_id,
+                r.ranker,
+                r.kind,
+                r.title,
+                r.evidence,
+                r.titles[order],
+                np.ascontiguousarray(s[order], dtype=np.float32),
+                None if r.progress is None else r.progress[order],
+            )
+        )
+        pair_idx.append(start + order)
+        start += n
+    return out, pair_idx
+
+
+def visible_pairs(pair_idx: Sequence[np.ndarray], visible: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pair indices, owning row) of each row's first `visible` titles."""
+    heads = [p[:visible] for p in pair_idx]
+    lens = np.fromiter((len(h) for h in heads), dtype=np.int64, count=len(heads))
+    flat = np.concatenate(heads) if len(heads) else np.empty(0, dtype=np.int64)
+    return flat.astype(np.int64), np.repeat(np.arange(len(heads)), lens)
+
+
+# ----- stage 5: the row model inside the assembly ---------------------------------------------
+
+
+class RowModelScorer:
+    """The RowScorer handed to `assemble_page`: row-model scores of the remaining rows given
+    the rows placed above. Per stage only the placement columns and, for rows that dedupe
+    changed, the title-score aggregates are recomputed (cached per row state)."""
+
+    def __init__(
+        self,
+        model: PageModel,
+        store: FeatureStore,
+        static: np.ndarray,
+        row_ids: Sequence[str],
+        visible: int,
+    ) -> None:
+        self.model = model
+        self.store = store
+        self.static = static
+        self.index = {rid: i for i, rid in enumerate(row_ids)}
+        self.visible = visible
+        self.calls = 0
+        self._device = int(static[0, row_column("ctx_device")]) if len(static) else 0
+        self._state: dict[tuple[str, bytes], tuple[np.ndarray, np.ndarray, int]] = {}
+        self._placed_mask = np.zeros(store.n_titles, dtype=bool)
+        self._placed_genre: list[np.ndarray] = []
+        self._placed_kinds: list[int] = []
+
+    def _row_state(self, r: CandidateRow) -> tuple[np.ndarray, np.ndarray, int]:
+        """(title-score aggregates (3,), unit genre centroid, kind code) of a row as it shows.
+
+        Rows have a handful of visible titles, so this is plain Python arithmetic: numpy's
+        per-call overhead dominated (measured 13.6 -> see bench_page_speed) at this size."""
+        head = r.titles[: self.visible]
+        key = (r.row_id, head.tobytes())
+        got = self._state.get(key)
+        if got is None:
+            scores = r.scores[: self.visible].tolist()
+            agg = np.full(3, np.nan)
+            if scores:
+                agg[0], agg[1] = max(scores), sum(scores) / len(scores)
+                decay = float(self.store.col_decay[self._device])
+                est, survive, weight = 0.0, 1.0, 1.0
+                for s in scores:  # the cascade of FeatureStore.play_estimate, one row
+                    p = 1.0 / (1.0 + math.exp(-min(max(s, -30.0), 30.0)))
+                    est += survive * weight * p
+                    survive *= 1.0 - p
+                    weight *= decay
+                agg[2] = est
+            cent = self.store.title_genre_unit[head].sum(axis=0, dtype=np.float64)
+            norm = math.sqrt(float(cent @ cent))
+            got = (agg, cent / norm if norm > 0 else cent, self.store.kind_code(r.kind))
+            self._state[key] = got
+        return got
+
+    def _update_placed(self, placed: Sequence[CandidateRow]) -> None:
+        for p in placed[len(self._placed_kinds) :]:  # rows placed since the last stage
+            _, cent, kind = self._row_state(p)
+            self._placed_mask[p.titles[: self.visible]] = True
+            self._placed_genre.append(cent)
+            self._placed_kinds.append(kind)
+
+    def features(
+        self, placed: Sequence[CandidateRow], remaining: Sequence[CandidateRow]
+    ) -> np.ndarray:
+        """The row-model matrix of `remaining` at this stage."""
+        self._update_placed(placed)
+        idx = np.fromiter((self.index[r.row_id] for r in remaining), np.int64, len(remaining))
+        X = self.static[idx]
+        states = [self._row_state(r) for r in remaining]
+        X[:, _RS_COLUMNS] = np.stack([st[0] for st in states])
+        # placement: share of visible titles already above, genre similarity, same kind above
+        heads = [r.titles[: self.visible] for r in remaining]
+        lens = np.fromiter((len(h) for h in heads), dtype=np.int64, count=len(heads))
+        flat = np.concatenate(heads) if lens.sum() else np.empty(0, dtype=np.int64)
+        above = np.bincount(
+            np.repeat(np.arange(len(heads)), lens),
+            weights=self._placed_mask[flat].astype(np.float64),
+            minlength=len(heads),
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            X[:, _PL_OVERLAP] = np.where(lens > 0, above / lens, np.nan)
+        if self._placed_kinds:
+            cents = np.stack([st[1] for st in states])
+            X[:, _PL_GENRE] = (cents @ np.stack(self._placed_genre).T).max(axis=1)
+            kinds = np.array([st[2] for st in states])
+            X[:, _PL_KIND] = (kinds[:, None] == np.array(self._placed_kinds)[None, :]).sum(1)
+        else:
+            X[:, _PL_GENRE] = 0.0
+            X[:, _PL_KIND] = 0.0
+        return X
+
+    def __call__(
+        self, placed: Sequence[CandidateRow], remaining: Sequence[CandidateRow]
+    ) -> np.ndarray:
+        self.calls += 1
+        return self.model.score_rows(self.features(placed, remaining))
+
+    def title_aggregates(self, rows: Sequence[CandidateRow]) -> np.ndarray:
+        """(W, 3): best title score, mean visible score, cascade play estimate."""
+        return np.stack([self._row_state(r)[0] for r in rows]) if rows else np.empty((0, 3))
+
+
+class CascadeScorer(RowModelScorer):
+    """Rows by the title model alone: P(a play in the row | reached) of the row as it would
+    show (`rs_play_est`), the order that is optimal under the cascade browsing model when the
+    title probabilities are right (docs/page_model.md). `[page] row_order = "cascade"`."""
+
+    def __call__(
+        self, placed: Sequence[CandidateRow], remaining: Sequence[CandidateRow]
+    ) -> np.ndarray:
+        self.calls += 1
+        return self.title_aggregates(remaining)[:, 2]
+
+
+_RS_COLUMNS = [row_column("rs_top"), row_column("rs_mean_visible"), row_column("rs_play_est")]
+_PL_OVERLAP = row_column("pl_overlap_above")
+_PL_GENRE = row_column("pl_genre_sim_above")
+_PL_KIND = row_column("pl_same_kind_above")
+
+
+def continuation_mode(history: History, user: int, at_us: int, cfg: PageModelConfig) -> bool:
+    """The rule: pin Continue Watching on top when the member has a play started within
+    `continuation_days` of the request, past `continuation_min_progress` and not finished."""
+    if user < 0:
+        return False
+    s = history.user_plays(user)
+    recent = (at_us - history.play_ts[s]) <= cfg.continuation_days * US_PER_DAY
+    prog = history.play_progress[s]
+    open_ = recent & (prog >= cfg.continuation_min_progress) & (prog < FINISHED_PROGRESS)
+    if not open_.any():
+        return False
+    done = history.finished(user)
+    return bool(np.isin(history.play_title[s][open_], done, invert=True).any())
+
+
+# ----- the engine -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The request after features and the title model (shared by the page and the trainer)."""
+
+    rows: list[CandidateRow]  # titles in model order, scores = title-model scores
+    title_x: np.ndarray
+    title_scores: np.ndarray
+    row_static: np.ndarray  # row-model matrix without the placement columns
+
+
+class Engine:
+    """A loaded model directory: `page(user_id, device=..., at=..., country=...)`."""
+
+    def __init__(
+        self,
+        *,
+        config: EngineConfig,
+        page_config: PageModelConfig,
+        history: History,
+        rankers: Mapping[str, Ranker],
+        store: FeatureStore,
+        model: PageModel,
+        model_version: str,
+        manifest: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.page_config = page_config
+        self.history = history
+        self.rankers = dict(rankers)
+        self.store = store
+        self.model = model
+        self.model_version = model_version
+        self.manifest = dict(manifest or {})
+        a = config.assembly
+        self.rules = AssemblyRules(
+            pinned=tuple(a.pinned), max_rows_per_kind=dict(a.max_rows_per_kind), dedupe=a.dedupe
+        )
+
+    # ----- requests ----------------------------------------------------------------------------
+
+    def context(
+        self,
+        user_id: str,
+        device: str = "tv",
+        at: datetime | str | None = None,
+        country: str | None = None,
+    ) -> RequestContext:
+        """Validate request values (BadRequestError names the bad one) into a RequestContext
+        whose country is the request's, else the member's (None when neither is known)."""
+        if not isinstance(user_id, str) or not user_id:
+            raise BadRequestError(f"user_id must be a non-empty string, got {user_id!r}")
+        device = parse_device(device)
+        if at is None:
+            when = datetime.now(UTC)
+        elif isinstance(at, str):
+            when = parse_time(at)
+        else:
+            when = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        return self._resolve(RequestContext(user_id, device, when, country))
+
+    def _resolve(self, ctx: RequestContext) -> RequestContext:
+        if ctx.country:
+            return ctx
+        u = self.history.user_index(ctx.user_id)
+        member = str(self.history.user_country[u]) if u >= 0 else ""
+        return replace(ctx, country=member or None)
+
+    def layout(self, device: str) -> DeviceLayout:
+        return self.config.layout(device)
+
+    def page(
+        self,
+        user_id: str,
+        device: str = "tv",
+        at: datetime | str | None = None,
+        country: str | None = None,
+    ) -> Page:
+        """The member's homepage for this device, time (default: now) and country."""
+        return self.page_for(self.context(user_id, device, at, country))
+
+    def page_for(self, ctx: RequestContext) -> Page:
+        """The whole pipeline for one request; no I/O."""
+        ctx = self._resolve(ctx)
+        h = self.history
+        user = h.user_index(ctx.user_id)
+        layout = self.layout(ctx.device)
+        proposed = propose_rows(self.rankers, ctx, h)
+        rows, removed = filter_rows(
+            proposed.rows, ctx, h, self.rankers, self.page_config.row_titles_scored
+        )
+        pvr, pvr_error = pvr_scores(self.rankers, user, h, ctx.at_us)
+        trace: dict[str, Any] = {
+            "cold_start": user < 0,
+            "rankers": proposed.counts,
+            "failed_rankers": [
+                {"ranker": name, "error": err} for name, err in proposed.failed.items()
+            ],
+            "filters": removed,
+        }
+        if pvr_error:
+            trace["pvr_features"] = pvr_error
+        if not rows:
+            return self.fallback_page(ctx, trace={**trace, "reason": "no candidate rows"})
+        scored = self.score(ctx, rows, pvr, layout)
+        cont = continuation_mode(h, user, ctx.at_us, self.page_config)
+        trace["continuation_mode"] = cont
+        trace["scored"] = {"rows": len(rows), "pairs": len(scored.title_scores)}
+        scorer: Any = RowModelScorer(
+            self.model,
+            self.store,
+            scored.row_static,
+            [r.row_id for r in scored.rows],
+            layout.visible_titles,
+        )
+        if self.page_config.row_order == "cascade":
+            scorer = CascadeScorer(
+                self.model,
+                self.store,
+                scored.row_static,
+                [r.row_id for r in scored.rows],
+                layout.visible_titles,
+            )
+        if self.page_config.row_order == "template":  # the row-model ablation (docs/benchmark.md)
+            scorer = score_rows_by_template(self.page_config.row_template, layout.visible_titles)
+        assembled = assemble_page(scored.rows, scorer, layout, self.rules, continuation_mode=cont)
+        return build_page(
+            assembled,
+            h,
+            ctx,
+            model_version=self.model_version,
+            generated_at=ctx.at,
+            trace=trace,
+        )
+
+    def score(
+        self,
+        ctx: RequestContext,
+        rows: Sequence[CandidateRow],
+        pvr: np.ndarray | None,
+        layout: DeviceLayout,
+    ) -> Scored:
+        """Features and the title model for one request's filtered rows."""
+        store = self.store
+        req = request_arrays(store, self.history, [ctx])
+        pairs = pairs_for(store, rows, 0, pvr)
+        X = store.title_matrix(req, pairs)
+        s = self.model.score_titles(X)
+        ordered, pair_idx = order_titles(rows, s)
+        vis, owner = visible_pairs(pair_idx, layout.visible_titles)
+        static = row_matrix(store, req, rows, X, s, vis, owner)
+        return Scored(ordered, X, s, static)
+
+    # ----- the fallback page -------------------------------------------------------------------
+
+    def fallback_page(self, ctx: RequestContext, *, trace: Mapping[str, Any] | None = None) -> Page:
+        """Popular and trending rows from the history's counts alone (no ranker, no model),
+        filtered like any row; `fallback=True`. For when the ranked page cannot be built."""
+        ctx = self._resolve(ctx)
+        h = self.history
+        layout = self.layout(ctx.device)
+        n = layout.titles_per_row * 2
+        pop = self.store.title_pop
+        rows = []
+        for rid, label, score in (
+            ("fallback_popular", "Popular", pop[:, 2] + 0.1 * pop[:, 1]),
+            ("fallback_trending", "Trending Now", pop[:, 0] + 0.5 * pop[:, 1]),
+        ):
+            order = np.lexsort((np.arange(h.n_titles), -score))[: n * 4]
+            rows.append(
+                CandidateRow(
+                    rid,
+                    rid,
+                    rid,
+                    label,
+                    None,
+                    order.astype(np.int32),
+                    np.ascontiguousarray(score[order], dtype=np.float32),
+                )
+            )
+        kept, _ = apply_filters(rows, ctx, h, {})
+        kept = [r.take(np.arange(min(n, len(r.titles)))) for r in kept]
+        assembled = assemble_page(
+            kept,
+            score_rows_by_top_titles(layout.visible_titles),
+            layout,
+            AssemblyRules(pinned=(), pin_continue_watching=False),
+        )
+        return build_page(
+            assembled,
+            h,
+            ctx,
+            model_version=self.model_version,
+            generated_at=ctx.at,
+            fallback=True,
+            trace=dict(trace or {}),
+        )
+
+
+def row_matrix(
+    store: FeatureStore,
+    req: Requests,
+    rows: Sequence[CandidateRow],
+    title_x: np.ndarray,
+    title_scores: np.ndarray,
+    vis: np.ndarray,
+    owner: np.ndarray,
+) -> np.ndarray:
+    """The row-model matrix of one request's rows (placement columns left for the scorer)."""
+    n = len(rows)
+    return store.row_static(
+        req,
+        np.zeros(n, dtype=np.int64),
+        np.array([store.kind_code(r.kind) for r in rows], dtype=np.int64),
+        np.array([store.ranker_code(r.ranker) for r in rows], dtype=np.int64),
+        np.array([len(r.titles) for r in rows], dtype=np.float64),
+        np.array([r.scores[0] if len(r.scores) else np.nan for r in rows], dtype=np.float64),
+        title_x,
+        title_scores,
+        vis,
+        owner,
+    )
+
+
+# ----- loading a model directory --------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    """The manifest, after checking format, rowrank version and every file's sha256."""
+    path = model_dir / MANIFEST
+    if not model_dir.is_dir():
+        raise ModelLoadError(
+            f"model directory {model_dir} does not exist: train one with "
+            "`rowrank train DATA_DIR MODEL_DIR`"
+        )
+    try:
+        manifest: dict[str, Any] = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f"{model_dir} is not a rowrank model directory (no {MANIFEST}): train one with "
+            "`rowrank train DATA_DIR MODEL_DIR`"
+        ) from None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    if manifest.get("format") != MODEL_DIR_FORMAT:
+        raise ModelLoadError(
+            f"{path}: model directory format {manifest.get('format')!r}, this rowrank reads "
+            f"{MODEL_DIR_FORMAT}: retrain with `rowrank train`"
+        )
+    if manifest.get("rowrank_version") != engine.__version__:
+        raise ModelLoadError(
+            f"{path}: written by rowrank {manifest.get('rowrank_version')}, this is rowrank "
+            f"{engine.__version__}: retrain with `rowrank train`"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ModelLoadError(f"{path} lists no files")
+    for rel, digest in sorted(files.items()):
+        f = model_dir / rel
+        if not f.is_file():
+            raise ModelLoadError(f"{model_dir}: {rel} is missing (listed in {MANIFEST})")
+        if sha256_file(f) != digest:
+            raise ModelLoadError(
+                f"{model_dir}: {rel} does not match its sha256 in {MANIFEST}: the file was "
+                "changed or corrupted; retrain or restore the directory"
+            )
+    return manifest
+
+
+def load(model_dir: Path) -> Engine:
+    """Load a directory written by `rowrank train` (engine.train); ModelLoadError names the
+    problem (missing directory, version, checksum, feature order, ranker state)."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    try:
+        doc = orjson.loads((model_dir / CONFIG_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {model_dir / CONFIG_FILE}: {exc}") from exc
+    try:
+        config = parse_config(doc, source=str(model_dir / CONFIG_FILE))
+        page_cfg = PageModelConfig.from_section(config.page, str(model_dir / CONFIG_FILE))
+    except ConfigError as exc:
+        raise ModelLoadError(f"the config saved in {model_dir} is not valid here: {exc}") from exc
+    history = History.load(model_dir / "history")
+    rankers = build_rankers(config)
+    for name, ranker in rankers.items():
+        ranker.load(model_dir / "rankers" / name, history)
+    store = FeatureStore.load(model_dir / "features", history)
+    model = PageModel.load(
+        model_dir, manifest.get("features", {}), context_features=page_cfg.context_features
+    )
+    return Engine(
+        config=config,
+        page_config=page_cfg,
+        history=history,
+        rankers=rankers,
+        store=store,
+        model=model,
+        model_version=str(manifest["model_version"]),
+        manifest=manifest,
+    )

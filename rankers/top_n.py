@@ -1,0 +1,309 @@
+"""Top-N ("Top Picks for You"): the member's best titles across the whole catalog, tuned for
+the head of the list.
+
+Top-N owns its own CF model (the same maths as PVR, rankers.pvr.CFModel, but its own instance
+and keys), so the engine never wires rankers together. What differs from PVR is the blend: the
+weights of popularity, of *recent* popularity (plays in the last `recent_days` before the
+cut-off) and of the genre match are chosen at fit time by NDCG@10 on a validation period carved
+from the end of the training History itself, then the model is refitted on all of it. Nothing
+after the History's cut-off is ever seen, so the tuning cannot leak the test period.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from pydantic import Field
+
+from engine.candidates import CandidateRow, RankerConfig
+from engine.context import RequestContext
+from engine.errors import ModelLoadError
+from engine.history import US_PER_DAY, History
+from rankers._common import check_fitted, load_state, make_row, save_state, top_k
+from rankers.pvr import (
+    CFConfig,
+    CFModel,
+    Signals,
+    blend,
+    check_cf_meta,
+    components,
+    truncate_history,
+    zscore,
+)
+
+STATE_VERSION = 1
+_K = 10  # the head of the list Top-N is tuned for
+_CHUNK = 256  # validation members scored at once (memory: 256 x n_titles x 8 bytes, a few)
+
+
+class TopNConfig(CFConfig):
+    """Top-N keys: the CF model, the blend (tuned or fixed) and the row."""
+
+    title: str = "Top Picks for You"
+    row_length: int = Field(default=50, ge=1)
+    exclude_played: bool = True
+    # Used as they are when tune = false (with popularity_weight and content_weight).
+    recent_weight: float = Field(default=0.0, ge=0)
+    recent_days: float = Field(default=28.0, gt=0)
+    tune: bool = True
+    # 30 blends by default: about 3 s of a fit on the default simulated world (one core).
+    popularity_grid: list[float] = Field(default=[0.0, 0.1, 0.3])
+    recent_grid: list[float] = Field(default=[0.0, 0.3, 1.0, 2.0])
+    recent_days_grid: list[float] = Field(default=[3.0, 7.0, 28.0])
+    content_grid: list[float] = Field(default=[0.15])
+    # Validation cuts, as fractions of the History's plays after each cut (rolling origin:
+    # each cut's ground truth ends at the next later cut).
+    validation_fractions: list[float] = Field(default=[0.1])
+    max_validation_users: int = Field(default=1000, ge=1)
+
+
+@dataclass(frozen=True)
+class Blend:
+    """The blend Top-N applies on top of its CF scores (see rankers.pvr.blend)."""
+
+    popularity: float
+    recent: float
+    content: float
+    recent_days: float
+
+
+class TopNRanker:
+    """One row: the best titles for the member over the whole catalog."""
+
+    type_name: ClassVar[str] = "top_n"
+    Config: ClassVar[type[RankerConfig]] = TopNConfig
+    keeps_finished: ClassVar[bool] = False
+
+    def __init__(self, name: str, config: RankerConfig | None = None) -> None:
+        self.name = name
+        cfg = TopNConfig() if config is None else config
+        if not isinstance(cfg, TopNConfig):
+            cfg = TopNConfig.model_validate(cfg.model_dump())
+        self.config: TopNConfig = cfg
+
+    # ----- fit -------------------------------------------------------------------------------
+
+    def fit(self, history: History) -> Self:
+        cfg = self.config
+        chosen = Blend(
+            cfg.popularity_weight, cfg.recent_weight, cfg.content_weight, cfg.recent_days
+        )
+        tuning: list[dict[str, float]] = []
+        if cfg.tune:
+            chosen, tuning = self._tune(history, chosen)
+        self.blend_ = chosen
+        self.tuning_ = tuning
+        self._set_model(history, CFModel.fit(history, cfg))
+        return self
+
+    def _set_model(self, history: History, model: CFModel) -> None:
+        self.model_ = model
+        self.signals_ = Signals.build(history, model.eval_items)
+        self.recent_z_ = recent_popularity(history, history.cutoff_us, self.blend_.recent_days)
+        self.history_ = history
+
+    def grid(self) -> list[Blend]:
+        """The blends tried when tuning (recent_days only matters with a recent weight)."""
+        cfg = self.config
+        out = []
+        for p, r, c in product(cfg.popularity_grid, cfg.recent_grid, cfg.content_grid):
+            for d in cfg.recent_days_grid if r else [cfg.recent_days]:
+                out.append(Blend(p, r, c, d))
+        return out
+
+    def _tune(self, history: History, default: Blend) -> tuple[Blend, list[dict[str, float]]]:
+        """Grid search of the blend by NDCG@10 on validation cuts inside `history`."""
+        cfg = self.config
+        grid = self.grid()
+        total = np.zeros(len(grid))
+        n_users = 0
+        rng = np.random.default_rng(cfg.seed)
+        end = history.cutoff_us
+        ts = history.play_ts
+        for frac in sorted(cfg.validation_fractions):
+            if len(ts) == 0:
+                break
+            cut = int(np.quantile(ts, 1.0 - frac))
+            sums, n = self._validate(history, cut, end, grid, rng)
+            total += sums
+            n_users += n
+            end = cut
+        if n_users == 0:
+            return default, []
+        mean = total / n_users
+        # Ties go to the earliest grid point (the smallest weights): argmax returns the first.
+        best = grid[int(np.argmax(mean))]
+        table = [
+            {**asdict(b), "ndcg10": round(float(m), 5)} for b, m in zip(grid, mean, strict=True)
+        ]
+        table.append({"validation_users": float(n_users)})
+        return best, table
+
+    def _validate(
+        self,
+        history: History,
+        cut: int,
+        end: int,
+        grid: list[Blend],
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, int]:
+        """Sum over validation users of NDCG@10 per grid point, and the number of users."""
+        cfg = self.config
+        train = truncate_history(history, cut)
+        users, truth = _validation_truth(history, cut, end)
+        if len(users) == 0:
+            return np.zeros(len(grid)), 0
+        if len(users) > cfg.max_validation_users:
+            pick = np.sort(rng.choice(len(users), cfg.max_validation_users, replace=False))
+            users, truth = users[pick], [truth[i] for i in pick]
+        model = CFModel.fit(train, cfg)
+        signals = Signals.build(train, model.eval_items)
+        recent = {d: recent_popularity(train, cut, d) for d in {b.recent_days for b in grid}}
+        unborn = history.added_us >= cut  # titles not in the catalog yet at the cut
+        n = history.n_titles
+        sums = np.zeros(len(grid))
+        for start in range(0, len(users), _CHUNK):
+            chunk = users[start : start + _CHUNK].tolist()
+            m = len(chunk)
+            # float32 halves the memory traffic of the grid loop; ranks barely move.
+            cf = np.zeros((m, n), dtype=np.float32)
+            content = np.zeros((m, n), dtype=np.float32)
+            cold = np.zeros(m, dtype=bool)
+            banned = np.tile(unborn, (m, 1))
+            relevant = np.zeros((m, n), dtype=bool)
+            ideal = np.zeros(m)
+            for i, u in enumerate(chunk):
+                comp = components(model, signals, train, u, cut, cfg)
+                cf[i], content[i], cold[i] = comp.cf, comp.content, comp.cold
+                banned[i, train.play_title[train.user_plays(u)]] = True
+                t = truth[start + i]
+                relevant[i, t] = True
+                ideal[i] = _DISCOUNT[: min(_K, len(t))].sum()
+            rows = np.arange(m)[:, None]
+            pop = signals.pop_z.astype(np.float32)
+            recent32 = {d: v.astype(np.float32) for d, v in recent.items()}
+            for gi, b in enumerate(grid):
+                # The same blend as rankers.pvr.blend, for a block of members at once.
+                p = b.popularity
+                s = np.float32(1.0 - p) * cf
+                if p:
+                    s += np.float32(p) * pop
+                if b.content:
+                    s += np.float32(b.content) * content
+                s[cold] = pop
+                if b.recent:
+                    s += np.float32(b.recent) * recent32[b.recent_days]
+                s[banned] = -np.inf
+                k = min(_K, n)
+                head = np.argpartition(-s, k - 1, axis=1)[:, :k]
+                head = np.take_along_axis(head, np.argsort(-s[rows, head], axis=1), axis=1)
+                hits = relevant[rows, head] & np.isfinite(s[rows, head])
+                sums[gi] += float(((hits @ _DISCOUNT[:k]) / ideal).sum())
+        return sums, len(users)
+
+    # ----- serve -----------------------------------------------------------------------------
+
+    def scores(self, user: int, history: History, at_us: int | None = None) -> np.ndarray:
+        """Top-N score of every title (float32, finite), played titles included."""
+        check_fitted(self, "model_")
+        at = history.cutoff_us if at_us is None else at_us
+        comp = components(self.model_, self.signals_, history, user, at, self.config)
+        b = self.blend_
+        extra = b.recent * self.recent_z_ if b.recent else None
+        s = blend(comp, self.signals_.pop_z, b.popularity, b.content, extra=extra)
+        return s.astype(np.float32)
+
+    def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
+        check_fitted(self, "model_")
+        user = history.user_index(request.user_id)
+        score = self.scores(user, history, request.at_us).astype(np.float64)
+        if self.config.exclude_played and user >= 0:
+            score[history.play_title[history.user_plays(user)]] = -np.inf
+        idx = top_k(score, self.config.row_length)
+        if len(idx) == 0:
+            return []
+        return [
+            make_row(
+                ranker=self.name,
+                kind=self.type_name,
+                title=self.config.title,
+                titles=idx,
+                scores=score[idx],
+                evidence={"personalized": user >= 0 and history.user_plays(user).stop > 0},
+            )
+        ]
+
+    # ----- persistence -----------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        check_fitted(self, "model_")
+        save_state(
+            Path(directory),
+            type_name=self.type_name,
+            version=STATE_VERSION,
+            history=self.history_,
+            arrays=self.model_.arrays(),
+            meta={
+                "cf": self.config.cf_keys(),
+                "blend": asdict(self.blend_),
+                "tuning": self.tuning_,
+            },
+        )
+
+    def load(self, directory: Path, history: History) -> Self:
+        arrays, meta = load_state(
+            Path(directory),
+            type_name=self.type_name,
+            version=STATE_VERSION,
+            history=history,
+            arrays=CFModel.ARRAYS,
+        )
+        check_cf_meta(meta, self.config, directory)
+        w: Any = meta.get("blend")
+        try:
+            self.blend_ = Blend(**{k: float(w[k]) for k in Blend.__dataclass_fields__})
+        except (TypeError, KeyError, ValueError):
+            raise ModelLoadError(f"{directory}: the saved Top-N blend is missing") from None
+        self.tuning_ = list(meta.get("tuning") or [])
+        self._set_model(history, CFModel.from_arrays(self.config.method, arrays, history))
+        return self
+
+
+_DISCOUNT = 1.0 / np.log2(np.arange(2, _K + 2))
+
+
+def recent_popularity(history: History, now_us: int, days: float) -> np.ndarray:
+    """z(log1p(distinct players in the `days` before `now_us`)) per title."""
+    since = now_us - int(days * US_PER_DAY)
+    keep = (history.play_ts >= since) & (history.play_ts < now_us)
+    key = history.play_user[keep].astype(np.int64) * history.n_titles + history.play_title[keep]
+    titles = np.unique(key) % max(history.n_titles, 1)
+    return zscore(np.log1p(np.bincount(titles, minlength=history.n_titles)))
+
+
+def _validation_truth(history: History, cut: int, end: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Users with plays before `cut` and, for each, the titles first played in [cut, end) that
+    existed at the cut: the same definition as bench/protocol.py, inside one History."""
+    window = (history.play_ts >= cut) & (history.play_ts < end)
+    wu, wt = history.play_user[window], history.play_title[window]
+    keep = history.added_us[wt] < cut
+    wu, wt = wu[keep], wt[keep]
+    if len(wu) == 0:
+        return np.empty(0, dtype=np.int64), []
+    before = history.play_ts < cut
+    n_before = np.bincount(history.play_user[before], minlength=history.n_users)
+    seen = np.unique(
+        history.play_user[before].astype(np.int64) * history.n_titles + history.play_title[before]
+    )
+    pairs = np.unique(wu.astype(np.int64) * history.n_titles + wt)
+    pairs = pairs[~np.isin(pairs, seen)]
+    pu, pt = np.divmod(pairs, history.n_titles)
+    ok = n_before[pu] > 0
+    pu, pt = pu[ok], pt[ok]
+    users, starts = np.unique(pu, return_index=True)
+    truth = np.split(pt, starts[1:])
+    return users, truth

@@ -1,0 +1,150 @@
+"""The two LightGBM page models: training writes them, loading checks them, they beat random."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import orjson
+import pytest
+from conftest import TinyWorld, tiny_engine_config
+
+import engine
+from engine.dataset import load_dataset, save_dataset
+from engine.errors import ConfigError, ModelLoadError
+from engine.features import categorical_names, feature_names
+from engine.page_model import PageModelConfig, RankData, fit_ranker, ndcg_at
+from engine.train import train
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_training_writes_both_models_and_a_manifest(tiny_model: Path) -> None:
+    manifest = orjson.loads((tiny_model / "manifest.json").read_bytes())
+    for name in ("title_model.txt", "row_model.txt", "config.json", "history/history.npz"):
+        assert name in manifest["files"], name
+    assert any(f.startswith("rankers/top_n/") for f in manifest["files"])
+    assert manifest["rowrank_version"] == engine.__version__
+    assert len(manifest["model_version"]) == 12
+    assert len(manifest["data"]["fingerprint"]) == 64
+    for model in ("title", "row"):
+        booster = lgb.Booster(model_file=str(tiny_model / f"{model}_model.txt"))
+        assert booster.feature_name() == feature_names(model, position=True)
+        assert booster.num_trees() >= 10
+
+
+def test_models_beat_random_order_on_the_held_out_window(tiny_model: Path) -> None:
+    m = orjson.loads((tiny_model / "manifest.json").read_bytes())["metrics"]
+    for model in ("title", "row"):
+        rep = m[model]
+        assert rep["valid_groups_with_positive"] >= 50, model
+        assert rep["valid_ndcg_at_10"] > rep["random_ndcg_at_10"] + 0.02, (model, rep)
+
+
+def test_wrong_feature_order_fails_loudly(tiny_model: Path, tmp_path: Path) -> None:
+    d = _copy(tiny_model, tmp_path / "m")
+    manifest = orjson.loads((d / "manifest.json").read_bytes())
+    order = manifest["features"]["title"]
+    order[0], order[1] = order[1], order[0]
+    (d / "manifest.json").write_bytes(orjson.dumps(manifest))
+    with pytest.raises(ModelLoadError, match=r"title_model.txt.*different feature order"):
+        engine.load(d)
+
+
+def test_a_booster_trained_on_other_features_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    """The Booster's own feature names are checked too (the manifest could be right while the
+    model file is from elsewhere); checksums are re-written so only the order check can fire."""
+    d = _copy(tiny_model, tmp_path / "m")
+    text = (d / "row_model.txt").read_text()
+    names = feature_names("row", position=True)
+    swapped = text.replace(
+        "feature_names=" + " ".join(names),
+        "feature_names=" + " ".join([names[1], names[0], *names[2:]]),
+    )
+    assert swapped != text
+    (d / "row_model.txt").write_text(swapped)
+    from engine.pipeline import sha256_file
+
+    manifest = orjson.loads((d / "manifest.json").read_bytes())
+    manifest["files"]["row_model.txt"] = sha256_file(d / "row_model.txt")
+    (d / "manifest.json").write_bytes(orjson.dumps(manifest))
+    with pytest.raises(ModelLoadError, match=r"row_model\.txt.*position 0"):
+        engine.load(d)
+
+
+def test_tampered_file_or_other_version_fails(tiny_model: Path, tmp_path: Path) -> None:
+    d = _copy(tiny_model, tmp_path / "m")
+    with (d / "title_model.txt").open("a") as f:
+        f.write("\n")
+    with pytest.raises(ModelLoadError, match=r"title_model\.txt does not match its sha256"):
+        engine.load(d)
+    d2 = _copy(tiny_model, tmp_path / "m2")
+    manifest = orjson.loads((d2 / "manifest.json").read_bytes())
+    manifest["rowrank_version"] = "0.0.1"
+    (d2 / "manifest.json").write_bytes(orjson.dumps(manifest))
+    with pytest.raises(ModelLoadError, match=r"written by rowrank 0\.0\.1"):
+        engine.load(d2)
+    with pytest.raises(ModelLoadError, match="not a rowrank model directory"):
+        engine.load(tmp_path)
+
+
+def test_page_config_rejects_unknown_keys() -> None:
+    with pytest.raises(ConfigError, match="unknown key 'title_tress'"):
+        PageModelConfig.from_section({"title_tress": 10})
+    with pytest.raises(ConfigError, match="windows"):
+        PageModelConfig.from_section({"windows": 1})
+
+
+def _synthetic(rng: np.random.Generator, n_groups: int) -> RankData:
+    """Rows of 8 titles whose label depends on two features (and on nothing else)."""
+    n_feat = len(feature_names("title"))
+    size = 8
+    X = rng.normal(size=(n_groups * size, n_feat)).astype(np.float32)
+    names = feature_names("title")
+    for c in categorical_names("title"):  # valid category codes
+        X[:, names.index(c)] = 0.0
+    util = X[:, 20] + 0.5 * X[:, 30] + rng.normal(scale=0.5, size=len(X))
+    y = (util > 1.0).astype(np.int8) + (util > 2.0)
+    return RankData(X, y, np.full(n_groups, size), None)
+
+
+def test_fit_is_deterministic_and_learns() -> None:
+    cfg = PageModelConfig(
+        title_trees=20,
+        title_leaves=7,
+        train_threads=1,
+        min_data_in_leaf=10,
+        title_objective="lambdarank",
+    )
+    train = _synthetic(np.random.default_rng(0), 300)
+    valid = _synthetic(np.random.default_rng(1), 200)
+    a, m = fit_ranker("title", cfg, train, valid)
+    b, _ = fit_ranker("title", cfg, train, valid)
+    assert a.model_to_string() == b.model_to_string()
+    cols = list(range(len(feature_names("title"))))
+    s = a.predict(valid.X[:, cols], num_threads=1)
+    rand = np.random.default_rng(2).random(len(s))
+    assert ndcg_at(s, valid.y, valid.group, 5) > ndcg_at(rand, valid.y, valid.group, 5) + 0.1
+    assert m["valid_ndcg_at_10"] > 0.5
+
+
+def test_training_without_impressions_rebuilds_pages(tiny_world: TinyWorld, tmp_path: Path) -> None:
+    """MovieLens has no impression log: pages are rebuilt at past times and labelled by what
+    the member played next; no position feature (nothing was shown)."""
+    ds = load_dataset(tiny_world.path)
+    save_dataset(replace(ds, impressions=None), tmp_path / "data")
+    cfg = tiny_engine_config(rebuilt_pages_per_window=150)
+    manifest = train(tmp_path / "data", tmp_path / "model", engine_config=cfg, progress=False)
+    assert manifest["features"]["title"] == feature_names("title")
+    assert manifest["metrics"]["title"]["valid_groups_with_positive"] > 0
+    assert "logged_order_ndcg_at_10" not in manifest["metrics"]["title"]
+    eng = engine.load(tmp_path / "model")
+    member = str(eng.history.user_ids[0])
+    page = eng.page(member, "tv", "2025-02-04T20:00:00", country=eng.store.countries[0])
+    assert page.rows and not page.fallback

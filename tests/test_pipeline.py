@@ -1,0 +1,230 @@
+"""The page pipeline end to end on the tiny model: failure policy, cold start, CLI, JSON."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import orjson
+import pytest
+
+import engine
+from engine.candidates import CandidateRow
+from engine.context import RequestContext
+from engine.errors import BadRequestError, NotFittedError
+from engine.history import History
+from engine.page import page_schema
+from engine.pipeline import Engine, continuation_mode
+
+ROWRANK = [sys.executable, "-m", "engine.cli"]
+
+
+@pytest.fixture(scope="module")
+def eng(tiny_model: Path) -> Engine:
+    return engine.load(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def at(eng: Engine) -> str:
+    cut = datetime.fromtimestamp(eng.history.cutoff_us / 1e6, UTC)
+    return (cut + timedelta(hours=20)).replace(minute=0, second=0, microsecond=0).isoformat()
+
+
+@pytest.fixture(scope="module")
+def member(eng: Engine) -> str:
+    """A member with plays (so most rankers have rows for them)."""
+    counts = np.diff(eng.history.user_offsets)
+    return str(eng.history.user_ids[int(np.argmax(counts))])
+
+
+class _Raising:
+    """Wraps a ranker; `propose` raises the given exception."""
+
+    def __init__(self, inner: Any, exc: BaseException) -> None:
+        self._inner, self._exc = inner, exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
+        raise self._exc
+
+
+def _with_ranker(eng: Engine, name: str, ranker: Any) -> Engine:
+    rankers = dict(eng.rankers)
+    rankers[name] = ranker
+    return Engine(
+        config=eng.config,
+        page_config=eng.page_config,
+        history=eng.history,
+        rankers=rankers,
+        store=eng.store,
+        model=eng.model,
+        model_version=eng.model_version,
+        manifest=eng.manifest,
+    )
+
+
+def test_a_failing_ranker_drops_its_rows_and_is_traced(eng: Engine, member: str, at: str) -> None:
+    page = eng.page(member, "tv", at)
+    victim = page.rows[0].ranker
+    broken = _with_ranker(eng, victim, _Raising(eng.rankers[victim], KeyError("x")))
+    page2 = broken.page(member, "tv", at)
+    assert page2.rows and not page2.fallback
+    assert all(r.ranker != victim for r in page2.rows)
+    assert page2.trace["failed_rankers"] == [{"ranker": victim, "error": "KeyError: 'x'"}]
+    assert page.trace["failed_rankers"] == []
+
+
+@pytest.mark.parametrize(
+    "exc", [TypeError("bad argument"), AttributeError("no attr"), NotFittedError("fit first")]
+)
+def test_programmer_errors_are_not_swallowed(
+    eng: Engine, member: str, at: str, exc: Exception
+) -> None:
+    broken = _with_ranker(eng, "top_n", _Raising(eng.rankers["top_n"], exc))
+    with pytest.raises(type(exc)):
+        broken.page(member, "tv", at)
+
+
+def test_a_ranker_returning_a_non_row_is_a_programmer_error(
+    eng: Engine, member: str, at: str
+) -> None:
+    class Wrong:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(eng.rankers["top_n"], name)
+
+        def propose(self, request: RequestContext, history: History) -> Any:
+            return ({"titles": [1, 2]},)
+
+    with pytest.raises(TypeError, match="not a list of CandidateRow"):
+        _with_ranker(eng, "top_n", Wrong()).page(member, "tv", at)
+
+
+def test_unknown_member_gets_a_cold_start_page(eng: Engine, at: str) -> None:
+    country = eng.store.countries[0]
+    page = eng.page("nobody-ever", "mobile", at, country=country)
+    assert page.trace["cold_start"] is True
+    assert not page.fallback
+    assert len(page.rows) >= 3
+    assert page.context.country == country
+    assert page.user_id == "nobody-ever"
+    # Without any country only titles licensed everywhere may show (engine.filters): the page
+    # may be thin or the fallback, but it is never an error.
+    assert eng.page("nobody-ever", "mobile", at).context.country is None
+
+
+def test_country_is_the_request_else_the_member(eng: Engine, member: str, at: str) -> None:
+    u = eng.history.user_index(member)
+    own = str(eng.history.user_country[u])
+    assert eng.page(member, "tv", at).context.country == own
+    other = next(c for c in eng.store.countries if c != own)
+    assert eng.page(member, "tv", at, country=other).context.country == other
+
+
+def test_pages_follow_the_layout_and_never_repeat_a_title(
+    eng: Engine, member: str, at: str
+) -> None:
+    for device in ("tv", "mobile", "web", "tablet"):
+        page = eng.page(member, device, at)
+        layout = eng.layout(device)
+        assert 1 <= len(page.rows) <= layout.rows
+        ids = [i.title_id for r in page.rows for i in r.items]
+        assert len(ids) == len(set(ids))
+        assert all(
+            layout.min_row_length <= len(r.items) <= layout.titles_per_row for r in page.rows
+        )
+        for r in page.rows:  # within a row, the title model's order
+            s = [i.score for i in r.items]
+            assert s == sorted(s, reverse=True)
+
+
+def test_page_json_validates_against_the_schema(eng: Engine, member: str, at: str) -> None:
+    schema = page_schema()
+    for user in (member, "nobody-ever"):
+        doc = orjson.loads(eng.page(user, "tv", at).to_json())
+        jsonschema.validate(doc, schema)
+    jsonschema.validate(orjson.loads(eng.fallback_page(eng.context(member)).to_json()), schema)
+
+
+def test_fallback_page(eng: Engine, member: str, at: str) -> None:
+    page = eng.fallback_page(eng.context(member, "web", at))
+    assert page.fallback
+    assert [r.row_id for r in page.rows] == ["fallback_popular", "fallback_trending"]
+
+
+def test_continuation_mode_rule(eng: Engine) -> None:
+    h = eng.history
+    cfg = eng.page_config
+    open_ = (h.play_progress >= 0.3) & (h.play_progress < 0.8)
+    i = int(np.flatnonzero(open_)[-1])
+    u = int(h.play_user[i])
+    just_after = int(h.play_ts[i]) + 3_600_000_000
+    if h.play_title[i] not in h.finished(u):
+        assert continuation_mode(h, u, just_after, cfg)
+    assert not continuation_mode(h, u, just_after + 30 * 86_400_000_000, cfg)
+    assert not continuation_mode(h, -1, just_after, cfg)
+
+
+def test_a_page_needs_no_io(tiny_model: Path, tmp_path: Path, member: str, at: str) -> None:
+    d = shutil.copytree(tiny_model, tmp_path / "m")
+    e = engine.load(d)
+    before = e.page(member, "tv", at).to_json()
+    shutil.rmtree(d)
+    assert e.page(member, "tv", at).to_json() == before
+
+
+def test_bad_requests_raise_bad_request(eng: Engine, member: str) -> None:
+    with pytest.raises(BadRequestError, match="unknown device 'fridge'"):
+        eng.page(member, "fridge")
+    with pytest.raises(BadRequestError, match="malformed time"):
+        eng.page(member, "tv", "tomorrow")
+
+
+# ----- the CLI --------------------------------------------------------------------------------
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*ROWRANK, *args], capture_output=True, timeout=120, check=False)
+
+
+def test_cli_and_python_give_identical_bytes(
+    eng: Engine, tiny_model: Path, member: str, at: str
+) -> None:
+    res = _run("page", str(tiny_model), "--user", member, "--device", "mobile", "--at", at)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == eng.page(member, "mobile", at).to_json() + b"\n"
+    again = engine.load(tiny_model).page(member, device="mobile", at=at)
+    assert res.stdout == again.to_json() + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "fridge"], b"unknown device 'fridge': use one of tv, mobile, tablet, web"),
+        (["--at", "tomorrow"], b"malformed time 'tomorrow': use ISO 8601"),
+        (["--model", "nope"], b"does not exist: train one with `rowrank train"),
+    ],
+)
+def test_cli_bad_values_exit_2(
+    tiny_model: Path,
+    tmp_path: Path,
+    capsysbinary: pytest.CaptureFixture[bytes],
+    args: list[str],
+    message: bytes,
+) -> None:
+    from engine.cli import main
+
+    model = str(tmp_path / "nope") if args[0] == "--model" else str(tiny_model)
+    extra = [] if args[0] == "--model" else args
+    assert main(["page", model, "--user", "u1", *extra]) == 2
+    out, err = capsysbinary.readouterr()
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert out == b""

@@ -1,0 +1,456 @@
+"""Batch precompute (engine/precompute.py): users-file parsing, the context grid, and, against the
+real trained `tiny_model`, byte equality with `rowrank page`, kill-and-resume, refusals, Dask."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+import pytest
+
+import engine
+from engine.cli import main as cli_main
+from engine.errors import BadRequestError
+from engine.precompute import (
+    DONE_DIR,
+    MANIFEST,
+    MAX_USER_ID_LEN,
+    BadLine,
+    GridContext,
+    PrecomputeConflictError,
+    build_contexts,
+    default_at,
+    parse_users_file,
+    resolve_users,
+    run_precompute,
+)
+
+
+def _us(ts: datetime) -> int:
+    return int(ts.timestamp() * 1_000_000)
+
+
+def test_users_file_reports_bad_lines_by_number_and_keeps_the_good(tmp_path: Path) -> None:
+    lines = [
+        b"u1",  # 1 ok
+        b"",  # 2 empty
+        b"u2\r",  # 3 ok: CRLF line ending
+        b"   ",  # 4 blank
+        b"u 3",  # 5 inner space
+        b"u1",  # 6 repeats line 1
+        b"\xff\xfeu4",  # 7 not UTF-8
+        b"x" * (MAX_USER_ID_LEN + 1),  # 8 too long
+        b"x" * MAX_USER_ID_LEN,  # 9 ok: exactly the limit
+        b"u\x075",  # 10 control character
+        b" u6",  # 11 leading space
+        "ユーザー7".encode(),  # 12 ok: any printable UTF-8
+        b"cold-start-user",  # 13 ok: unknown to any model is not bad
+    ]
+    f = tmp_path / "users.txt"
+    f.write_bytes(b"\n".join(lines) + b"\n")
+    users, bad = parse_users_file(f)
+    assert users == ["u1", "u2", "x" * MAX_USER_ID_LEN, "ユーザー7", "cold-start-user"]
+    assert [b.line for b in bad] == [2, 4, 5, 6, 7, 8, 10, 11]
+    by_line = {b.line: b.reason for b in bad}
+    assert "empty" in by_line[2] and "empty" in by_line[4]
+    assert "repeats line 1" in by_line[6]
+    assert "UTF-8" in by_line[7]
+    assert "longer than" in by_line[8]
+    assert "whitespace or control" in by_line[5] and "whitespace or control" in by_line[10]
+    assert all(isinstance(b, BadLine) for b in bad)
+
+
+def test_users_file_without_final_newline(tmp_path: Path) -> None:
+    f = tmp_path / "users.txt"
+    f.write_bytes(b"a\nb")
+    assert parse_users_file(f) == (["a", "b"], [])
+
+
+def test_default_time_is_the_first_prime_time_after_the_cutoff() -> None:
+    morning = datetime(2026, 3, 1, 6, 30, tzinfo=UTC)
+    assert default_at(_us(morning)) == datetime(2026, 3, 1, 20, 0, tzinfo=UTC)
+    late = datetime(2026, 3, 1, 22, 0, tzinfo=UTC)
+    assert default_at(_us(late)) == datetime(2026, 3, 2, 20, 0, tzinfo=UTC)
+    exact = datetime(2026, 3, 1, 20, 0, tzinfo=UTC)
+    assert default_at(_us(exact)) == exact
+
+
+def test_context_grid_is_devices_by_times_in_order_without_repeats() -> None:
+    grid = build_contexts(
+        ["web", "tv", "web"], ["2026-03-01T20:00:00+01:00", "2026-03-01T08:00"], None
+    )
+    assert grid == (
+        GridContext("web", "2026-03-01T20:00:00+01:00"),
+        GridContext("web", "2026-03-01T08:00:00+00:00"),
+        GridContext("tv", "2026-03-01T20:00:00+01:00"),
+        GridContext("tv", "2026-03-01T08:00:00+00:00"),
+    )
+    default = build_contexts(None, None, _us(datetime(2026, 3, 1, 6, 0, tzinfo=UTC)))
+    assert [(c.device, c.at) for c in default] == [
+        ("tv", "2026-03-01T20:00:00+00:00"),
+        ("mobile", "2026-03-01T20:00:00+00:00"),
+    ]
+    with pytest.raises(BadRequestError, match="unknown device"):
+        build_contexts(["fridge"], ["2026-03-01T20:00"], None)
+    with pytest.raises(BadRequestError, match="malformed time"):
+        build_contexts(["tv"], ["tonight"], None)
+
+
+# ----- against the real trained model ---------------------------------------------------------
+
+# One context keeps the end-to-end runs short; the grid itself is tested above and in
+# test_two_contexts_and_parquet_hold_the_same_pages.
+AT = "2030-01-07T20:00:00+00:00"
+ONE_CONTEXT = ("--device", "tv", "--at", AT)
+ROWRANK = (sys.executable, "-m", "engine.cli")
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` (relative path -> bytes), hidden ones included."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _lines(out: Path) -> list[bytes]:
+    return [line for p in sorted(out.glob("shard-*.jsonl")) for line in p.read_bytes().splitlines()]
+
+
+def _rowrank(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*ROWRANK, *args], capture_output=True, timeout=300, check=False)
+
+
+@pytest.fixture
+def rowrank_here(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> Any:
+    """`rowrank ARGS` in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    # The precompute command limits compute threads through the environment (setdefault);
+    # preset them here so monkeypatch puts the environment back afterwards.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, "1"))
+
+    def call(*args: str) -> tuple[int, str, str]:
+        code = cli_main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call
+
+
+@pytest.fixture(scope="module")
+def model_users(tiny_model: Path) -> list[str]:
+    return [str(u) for u in engine.load(tiny_model).history.user_ids.tolist()]
+
+
+# The end-to-end runs use the first N_USERS users in SHARD_SIZE-user shards: a dozen shards,
+# enough to kill a run between two of them, in a few seconds.
+N_USERS, SHARD_SIZE = 24, 2
+
+
+@pytest.fixture(scope="module")
+def users_file(model_users: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    f = tmp_path_factory.mktemp("users") / "users.txt"
+    f.write_text("\n".join(model_users[:N_USERS]) + "\n")
+    return f
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model: Path, users_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run in one process, one context."""
+    out = tmp_path_factory.mktemp("reference") / "pages"
+    result = run_precompute(
+        tiny_model,
+        out,
+        users_file=users_file,
+        devices=["tv"],
+        times=[AT],
+        workers=1,
+        shard_size=SHARD_SIZE,
+        progress=False,
+    )
+    assert result.exit_code == 0 and result.completed
+    return out
+
+
+def test_shards_are_user_slices_and_the_manifest_adds_up(
+    reference: Path, model_users: list[str], tiny_model: Path
+) -> None:
+    users = model_users[:N_USERS]
+    pages = [orjson.loads(line) for line in _lines(reference)]
+    assert [p["user_id"] for p in pages] == users
+    assert {(p["context"]["device"], p["context"]["local_time"]) for p in pages} == {("tv", AT)}
+    manifest = orjson.loads((reference / MANIFEST).read_bytes())
+    assert manifest["completed"] is True
+    assert manifest["model_version"] == engine.load(tiny_model).model_version
+    assert manifest["pages"] == len(users) == sum(s["pages"] for s in manifest["shards"])
+    assert manifest["users"]["count"] == len(users)
+    assert manifest["n_shards"] == len(manifest["shards"]) == -(-len(users) // SHARD_SIZE)
+    assert manifest["contexts"] == [{"device": "tv", "at": AT}]
+    for s in manifest["shards"]:
+        data = (reference / s["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == s["sha256"] and len(data) == s["bytes"]
+        lo, hi = s["user_range"]
+        assert [orjson.loads(line)["user_id"] for line in data.splitlines()] == users[lo:hi]
+        assert s["rows"] == sum(len(orjson.loads(line)["rows"]) for line in data.splitlines())
+    assert not [p for p in reference.rglob("*") if ".tmp." in p.name]
+
+
+def test_defaults_every_known_user_on_tv_and_mobile_at_prime_time(
+    tiny_model: Path, model_users: list[str], users_file: Path, tmp_path: Path
+) -> None:
+    history = engine.load(tiny_model).history
+    users, bad, unknown = resolve_users(history, None)
+    assert list(users) == model_users and not bad and unknown == 0
+    at = default_at(history.cutoff_us).isoformat()
+    assert datetime.fromisoformat(at) >= datetime.fromtimestamp(history.cutoff_us / 1e6, UTC)
+    # Default contexts and shard size (the users file keeps it short).
+    result = run_precompute(
+        tiny_model, tmp_path / "pages", users_file=users_file, workers=1, progress=False
+    )
+    assert result.exit_code == 0 and result.shards_run == result.spec.n_shards == 1
+    pages = [orjson.loads(line) for line in _lines(tmp_path / "pages")]
+    assert [(p["user_id"], p["context"]["device"], p["context"]["local_time"]) for p in pages] == [
+        (u, d, at) for u in model_users[:N_USERS] for d in ("tv", "mobile")
+    ]
+
+
+def test_pages_are_byte_equal_to_rowrank_page(
+    reference: Path, model_users: list[str], tiny_model: Path, capsysbinary: Any
+) -> None:
+    lines = _lines(reference)
+    rng = np.random.default_rng(7)
+    sample = sorted(rng.choice(len(lines), size=min(3, len(lines)), replace=False).tolist())
+    for i in sample:
+        argv = ["page", str(tiny_model), "--user", model_users[i], "--device", "tv", "--at", AT]
+        assert cli_main(argv) == 0
+        assert capsysbinary.readouterr().out == lines[i] + b"\n"
+    # Once through a real `rowrank page` process too.
+    printed = _rowrank(*argv)
+    assert printed.returncode == 0 and printed.stdout == lines[sample[-1]] + b"\n"
+
+
+def _count_done(out: Path) -> int:
+    done = out / DONE_DIR
+    return len([p for p in done.iterdir() if p.suffix == ".json"]) if done.exists() else 0
+
+
+def _start_and_kill(cmd: list[str], out: Path, after_shards: int) -> int:
+    """Start a real `rowrank precompute`, SIGKILL its whole process group (parent and workers)
+    once `after_shards` shards are done; return how many were done at the kill."""
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while _count_done(out) < after_shards and proc.poll() is None:
+            assert time.monotonic() < deadline, "precompute made no progress"
+            time.sleep(0.002)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill: add shards"
+    return _count_done(out)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_output(
+    reference: Path, tiny_model: Path, users_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pages"
+    cmd = [*ROWRANK, "precompute", str(tiny_model), str(out), *ONE_CONTEXT]
+    cmd += ["--users", str(users_file), "--workers", "2", "--shard-size", str(SHARD_SIZE)]
+    n_shards = orjson.loads((reference / MANIFEST).read_bytes())["n_shards"]
+    killed_at = _start_and_kill(cmd, out, after_shards=2)
+    assert 2 <= killed_at < n_shards
+    assert orjson.loads((out / MANIFEST).read_bytes())["completed"] is False
+    final = _rowrank(*cmd[len(ROWRANK) :])
+    assert final.returncode == 0, final.stderr.decode()
+    assert f"{killed_at} already done, {n_shards - killed_at} run now" in final.stdout.decode()
+    # Byte for byte the same files (shards, markers, manifest), no temporary file left over.
+    assert _tree(out) == _tree(reference)
+
+
+def test_refuses_an_out_dir_of_another_job_and_touches_nothing(
+    reference: Path, tiny_model: Path, users_file: Path, tmp_path: Path, rowrank_here: Any
+) -> None:
+    out = tmp_path / "pages"
+    shutil.copytree(reference, out)
+    before = _snapshot(out)
+    code, _, err = rowrank_here(
+        "precompute", str(tiny_model), str(out), "--device", "web", "--at", AT,
+        "--users", str(users_file), "--shard-size", str(SHARD_SIZE), "--workers", "1",
+    )  # fmt: skip
+    assert code == 2
+    assert "different precompute run" in err and "contexts" in err and "Nothing was changed" in err
+    assert _snapshot(out) == before
+
+    # Another model: the manifest of the existing run names another model version.
+    manifest = orjson.loads((out / MANIFEST).read_bytes())
+    (out / MANIFEST).write_bytes(orjson.dumps({**manifest, "model_version": "someone-else"}))
+    before = _snapshot(out)
+    with pytest.raises(PrecomputeConflictError, match="model_version"):
+        run_precompute(
+            tiny_model, out, users_file=users_file, devices=["tv"], times=[AT], workers=1,
+            shard_size=SHARD_SIZE, progress=False,
+        )  # fmt: skip
+    assert _snapshot(out) == before
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not ours")
+    code, _, err = rowrank_here("precompute", str(tiny_model), str(foreign), *ONE_CONTEXT)
+    assert code == 2 and "holds no manifest.json" in err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_bad_users_lines_are_reported_and_the_good_ones_run(
+    reference: Path, model_users: list[str], tiny_model: Path, tmp_path: Path, rowrank_here: Any
+) -> None:
+    known = model_users[:3]
+    users = tmp_path / "users.txt"
+    users.write_bytes(
+        b"\n".join(
+            [
+                known[0].encode(),  # 1
+                b"",  # 2 bad: empty
+                known[1].encode(),  # 3
+                b"never-seen-user",  # 4 good: unknown users get a cold-start page
+                known[0].encode(),  # 5 bad: duplicate of line 1
+                b"\xc3\x28",  # 6 bad: not UTF-8
+                known[2].encode() + b" extra",  # 7 bad: whitespace
+            ]
+        )
+        + b"\n"
+    )
+    out = tmp_path / "pages"
+    args = ["precompute", str(tiny_model), str(out), "--users", str(users), *ONE_CONTEXT]
+    code, _, err = rowrank_here(*args, "--workers", "1")
+    assert code == 1, err
+    for line in (2, 5, 6, 7):
+        assert f"{users}:{line}: skipped" in err
+    assert f"{users}:1:" not in err and f"{users}:4:" not in err
+    assert "repeats line 1" in err and "1 listed user(s) unknown to the model" in err
+    pages = [orjson.loads(line) for line in _lines(out)]
+    assert [p["user_id"] for p in pages] == [known[0], known[1], "never-seen-user"]
+    # The known users' pages are the ones the full run wrote.
+    ref = {orjson.loads(line)["user_id"]: line for line in _lines(reference)}
+    assert _lines(out)[:2] == [ref[known[0]], ref[known[1]]]
+    # Rerun: still exit 1 for the same bad lines, nothing recomputed.
+    code, out_text, _ = rowrank_here(*args)
+    assert code == 1 and "1 already done, 0 run now" in out_text
+
+
+@pytest.mark.slow
+def test_dask_engine_writes_the_same_files(
+    reference: Path, tiny_model: Path, users_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pages"
+    result = run_precompute(
+        tiny_model,
+        out,
+        users_file=users_file,
+        devices=["tv"],
+        times=[AT],
+        workers=2,
+        engine="dask",
+        shard_size=SHARD_SIZE,
+        progress=False,
+    )
+    assert result.exit_code == 0 and result.shards_run == result.spec.n_shards
+    assert _tree(out) == _tree(reference)
+
+
+def test_two_contexts_and_parquet_hold_the_same_pages(
+    model_users: list[str], tiny_model: Path, tmp_path: Path
+) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text("\n".join(model_users[:5]) + "\n")
+    grid = {"devices": ["tv", "mobile"], "times": [AT, "2030-01-08T08:00:00+01:00"]}
+    runs = {}
+    for fmt in ("jsonl", "parquet"):
+        runs[fmt] = run_precompute(
+            tiny_model, tmp_path / fmt, users_file=users, workers=1, fmt=fmt, shard_size=2,
+            progress=False, **grid,
+        )  # fmt: skip
+        assert runs[fmt].exit_code == 0
+    jsonl = _lines(tmp_path / "jsonl")
+    frame = pl.read_parquet(tmp_path / "parquet" / "shard-*.parquet")
+    assert frame.columns == [
+        "user_id", "device", "at", "n_rows", "n_titles", "row_ids", "fallback", "page_json"
+    ]  # fmt: skip
+    assert [s.encode() for s in frame["page_json"]] == jsonl
+    # User-major, contexts in grid order: devices x times.
+    expected = [
+        (u, d, t) for u in model_users[:5] for d in grid["devices"] for t in
+        ("2030-01-07T20:00:00+00:00", "2030-01-08T08:00:00+01:00")
+    ]  # fmt: skip
+    assert list(zip(frame["user_id"], frame["device"], frame["at"], strict=True)) == expected
+    for rec, line in zip(frame.iter_rows(named=True), jsonl, strict=True):
+        page = orjson.loads(line)
+        assert (page["user_id"], page["context"]["device"]) == (rec["user_id"], rec["device"])
+        assert rec["row_ids"] == [r["row_id"] for r in page["rows"]]
+        assert rec["n_rows"] == len(page["rows"])
+        assert rec["n_titles"] == sum(len(r["items"]) for r in page["rows"])
+        assert rec["fallback"] == page["fallback"]
+
+
+class _FailsFor:
+    """The real engine, except that one user's page raises (a bug hit by one member)."""
+
+    def __init__(self, inner: Any, user: str) -> None:
+        self._inner, self._user = inner, user
+        self.model_version, self.history = inner.model_version, inner.history
+
+    def page(self, user_id: str, **kw: Any) -> Any:
+        if user_id == self._user:
+            raise RuntimeError("boom")
+        return self._inner.page(user_id, **kw)
+
+
+def test_a_failing_page_fails_its_shard_only_and_a_rerun_completes(
+    reference: Path, model_users: list[str], tiny_model: Path, users_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pages"
+    victim = model_users[2 * SHARD_SIZE]  # in shard 2
+    kw: dict[str, Any] = {
+        "users_file": users_file, "devices": ["tv"], "times": [AT], "workers": 1,
+        "shard_size": SHARD_SIZE, "progress": False,
+    }  # fmt: skip
+    failed = run_precompute(
+        tiny_model, out, loader=lambda d: _FailsFor(engine.load(d), victim), **kw
+    )
+    assert failed.exit_code == 1 and not failed.completed
+    assert (
+        len(failed.failures) == 1 and victim in failed.failures[0] and "boom" in failed.failures[0]
+    )
+    assert failed.shards_run == 2  # shards 0 and 1; nothing after the failure (fail closed)
+    assert not (out / "shard-00002.jsonl").exists() and _count_done(out) == 2
+
+    # A finished shard damaged on disk is redone too.
+    damaged = out / "shard-00001.jsonl"
+    damaged.write_bytes(damaged.read_bytes()[:-2] + b"x\n")
+    done = run_precompute(tiny_model, out, **kw)
+    assert done.exit_code == 0 and done.shards_resumed == 1
+    assert _tree(out) == _tree(reference)
