@@ -290,7 +290,7 @@ def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
     plays_after = ds.plays.filter(pl.col(Col.TS) >= pl.lit(cut).dt.cast_time_unit("us"))
     first = plays_after.sort(Col.TS).group_by(Col.USER_ID, maintain_order=True).first()
     first_at = dict(zip(first[Col.USER_ID].to_list(), first[Col.TS].to_list(), strict=True))
-    top_ndcg, best_ndcg, page_n2, best_n2 = [], [], [], []
+    top_ndcg, top_own, best_ndcg, page_n2, best_n2 = [], [], [], [], []
     for u, truth in zip(split.users.tolist(), split.truth, strict=True):
         uid = str(h.user_ids[u])
         ctx = eng.context(uid, "tv", first_at[uid] - timedelta(seconds=1))
@@ -299,6 +299,16 @@ def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
         top = next((r for r, pr in zip(rows, page.rows, strict=True) if pr.ranker == "top_n"), None)
         ranked_best = best_list(ctx)
         top_ndcg.append(ndcg_at_k(top if top is not None else np.empty(0), truth, 10))
+        # the same row in Top-N's own order (no page model): what the title model changed
+        raw, _ = filter_rows(
+            propose_rows(eng.rankers, eng.context(uid, "tv", ctx.at), h).rows,
+            ctx,
+            h,
+            eng.rankers,
+            eng.page_config.row_titles_scored,
+        )
+        own = next((r.titles for r in raw if r.ranker == "top_n"), np.empty(0, dtype=np.int64))
+        top_own.append(ndcg_at_k(own, truth, 10))
         best_ndcg.append(ndcg_at_k(ranked_best, truth, 10))
         layout = eng.layout(ctx.device)
         grid = page_grid(rows)
@@ -314,6 +324,7 @@ def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": t_train,
         "best_single_ranker": best_name,
         "top_picks_row_ndcg10": float(np.mean(top_ndcg)),
+        "top_n_own_order_ndcg10": float(np.mean(top_own)),
         "best_ranker_ndcg10": float(np.mean(best_ndcg)),
         "page_n2dcg": float(np.mean(page_n2)),
         "best_ranker_poured_n2dcg": float(np.mean(best_n2)),
@@ -390,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== MovieLens: {r['split']}")
         print(
             f"Top Picks row NDCG@10 {r['top_picks_row_ndcg10']:.4f} vs best single ranker "
-            f"({r['best_single_ranker']}) {r['best_ranker_ndcg10']:.4f}"
+            f"({r['best_single_ranker']}) {r['best_ranker_ndcg10']:.4f}; Top-N's own order "
+            f"{r['top_n_own_order_ndcg10']:.4f}"
         )
         print(
             f"page N2DCG {r['page_n2dcg']:.4f} vs best list poured into the page "

@@ -153,6 +153,12 @@ def scores_ranker(ranker: Any, history: History) -> Callable[[int], np.ndarray]:
     )
 
 
+def top_n_ranker(cfg: TopNConfig, h: History) -> Callable[[int], np.ndarray]:
+    r = TopNRanker("top_n", cfg).fit(h)
+    print(f"  Top-N chose {r.blend_} (CF keys {_label(cfg.cf_keys())})")
+    return scores_ranker(r, h)
+
+
 # ----- validation ------------------------------------------------------------------------------
 
 
@@ -184,8 +190,8 @@ def cf_grid(quick: bool) -> list[dict[str, Any]]:
     return grid
 
 
-BLEND_GRID = list(product((0.0, 0.1, 0.2, 0.3, 0.5), (0.0, 0.15, 0.3, 0.6)))
-HALF_LIVES: tuple[float | None, ...] = (None, 30.0, 90.0, 365.0)
+BLEND_GRID = list(product((0.0, 0.1, 0.2, 0.3, 0.5), (0.0, 0.15, 0.3, 0.6, 1.0)))
+HALF_LIVES: tuple[float, ...] = (0.0, 30.0, 90.0, 365.0)  # 0 = no decay
 
 
 def validate_pvr(vals: list[Split], quick: bool) -> list[Trial]:
@@ -202,7 +208,7 @@ def validate_pvr(vals: list[Split], quick: bool) -> list[Trial]:
             r = PVRRanker("pvr", PVRConfig(**keys)).fit(h)
             fit_s += time.perf_counter() - t0
             pop = r.signals_.pop_z
-            for hl in HALF_LIVES if not quick else (None,):
+            for hl in HALF_LIVES if not quick else (0.0,):
                 cfg = PVRConfig(**keys, user_half_life_days=hl)
                 nd: dict[tuple[float, float], list[np.ndarray]] = {}
                 for lo in range(0, len(split.users), 512):
@@ -419,15 +425,12 @@ def run_dataset(ds: Dataset, label: str, args: argparse.Namespace) -> dict[str, 
         ),
         (
             "Top-N (self-tuned blend)",
-            lambda: scores_ranker(
-                TopNRanker("top_n", TopNConfig(**cf_keys, validation_fractions=fractions)).fit(h),
-                h,
-            ),
+            lambda: top_n_ranker(TopNConfig(**cf_keys, validation_fractions=fractions), h),
             "",
         ),
         (
             "Top-N (default config)",
-            lambda: scores_ranker(TopNRanker("top_n", TopNConfig()).fit(h), h),
+            lambda: top_n_ranker(TopNConfig(), h),
             "",
         ),
         (

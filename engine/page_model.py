@@ -77,6 +77,11 @@ class PageModelConfig(BaseModel):
     title_leaves: int = Field(31, ge=2)
     row_trees: int = Field(80, ge=1)
     row_leaves: int = Field(15, ge=2)
+    row_min_data_in_leaf: int = Field(40, ge=1)
+    # The row model's score may only rise with the title model's aggregates of the row
+    # (rs_top, rs_mean_visible, rs_play_est): a prior that keeps a small, noisy row data set
+    # from learning that better titles make a worse row.
+    row_monotone: bool = True
     learning_rate: float = Field(0.08, gt=0)
     min_data_in_leaf: int = Field(40, ge=1)
     feature_fraction: float = Field(0.9, gt=0, le=1)
@@ -236,6 +241,12 @@ def fit_ranker(
     params = lgb_params(
         cfg, leaves=leaves, threads=cfg.train_threads, objective=objective, positions=lgb_position
     )
+    if model == "row":
+        params["min_data_in_leaf"] = cfg.row_min_data_in_leaf
+        if cfg.row_monotone:
+            rising = {"rs_top", "rs_mean_visible", "rs_play_est"}
+            params["monotone_constraints"] = [int(n in rising) for n in names]
+            params["monotone_constraints_method"] = "advanced"
     dtrain = lgb.Dataset(
         X,
         label=label,
@@ -261,7 +272,11 @@ def fit_ranker(
         checkpoints = sorted({max(1, round(n_rounds * f / 10)) for f in range(1, 11)})
         curve = [
             ndcg_at(
-                np.asarray(booster.predict(Xv, num_iteration=r, num_threads=cfg.train_threads)),
+                np.asarray(
+                    booster.predict(
+                        Xv, num_iteration=r, num_threads=cfg.train_threads, raw_score=True
+                    )
+                ),
                 valid.y,
                 valid.group,
                 10,
@@ -360,7 +375,9 @@ class PageModel:
             return np.empty(0)
         pos = np.zeros((len(X), self._title_pos), dtype=np.float32) if self._title_pos else None
         Xm = _model_matrix(X, self._title_cols, pos) if self._title_cols or pos is not None else X
-        return np.asarray(self.title.predict(Xm, num_threads=1), dtype=np.float64)
+        # Raw scores: log-odds for the binary objective (sigmoid gives P(play), which the row
+        # stage's cascade estimate needs), the ranking score for lambdarank.
+        return np.asarray(self.title.predict(Xm, num_threads=1, raw_score=True), dtype=np.float64)
 
     def score_rows(self, X: np.ndarray) -> np.ndarray:
         if len(X) == 0:

@@ -8,6 +8,7 @@ State layout written by `save_state` inside a ranker's directory:
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -159,12 +160,14 @@ def load_state(
         )
     npz_path = directory / STATE_NPZ
     try:
-        with np.load(npz_path, allow_pickle=False) as npz:
+        # Our own handle: np.load leaks its handle when the archive is corrupt.
+        with npz_path.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
             missing = [a for a in arrays if a not in npz.files]
             if missing:
                 raise ModelLoadError(f"{npz_path} lacks array(s) {', '.join(missing)}")
             out = {a: npz[a] for a in arrays}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        # A truncated .npz is a bad zip archive: the same "corrupt model" error as any other.
         raise ModelLoadError(f"cannot read {npz_path}: {exc}") from exc
     return out, dict(doc.get("meta") or {})
 

@@ -57,8 +57,8 @@ class CFConfig(RankerConfig):
     shrink: float = Field(default=10.0, ge=0, description="item_knn cosine shrinkage")
     # How a member's plays of a title become one weight: 1, or the furthest progress reached.
     play_weight: Literal["binary", "progress"] = "binary"
-    # Older plays of the member count less when scoring (None = all plays count the same).
-    user_half_life_days: float | None = Field(default=90.0, gt=0)
+    # Older plays of the member count less when scoring (0 = all plays count the same).
+    user_half_life_days: float = Field(default=90.0, ge=0)
     popularity_weight: float = Field(default=0.1, ge=0, le=1)
     content_weight: float = Field(default=0.15, ge=0)
     seed: int = 0
@@ -112,10 +112,19 @@ def play_matrix(history: History, play_weight: str = "binary") -> sp.csr_matrix:
     return sp.csr_matrix((vals, (rows, cols)), shape=(history.n_users, history.n_titles))
 
 
+def sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique(x) by sorting: numpy 2.4's hash-based np.unique took 170 ms on 110k int64
+    keys where a sort takes 3 ms (measured on the default simulated world)."""
+    x = np.sort(x)
+    if len(x) < 2:
+        return x
+    return x[np.r_[True, x[1:] != x[:-1]]]
+
+
 def distinct_players(history: History) -> np.ndarray:
     """Distinct users who played each title (int64, length n_titles)."""
     key = history.play_user.astype(np.int64) * history.n_titles + history.play_title
-    titles = np.unique(key) % history.n_titles
+    titles = sorted_unique(key) % max(history.n_titles, 1)
     return np.bincount(titles, minlength=history.n_titles)
 
 
@@ -330,7 +339,7 @@ def member_titles(
         np.maximum.at(w, inv, np.clip(history.play_progress[s].astype(np.float64), 0.05, 1.0))
     else:
         w = np.ones(len(uniq))
-    if half_life_days is not None:
+    if half_life_days:  # None or 0: no decay
         last = history.play_ts[s][::-1][last_rev]
         w = w * decay(at_us - last, half_life_days)
     return uniq.astype(np.int64), w
@@ -386,7 +395,8 @@ class Signals:
         var = float(p @ self.genre_cov @ p)
         if not var > 1e-18:
             return np.zeros(n)
-        return (self.genres_l2 @ p - float(self.genre_mean @ p)) * (1.0 / np.sqrt(var))
+        scale = 1.0 / np.sqrt(var)
+        return self.genres_l2 @ (p * scale) - float(self.genre_mean @ p) * scale
 
     def genre_share(self, history: History, user: int, at_us: int, half_life: float) -> np.ndarray:
         """The member's decayed play share per genre (sums to 1, or all zeros)."""

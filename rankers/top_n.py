@@ -31,6 +31,7 @@ from rankers.pvr import (
     blend,
     check_cf_meta,
     components,
+    sorted_unique,
     truncate_history,
     zscore,
 )
@@ -50,11 +51,11 @@ class TopNConfig(CFConfig):
     recent_weight: float = Field(default=0.0, ge=0)
     recent_days: float = Field(default=28.0, gt=0)
     tune: bool = True
-    # 30 blends by default: about 3 s of a fit on the default simulated world (one core).
+    # 60 blends by default: a few seconds of a fit on the default simulated world.
     popularity_grid: list[float] = Field(default=[0.0, 0.1, 0.3])
     recent_grid: list[float] = Field(default=[0.0, 0.3, 1.0, 2.0])
     recent_days_grid: list[float] = Field(default=[3.0, 7.0, 28.0])
-    content_grid: list[float] = Field(default=[0.15])
+    content_grid: list[float] = Field(default=[0.15, 0.5])
     # Validation cuts, as fractions of the History's plays after each cut (rolling origin:
     # each cut's ground truth ends at the next later cut).
     validation_fractions: list[float] = Field(default=[0.1])
@@ -183,7 +184,8 @@ class TopNRanker:
                 t = truth[start + i]
                 relevant[i, t] = True
                 ideal[i] = _DISCOUNT[: min(_K, len(t))].sum()
-            rows = np.arange(m)[:, None]
+            k = min(_K, n)
+            rel_r, rel_c = np.nonzero(relevant)
             pop = signals.pop_z.astype(np.float32)
             recent32 = {d: v.astype(np.float32) for d, v in recent.items()}
             for gi, b in enumerate(grid):
@@ -198,11 +200,18 @@ class TopNRanker:
                 if b.recent:
                     s += np.float32(b.recent) * recent32[b.recent_days]
                 s[banned] = -np.inf
-                k = min(_K, n)
-                head = np.argpartition(-s, k - 1, axis=1)[:, :k]
-                head = np.take_along_axis(head, np.argsort(-s[rows, head], axis=1), axis=1)
-                hits = relevant[rows, head] & np.isfinite(s[rows, head])
-                sums[gi] += float(((hits @ _DISCOUNT[:k]) / ideal).sum())
+                # NDCG@10 without sorting anyone's list: the 10th best value per member (one
+                # partition), then the rank of each relevant title above it = how many titles
+                # beat it. 2x faster than argpartition + sort on the default world.
+                kth = np.partition(s, n - k, axis=1)[:, n - k]
+                v = s[rel_r, rel_c]
+                top = (v >= kth[rel_r]) & np.isfinite(v)
+                hit_r, hit_v = rel_r[top], v[top]
+                if len(hit_r):
+                    better = (s[hit_r] > hit_v[:, None]).sum(axis=1)
+                    ok = better < k
+                    gain = np.bincount(hit_r[ok], _DISCOUNT[better[ok]], minlength=m)
+                    sums[gi] += float((gain / ideal).sum())
         return sums, len(users)
 
     # ----- serve -----------------------------------------------------------------------------
@@ -281,7 +290,7 @@ def recent_popularity(history: History, now_us: int, days: float) -> np.ndarray:
     since = now_us - int(days * US_PER_DAY)
     keep = (history.play_ts >= since) & (history.play_ts < now_us)
     key = history.play_user[keep].astype(np.int64) * history.n_titles + history.play_title[keep]
-    titles = np.unique(key) % max(history.n_titles, 1)
+    titles = sorted_unique(key) % max(history.n_titles, 1)
     return zscore(np.log1p(np.bincount(titles, minlength=history.n_titles)))
 
 
@@ -296,10 +305,10 @@ def _validation_truth(history: History, cut: int, end: int) -> tuple[np.ndarray,
         return np.empty(0, dtype=np.int64), []
     before = history.play_ts < cut
     n_before = np.bincount(history.play_user[before], minlength=history.n_users)
-    seen = np.unique(
+    seen = sorted_unique(
         history.play_user[before].astype(np.int64) * history.n_titles + history.play_title[before]
     )
-    pairs = np.unique(wu.astype(np.int64) * history.n_titles + wt)
+    pairs = sorted_unique(wu.astype(np.int64) * history.n_titles + wt)
     pairs = pairs[~np.isin(pairs, seen)]
     pu, pt = np.divmod(pairs, history.n_titles)
     ok = n_before[pu] > 0

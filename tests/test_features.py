@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -101,16 +101,19 @@ def test_store_save_load_round_trip(tiny_world: TinyWorld, tmp_path: Path) -> No
 # ----- point in time ---------------------------------------------------------------------------
 
 
-def _window(ds: Dataset, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _window(ds: Dataset, bounds: list[datetime], k: int) -> tuple[np.ndarray, np.ndarray]:
     cfg = tiny_engine_config(max_pages_per_window=300)
     page_cfg = PageModelConfig.from_section(cfg.page)
-    bounds = window_bounds(ds, ds.clock, page_cfg)
     kinds = row_kinds(cfg, build_rankers(cfg), ds)
     w = build_window(
         ds, window_config(cfg, page_cfg), page_cfg, kinds, bounds[k], bounds[k + 1], index=k
     )
     assert w is not None
     return w.title_x, w.label
+
+
+def _bounds(ds: Dataset) -> list[datetime]:
+    return window_bounds(ds, ds.clock, PageModelConfig.from_section(tiny_engine_config().page))
 
 
 def _plant_after(ds: Dataset, t0: object, rng: np.random.Generator) -> Dataset:
@@ -137,11 +140,11 @@ def _plant_after(ds: Dataset, t0: object, rng: np.random.Generator) -> Dataset:
 
 def test_features_of_a_window_ignore_everything_after_its_start(tiny_world: TinyWorld) -> None:
     ds = load_dataset(tiny_world.path)
-    page_cfg = PageModelConfig.from_section(tiny_engine_config().page)
-    t0 = window_bounds(ds, ds.clock, page_cfg)[1]
-    x, y = _window(ds, 1)
+    bounds = _bounds(ds)  # the same windows for both datasets
+    t0 = bounds[1]
+    x, y = _window(ds, bounds, 1)
     planted = _plant_after(ds, t0, np.random.default_rng(0))
-    x2, y2 = _window(planted, 1)
+    x2, y2 = _window(planted, bounds, 1)
     # Same examples, same features to the bit; the labels (what happened after t0) may move.
     np.testing.assert_array_equal(x, x2)
     assert len(y) == len(y2)
@@ -150,10 +153,10 @@ def test_features_of_a_window_ignore_everything_after_its_start(tiny_world: Tiny
 def test_the_leakage_check_can_fail(tiny_world: TinyWorld) -> None:
     """Control: the same planting moved *before* the window start does change features."""
     ds = load_dataset(tiny_world.path)
-    page_cfg = PageModelConfig.from_section(tiny_engine_config().page)
-    t0 = window_bounds(ds, ds.clock, page_cfg)[1]
-    x, _ = _window(ds, 1)
+    bounds = _bounds(ds)
+    t0 = bounds[1]
+    x, _ = _window(ds, bounds, 1)
     planted = _plant_after(ds, t0 - timedelta(days=3), np.random.default_rng(0))
-    x2, _ = _window(planted, 1)
+    x2, _ = _window(planted, bounds, 1)
     assert x.shape == x2.shape
     assert not np.array_equal(x, x2, equal_nan=True)

@@ -39,7 +39,7 @@ from engine.serve import ServerThread, create_app, openapi_spec
 
 TOKEN = "fuzz-admin-token"
 TIMEOUT = 60
-# Cases per operation and generation mode: ~250 requests in all, ~20 s on 2 busy cores.
+# Cases per operation and generation mode: 141 requests in all, ~15 s on 2 busy cores.
 EXAMPLES = 12
 # Batches are capped at 5 requests while fuzzing, so a case costs a few page builds, not 100;
 # the 100-request limit itself is a cell of test_bad_input_http.py.
