@@ -63,7 +63,8 @@ class Split:
         n_truth = sum(len(t) for t in self.truth)
         return (
             f"{self.name}: cut {self.cutoff:%Y-%m-%d %H:%M} UTC, "
-            f"{len(self.history.play_user):,} training plays, {len(self.users)} users with ground truth, "
+            f"{len(self.history.play_user):,} training plays, "
+            f"{len(self.users)} users with ground truth, "
             f"{n_truth:,} ground-truth titles ({self.dropped_unknown} unknown at the cut dropped)"
         )
 
