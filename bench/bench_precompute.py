@@ -1,20 +1,25 @@
 """Precompute throughput and memory: prints pages/s and peak memory (docs/precompute.md).
 
-    .venv/bin/python bench/bench_precompute.py [--work DIR] [--repeats 3] [--memory-users 100000]
+    .venv/bin/python bench/bench_precompute.py [--work DIR] [--repeats 3]
+        [--limit-users N] [--memory-users 100000] [--skip-memory]
 
-1. Builds the default simulated world (`rowrank simulate`) and trains a model on it
-   (`rowrank train`), once, under --work (default bench/results/precompute; kept between runs).
-2. Throughput: `rowrank precompute` over every known user with the default contexts (tv and
-   mobile at 20:00 after the cut-off) as 1 process, local with 2 workers, and Dask (LocalCluster)
-   with 2 workers; each --repeats times into a fresh OUT_DIR; medians. Two figures per run:
-   end to end (wall clock of the whole command: start-up, model loads, all pages, manifest) and
-   steady state (pages of shards 2..n over the time between the first and the last shard's done
-   marker, i.e. without start-up). Also checks that the three engines wrote identical shards.
-3. Memory: a --users file of --memory-users ids (every known user, then cold-start ids
-   `cold-0000001`... that the model has never seen: the engine gives them cold-start pages), local
-   with 2 workers; the summed RSS of the command's process tree is sampled every 50 ms. The same
-   run with a tenth of the users shows whether memory grows with the user count.
-4. A paper estimate for 100M users x 4 contexts at the measured per-core rate.
+1. Builds the default simulated world (`rowrank simulate`: 5,000 users) and trains a model on it
+   (`rowrank train`) under --work (default bench/results/precompute); both are kept between
+   runs, and the model is retrained when this rowrank can no longer load it.
+2. The engine alone: a loop of `Engine.page(...).to_json()` in this process (the ceiling).
+3. Throughput: `rowrank precompute` over every known user (or the first --limit-users) with the
+   default contexts (tv and mobile at 20:00 after the cut-off), in 20 shards, as 1 process,
+   local with 2 workers, and Dask (LocalCluster) with 2 workers; --repeats rounds, the three
+   configs interleaved in each round so load from other jobs hits them alike; medians. Per run:
+   end to end (wall clock of the whole command: start-up, model loads, pages, manifest), steady
+   state (pages of shards 2..n over the time from the first to the last shard's done marker:
+   no start-up), CPU ms per page of the whole process tree (start-up included; insensitive to
+   other jobs), and the load average. Also checks that all runs wrote identical shards.
+4. Memory: a --users file of --memory-users ids (every known user, then cold-start ids
+   `cold-0000000`... the model has never seen: the engine gives them cold-start pages), one
+   context, local with 2 workers; the summed RSS of the command's process tree is sampled every
+   50 ms. The same with a tenth of the users shows whether memory grows with the user count.
+5. A paper estimate for 100M users x 4 contexts at the measured per-core rate.
 """
 
 from __future__ import annotations
@@ -180,9 +185,10 @@ def main() -> None:
     )
     del eng
 
-    # 250-user shards: 20 shards for 5,000 users, enough for a steady-state rate between the
+    # 20 shards (250 users each for 5,000 users), enough for a steady-state rate between the
     # first and the last; per-page costs do not depend on the shard size.
-    subset: list[str] = ["--shard-size", "250"]
+    n_users = min(len(known), args.limit_users or len(known))
+    subset: list[str] = ["--shard-size", str(max(1, n_users // 20))]
     if args.limit_users:
         users = work / f"users-first-{args.limit_users}.txt"
         users.write_text("\n".join(known[: args.limit_users]) + "\n")
@@ -192,15 +198,16 @@ def main() -> None:
         ("local, 2 workers", [*subset, "--workers", "2"]),
         ("dask LocalCluster, 2 workers", [*subset, "--engine", "dask", "--workers", "2"]),
     ]
-    results: dict[str, list[Run]] = {}
-    for label, extra in configs:
-        runs = []
-        for i in range(args.repeats):
+    # Interleaved (every config once per round), so load from other jobs on a shared machine
+    # hits all configs alike.
+    results: dict[str, list[Run]] = {label: [] for label, _ in configs}
+    for i in range(args.repeats):
+        for label, extra in configs:
             out = work / "out" / f"run-{i}"
-            runs.append(precompute(model, out, *extra))
+            results[label].append(precompute(model, out, *extra))
             shutil.rmtree(out)
-        results[label] = runs
-        med = statistics.median
+    med = statistics.median
+    for label, runs in results.items():
         print(
             f"{label:30s} {runs[0].pages:,} pages: end to end {med(r.rate for r in runs):5.0f} "
             f"pages/s (runs {', '.join(f'{r.rate:.0f}' for r in runs)}); steady state "

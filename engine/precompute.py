@@ -795,7 +795,8 @@ def _run_dask(
                     n_workers=n_workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    # ":0" = any free port; None still tries 8787 and warns when it is taken.
+                    dashboard_address=":0",
                     silence_logs=logging.ERROR,
                 )
             )

@@ -38,16 +38,17 @@ from rankers._common import check_fitted, load_state, make_row, save_state
 STATE_VERSION = 1
 Method = Literal["ease", "als", "item_knn"]
 _LN2 = float(np.log(2.0))
-_OVERALL = 400  # titles ranked once per request for all genre rows (see PVRRanker.propose)
+_OVERALL = 400  # the rank whose score is the genre rows' candidate threshold (PVRRanker.propose)
 
 
 class CFConfig(RankerConfig):
     """Keys of the collaborative-filtering model shared by PVR and Top-N."""
 
-    # ease measured best on validation cuts (docs/rankers_cf.md).
+    # Defaults: the best of the validation grid of bench/bench_rankers_quality.py on the
+    # default simulated world (docs/rankers_cf.md); MovieLens preferred l2=1500 and content 0.6.
     method: Method = "ease"
     # Titles with fewer distinct players get no CF score (EASE's item-item matrix is n^2).
-    min_plays: int = Field(default=3, ge=1)
+    min_plays: int = Field(default=2, ge=1)
     l2: float = Field(default=200.0, gt=0, description="EASE ridge strength")
     factors: int = Field(default=64, ge=1, description="ALS latent factors")
     als_reg: float = Field(default=0.1, gt=0)
@@ -58,9 +59,9 @@ class CFConfig(RankerConfig):
     # How a member's plays of a title become one weight: 1, or the furthest progress reached.
     play_weight: Literal["binary", "progress"] = "binary"
     # Older plays of the member count less when scoring (0 = all plays count the same).
-    user_half_life_days: float = Field(default=90.0, ge=0)
+    user_half_life_days: float = Field(default=30.0, ge=0)
     popularity_weight: float = Field(default=0.1, ge=0, le=1)
-    content_weight: float = Field(default=0.15, ge=0)
+    content_weight: float = Field(default=0.3, ge=0)
     seed: int = 0
 
     def cf_keys(self) -> dict[str, Any]:
@@ -176,7 +177,7 @@ class CFModel:
         X = play_matrix(history, cfg.play_weight)
         players = distinct_players(history)
         eval_items = np.flatnonzero(players >= cfg.min_plays).astype(np.int32)
-        Xe = X[:, eval_items].tocsc().tocsr()
+        Xe = X[:, eval_items].tocsr()
         empty = np.zeros((0, 0), dtype=np.float32)
         if cfg.method == "als":
             rng = np.random.default_rng(cfg.seed)
@@ -499,18 +500,20 @@ class PVRRanker:
         the decay of the member's plays (default: the History's cut-off)."""
         check_fitted(self, "model_")
         at = history.cutoff_us if at_us is None else at_us
-        comp = components(self.model_, self.signals_, history, user, at, self.config)
-        s = blend(
-            comp, self.signals_.pop_z, self.config.popularity_weight, self.config.content_weight
-        )
-        return s.astype(np.float32)
+        return self._score(user, history, at).astype(np.float32)
+
+    def _score(self, user: int, history: History, at_us: int) -> np.ndarray:
+        comp = components(self.model_, self.signals_, history, user, at_us, self.config)
+        cfg = self.config
+        return blend(comp, self.signals_.pop_z, cfg.popularity_weight, cfg.content_weight)
 
     def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
         check_fitted(self, "model_")
         cfg = self.config
         user = history.user_index(request.user_id)
         at = request.at_us
-        score = self.scores(user, history, at).astype(np.float64)
+        # Rounded through float32 so a row's scores are exactly what `scores()` returns.
+        score = self._score(user, history, at).astype(np.float32).astype(np.float64)
         if cfg.exclude_played and user >= 0:
             score[history.play_title[history.user_plays(user)]] = -np.inf
         share = self.signals_.genre_share(history, user, at, cfg.genre_half_life_days)
@@ -518,26 +521,30 @@ class PVRRanker:
             # Cold start: the genres everyone plays most, ordered by popularity.
             share = self.signals_.global_share
         rows: list[CandidateRow] = []
-        # One partial sort for all genre rows: the best titles overall, then each genre's share
-        # of them; a genre with too few there falls back to a top-k over its own titles.
-        best = head(score, min(len(score), _OVERALL))
-        complete = len(best) >= int(np.isfinite(score).sum())
+        # One partition for all genre rows: the _OVERALL-th best score overall is a threshold
+        # that usually leaves a genre a few dozen candidates to sort instead of hundreds.
+        n = len(score)
+        k = min(_OVERALL, n)
+        threshold = np.partition(score, n - k)[n - k] if n else -np.inf
         for g in np.argsort(-share, kind="stable"):
             if len(rows) >= cfg.max_genre_rows or share[g] < max(cfg.min_genre_share, 1e-12):
                 break
-            idx = best[self.signals_.in_genre[g][best]][: cfg.row_length]
-            if len(idx) < cfg.row_length and not complete:
-                mine = self.signals_.genre_titles[g]
-                idx = mine[head(score[mine], cfg.row_length)]
-            if len(idx) < cfg.min_row_titles:
+            mine = self.signals_.genre_titles[g]
+            sc = score[mine]
+            cand = np.flatnonzero(sc >= threshold) if threshold > -np.inf else np.empty(0, int)
+            if len(cand) < cfg.row_length:
+                cand = np.flatnonzero(np.isfinite(sc))
+            cand = cand[np.lexsort((cand, -sc[cand]))][: cfg.row_length]
+            if len(cand) < cfg.min_row_titles:
                 continue
+            idx = mine[cand]
             genre = history.genre_names[g]
             row = make_row(
                 ranker=self.name,
                 kind=self.ROW_KIND,
                 title=genre,
                 titles=idx,
-                scores=score[idx],
+                scores=sc[cand],
                 key=genre,
                 evidence={"genre": genre, "share": round(float(share[g]), 4)},
             )
