@@ -711,8 +711,12 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ModelLoadError(f"{path} lists no files")
+    root = model_dir.resolve()
     for rel, digest in sorted(files.items()):
         f = model_dir / rel
+        # A manifest entry may name only a file inside the directory: never '..' or absolute.
+        if Path(rel).is_absolute() or not f.resolve().is_relative_to(root):
+            raise ModelLoadError(f"{path}: entry {rel} points outside {model_dir}")
         if not f.is_file():
             raise ModelLoadError(f"{model_dir}: {rel} is missing (listed in {MANIFEST})")
         if sha256_file(f) != digest:

@@ -82,12 +82,6 @@ def test_a_missing_file_is_refused_naming_the_file(model: Path, tmp_path: Path, 
         engine.load(damaged)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/pipeline.py read_manifest joins manifest entries to the model directory "
-    "without refusing '..' or absolute paths, so a manifest can make the loader open and hash "
-    "files outside it",
-)
 @pytest.mark.parametrize("entry", ["../outside.bin", "ABSOLUTE"])
 def test_manifest_entries_cannot_point_outside_the_directory(
     model: Path, tmp_path: Path, entry: str
