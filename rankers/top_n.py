@@ -23,7 +23,7 @@ from engine.candidates import CandidateRow, RankerConfig
 from engine.context import RequestContext
 from engine.errors import ModelLoadError
 from engine.history import US_PER_DAY, History
-from rankers._common import check_fitted, load_state, make_row, save_state
+from rankers._common import check_fitted, load_state, make_row, save_state, top_k
 from rankers.pvr import (
     CFConfig,
     CFModel,
@@ -31,7 +31,6 @@ from rankers.pvr import (
     blend,
     check_cf_meta,
     components,
-    head,
     sorted_unique,
     truncate_history,
     zscore,
@@ -233,7 +232,7 @@ class TopNRanker:
         score = self.scores(user, history, request.at_us).astype(np.float64)
         if self.config.exclude_played and user >= 0:
             score[history.play_title[history.user_plays(user)]] = -np.inf
-        idx = head(score, self.config.row_length)
+        idx = top_k(score, self.config.row_length)
         if len(idx) == 0:
             return []
         return [
