@@ -10,6 +10,7 @@ docs/reliability.md, including the model-directory cells only a reload can reach
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -341,6 +342,10 @@ def test_unknown_user_gets_a_cold_start_page(server: str, root: Path) -> None:
         timeout=TIMEOUT,
     )
     assert batch.status_code == 200 and batch.json()["pages"] == [page]
+    # Logging runs off the request path: wait (bounded) for the logger thread to count both.
+    deadline = time.monotonic() + 15
+    while metric(server, LOGGED) < logged + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert metric(server, LOGGED) == logged + 2
 
 
