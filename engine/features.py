@@ -851,52 +851,7 @@ class FeatureStore:
         out = (survive * decay * P).sum(axis=1)
         return np.asarray(out, dtype=np.float64)
 
-    def placement(
-        self,
-        visible_titles: Sequence[np.ndarray],
-        kinds: np.ndarray,
-        placed_titles: np.ndarray,
-        placed_genre: np.ndarray,
-        placed_kinds: np.ndarray,
-    ) -> np.ndarray:
-        """float32 (W, 3): overlap with titles above, max genre cosine with a row above, rows
-        of the same kind above. `placed_genre` is (n_placed, n_genres) unit row centroids."""
-        n = len(visible_titles)
-        out = np.zeros((n, 3), dtype=np.float32)
-        if n == 0:
-            return out
-        placed_mask = np.zeros(self.n_titles, dtype=bool)
-        placed_mask[placed_titles] = True
-        lens = np.fromiter((len(v) for v in visible_titles), dtype=np.int64, count=n)
-        flat = np.concatenate(visible_titles) if lens.sum() else np.empty(0, np.int64)
-        owner = np.repeat(np.arange(n), lens)
-        out[:, 0] = _segment_mean(placed_mask[flat].astype(np.float64), owner, n)
-        out[lens == 0, 0] = np.nan
-        if len(placed_genre):
-            cent = self.row_genre_centroids(visible_titles)
-            out[:, 1] = (cent @ placed_genre.T).max(axis=1)
-        if len(placed_kinds):
-            out[:, 2] = (kinds[:, None] == placed_kinds[None, :]).sum(axis=1)
-        return out
 
-    def row_genre_centroids(self, visible_titles: Sequence[np.ndarray]) -> np.ndarray:
-        """(W, n_genres) unit genre centroid of each row's visible titles."""
-        n = len(visible_titles)
-        lens = np.fromiter((len(v) for v in visible_titles), dtype=np.int64, count=n)
-        flat = np.concatenate(visible_titles) if lens.sum() else np.empty(0, np.int64)
-        owner = np.repeat(np.arange(n), lens)
-        n_genres = self.title_genre_unit.shape[1]
-        cent = np.zeros((n, n_genres), dtype=np.float64)
-        if len(flat):
-            np.add.at(cent, owner, self.title_genre_unit[flat])
-        return _unit_rows(cent)
-
-
-PLACEMENT_COLUMNS: tuple[str, ...] = (
-    "pl_overlap_above",
-    "pl_genre_sim_above",
-    "pl_same_kind_above",
-)
 _TITLE_COL: dict[str, int] = {f.name: i for i, f in enumerate(TITLE_FEATURES)}
 _ROW_COL: dict[str, int] = {f.name: i for i, f in enumerate(ROW_FEATURES)}
 PLACEMENT_SLICE = slice(_ROW_COL["pl_overlap_above"], _ROW_COL["pl_same_kind_above"] + 1)
@@ -914,41 +869,8 @@ def _missing_categories(X: np.ndarray, cols: np.ndarray) -> None:
     X[:, cols] = sub
 
 
-def title_column(name: str) -> int:
-    return _TITLE_COL[name]
-
-
 def row_column(name: str) -> int:
     return _ROW_COL[name]
-
-
-def requests_from(
-    store: FeatureStore,
-    history: History,
-    user_ids: Sequence[str],
-    devices: Sequence[str],
-    at: Sequence[int],
-    hours: Sequence[int],
-    weekdays: Sequence[int],
-    countries: Sequence[str | None],
-) -> Requests:
-    """Requests arrays from plain columns; a missing country falls back to the member's."""
-    users = np.array([history.user_index(u) for u in user_ids], dtype=np.int32)
-    codes = []
-    for u, c in zip(users.tolist(), countries, strict=True):
-        if c:
-            codes.append(store.country_code(c))
-        else:
-            codes.append(int(store.user_country[u]) if u >= 0 else -1)
-    dev_pos = {d: i for i, d in enumerate(DEVICES)}
-    return Requests(
-        user=users,
-        device=np.array([dev_pos[d] for d in devices], dtype=np.int8),
-        hour=np.asarray(hours, dtype=np.int8),
-        weekend=(np.asarray(weekdays) >= 5).astype(np.int8),
-        country=np.asarray(codes, dtype=np.int16),
-        at_us=np.asarray(at, dtype=np.int64),
-    )
 
 
 # ----- helpers --------------------------------------------------------------------------------
@@ -1163,8 +1085,6 @@ def _impressions_before(
 
 __all__ = [
     "FEATURE_SETS",
-    "FINISHED_PROGRESS",
-    "PLACEMENT_COLUMNS",
     "ROW_FEATURES",
     "TITLE_FEATURES",
     "Feature",

@@ -2,7 +2,8 @@
 
     RequestContext
       -> rankers    each configured instance proposes CandidateRows (fail open per ranker)
-      -> filters    availability, maturity, already finished (engine.filters)
+      -> filters    availability, maturity, already finished (engine.filters), series
+                    entered at their start or where the member is (`series_entries`)
       -> features   context, user, title, user x title, row (engine.features, numpy gathers)
       -> title model    LightGBM orders the titles inside every row
       -> row model      LightGBM scores rows stage by stage inside engine.assembly.assemble_page
@@ -159,11 +160,51 @@ def filter_rows(
     rankers: Mapping[str, Ranker],
     limit: int,
 ) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
-    """Business filters, then each row cut to the `limit` titles the title model scores."""
+    """Business filters, then `series_entries_only`, then each row cut to the `limit` titles
+    the title model scores. Returns the rows and, per row id, titles removed per filter."""
     kept, removed = apply_filters(rows, ctx, history, rankers)
-    cut = [r if len(r.titles) <= limit else r.take(np.arange(limit)) for r in kept]
     counts = {rid: rem.counts() for rid, rem in removed.items() if rem.total}
-    return [r for r in cut if len(r.titles)], counts
+    entry = series_entries(history, history.user_index(ctx.user_id))
+    out: list[CandidateRow] = []
+    for r in kept:
+        # Watch again shows finished titles, Continue Watching what the member is in.
+        keeps = getattr(rankers.get(r.ranker), "keeps_finished", False)
+        if not keeps and r.kind != "continue_watching":
+            ok = entry[r.titles]
+            if not ok.all():
+                counts.setdefault(r.row_id, {})["series_entry"] = int((~ok).sum())
+                r = r.take(ok)
+        if len(r.titles) > limit:
+            r = r.take(np.arange(limit))
+        if len(r.titles):
+            out.append(r)
+    return out, counts
+
+
+def series_entries(history: History, user: int) -> np.ndarray:
+    """Bool per title: not an episode, or the member's entry into its series (the first
+    episode they have not finished). Episode 7 of a series the member never started is not
+    proposed: a member starts a series at its start or goes on where they are. This is how the
+    simulated world's members behave (a skipped episode is rarely played) and how the logged
+    pages were built, so titles outside it would also be outside the training data."""
+    ep = history.episode
+    series = history.series
+    is_ep = (series >= 0) & (ep >= 0)
+    out = ~is_ep
+    idx = np.flatnonzero(is_ep)
+    if len(idx) == 0:
+        return out
+    unfinished = np.ones(history.n_titles, dtype=bool)
+    if user >= 0:
+        unfinished[history.finished(user)] = False
+    # episodes ordered by (series, episode): the first unfinished one of each series
+    order = idx[np.lexsort((ep[idx], series[idx]))]
+    cand = order[unfinished[order]]
+    if len(cand):
+        s = series[cand]
+        first = np.r_[True, s[1:] != s[:-1]]
+        out[cand[first]] = True
+    return out
 
 
 # ----- stage 3: features ----------------------------------------------------------------------
@@ -340,7 +381,8 @@ class RowModelScorer:
         """(title-score aggregates (3,), unit genre centroid, kind code) of a row as it shows.
 
         Rows have a handful of visible titles, so this is plain Python arithmetic: numpy's
-        per-call overhead dominated (measured 13.6 -> see bench_page_speed) at this size."""
+        per-call overhead dominated at this size (the row stage took 13.6 ms of CPU per page
+        on the default world with numpy here, 8.7 ms without; bench/bench_page_speed.py)."""
         head = r.titles[: self.visible]
         key = (r.row_id, head.tobytes())
         got = self._state.get(key)
@@ -627,6 +669,8 @@ class Engine:
                 )
             )
         kept, _ = apply_filters(rows, ctx, h, {})
+        entry = series_entries(h, h.user_index(ctx.user_id))
+        kept = [r.take(entry[r.titles]) for r in kept]
         kept = [r.take(np.arange(min(n, len(r.titles)))) for r in kept]
         assembled = assemble_page(
             kept,

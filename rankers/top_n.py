@@ -23,7 +23,7 @@ from engine.candidates import CandidateRow, RankerConfig
 from engine.context import RequestContext
 from engine.errors import ModelLoadError
 from engine.history import US_PER_DAY, History
-from rankers._common import check_fitted, load_state, make_row, save_state, top_k
+from rankers._common import check_fitted, load_state, make_row, save_state
 from rankers.pvr import (
     CFConfig,
     CFModel,
@@ -31,6 +31,7 @@ from rankers.pvr import (
     blend,
     check_cf_meta,
     components,
+    head,
     sorted_unique,
     truncate_history,
     zscore,
@@ -156,7 +157,7 @@ class TopNRanker:
         cfg = self.config
         train = truncate_history(history, cut)
         users, truth = _validation_truth(history, cut, end)
-        if len(users) == 0:
+        if len(users) == 0 or history.n_titles == 0:
             return np.zeros(len(grid)), 0
         if len(users) > cfg.max_validation_users:
             pick = np.sort(rng.choice(len(users), cfg.max_validation_users, replace=False))
@@ -232,7 +233,7 @@ class TopNRanker:
         score = self.scores(user, history, request.at_us).astype(np.float64)
         if self.config.exclude_played and user >= 0:
             score[history.play_title[history.user_plays(user)]] = -np.inf
-        idx = top_k(score, self.config.row_length)
+        idx = head(score, self.config.row_length)
         if len(idx) == 0:
             return []
         return [

@@ -20,7 +20,7 @@ from engine.context import RequestContext
 from engine.errors import BadRequestError, NotFittedError
 from engine.history import History
 from engine.page import page_schema
-from engine.pipeline import Engine, continuation_mode
+from engine.pipeline import Engine, continuation_mode, series_entries
 
 ROWRANK = [sys.executable, "-m", "engine.cli"]
 
@@ -228,3 +228,31 @@ def test_cli_bad_values_exit_2(
     assert message in err
     assert len(err.strip().splitlines()) == 1
     assert out == b""
+
+
+def test_series_are_entered_at_the_start_or_where_the_member_is(eng: Engine, at: str) -> None:
+    h = eng.history
+    entry_new = series_entries(h, -1)
+    episodes = (h.series >= 0) & (h.episode >= 0)
+    assert episodes.any()
+    # A new member: only each series' first episode (and every non-episode).
+    first_ep = {
+        int(s): int(h.episode[(h.series == s)].min()) for s in np.unique(h.series[episodes])
+    }
+    expected = ~episodes | np.array(
+        [episodes[t] and h.episode[t] == first_ep[int(h.series[t])] for t in range(h.n_titles)]
+    )
+    np.testing.assert_array_equal(entry_new, expected)
+    # A member who finished episodes: the entry moves to their first unfinished episode.
+    done = h.play_progress >= 0.9
+    i = int(np.flatnonzero(done & episodes[h.play_title])[0])
+    u, t = int(h.play_user[i]), int(h.play_title[i])
+    assert not series_entries(h, u)[t]  # a finished episode is not an entry any more
+    page = eng.page(str(h.user_ids[u]), "tv", at)
+    shown = {
+        h.title_index(item.title_id)
+        for r in page.rows
+        if r.kind not in ("watch_again", "continue_watching")
+        for item in r.items
+    }
+    assert all(series_entries(h, u)[sorted(shown)])

@@ -612,6 +612,16 @@ def test_cli_serve_with_two_workers_follows_a_reload_and_stops_cleanly(
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_ready(url, timeout=60)
+        # The first ready answer comes from one worker; the other may still be loading (and
+        # answers 503 until it is), so wait, bounded, until two distinct workers say ready.
+        ready_pids: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(ready_pids) < 2 and time.monotonic() < deadline:
+            ready = requests.get(f"{url}/readyz", headers={"connection": "close"})
+            if ready.status_code == 200:
+                ready_pids.add(ready.json()["pid"])
+            time.sleep(0.02)
+        assert len(ready_pids) == 2
         assert requests.get(f"{url}/v1/users/{users[0]}/page").status_code == 200
         r = _reload(url, {"model_dir": "b"})
         assert r.status_code == 200 and r.json()["generation"] == 1
