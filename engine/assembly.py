@@ -246,11 +246,10 @@ def penalize_repeated_kinds(
     the fifth of a run 5 x weight, so a run of one kind needs ever larger score leads."""
     if not placed or weight == 0:
         return np.zeros(len(rows))
-    kinds = np.array([r.kind for r in rows], dtype=object)
-    placed_kinds = np.array([r.kind for r in placed], dtype=object)
-    repeats = (kinds[:, None] == placed_kinds[None, :]).sum(axis=1)
-    above = kinds == placed_kinds[-1]
-    return weight * (repeats + above).astype(np.float64)
+    placed_per_kind = Counter(r.kind for r in placed)
+    above = placed[-1].kind
+    counts = [placed_per_kind[r.kind] + (r.kind == above) for r in rows]
+    return weight * np.array(counts, dtype=np.float64)
 
 
 def dedupe_titles_across_rows(

@@ -7,7 +7,7 @@ an engine config: the default one (or a file) with overrides of its `rankers`, `
 1. Data: `--data DIR`, or a world simulated into REPORT_DIR/world. A dataset with a
    `ground_truth/` directory (written by `rowrank simulate`) is a simulated world and unlocks the
    ground-truth measures.
-2. Split: one temporal cut (bench/protocol.py): every variant is trained with `rowrank train`'s
+2. Split: one temporal cut (engine/split.py): every variant is trained with `rowrank train`'s
    code on data strictly before the cut; the test members and their ground truth (titles first
    played after the cut) come from after it. Nothing is tuned on the test period: the trainer's
    own model selection uses windows before the cut.
@@ -29,7 +29,6 @@ so adding a variant does not change another's draws.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import math
 import sys
 import time
@@ -38,7 +37,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,6 +71,7 @@ from engine.metrics import (
     visible,
     visible_recall,
 )
+from engine.split import machine, make_split, quantile_cut
 from engine.world import GroundTruth, WorldParams
 
 if TYPE_CHECKING:  # the pipeline (LightGBM, the page model) loads only when a run needs it
@@ -282,24 +281,6 @@ def _deep_merge(into: dict[str, Any], over: Mapping[str, Any]) -> None:
 # ----- data and split --------------------------------------------------------------------------
 
 
-def _protocol() -> ModuleType:
-    """bench/protocol.py, the temporal split shared with the rankers' quality bench."""
-    name = "rowrank_bench_protocol"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parents[1] / "bench" / "protocol.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise ConfigError(
-            f"`rowrank bench` reuses {path} (the evaluation protocol): run it from a rowrank "
-            "source checkout (pip install -e .)"
-        )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
 def prepare_data(
     spec: BenchSpec,
     data_dir: Path | None,
@@ -348,7 +329,7 @@ def _world_seed(w: WorldSpec, seed: int) -> int:
 
 def cut_time(ds: Dataset, spec: SplitSpec) -> datetime:
     if spec.after_fraction is not None:
-        cut: datetime = _protocol().quantile_cut(ds.plays, spec.after_fraction)
+        cut: datetime = quantile_cut(ds.plays, spec.after_fraction)
         return cut
     return to_utc(ds.clock) - timedelta(days=spec.test_days)
 
@@ -1095,7 +1076,7 @@ def run_bench(
     ds = load_dataset(data)
     gt = GroundTruth.load(data / GROUND_TRUTH_DIR) if (data / GROUND_TRUTH_DIR).is_dir() else None
     cut = cut_time(ds, spec.split)
-    split = _protocol().make_split(ds, cut, name="test")
+    split = make_split(ds, cut, name="test")
     history: History = split.history
     title_index = {t: i for i, t in enumerate(history.title_ids.tolist())}
     requests = eval_requests(ds, split, spec.eval.users, np.random.default_rng([seed, _P_SAMPLE]))
@@ -1240,7 +1221,7 @@ def run_bench(
 
 def _machine() -> str:
     try:
-        return str(_protocol().machine())
+        return machine()
     except Exception:  # the description is informative only
         return "unknown"
 

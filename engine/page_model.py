@@ -1,14 +1,15 @@
-"""The page model: two LightGBM learning-to-rank models and the settings that shape them.
+"""The page model: two LightGBM models and the settings that shape them.
 
-- The title model orders titles within a row (one LightGBM query group = one row on one page).
-- The row model orders rows on the page (one group = one page), one stage at a time.
+- The title model orders titles within a row. Default objective binary: P(play) of a (row,
+  title) pair, which the row stage's cascade estimate needs as a probability; lambdarank with
+  one query group per row is an option (`title_objective`), measured worse (docs/page_model.md).
+- The row model orders rows on the page, one stage at a time: lambdarank, one group = one page.
 
-Both are `lightgbm.Booster`s saved as LightGBM text, trained with the lambdarank objective and
-served with one thread. When training examples come from logged impressions, the position each
-item was shown at goes to LightGBM as `position` (unbiased lambdarank: the model learns how much
-attention each position gets and corrects its gradients for it); at serving time positions are
-not an input at all, so a page is ranked as if every slot were equally seen. See
-docs/page_model.md for why and for the measured effect.
+Both are `lightgbm.Booster`s saved as LightGBM text and served with one thread. Training
+examples come from logged impressions, so the position each item was shown at is a
+training-only feature (`position_bias = "feature"`); at serving time it is fixed at the first
+slot, so a page is ranked as if every slot were equally seen. See docs/page_model.md for why
+and for the measured effect.
 """
 
 from __future__ import annotations
