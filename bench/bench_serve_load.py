@@ -67,8 +67,14 @@ def build_model(work: Path, users: int) -> Path:
     if not (data / "dataset.json").exists():
         print(f"simulating the default world ({users:,} users) into {data} ...", flush=True)
         subprocess.run([*ROWRANK, "simulate", str(data), "--users", str(users)], check=True)
-    if not (model / "manifest.json").exists():
-        print(f"training {model} ...", flush=True)
+    import engine
+    from engine.errors import RowrankError
+
+    try:
+        engine.load(model)
+    except RowrankError as exc:  # none yet, or saved by a rowrank whose format differed
+        print(f"training {model} ({str(exc)[:120]}) ...", flush=True)
+        shutil.rmtree(model, ignore_errors=True)
         subprocess.run([*ROWRANK, "train", str(data), str(model)], check=True)
     return model
 

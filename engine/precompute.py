@@ -40,6 +40,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import orjson
 
 from engine.errors import BadRequestError, RowrankError
+from engine.processes import exit_with_parent
 
 if TYPE_CHECKING:
     import numpy as np
@@ -446,6 +447,7 @@ def _cached_engine(model_dir: str, loader: Loader) -> PageSource:
 
 
 def _pool_init(model_dir: str, loader: Loader) -> None:
+    exit_with_parent()  # a killed `rowrank precompute` leaves no idle workers behind
     _limit_threads()
     _cached_engine(model_dir, loader)
 

@@ -1,8 +1,9 @@
 """The HTTP service: homepages as JSON, a preview as HTML, health, metrics and model hot swap.
 
 Starlette on uvicorn. The engine is CPU-bound, so every page is built in the threadpool (the
-event loop keeps answering /healthz while a page is being built); `--workers N` runs N uvicorn
-worker processes, each loading the model once.
+event loop keeps answering /healthz while a page is being built), one page at a time per
+worker; `--workers N` runs N worker processes (`run_workers`), each loading the model once and
+listening on its own SO_REUSEPORT socket so the kernel spreads connections over them.
 
 Routes (docs/serve.md, engine/static/openapi.json):
 
@@ -64,6 +65,7 @@ from engine.errors import BadRequestError
 from engine.impression_log import ImpressionLogger
 from engine.impression_log import Scope as LogScope
 from engine.layout import DEFAULT_LAYOUTS, DeviceLayout
+from engine.processes import exit_with_parent
 
 log = logging.getLogger("rowrank.serve")
 
@@ -74,7 +76,12 @@ QUERY_FIELDS = ("device", "at", "country")
 BATCH_FIELDS = ("user_id", *QUERY_FIELDS)
 COUNTRY_RE = re.compile(r"[A-Z]{2}")
 STATE_POLL_SECONDS = 0.5
-PAGE_THREADS = 4  # concurrent page builds per worker (the rest wait in the event loop)
+WORKER_MIN_UPTIME_SECONDS = 10.0  # a worker dying sooner is not restarted: the server stops
+ENV_WORKER_MIN_UPTIME = "ROWRANK_WORKER_MIN_UPTIME"  # overrides WORKER_MIN_UPTIME_SECONDS
+# Concurrent page builds per worker (the rest wait in the event loop). Page building is
+# CPU-bound Python: a second thread only fights for the GIL. Measured with bench_serve_load.py,
+# 1 worker: 117 pages/s with 1 thread against 64-85 with 4 (page build 7.9 ms against 35-50 ms).
+PAGE_THREADS = 1
 # Page build + serialization, seconds. The target is p99 < 50 ms, so resolution sits below it.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 JSON = "application/json"
@@ -1124,21 +1131,107 @@ def serve(cfg: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, worker
 
     import uvicorn
 
+    try:  # a taken port is a one-line error (exit 2), before any model is loaded
+        _listen(host, port, reuse_port=False).close()
+    except OSError as exc:
+        raise BadRequestError(f"--host/--port: {exc.strerror}") from exc
     if workers <= 1:
         uvicorn.run(app_from_cfg(cfg), host=host, port=port, access_log=False, log_level="info")
         return
     with tempfile.TemporaryDirectory(prefix="rowrank-serve-") as tmp:
         cfg.state_dir = tmp
         os.environ[ENV_CONFIG] = cfg.to_json()
-        uvicorn.run(
-            "engine.serve:app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            access_log=False,
-            log_level="info",
-        )
+        run_workers(host, port, workers)
+
+
+def run_workers(host: str, port: int, workers: int) -> None:
+    """`workers` processes, each with its own listening socket on host:port (SO_REUSEPORT), so
+    the kernel spreads connections over them. uvicorn's own `workers=` shares one socket, and
+    the first idle worker accepted a whole burst of keep-alive connections while the other sat
+    idle: bench/bench_serve_load.py measured 2 workers no faster than 1 (118 vs 117 pages/s,
+    one worker built 39 of 1,229 pages). A worker that dies is restarted; SIGINT or SIGTERM
+    stops them all gracefully (each flushes its impression log)."""
+    import multiprocessing
+    import signal
+
+    spawn = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+
+    started: dict[int, float] = {}  # worker index -> when its current process started
+    crashed: list[str] = []
+    min_uptime = float(os.environ.get(ENV_WORKER_MIN_UPTIME) or WORKER_MIN_UPTIME_SECONDS)
+
+    def start(i: int) -> Any:
+        proc = spawn.Process(target=_worker_main, args=(host, port), daemon=False)
+        proc.start()
+        started[i] = time.monotonic()
+        return proc
+
+    def stop(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs = [start(i) for i in range(workers)]
+    try:
+        while not stopping.wait(0.2):
+            for i, proc in enumerate(procs):
+                if proc.is_alive():
+                    continue
+                what = f"worker {proc.pid} exited with code {proc.exitcode}"
+                if time.monotonic() - started[i] < min_uptime:
+                    # Dying right after start (a model that does not load, a bind that fails)
+                    # would only repeat: stop the server instead of restarting in a loop.
+                    crashed.append(f"{what} within {min_uptime:g} s of starting")
+                    stopping.set()
+                    break
+                log.error("%s; restarting it", what)
+                procs[i] = start(i)
+    finally:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    # uvicorn re-raises the signal it stopped on once its shutdown is done: -SIGTERM is clean.
+    failed = [p.exitcode for p in procs if p.exitcode not in (0, -signal.SIGTERM)]
+    if crashed or failed:
+        why = crashed[0] if crashed else f"worker(s) exited with code(s) {failed}"
+        raise SystemExit(f"rowrank serve: {why}; see the worker log above")
+
+
+def _worker_main(host: str, port: int) -> None:
+    """One worker process of `run_workers` (the config comes in ROWRANK_SERVE_CONFIG)."""
+    import uvicorn
+
+    # Its own process group: a Ctrl-C in the terminal reaches the parent only, which stops each
+    # worker with one SIGTERM (a second signal would make uvicorn skip the graceful shutdown).
+    os.setpgrp()
+    exit_with_parent()
+    sock = _listen(host, port, reuse_port=True)
+    config = uvicorn.Config(
+        "engine.serve:app_from_env", factory=True, access_log=False, log_level="info"
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _listen(host: str, port: int, *, reuse_port: bool) -> Any:
+    """A listening TCP socket on host:port; OSError names the address when it cannot bind."""
+    import socket
+
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(2048)
+    return sock
 
 
 def app_from_cfg(cfg: ServeConfig) -> ASGIApp:

@@ -454,3 +454,43 @@ def test_a_failing_page_fails_its_shard_only_and_a_rerun_completes(
     done = run_precompute(tiny_model, out, **kw)
     assert done.exit_code == 0 and done.shards_resumed == 1
     assert _tree(out) == _tree(reference)
+
+
+@pytest.mark.slow
+def test_workers_exit_when_the_parent_is_killed(
+    tiny_model: Path, users_file: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of the `rowrank precompute` process alone (not its group): its pool workers exit
+    too instead of idling forever with the model in memory (engine.processes.exit_with_parent)."""
+    import psutil
+
+    out = tmp_path / "pages"
+    cmd = [*ROWRANK, "precompute", str(tiny_model), str(out), *ONE_CONTEXT]
+    cmd += ["--users", str(users_file), "--workers", "2", "--shard-size", str(SHARD_SIZE)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120
+        workers: list[psutil.Process] = []
+        while len(workers) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "no worker processes appeared"
+            workers = [c for c in parent.children(recursive=True) if _is_pool_worker(c)]
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before the kill: add shards"
+        proc.kill()
+        proc.wait()
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers outlived their parent: {[p.pid for p in alive]}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+
+def _is_pool_worker(p: Any) -> bool:
+    """A multiprocessing spawn child (not the resource tracker); False once it is gone."""
+    import psutil
+
+    try:
+        return any("spawn_main" in a for a in p.cmdline())
+    except psutil.Error:
+        return False

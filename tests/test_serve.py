@@ -8,6 +8,7 @@ fallback that raises, a page that is slow. Nothing here replaces the engine with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from typing import Any
 
 import orjson
 import polars as pl
+import psutil
 import pytest
 import requests
 from jsonschema import Draft202012Validator
@@ -34,7 +36,7 @@ import engine
 from engine.columns import IMPRESSIONS, SCHEMA
 from engine.impression_log import ImpressionLogger, read_impressions
 from engine.layout import DEFAULT_LAYOUTS
-from engine.serve import ServerThread, create_app, openapi_spec
+from engine.serve import ENV_WORKER_MIN_UPTIME, ServerThread, create_app, openapi_spec
 
 TOKEN = "s3cret-token"
 AT = "2026-11-27T21:00:00+01:00"
@@ -606,7 +608,7 @@ def test_cli_serve_with_two_workers_follows_a_reload_and_stops_cleanly(
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_dir = tmp_path / "imp"
-    env = {**os.environ, "ROWRANK_ADMIN_TOKEN": TOKEN}
+    env = {**os.environ, "ROWRANK_ADMIN_TOKEN": TOKEN, ENV_WORKER_MIN_UPTIME: "0.5"}
     cmd = [sys.executable, "-m", "engine.cli", "serve", str(models["a"]), "--port", str(port)]
     cmd += ["--workers", "2", "--log-impressions", str(log_dir)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -622,6 +624,22 @@ def test_cli_serve_with_two_workers_follows_a_reload_and_stops_cleanly(
                 ready_pids.add(ready.json()["pid"])
             time.sleep(0.02)
         assert len(ready_pids) == 2
+        # A worker that dies is replaced (and, below, the replacement follows the reload); one
+        # that dies sooner than ROWRANK_WORKER_MIN_UPTIME after starting (0.5 s here) would
+        # stop the server instead.
+        victim = min(ready_pids)
+        up = time.time() - psutil.Process(victim).create_time()
+        time.sleep(max(0.0, 1.0 - up))
+        os.kill(victim, signal.SIGKILL)
+        replacement = None
+        deadline = time.monotonic() + 60
+        while replacement is None and time.monotonic() < deadline:
+            with contextlib.suppress(requests.ConnectionError):
+                ready = requests.get(f"{url}/readyz", headers={"connection": "close"})
+                if ready.status_code == 200 and ready.json()["pid"] not in ready_pids:
+                    replacement = ready.json()["pid"]
+            time.sleep(0.05)
+        assert replacement is not None
         assert requests.get(f"{url}/v1/users/{users[0]}/page").status_code == 200
         r = _reload(url, {"model_dir": "b"})
         assert r.status_code == 200 and r.json()["generation"] == 1
@@ -636,13 +654,37 @@ def test_cli_serve_with_two_workers_follows_a_reload_and_stops_cleanly(
             if len(workers) == 2 and all(d["generation"] == 1 for d in workers.values()):
                 break
             time.sleep(0.02)
-        assert len(workers) == 2
+        assert len(workers) == 2 and replacement in workers
         assert {(d["generation"], d["model_version"]) for d in workers.values()} == {(1, new)}
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode()[-2000:]
     assert read_impressions(log_dir)["page_id"].n_unique() == 1
+
+
+@pytest.mark.slow
+def test_cli_serve_stops_when_a_worker_dies_right_after_starting(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """No restart loop: a worker that dies soon after starting (a model that crashes it, a bind
+    that fails) stops the whole server with a message, exit code 1."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, ENV_WORKER_MIN_UPTIME: "600"}  # any death counts as "soon" here
+    cmd = [sys.executable, "-m", "engine.cli", "serve", str(models["a"]), "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        pid = _wait_ready(url, timeout=60)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    assert f"worker {pid} exited with code -9 within" in out.decode()
 
 
 def test_attribute_plays_marks_titles_played_within_the_horizon() -> None:
