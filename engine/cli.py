@@ -122,6 +122,13 @@ def _cmd_page(args: argparse.Namespace) -> int:
         )
     page = engine.load(Path(args.model_dir)).page(args.user, device, at, args.country)
     sys.stdout.buffer.write(page.to_json() + b"\n")
+    if not page.rows and page.context.country is None and page.trace.get("cold_start"):
+        # A valid answer, but an empty one for a reason the JSON cannot say.
+        print(
+            f"note: {args.user!r} is not in the model and no --country was given, so only titles "
+            "licensed in every country may be shown and none is; pass --country",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

@@ -484,8 +484,9 @@ def test_page_unknown_user_is_a_cold_start_page(
     page = orjson.loads(out)
     assert page["user_id"] == "nobody-knows-me" and page["rows"]
     code, out, err = run(argv, capsys)
-    assert code == EXIT_OK and err == ""
+    assert code == EXIT_OK and orjson.loads(out)["rows"] == []
     assert orjson.loads(out)["user_id"] == "nobody-knows-me"
+    assert "no --country was given" in err and len(err.strip().splitlines()) == 1
 
 
 def _ranker_npz(model: Path) -> None:
