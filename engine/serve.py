@@ -1132,9 +1132,11 @@ def serve(cfg: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, worker
     import uvicorn
 
     try:  # a taken port is a one-line error (exit 2), before any model is loaded
-        _listen(host, port, reuse_port=False).close()
+        probe = _listen(host, port, reuse_port=False)
     except OSError as exc:
         raise BadRequestError(f"--host/--port: {exc.strerror}") from exc
+    port = probe.getsockname()[1]  # --port 0: the free port picked here, for every worker
+    probe.close()
     if workers <= 1:
         uvicorn.run(app_from_cfg(cfg), host=host, port=port, access_log=False, log_level="info")
         return
@@ -1172,6 +1174,8 @@ def run_workers(host: str, port: int, workers: int) -> None:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     procs = [start(i) for i in range(workers)]
+    where = f"[{host}]" if ":" in host else host
+    print(f"rowrank serve: {workers} workers on http://{where}:{port} (Ctrl-C to stop)", flush=True)
     try:
         while not stopping.wait(0.2):
             for i, proc in enumerate(procs):
