@@ -104,6 +104,12 @@ class History:
         return np.unique(self.play_title[s][done])
 
     @cached_property
+    def episodes_in_order(self) -> np.ndarray:
+        """Title indices of every episode, by (series, episode number)."""
+        idx = np.flatnonzero((self.series >= 0) & (self.episode >= 0))
+        return idx[np.lexsort((self.episode[idx], self.series[idx]))]
+
+    @cached_property
     def _country_masks(self) -> dict[str, np.ndarray]:
         everywhere = np.array([len(c) == 0 for c in self.title_countries], dtype=bool)
         masks: dict[str, np.ndarray] = {"": everywhere}

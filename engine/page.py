@@ -206,6 +206,21 @@ def round_significant(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> n
     return out
 
 
+def _round_one(x: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """`round_significant` for one finite float, without numpy's per-call overhead (evidence
+    values are rounded one by one); the same arithmetic, so the same result."""
+    if x == 0:
+        return x
+    shift = digits - 1 - math.floor(math.log10(abs(x)))
+    if abs(shift) > 22:
+        return float(f"{x:.{digits}g}")
+    if shift >= 0:
+        scale = 10.0**shift
+        return round(x * scale) / scale
+    scale = 10.0**-shift
+    return round(x / scale) * scale
+
+
 def to_plain(value: Any, where: str) -> Any:
     """JSON-ready copy of a small nested value (evidence, trace): numpy to Python, floats
     checked finite and rounded, datetimes to ISO 8601, tuples to lists."""
@@ -225,7 +240,7 @@ def to_plain(value: Any, where: str) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{where}: non-finite value {value}; a page never carries NaN")
-        return float(round_significant(np.array([value]))[0])
+        return _round_one(value)
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"{where}: {type(value).__name__} is not JSON-serializable ({value!r})")

@@ -187,18 +187,16 @@ def series_entries(history: History, user: int) -> np.ndarray:
     proposed: a member starts a series at its start or goes on where they are. This is how the
     simulated world's members behave (a skipped episode is rarely played) and how the logged
     pages were built, so titles outside it would also be outside the training data."""
-    ep = history.episode
-    series = history.series
-    is_ep = (series >= 0) & (ep >= 0)
-    out = ~is_ep
-    idx = np.flatnonzero(is_ep)
-    if len(idx) == 0:
+    order = history.episodes_in_order  # by (series, episode): computed once per History
+    out = np.ones(history.n_titles, dtype=bool)
+    out[order] = False
+    if len(order) == 0:
         return out
     unfinished = np.ones(history.n_titles, dtype=bool)
     if user >= 0:
         unfinished[history.finished(user)] = False
-    # episodes ordered by (series, episode): the first unfinished one of each series
-    order = idx[np.lexsort((ep[idx], series[idx]))]
+    # the first unfinished episode of each series
+    series = history.series
     cand = order[unfinished[order]]
     if len(cand):
         s = series[cand]
