@@ -21,7 +21,7 @@ from engine.context import RequestContext
 from engine.dataset import Dataset
 from engine.history import History
 from engine.layout import DEFAULT_LAYOUTS
-from engine.page import Page, PageItem, build_page, page_schema, round_significant
+from engine.page import Page, PageItem, _round_one, build_page, page_schema, round_significant
 
 CLOCK = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
 GENERATED = datetime(2026, 11, 27, 20, 0, 1, 250_000, tzinfo=UTC)
@@ -303,3 +303,11 @@ def test_round_significant_keeps_six_digits(values: list[float]) -> None:
         assert len(digits) <= 6, v
     np.testing.assert_array_equal(round_significant(r), r)  # idempotent: stable goldens
     assert round_significant(np.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False, width=64))
+def test_one_float_rounds_exactly_as_an_array_does(value: float) -> None:
+    """Evidence floats go through the scalar path, row and item scores through the array one:
+    the same number must give the same bytes either way."""
+    assert _round_one(value) == round_significant(np.array([value]))[0]
