@@ -172,7 +172,7 @@ COMMANDS: list[Command] = [
     (
         "page",
         "Print one member's homepage as JSON (the bytes engine.load(d).page(...) gives).",
-        "rowrank page models/demo --user u00042 --device mobile --at 2025-03-06T22:00:00",
+        "rowrank page models/demo --user u000042 --device mobile --at 2025-03-06T22:00:00",
         _page_args,
         _cmd_page,
     ),
