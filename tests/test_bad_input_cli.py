@@ -46,7 +46,7 @@ AT = "2030-01-07T20:00:00+00:00"
 # Parses as ISO 8601 but has no UTC equivalent (UTC would be in the year 10000, or year 0).
 OVERFLOW_TIMES = ("9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00")
 H = "userId,movieId,rating,timestamp\n"
-GOOD = H + "1,1,4.0,964982703\n"
+GOOD = H + "1,1,4.0,1000000000\n"
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -69,13 +69,13 @@ IMPORT_CELLS: list[tuple[str, str, dict[str, str | bytes | None], list[str]]] = 
     (
         "unknown_title",
         "ml-latest",
-        {"ratings.csv": GOOD + "1,999999,4.0,964982704\n"},
+        {"ratings.csv": GOOD + "1,999999,4.0,1000000001\n"},
         ["ratings.csv: line 3", "movie id 999999 is not in movies.csv"],
     ),
     (
         "unknown_user",
         "ml-1m",
-        {"ratings.dat": "1::1::5::978824268\n77::1::4::978824269\n"},
+        {"ratings.dat": "1::1::5::975000000\n77::1::4::975000001\n"},
         ["ratings.dat: line 2", "user id 77 is not in users.dat"],
     ),
     (
@@ -105,7 +105,7 @@ IMPORT_CELLS: list[tuple[str, str, dict[str, str | bytes | None], list[str]]] = 
     (
         "wrong_dtype",
         "ml-latest",
-        {"ratings.csv": GOOD + "1,2,five,964982704\n"},
+        {"ratings.csv": GOOD + "1,2,five,1000000001\n"},
         ["line 3", "rating 'five' is not a number"],
     ),
     (

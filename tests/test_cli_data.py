@@ -24,7 +24,7 @@ def test_import_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     captured = capsys.readouterr()
     assert captured.err == ""
     assert "titles 8, users 4, plays 12, impressions none" in captured.out
-    assert "plays from 2000-07-30 to 2015-10-24" in captured.out
+    assert "plays from 2001-09-09 to 2014-05-13" in captured.out
     assert "kinds: movie 8" in captured.out
 
 

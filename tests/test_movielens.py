@@ -3,6 +3,7 @@ names the file and line."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from datetime import UTC, datetime
@@ -69,38 +70,38 @@ def test_ml_latest(tmp_path: Path) -> None:
     assert ds.plays.row(0, named=True) == {
         Col.USER_ID: "1",
         Col.TITLE_ID: "1",
-        Col.TS: at(964982703),
+        Col.TS: at(1000000000),
         Col.DEVICE: None,
         Col.SECONDS_WATCHED: 0.0,
         Col.PROGRESS: 1.0,
         Col.RATING: 4.0,
     }
     assert ds.plays[Col.RATING].to_list()[5] == 0.5
-    assert ds.clock == at(1445715000)  # the last rating
+    assert ds.clock == at(1400000900)  # the last rating
 
-    shawshank = title(ds, "318")
-    assert shawshank[Col.NAME] == "Shawshank Redemption, The"  # quoted CSV field, year removed
-    assert shawshank[Col.RELEASE_YEAR] == 1994
-    assert shawshank[Col.GENRES] == ["Crime", "Drama"]
-    assert shawshank[Col.TAGS] == ["prison", "Morgan Freeman"]  # most applied first
-    assert shawshank[Col.KIND] == "movie" and shawshank[Col.MATURITY] == 0
-    assert shawshank[Col.COUNTRIES] == [] and shawshank[Col.DURATION_MIN] is None
-    assert shawshank[Col.ADDED_AT] == at(964982400)  # its first rating
+    winter = title(ds, "318")
+    assert winter[Col.NAME] == "Long Winter, The"  # quoted CSV field, year removed
+    assert winter[Col.RELEASE_YEAR] == 1994
+    assert winter[Col.GENRES] == ["Crime", "Drama"]
+    assert winter[Col.TAGS] == ["snow", "Jane Doe"]  # most applied first
+    assert winter[Col.KIND] == "movie" and winter[Col.MATURITY] == 0
+    assert winter[Col.COUNTRIES] == [] and winter[Col.DURATION_MIN] is None
+    assert winter[Col.ADDED_AT] == at(999999000)  # its first rating
 
-    death_note = title(ds, "171749")
-    assert death_note[Col.NAME] == "Death Note: Desu nôto"
-    assert death_note[Col.RELEASE_YEAR] == 2006  # "(2006–2007)"
-    assert death_note[Col.GENRES] == []  # "(no genres listed)"
-    assert title(ds, "40697")[Col.RELEASE_YEAR] is None  # "Babylon 5" has no year
+    ledger = title(ds, "171749")
+    assert ledger[Col.NAME] == "Night Ledger: Yoru nôto"
+    assert ledger[Col.RELEASE_YEAR] == 2006  # "(2006–2007)"
+    assert ledger[Col.GENRES] == []  # "(no genres listed)"
+    assert title(ds, "40697")[Col.RELEASE_YEAR] is None  # "Station 5" has no year
     # Never rated, only tagged: added when first tagged.
-    innocents = title(ds, "1076")
-    assert innocents[Col.ADDED_AT] == at(986935500)
-    assert innocents[Col.TAGS] == ["creepy, atmospheric"]
+    visitors = title(ds, "1076")
+    assert visitors[Col.ADDED_AT] == at(1100000300)
+    assert visitors[Col.TAGS] == ["eerie, quiet"]
     assert title(ds, "2")[Col.TAGS] == []
 
     users = ds.users.sort(Col.USER_ID)
     assert users[Col.USER_ID].to_list() == ["1", "2", "3", "4"]
-    assert users[Col.CREATED_AT][1] == at(1445714835)  # user 2's first rating
+    assert users[Col.CREATED_AT][1] == at(1400000000)  # user 2's first rating
     assert users[Col.COUNTRY].null_count() == 4
     assert users[Col.MATURITY_MAX].to_list() == [18] * 4
 
@@ -108,12 +109,12 @@ def test_ml_latest(tmp_path: Path) -> None:
 def test_ml_100k(tmp_path: Path) -> None:
     ds = convert("ml-100k", tmp_path)
     assert (ds.plays.height, ds.users.height, ds.titles.height) == (12, 4, 7)
-    star_wars = title(ds, "50")
-    assert star_wars[Col.NAME] == "Star Wars"
-    assert star_wars[Col.RELEASE_YEAR] == 1977
-    assert star_wars[Col.GENRES] == ["Action", "Adventure", "Romance", "Sci-Fi", "War"]
+    harbor = title(ds, "50")
+    assert harbor[Col.NAME] == "Star Harbor"
+    assert harbor[Col.RELEASE_YEAR] == 1977
+    assert harbor[Col.GENRES] == ["Action", "Adventure", "Romance", "Sci-Fi", "War"]
     assert title(ds, "1")[Col.GENRES] == ["Animation", "Children's", "Comedy"]
-    assert title(ds, "1300")[Col.NAME] == "Misérables, Les"  # latin-1 decoded
+    assert title(ds, "1300")[Col.NAME] == "Lumière, La"  # latin-1 decoded
     # The title's year wins over the (later) US release date; without one, the date's year.
     assert title(ds, "1682")[Col.RELEASE_YEAR] == 1991
     assert title(ds, "999")[Col.RELEASE_YEAR] == 1997
@@ -126,11 +127,11 @@ def test_ml_100k(tmp_path: Path) -> None:
         Col.USER_ID: "1",
         Col.COUNTRY: None,
         Col.MATURITY_MAX: 18,
-        Col.CREATED_AT: at(874965758),
-        "age": 24,
+        Col.CREATED_AT: at(870000000),
+        "age": 31,
         "gender": "M",
         "occupation": "technician",
-        "zip_code": "85711",
+        "zip_code": "10001",
     }
     assert ds.plays[Col.RATING].to_list()[:3] == [5.0, 3.0, 4.0]
 
@@ -138,12 +139,12 @@ def test_ml_100k(tmp_path: Path) -> None:
 def test_ml_1m(tmp_path: Path) -> None:
     ds = convert("ml-1m", tmp_path)
     assert (ds.plays.height, ds.users.height, ds.titles.height) == (8, 3, 4)
-    assert title(ds, "73")[Col.NAME] == "Misérables, Les"
+    assert title(ds, "73")[Col.NAME] == "Lumière, La"
     assert title(ds, "3952")[Col.RELEASE_YEAR] == 2000
     assert title(ds, "2")[Col.GENRES] == ["Adventure", "Children's", "Fantasy"]
     assert ds.users.columns[4:] == ["gender", "age", "occupation", "zip_code"]
     assert ds.users.row(1, named=True)["age"] == 56
-    assert ds.clock == at(978824268)
+    assert ds.clock == at(975000000)
 
 
 def test_ml_10m(tmp_path: Path) -> None:
@@ -151,13 +152,29 @@ def test_ml_10m(tmp_path: Path) -> None:
     assert (ds.plays.height, ds.users.height, ds.titles.height) == (7, 3, 5)
     assert ds.users.columns == [c.name for c in SCHEMA[USERS]]  # no users.dat
     assert ds.plays[Col.RATING].to_list()[1] == 3.5
-    amelie = title(ds, "4973")
-    assert amelie[Col.RELEASE_YEAR] == 2001
-    assert amelie[Col.TAGS] == ["excellent!", "Paris"]
+    emile = title(ds, "4973")
+    assert emile[Col.RELEASE_YEAR] == 2001
+    assert emile[Col.TAGS] == ["excellent!", "Lyon"]
     daisy = title(ds, "8606")
     assert daisy[Col.GENRES] == []
     # Rated exactly at the last rating time: added then, which is the clock.
     assert daisy[Col.ADDED_AT] == ds.clock
+
+
+def test_fixtures_are_the_generated_ones(tmp_path: Path) -> None:
+    """The committed fixtures are exactly what fixtures/movielens/make_fixtures.py writes
+    (invented data in MovieLens formats; no line of a GroupLens release is in the repo)."""
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    assert spec is not None and spec.loader is not None
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    written = make.write(tmp_path)
+    committed = sorted(p for p in FIXTURES.rglob("*") if p.is_file() and p.suffix != ".py")
+    assert sorted(p.relative_to(tmp_path) for p in written) == [
+        p.relative_to(FIXTURES) for p in committed
+    ]
+    for path in written:
+        assert path.read_bytes() == (FIXTURES / path.relative_to(tmp_path)).read_bytes(), path
 
 
 def test_import_is_byte_stable(tmp_path: Path) -> None:
@@ -179,7 +196,7 @@ def test_bad_line_names_file_and_line() -> None:
     with pytest.raises(ImportFormatError) as info:
         import_movielens(FIXTURES / "broken" / "bad-line", Path("/nonexistent/out"))
     assert str(info.value).endswith(
-        "bad-line/ratings.csv: line 4: movieId 'abc' is not an integer: '2,abc,4.0,964982900'"
+        "bad-line/ratings.csv: line 4: movieId 'abc' is not an integer: '2,abc,4.0,1000000200'"
     )
 
 
@@ -187,7 +204,7 @@ def test_ragged_line_names_file_and_line() -> None:
     with pytest.raises(ImportFormatError) as info:
         import_movielens(FIXTURES / "broken" / "ragged-dat", Path("/nonexistent/out"))
     assert str(info.value).endswith(
-        "ragged-dat/ratings.dat: line 3: expected 4 fields, found 5: '1::1::3::978824400::extra'"
+        "ragged-dat/ratings.dat: line 3: expected 4 fields, found 5: '1::1::3::975000200::extra'"
     )
 
 
@@ -223,32 +240,32 @@ def broken_copy(tmp_path: Path, name: str, file: str, lines: dict[int, str]) -> 
         (
             "ml-latest",
             "ratings.csv",
-            {7: "3,999,3.0,1306463600"},
+            {7: "3,999,3.0,1300000100"},
             "ratings.csv: line 7: movie id 999 is not in movies.csv (1 such line)",
         ),
         (
             "ml-latest",
             "movies.csv",
-            {4: "1,Toy Story again (1995),Comedy"},
+            {4: "1,Paper Lantern again (1995),Comedy"},
             "movies.csv: line 4: movie id 1 appears twice",
         ),
         (
             "ml-latest",
             "tags.csv",
-            {2: "2,318,prison,soon"},
+            {2: "2,318,snow,soon"},
             "tags.csv: line 2: timestamp 'soon' is not an integer",
         ),
         (
             "ml-latest",
             "ratings.csv",
-            {2: "1,1,four,964982703"},
+            {2: "1,1,four,1000000000"},
             "ratings.csv: line 2: rating 'four' is not a number",
         ),
-        ("ml-1m", "users.dat", {2: "2::M::old::16::70072"}, "users.dat: line 2: age 'old'"),
+        ("ml-1m", "users.dat", {2: "2::M::old::16::20002"}, "users.dat: line 2: age 'old'"),
         (
             "ml-1m",
             "ratings.dat",
-            {4: "9::3952::3::978299026"},
+            {4: "9::3952::3::973000100"},
             "ratings.dat: line 4: user id 9 is not in users.dat",
         ),
         (
@@ -260,13 +277,13 @@ def broken_copy(tmp_path: Path, name: str, file: str, lines: dict[int, str]) -> 
         (
             "ml-100k",
             "u.item",
-            {2: "2|GoldenEye (1995)|soon||url|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0"},
+            {2: "2|Copper Valley (1995)|soon||url|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0"},
             "u.item: line 2: bad date",
         ),
         (
             "ml-100k",
             "u.item",
-            {2: "2|GoldenEye (1995)|01-Jan-1995||url|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|2|0|0"},
+            {2: "2|Copper Valley (1995)|01-Jan-1995||url|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|2|0|0"},
             "u.item: line 2: genre flags must be 0 or 1",
         ),
     ],
