@@ -6,6 +6,8 @@ In this order, each title is removed by the first filter that rejects it:
     maturity      rated above the member's limit (History.user_maturity_max)
     finished      already watched to FINISHED_PROGRESS (History.finished), except in rows of
                   rankers with `keeps_finished` (Watch again)
+    series_entry  an episode that is not the member's way into its series (`series_entries`),
+                  except in rows of rankers with `keeps_finished` and Continue Watching rows
 
 The country is the request's, else the member's; with neither, only titles available everywhere
 pass. A member unknown to the history (cold start) gets UNKNOWN_USER_MATURITY_MAX: we do not
@@ -26,7 +28,7 @@ from engine.candidates import CandidateRow, Ranker
 from engine.context import RequestContext
 from engine.history import History
 
-FILTERS: tuple[str, ...] = ("unavailable", "maturity", "finished")
+FILTERS: tuple[str, ...] = ("unavailable", "maturity", "finished", "series_entry")
 UNKNOWN_USER_MATURITY_MAX = 13
 
 
@@ -52,12 +54,13 @@ class RequestMasks:
     unavailable: np.ndarray
     maturity: np.ndarray
     finished: np.ndarray
+    series_entry: np.ndarray
     country: str
     maturity_max: int
 
 
 def request_masks(request: RequestContext, history: History) -> RequestMasks:
-    """The three masks for this member, country and catalog: computed once per request."""
+    """The masks for this member, country and catalog: computed once per request."""
     user = history.user_index(request.user_id)
     country = request.country or (str(history.user_country[user]) if user >= 0 else "")
     limit = int(history.user_maturity_max[user]) if user >= 0 else UNKNOWN_USER_MATURITY_MAX
@@ -67,6 +70,7 @@ def request_masks(request: RequestContext, history: History) -> RequestMasks:
         unavailable=~history.available_in(country),
         maturity=history.maturity > limit,
         finished=finished,
+        series_entry=~series_entries(history, user),
         country=country,
         maturity_max=limit,
     )
@@ -90,15 +94,39 @@ def apply_filters(
         t = row.titles
         unavailable = masks.unavailable[t]
         maturity = masks.maturity[t] & ~unavailable
-        finished = (
-            np.zeros(len(t), dtype=bool)
-            if keeps_finished
-            else masks.finished[t] & ~unavailable & ~maturity
-        )
-        drop = unavailable | maturity | finished
+        none = np.zeros(len(t), dtype=bool)
+        finished = none if keeps_finished else masks.finished[t] & ~unavailable & ~maturity
+        # Watch again shows finished episodes, Continue Watching the one the member is in.
+        in_series = keeps_finished or row.kind == "continue_watching"
+        series = none if in_series else masks.series_entry[t] & ~(unavailable | maturity | finished)
+        drop = unavailable | maturity | finished | series
         kept.append(row.take(~drop) if drop.any() else row)
         removed[row.row_id] = Removed(
             row.row_id,
-            {"unavailable": t[unavailable], "maturity": t[maturity], "finished": t[finished]},
+            {
+                "unavailable": t[unavailable],
+                "maturity": t[maturity],
+                "finished": t[finished],
+                "series_entry": t[series],
+            },
         )
     return kept, removed
+
+
+def series_entries(history: History, user: int) -> np.ndarray:
+    """Bool per title: not an episode, or the member's entry into its series (the first
+    episode they have not finished). Episode 7 of a series the member never started is not
+    proposed: a member starts a series at its start or goes on where they are. This is how the
+    simulated world's members behave (a skipped episode is rarely played) and how the logged
+    pages were built, so titles outside it would also be outside the training data."""
+    order = history.episodes_in_order  # by (series, episode): computed once per History
+    out = np.ones(history.n_titles, dtype=bool)
+    out[order] = False
+    unfinished = np.ones(history.n_titles, dtype=bool)
+    if user >= 0:
+        unfinished[history.finished(user)] = False
+    cand = order[unfinished[order]]  # the first unfinished episode of each series is its entry
+    if len(cand):
+        s = history.series[cand]
+        out[cand[np.r_[True, s[1:] != s[:-1]]]] = True
+    return out

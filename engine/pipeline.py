@@ -2,8 +2,8 @@
 
     RequestContext
       -> rankers    each configured instance proposes CandidateRows (fail open per ranker)
-      -> filters    availability, maturity, already finished (engine.filters), series
-                    entered at their start or where the member is (`series_entries`)
+      -> filters    availability, maturity, already finished, series entered at their start
+                    or where the member is (engine.filters)
       -> features   context, user, title, user x title, row (engine.features, numpy gathers)
       -> title model    LightGBM orders the titles inside every row
       -> row model      LightGBM scores rows stage by stage inside engine.assembly.assemble_page
@@ -160,49 +160,12 @@ def filter_rows(
     rankers: Mapping[str, Ranker],
     limit: int,
 ) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
-    """Business filters, then `series_entries_only`, then each row cut to the `limit` titles
-    the title model scores. Returns the rows and, per row id, titles removed per filter."""
+    """Business filters (engine.filters), then each row cut to the `limit` titles the title
+    model scores. Returns the rows and, per row id, titles removed per filter."""
     kept, removed = apply_filters(rows, ctx, history, rankers)
     counts = {rid: rem.counts() for rid, rem in removed.items() if rem.total}
-    entry = series_entries(history, history.user_index(ctx.user_id))
-    out: list[CandidateRow] = []
-    for r in kept:
-        # Watch again shows finished titles, Continue Watching what the member is in.
-        keeps = getattr(rankers.get(r.ranker), "keeps_finished", False)
-        if not keeps and r.kind != "continue_watching":
-            ok = entry[r.titles]
-            if not ok.all():
-                counts.setdefault(r.row_id, {})["series_entry"] = int((~ok).sum())
-                r = r.take(ok)
-        if len(r.titles) > limit:
-            r = r.take(np.arange(limit))
-        if len(r.titles):
-            out.append(r)
-    return out, counts
-
-
-def series_entries(history: History, user: int) -> np.ndarray:
-    """Bool per title: not an episode, or the member's entry into its series (the first
-    episode they have not finished). Episode 7 of a series the member never started is not
-    proposed: a member starts a series at its start or goes on where they are. This is how the
-    simulated world's members behave (a skipped episode is rarely played) and how the logged
-    pages were built, so titles outside it would also be outside the training data."""
-    order = history.episodes_in_order  # by (series, episode): computed once per History
-    out = np.ones(history.n_titles, dtype=bool)
-    out[order] = False
-    if len(order) == 0:
-        return out
-    unfinished = np.ones(history.n_titles, dtype=bool)
-    if user >= 0:
-        unfinished[history.finished(user)] = False
-    # the first unfinished episode of each series
-    series = history.series
-    cand = order[unfinished[order]]
-    if len(cand):
-        s = series[cand]
-        first = np.r_[True, s[1:] != s[:-1]]
-        out[cand[first]] = True
-    return out
+    cut = [r if len(r.titles) <= limit else r.take(np.arange(limit)) for r in kept]
+    return [r for r in cut if len(r.titles)], counts
 
 
 # ----- stage 3: features ----------------------------------------------------------------------
@@ -690,8 +653,6 @@ class Engine:
                 )
             )
         kept, _ = apply_filters(rows, ctx, h, {})
-        entry = series_entries(h, h.user_index(ctx.user_id))
-        kept = [r.take(entry[r.titles]) for r in kept]
         kept = [r.take(np.arange(min(n, len(r.titles)))) for r in kept]
         assembled = assemble_page(
             kept,

@@ -78,6 +78,7 @@ def test_filters_keep_a_legal_subsequence_and_account_for_every_title(
         assert not masks.maturity[after.titles].any()
         if not getattr(RANKERS.get(before.ranker), "keeps_finished", False):
             assert not masks.finished[after.titles].any()
+            assert not masks.series_entry[after.titles].any()
         # kept + removed = input, each title removed by exactly one filter that rejects it.
         gone = removed[before.row_id].by_filter
         assert set(gone) == set(FILTERS)
@@ -123,6 +124,11 @@ def test_finished_titles_leave_rows_except_for_rankers_that_keep_them() -> None:
     rows = [_row("plain", 0, ok.tolist(), True), _row("again", 1, ok.tolist(), False)]
     kept, removed = apply_filters(rows, RequestContext(uid, "tv", AT), HISTORY, RANKERS)
     assert len(kept[0].titles) == 0  # the row stays, empty: dropping it is the assembly's job
-    assert removed["plain:0"].counts() == {"unavailable": 0, "maturity": 0, "finished": len(ok)}
+    assert removed["plain:0"].counts() == {
+        "unavailable": 0,
+        "maturity": 0,
+        "finished": len(ok),
+        "series_entry": 0,
+    }
     assert np.array_equal(kept[1].titles, ok)
     assert removed["again:1"].total == 0

@@ -18,9 +18,10 @@ import engine
 from engine.candidates import CandidateRow
 from engine.context import RequestContext
 from engine.errors import BadRequestError, NotFittedError
+from engine.filters import series_entries
 from engine.history import History
 from engine.page import page_schema
-from engine.pipeline import Engine, continuation_mode, series_entries
+from engine.pipeline import Engine, continuation_mode
 
 ROWRANK = [sys.executable, "-m", "engine.cli"]
 
