@@ -566,18 +566,27 @@ class PVRRanker:
         )
 
     def load(self, directory: Path, history: History) -> Self:
-        arrays, meta = load_state(
-            Path(directory),
-            type_name=self.type_name,
-            version=STATE_VERSION,
-            history=history,
-            arrays=CFModel.ARRAYS,
+        self.model_, _ = load_cf_state(
+            directory, history, self.type_name, STATE_VERSION, self.config
         )
-        check_cf_meta(meta, self.config, directory)
-        self.model_ = CFModel.from_arrays(self.config.method, arrays, history)
         self.signals_ = Signals.build(history, self.model_.eval_items)
         self.history_ = history
         return self
+
+
+def load_cf_state(
+    directory: Path, history: History, type_name: str, version: int, cfg: CFConfig
+) -> tuple[CFModel, dict[str, Any]]:
+    """A CF ranker's saved model (PVR, Top-N) and its meta, checked against the config's keys."""
+    arrays, meta = load_state(
+        Path(directory),
+        type_name=type_name,
+        version=version,
+        history=history,
+        arrays=CFModel.ARRAYS,
+    )
+    check_cf_meta(meta, cfg, directory)
+    return CFModel.from_arrays(cfg.method, arrays, history), meta
 
 
 def check_cf_meta(meta: dict[str, Any], cfg: CFConfig, directory: Path) -> None:

@@ -23,15 +23,15 @@ from engine.candidates import CandidateRow, RankerConfig
 from engine.context import RequestContext
 from engine.errors import ModelLoadError
 from engine.history import US_PER_DAY, History
-from rankers._common import check_fitted, load_state, make_row, save_state
+from rankers._common import check_fitted, make_row, save_state
 from rankers.pvr import (
     CFConfig,
     CFModel,
     Signals,
     blend,
-    check_cf_meta,
     components,
     head,
+    load_cf_state,
     sorted_unique,
     truncate_history,
     zscore,
@@ -265,21 +265,14 @@ class TopNRanker:
         )
 
     def load(self, directory: Path, history: History) -> Self:
-        arrays, meta = load_state(
-            Path(directory),
-            type_name=self.type_name,
-            version=STATE_VERSION,
-            history=history,
-            arrays=CFModel.ARRAYS,
-        )
-        check_cf_meta(meta, self.config, directory)
+        model, meta = load_cf_state(directory, history, self.type_name, STATE_VERSION, self.config)
         w: Any = meta.get("blend")
         try:
             self.blend_ = Blend(**{k: float(w[k]) for k in Blend.__dataclass_fields__})
         except (TypeError, KeyError, ValueError):
             raise ModelLoadError(f"{directory}: the saved Top-N blend is missing") from None
         self.tuning_ = list(meta.get("tuning") or [])
-        self._set_model(history, CFModel.from_arrays(self.config.method, arrays, history))
+        self._set_model(history, model)
         return self
 
 
