@@ -21,6 +21,7 @@ and trained there if missing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 
@@ -103,19 +104,22 @@ def requests(eng: Engine, n: int, seed: int) -> list[RequestContext]:
 
 def time_pages(
     eng: Engine, reqs: list[RequestContext]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Wall ms, CPU ms of this thread (time.thread_time: what the page costs even when other
-    processes share the core) and scored pairs, per page."""
+    processes share the core) and scored pairs, per page; and a sha256 of all the pages' JSON
+    (untimed), so two commits can be checked to build the same pages."""
     for ctx in reqs[:30]:  # warm-up: caches, LightGBM's first call, numpy dispatch
         eng.page_for(ctx)
     ms, cpu, pairs = [], [], []
+    digest = hashlib.sha256()
     for ctx in reqs:
         c0, t0 = time.thread_time(), time.perf_counter()
         page = eng.page_for(ctx)
         ms.append((time.perf_counter() - t0) * 1e3)
         cpu.append((time.thread_time() - c0) * 1e3)
         pairs.append(page.trace.get("scored", {}).get("pairs", 0))
-    return np.array(ms), np.array(cpu), np.array(pairs)
+        digest.update(page.to_json())
+    return np.array(ms), np.array(cpu), np.array(pairs), digest.hexdigest()[:12]
 
 
 def stages(eng: Engine, reqs: list[RequestContext]) -> dict[str, float]:
@@ -175,14 +179,16 @@ def title_model_only(eng: Engine, reqs: list[RequestContext]) -> tuple[float, fl
     return float(np.median(ms)), float(np.median(n))
 
 
-def report(name: str, ms: np.ndarray, cpu: np.ndarray, pairs: np.ndarray) -> dict[str, Any]:
+def report(
+    name: str, ms: np.ndarray, cpu: np.ndarray, pairs: np.ndarray, digest: str
+) -> dict[str, Any]:
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     c50, c90, c99 = np.percentile(cpu, [50, 90, 99])
     print(
         f"{name}: {len(ms)} pages; wall p50 {p50:.2f} ms, p90 {p90:.2f}, p99 {p99:.2f}, "
         f"max {ms.max():.2f}; CPU p50 {c50:.2f} ms, p90 {c90:.2f}, p99 {c99:.2f}; "
         f"scored pairs per page: median {np.median(pairs):.0f}, min {pairs.min()}, "
-        f"max {pairs.max()}"
+        f"max {pairs.max()}; pages sha256 {digest}"
     )
     return {
         "cpu_p50_ms": c50,

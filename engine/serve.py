@@ -79,8 +79,9 @@ STATE_POLL_SECONDS = 0.5
 WORKER_MIN_UPTIME_SECONDS = 10.0  # a worker dying sooner is not restarted: the server stops
 ENV_WORKER_MIN_UPTIME = "ROWRANK_WORKER_MIN_UPTIME"  # overrides WORKER_MIN_UPTIME_SECONDS
 # Concurrent page builds per worker (the rest wait in the event loop). Page building is
-# CPU-bound Python: a second thread only fights for the GIL. Measured with bench_serve_load.py,
-# 1 worker: 117 pages/s with 1 thread against 64-85 with 4 (page build 7.9 ms against 35-50 ms).
+# CPU-bound Python: a second thread only fights for the GIL. `ROWRANK_PAGE_THREADS=4 python
+# bench/bench_serve_load.py` against the default: 1 worker 62 vs 77 pages/s (page build 53 vs
+# 12 ms), 2 workers p99 137 vs 80 ms at the same 142-143 pages/s.
 PAGE_THREADS = 1
 # Page build + serialization, seconds. The target is p99 < 50 ms, so resolution sits below it.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -1150,9 +1151,10 @@ def run_workers(host: str, port: int, workers: int) -> None:
     """`workers` processes, each with its own listening socket on host:port (SO_REUSEPORT), so
     the kernel spreads connections over them. uvicorn's own `workers=` shares one socket, and
     the first idle worker accepted a whole burst of keep-alive connections while the other sat
-    idle: bench/bench_serve_load.py measured 2 workers no faster than 1 (118 vs 117 pages/s,
-    one worker built 39 of 1,229 pages). A worker that dies is restarted; SIGINT or SIGTERM
-    stops them all gracefully (each flushes its impression log)."""
+    idle: at commit ca13c22, `ROWRANK_PAGE_THREADS=1 python bench/bench_serve_load.py` gave 2
+    workers no more than 1 (118 vs 117 pages/s; one worker built 39 of 1,229 pages). A worker
+    that dies is restarted; SIGINT or SIGTERM stops them all gracefully (each flushes its
+    impression log)."""
     import multiprocessing
     import signal
 
