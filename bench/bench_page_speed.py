@@ -44,6 +44,7 @@ from engine.columns import DEVICES
 from engine.config import build_rankers, parse_config
 from engine.context import RequestContext
 from engine.page import build_page
+from engine.page_model import predict_one_thread
 from engine.pipeline import (
     Engine,
     RowModelScorer,
@@ -179,6 +180,42 @@ def title_model_only(eng: Engine, reqs: list[RequestContext]) -> tuple[float, fl
     return float(np.median(ms)), float(np.median(n))
 
 
+def row_model_calls(eng: Engine, reqs: list[RequestContext]) -> tuple[float, float, float]:
+    """Median us of one row-model call on a page's first-stage matrix: Booster.predict against
+    the direct C call the engine uses (engine.page_model.predict_one_thread); rows per call."""
+    h = eng.history
+    mats = []
+    for ctx in reqs:
+        ctx = eng.context(ctx.user_id, ctx.device, ctx.at, ctx.country)
+        proposed = propose_rows(eng.rankers, ctx, h)
+        rows, _ = filter_rows(proposed.rows, ctx, h, eng.rankers, eng.page_config.row_titles_scored)
+        if not rows:
+            continue
+        pvr, _ = pvr_scores(eng.rankers, h.user_index(ctx.user_id), h, ctx.at_us)
+        scored = eng.score(ctx, rows, pvr, eng.layout(ctx.device))
+        scorer = RowModelScorer(
+            eng.model,
+            eng.store,
+            scored.row_static,
+            [r.row_id for r in scored.rows],
+            eng.layout(ctx.device).visible_titles,
+        )
+        X = scorer.features((), scored.rows)
+        mats.append(np.ascontiguousarray(eng.model.row_model_input(X), dtype=np.float32))
+    booster, lib, direct = eng.model.row, [], []
+    for _ in range(5):  # interleaved, so both see the same machine
+        for X in mats:
+            t0 = time.perf_counter()
+            booster.predict(X, num_threads=1)
+            t1 = time.perf_counter()
+            predict_one_thread(booster, X, raw_score=False)
+            t2 = time.perf_counter()
+            lib.append(t1 - t0)
+            direct.append(t2 - t1)
+    rows = float(np.median([len(X) for X in mats]))
+    return float(np.median(lib)) * 1e6, float(np.median(direct)) * 1e6, rows
+
+
 def report(
     name: str, ms: np.ndarray, cpu: np.ndarray, pairs: np.ndarray, digest: str
 ) -> dict[str, Any]:
@@ -262,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     tm, tn = title_model_only(long, reqs[:100])
     print(
         f"title model predict alone: {tm:.2f} ms for {tn:.0f} pairs ({tm / tn * 1e3:.1f} us/pair)"
+    )
+    lib, direct, n_rows = row_model_calls(eng, reqs[:100])
+    print(
+        f"row model, one call on a page's {n_rows:.0f} rows (median): "
+        f"Booster.predict {lib:.0f} us, direct C call {direct:.0f} us"
     )
     return 0
 

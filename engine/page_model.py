@@ -14,6 +14,7 @@ and for the measured effect.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,14 +379,17 @@ class PageModel:
         Xm = _model_matrix(X, self._title_cols, pos) if self._title_cols or pos is not None else X
         # Raw scores: log-odds for the binary objective (sigmoid gives P(play), which the row
         # stage's cascade estimate needs), the ranking score for lambdarank.
-        return np.asarray(self.title.predict(Xm, num_threads=1, raw_score=True), dtype=np.float64)
+        return predict_one_thread(self.title, Xm, raw_score=True)
 
     def score_rows(self, X: np.ndarray) -> np.ndarray:
         if len(X) == 0:
             return np.empty(0)
+        return predict_one_thread(self.row, self.row_model_input(X), raw_score=False)
+
+    def row_model_input(self, X: np.ndarray) -> np.ndarray:
+        """The row Booster's input for a matrix of every declared row feature."""
         pos = np.zeros((len(X), self._row_pos), dtype=np.float32) if self._row_pos else None
-        Xm = _model_matrix(X, self._row_cols, pos) if self._row_cols or pos is not None else X
-        return np.asarray(self.row.predict(Xm, num_threads=1), dtype=np.float64)
+        return _model_matrix(X, self._row_cols, pos) if self._row_cols or pos is not None else X
 
     def save(self, directory: Path) -> dict[str, list[str]]:
         """Write both models as LightGBM text; returns the feature orders for the manifest."""
@@ -425,6 +429,45 @@ class PageModel:
                 )
             boosters[model] = booster
         return cls(boosters["title"], boosters["row"], context_features=context_features)
+
+
+_ONE_THREAD = ctypes.c_char_p(b"num_threads=1")
+
+
+def predict_one_thread(booster: lgb.Booster, X: np.ndarray, *, raw_score: bool) -> np.ndarray:
+    """`booster.predict(X, num_threads=1, raw_score=raw_score)` for a C-contiguous float32
+    matrix, calling LightGBM's C function directly. Booster.predict spends 40-60 us a call in
+    Python (it deep-copies its parameters and re-checks the input), more than the 10-tree row
+    model takes to score a page's rows, and a page calls the row model once per row it places
+    (`bench/bench_page_speed.py` prints both). tests/test_page_model.py checks the scores equal
+    Booster.predict's."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    out = np.empty(len(X), dtype=np.float64)
+    got = ctypes.c_int64(0)
+    _check_lgb(
+        lgb.basic._LIB.LGBM_BoosterPredictForMat(
+            booster._handle,
+            X.ctypes.data_as(ctypes.c_void_p),
+            ctypes.c_int(0),  # C_API_DTYPE_FLOAT32
+            ctypes.c_int32(X.shape[0]),
+            ctypes.c_int32(X.shape[1]),
+            ctypes.c_int(1),  # row major
+            ctypes.c_int(1 if raw_score else 0),  # C_API_PREDICT_RAW_SCORE / _NORMAL
+            ctypes.c_int(0),  # start iteration
+            ctypes.c_int(-1),  # every iteration
+            _ONE_THREAD,
+            ctypes.byref(got),
+            out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+        )
+    )
+    if got.value != len(X):
+        raise lgb.basic.LightGBMError(f"LightGBM returned {got.value} scores for {len(X)} rows")
+    return out
+
+
+def _check_lgb(ret: int) -> None:
+    if ret != 0:
+        raise lgb.basic.LightGBMError(lgb.basic._LIB.LGBM_GetLastError().decode("utf-8"))
 
 
 def model_text_problem(text: str) -> str | None:

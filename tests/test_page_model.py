@@ -16,7 +16,13 @@ import engine
 from engine.dataset import load_dataset, save_dataset
 from engine.errors import ConfigError, ModelLoadError
 from engine.features import categorical_names, feature_names
-from engine.page_model import PageModelConfig, RankData, fit_ranker, ndcg_at
+from engine.page_model import (
+    PageModelConfig,
+    RankData,
+    fit_ranker,
+    ndcg_at,
+    predict_one_thread,
+)
 from engine.train import train
 
 
@@ -148,3 +154,26 @@ def test_training_without_impressions_rebuilds_pages(tiny_world: TinyWorld, tmp_
     member = str(eng.history.user_ids[0])
     page = eng.page(member, "tv", "2025-02-04T20:00:00", country=eng.store.countries[0])
     assert page.rows and not page.fallback
+
+
+def test_direct_predict_equals_booster_predict(tiny_model: Path) -> None:
+    """The serving path's C call gives Booster.predict's scores bit for bit, missing values and
+    unseen category codes included, for both models, normal and raw."""
+    model = engine.load(tiny_model).model
+    rng = np.random.default_rng(5)
+    for booster in (model.title, model.row):
+        X = rng.normal(size=(257, booster.num_feature())).astype(np.float32)
+        X[rng.random(X.shape) < 0.1] = np.nan
+        X[:5] = 1e30
+        for raw in (True, False):
+            want = booster.predict(X, num_threads=1, raw_score=raw)
+            got = predict_one_thread(booster, X, raw_score=raw)
+            assert got.dtype == np.float64
+            assert np.array_equal(got, want)
+        assert len(predict_one_thread(booster, X[:0], raw_score=True)) == 0
+        # a non-contiguous float64 view is converted, not misread
+        wide = np.repeat(X.astype(np.float64), 2, axis=1)[:, ::2]
+        assert np.array_equal(
+            predict_one_thread(booster, wide, raw_score=True),
+            booster.predict(X, num_threads=1, raw_score=True),
+        )

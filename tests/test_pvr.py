@@ -175,6 +175,27 @@ def test_genre_row_limit_and_unengaged_genre() -> None:
     assert rows == []
 
 
+def test_repeated_scores_for_one_request_are_reused_and_never_stale() -> None:
+    """A page asks PVR for the same member and time twice (rows, then the title feature): the
+    second answer is the first's, and any other member, time, history or refit is computed."""
+    h = History.from_dataset(world(), CUT)
+    r = PVRRanker("pvr", PVRConfig()).fit(h)
+    a, b = h.user_index("u000"), h.user_index("u001")
+    first = r._score(a, h, h.cutoff_us)
+    assert r._score(a, h, h.cutoff_us) is first
+    assert not first.flags.writeable  # callers copy; nobody can edit the kept answer
+    fresh = PVRRanker("pvr", PVRConfig()).fit(h)
+    later = h.cutoff_us - 10 * 86_400_000_000
+    for user, at in ((b, h.cutoff_us), (a, later), (-1, h.cutoff_us)):
+        got = r._score(user, h, at)
+        assert got is not first
+        assert np.array_equal(got, fresh._score(user, h, at))
+    assert not np.array_equal(r._score(a, h, later), first)  # the time is part of the key
+    h2 = History.from_dataset(world(seed=1), CUT)
+    r.fit(h2)
+    assert np.array_equal(r._score(a, h2, h2.cutoff_us), fresh.fit(h2)._score(a, h2, h2.cutoff_us))
+
+
 def test_cold_start_member_gets_popularity() -> None:
     h = History.from_dataset(world(), CUT)
     r = PVRRanker("pvr", PVRConfig()).fit(h)

@@ -1,0 +1,171 @@
+"""Page cost of two versions of rowrank, paired page by page on one core.
+
+    .venv/bin/python bench/bench_page_ab.py --base REV [--head REV] [--requests N]
+                                            [--row-length N] [--model DIR]
+
+This machine's speed drifts by 10-40% within minutes (other tenants), so two separate runs of
+bench_page_speed.py cannot show a 5% change. Here each version runs in its own process, both
+pinned to the same CPU, and the two build the same pages in strict alternation (A, B, B, A, ...
+per request): each pair of timings sees the same machine. Reported: each side's CPU p50/p99 and
+the median over requests of the per-page ratio head/base, with a bootstrap 95% interval, and
+whether both built byte-identical pages.
+
+--base / --head: git revisions (extracted with `git archive` into a temporary directory); the
+head defaults to this working tree. Both must load the model directory (default: the one
+bench_page_speed.py uses). --row-length N also times rows of N titles (as bench_page_speed.py
+--row-length does; both versions must have that option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "bench" / "results" / "page_quality" / "models" / "full"
+
+# Runs inside each version's tree: builds the page of request i for every "i" on stdin and
+# answers "cpu_ms sha256" (thread CPU time: unaffected by the other process's turns).
+WORKER = r"""
+import hashlib, json, os, sys, time
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "bench")]
+import engine
+from engine.context import RequestContext
+model, cpu, row_length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+os.sched_setaffinity(0, {cpu})
+eng = engine.load(model)
+if row_length:
+    from pathlib import Path
+    from bench_page_speed import with_row_length
+    eng = with_row_length(eng, row_length, Path(model))
+reqs = [eng.context(u, d, at) for u, d, at in json.loads(sys.stdin.readline())]
+for ctx in reqs[:20]:  # warm-up
+    eng.page_for(ctx).to_json()
+print("ready", flush=True)
+for line in sys.stdin:
+    ctx = reqs[int(line)]
+    t0 = time.thread_time()
+    data = eng.page_for(ctx).to_json()
+    ms = (time.thread_time() - t0) * 1e3
+    print(f"{ms:.6f} {hashlib.sha256(data).hexdigest()}", flush=True)
+"""
+
+
+def export(rev: str, into: Path) -> Path:
+    """The files of `rev` (git archive) under `into`."""
+    blob = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev],
+        capture_output=True,
+        check=True,
+    ).stdout
+    into.mkdir(parents=True)
+    with tarfile.open(fileobj=BytesIO(blob)) as tar:
+        tar.extractall(into, filter="data")
+    # bench_page_speed's helpers look for the models under bench/results of their own tree
+    (into / "bench" / "results").symlink_to(ROOT / "bench" / "results")
+    return into
+
+
+def requests(model: Path, n: int, seed: int) -> list[tuple[str, str, str]]:
+    """(user, device, ISO time) per request, drawn as bench_page_speed.py draws them."""
+    sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+    from bench_page_speed import requests as draw
+
+    import engine
+
+    eng = engine.load(model)
+    return [(c.user_id, c.device, c.at.isoformat()) for c in draw(eng, n, seed)]
+
+
+def start(code: Path, model: Path, cpu: int, row_length: int, reqs: list) -> subprocess.Popen:
+    p = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(model), str(cpu), str(row_length)],
+        cwd=code,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write(json.dumps(reqs) + "\n")
+    p.stdin.flush()
+    if p.stdout.readline().strip() != "ready":
+        raise SystemExit(f"the worker in {code} did not start (see its error above)")
+    return p
+
+
+def ask(p: subprocess.Popen, i: int) -> tuple[float, str]:
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write(f"{i}\n")
+    p.stdin.flush()
+    ms, digest = p.stdout.readline().split()
+    return float(ms), digest
+
+
+def compare(
+    base: Path, head: Path, model: Path, reqs: list, cpu: int, row_length: int, label: str
+) -> None:
+    a = start(base, model, cpu, row_length, reqs)
+    b = start(head, model, cpu, row_length, reqs)
+    ta, tb, same = [], [], True
+    try:
+        for i in range(len(reqs)):
+            order = (a, b) if i % 2 == 0 else (b, a)
+            got = {id(p): ask(p, i) for p in order}
+            ta.append(got[id(a)][0])
+            tb.append(got[id(b)][0])
+            same &= got[id(a)][1] == got[id(b)][1]
+    finally:
+        for p in (a, b):
+            p.kill()
+    xa, xb = np.array(ta), np.array(tb)
+    ratio = xb / xa
+    rng = np.random.default_rng(0)
+    boot = [np.median(rng.choice(ratio, len(ratio))) for _ in range(2000)]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    print(
+        f"{label}: {len(reqs)} pages; base CPU p50 {np.median(xa):.2f} ms, p99 "
+        f"{np.percentile(xa, 99):.2f}; head p50 {np.median(xb):.2f} ms, p99 "
+        f"{np.percentile(xb, 99):.2f}; head/base per page: median {np.median(ratio):.3f} "
+        f"[{lo:.3f}, {hi:.3f}]; identical pages: {'yes' if same else 'NO'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", required=True, help="git revision")
+    ap.add_argument("--head", default=None, help="git revision (default: this working tree)")
+    ap.add_argument("--model", default=str(MODEL))
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--row-length", type=int, default=0)
+    ap.add_argument("--cpu", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    model = Path(args.model).resolve()
+    reqs = requests(model, args.requests, args.seed)
+    with tempfile.TemporaryDirectory(prefix="rowrank-ab-") as tmp:
+        base = export(args.base, Path(tmp) / "base")
+        head = ROOT if args.head is None else export(args.head, Path(tmp) / "head")
+        print(
+            f"base {args.base}, head {args.head or 'working tree'}; model {model.name}; "
+            f"cpu {args.cpu}; load average {os.getloadavg()[0]:.1f}"
+        )
+        compare(base, head, model, reqs, args.cpu, 0, "default config rows")
+        if args.row_length:
+            compare(
+                base, head, model, reqs, args.cpu, args.row_length, f"rows of {args.row_length}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
