@@ -6,7 +6,9 @@
 This machine's speed drifts by 10-40% within minutes (other tenants), so two separate runs of
 bench_page_speed.py cannot show a 5% change. Here each version runs in its own process, both
 pinned to the same CPU, and the two build the same pages in strict alternation (A, B, B, A, ...
-per request): each pair of timings sees the same machine. Reported: each side's CPU p50/p99 and
+per request): each pair of timings sees the same machine. With --devices tv,mobile each
+timed unit is one member's pages on those devices at one time, built one after the other as
+precompute builds them. Reported: each side's CPU p50/p99 and
 the median over requests of the per-page ratio head/base, with a bootstrap 95% interval, and
 whether both built byte-identical pages.
 
@@ -48,16 +50,18 @@ if row_length:
     from pathlib import Path
     from bench_page_speed import with_row_length
     eng = with_row_length(eng, row_length, Path(model))
-reqs = [eng.context(u, d, at) for u, d, at in json.loads(sys.stdin.readline())]
-for ctx in reqs[:20]:  # warm-up
-    eng.page_for(ctx).to_json()
+reqs = [[eng.context(u, d, at) for u, d, at in group] for group in json.loads(sys.stdin.readline())]
+for group in reqs[:20]:  # warm-up
+    for ctx in group:
+        eng.page_for(ctx).to_json()
 print("ready", flush=True)
 for line in sys.stdin:
-    ctx = reqs[int(line)]
+    digest = hashlib.sha256()
     t0 = time.thread_time()
-    data = eng.page_for(ctx).to_json()
+    for ctx in reqs[int(line)]:
+        digest.update(eng.page_for(ctx).to_json())
     ms = (time.thread_time() - t0) * 1e3
-    print(f"{ms:.6f} {hashlib.sha256(data).hexdigest()}", flush=True)
+    print(f"{ms:.6f} {digest.hexdigest()}", flush=True)
 """
 
 
@@ -76,15 +80,22 @@ def export(rev: str, into: Path) -> Path:
     return into
 
 
-def requests(model: Path, n: int, seed: int) -> list[tuple[str, str, str]]:
-    """(user, device, ISO time) per request, drawn as bench_page_speed.py draws them."""
+def requests(
+    model: Path, n: int, seed: int, devices: list[str] | None
+) -> list[list[tuple[str, str, str]]]:
+    """Per timed unit, the (user, device, ISO time) of its pages: one request drawn as
+    bench_page_speed.py draws them, or with `devices` that member and time on each device in
+    turn (how precompute walks its grid)."""
     sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
     from bench_page_speed import requests as draw
 
     import engine
 
     eng = engine.load(model)
-    return [(c.user_id, c.device, c.at.isoformat()) for c in draw(eng, n, seed)]
+    return [
+        [(c.user_id, d, c.at.isoformat()) for d in (devices or [c.device])]
+        for c in draw(eng, n, seed)
+    ]
 
 
 def start(code: Path, model: Path, cpu: int, row_length: int, reqs: list) -> subprocess.Popen:
@@ -133,9 +144,9 @@ def compare(
     boot = [np.median(rng.choice(ratio, len(ratio))) for _ in range(2000)]
     lo, hi = np.percentile(boot, [2.5, 97.5])
     print(
-        f"{label}: {len(reqs)} pages; base CPU p50 {np.median(xa):.2f} ms, p99 "
+        f"{label}: {len(reqs)} x {len(reqs[0])} pages; base CPU p50 {np.median(xa):.2f} ms, p99 "
         f"{np.percentile(xa, 99):.2f}; head p50 {np.median(xb):.2f} ms, p99 "
-        f"{np.percentile(xb, 99):.2f}; head/base per page: median {np.median(ratio):.3f} "
+        f"{np.percentile(xb, 99):.2f}; head/base per timed unit: median {np.median(ratio):.3f} "
         f"[{lo:.3f}, {hi:.3f}]; identical pages: {'yes' if same else 'NO'}"
     )
 
@@ -149,9 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--row-length", type=int, default=0)
     ap.add_argument("--cpu", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--devices",
+        default="",
+        help="comma-separated: time each member's pages on these devices together "
+        "(precompute's grid, e.g. tv,mobile) instead of one page per request",
+    )
     args = ap.parse_args(argv)
     model = Path(args.model).resolve()
-    reqs = requests(model, args.requests, args.seed)
+    devices = [d for d in args.devices.split(",") if d] or None
+    reqs = requests(model, args.requests, args.seed, devices)
     with tempfile.TemporaryDirectory(prefix="rowrank-ab-") as tmp:
         base = export(args.base, Path(tmp) / "base")
         head = ROOT if args.head is None else export(args.head, Path(tmp) / "head")

@@ -59,7 +59,11 @@ class CandidateRow:
 
 @runtime_checkable
 class Ranker(Protocol):
-    """A pluggable source of candidate rows. Construct with `(name, config)`; fit before use."""
+    """A pluggable source of candidate rows. Construct with `(name, config)`; fit before use.
+
+    Optional: a class attribute `uses_device = False` says the rows never depend on the
+    request's device, so the engine may reuse them for the same member, time and country on
+    another device (engine.pipeline.LastProposals); without it they are computed every time."""
 
     type_name: ClassVar[str]  # the `type` key in the engine config, e.g. "trending"
     Config: ClassVar[type[RankerConfig]]

@@ -94,23 +94,72 @@ class Proposed:
     counts: dict[str, int]  # ranker instance -> rows proposed
 
 
-def propose_rows(rankers: Mapping[str, Ranker], ctx: RequestContext, history: History) -> Proposed:
-    """Every ranker's rows for one request, failing open per ranker (see the module doc)."""
+class LastProposals:
+    """Per ranker, its rows for the last request, reused for the next request that differs
+    only in the device when the ranker says its rows do not depend on it (a class attribute
+    `uses_device = False`; a ranker without it is taken to depend on everything). Precompute
+    asks for one member's pages on several devices in a row; built-in rankers other than
+    Continue Watching then run once per member and time, not once per page. Entries are
+    replaced whole, so threads serving pages at once read an old or a new entry, never half
+    of one."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[tuple[str, str, str | None], History, list[CandidateRow]]] = {}
+
+    @staticmethod
+    def shares(ranker: Ranker) -> bool:
+        return getattr(ranker, "uses_device", True) is False
+
+    @staticmethod
+    def key(ctx: RequestContext) -> tuple[str, str, str | None]:
+        # isoformat keeps the UTC offset: the same instant in another zone is another request
+        return (ctx.user_id, ctx.at.isoformat(), ctx.country)
+
+    def get(self, name: str, ctx: RequestContext, history: History) -> list[CandidateRow] | None:
+        last = self._last.get(name)
+        if last is not None and last[1] is history and last[0] == self.key(ctx):
+            return last[2]
+        return None
+
+    def put(
+        self, name: str, ctx: RequestContext, history: History, rows: list[CandidateRow]
+    ) -> None:
+        for r in rows:  # shared by pages from now on: an edit in place would fail loudly
+            for a in (r.titles, r.scores, r.progress):
+                if a is not None:
+                    a.flags.writeable = False
+        self._last[name] = (self.key(ctx), history, rows)
+
+
+def propose_rows(
+    rankers: Mapping[str, Ranker],
+    ctx: RequestContext,
+    history: History,
+    last: LastProposals | None = None,
+) -> Proposed:
+    """Every ranker's rows for one request, failing open per ranker (see the module doc).
+    With `last`, a ranker whose rows do not depend on the device reuses its rows for the
+    previous request when only the device changed (LastProposals)."""
     rows: list[CandidateRow] = []
     failed: dict[str, str] = {}
     counts: dict[str, int] = {}
     for name, ranker in rankers.items():
-        try:
-            got = ranker.propose(ctx, history)
-            _check_contract(name, got)
-            problem = _invalid_values(got, history.n_titles)
-            if problem:
-                raise ValueError(problem)
-        except PROGRAMMER_ERRORS:
-            raise
-        except Exception as exc:  # fail open: operational errors of one ranker
-            failed[name] = f"{type(exc).__name__}: {exc}"
-            continue
+        shared = last is not None and LastProposals.shares(ranker)
+        got = last.get(name, ctx, history) if last is not None and shared else None
+        if got is None:
+            try:
+                got = ranker.propose(ctx, history)
+                _check_contract(name, got)
+                problem = _invalid_values(got, history.n_titles)
+                if problem:
+                    raise ValueError(problem)
+            except PROGRAMMER_ERRORS:
+                raise
+            except Exception as exc:  # fail open: operational errors of one ranker
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            if last is not None and shared:
+                last.put(name, ctx, history, got)
         rows.extend(got)
         counts[name] = len(got)
     return Proposed(rows, failed, counts)
@@ -506,6 +555,7 @@ class Engine:
         self.model = model
         self.model_version = model_version
         self.manifest = dict(manifest or {})
+        self.last_proposals = LastProposals()
         a = config.assembly
         self.rules = AssemblyRules(
             pinned=tuple(a.pinned), max_rows_per_kind=dict(a.max_rows_per_kind), dedupe=a.dedupe
@@ -559,7 +609,7 @@ class Engine:
         h = self.history
         user = h.user_index(ctx.user_id)
         layout = self.layout(ctx.device)
-        proposed = propose_rows(self.rankers, ctx, h)
+        proposed = propose_rows(self.rankers, ctx, h, self.last_proposals)
         rows, removed = filter_rows(
             proposed.rows, ctx, h, self.rankers, self.page_config.row_titles_scored
         )

@@ -57,6 +57,8 @@ class BecauseYouWatchedRanker:
     type_name: ClassVar[str] = "because_you_watched"
     Config: ClassVar[type[RankerConfig]] = BecauseYouWatchedConfig
     keeps_finished: ClassVar[bool] = False
+    # Rows depend on the member, time and country, not the device (LastProposals).
+    uses_device: ClassVar[bool] = False
 
     def __init__(self, name: str, config: RankerConfig | None = None) -> None:
         self.name = name

@@ -102,6 +102,8 @@ class ContinueWatchingRanker:
     type_name = "continue_watching"
     Config = ContinueWatchingConfig
     keeps_finished = False
+    # Rows differ by device (the same-device feature): never reused across devices.
+    uses_device = True
 
     def __init__(self, name: str, config: ContinueWatchingConfig) -> None:
         self.name = name

@@ -48,6 +48,8 @@ class NewReleasesRanker:
     type_name = "new_releases"
     Config = NewReleasesConfig
     keeps_finished = False
+    # Rows depend on the member, time and country, not the device (LastProposals).
+    uses_device = False
 
     def __init__(self, name: str, config: NewReleasesConfig) -> None:
         self.name = name

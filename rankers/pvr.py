@@ -481,6 +481,8 @@ class PVRRanker:
     type_name: ClassVar[str] = "pvr"
     Config: ClassVar[type[RankerConfig]] = PVRConfig
     keeps_finished: ClassVar[bool] = False
+    # Rows depend on the member, time and country, not the device (LastProposals).
+    uses_device: ClassVar[bool] = False
     ROW_KIND: ClassVar[str] = "pvr_genre"
 
     def __init__(self, name: str, config: RankerConfig | None = None) -> None:

@@ -79,6 +79,8 @@ class TopNRanker:
     type_name: ClassVar[str] = "top_n"
     Config: ClassVar[type[RankerConfig]] = TopNConfig
     keeps_finished: ClassVar[bool] = False
+    # Rows depend on the member, time and country, not the device (LastProposals).
+    uses_device: ClassVar[bool] = False
 
     def __init__(self, name: str, config: RankerConfig | None = None) -> None:
         self.name = name

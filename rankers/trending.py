@@ -61,6 +61,8 @@ class TrendingRanker:
     type_name = "trending"
     Config = TrendingConfig
     keeps_finished = False
+    # Rows depend on the member, time and country, not the device (LastProposals).
+    uses_device = False
 
     def __init__(self, name: str, config: TrendingConfig) -> None:
         self.name = name

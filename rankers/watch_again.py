@@ -64,6 +64,8 @@ class WatchAgainRanker:
     type_name = "watch_again"
     Config = WatchAgainConfig
     keeps_finished = True
+    # Rows depend on the member, time and country, not the device (LastProposals).
+    uses_device = False
 
     def __init__(self, name: str, config: WatchAgainConfig) -> None:
         self.name = name

@@ -72,6 +72,47 @@ def _with_ranker(eng: Engine, name: str, ranker: Any) -> Engine:
     )
 
 
+class _Counting:
+    """Wraps a ranker; counts `propose` calls."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner, self.calls = inner, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
+        self.calls += 1
+        return self._inner.propose(request, history)
+
+
+def test_rows_that_do_not_depend_on_the_device_are_reused_across_devices(
+    tiny_model: Path, member: str, at: str
+) -> None:
+    """One member's pages on every device in a row (what precompute asks): device-free rankers
+    run once, Continue Watching once per device, and each page is byte-equal to the page of
+    an engine that reuses nothing."""
+    eng = engine.load(tiny_model)
+    pvr, cw = _Counting(eng.rankers["pvr"]), _Counting(eng.rankers["continue_watching"])
+    eng = _with_ranker(_with_ranker(eng, "pvr", pvr), "continue_watching", cw)
+    devices = ("tv", "mobile", "web", "tablet")
+    pages = [eng.page(member, device=d, at=at).to_json() for d in devices]
+    assert (pvr.calls, cw.calls) == (1, len(devices))
+    for d, page in zip(devices, pages, strict=True):
+        assert engine.load(tiny_model).page(member, device=d, at=at).to_json() == page
+    # Another time or another member is another request.
+    later = (datetime.fromisoformat(at) + timedelta(minutes=1)).isoformat()
+    eng.page(member, device="tv", at=later)
+    other = str(
+        eng.history.user_ids[0] if eng.history.user_ids[0] != member else eng.history.user_ids[1]
+    )
+    eng.page(other, device="tv", at=later)
+    assert pvr.calls == 3
+    # Reused rows are read-only: a stage editing them in place would fail, not leak.
+    rows = eng.last_proposals.get("pvr", eng.context(other, "web", later), eng.history)
+    assert rows and not rows[0].titles.flags.writeable
+
+
 def test_a_failing_ranker_drops_its_rows_and_is_traced(eng: Engine, member: str, at: str) -> None:
     page = eng.page(member, "tv", at)
     victim = page.rows[0].ranker

@@ -257,6 +257,15 @@ def check_contract(
     for q, rows in zip(reqs, rows_by_request, strict=True):
         assert _rows_key(future_fit.propose(q, leaky)) == _rows_key(rows), q
 
+    # `uses_device = False` is a promise the engine acts on (it reuses the rows on another
+    # device, engine.pipeline.LastProposals): the rows must be the same on every device.
+    assert getattr(cls, "uses_device", True) in (True, False)
+    if getattr(cls, "uses_device", True) is False:
+        for q, rows in zip(reqs, rows_by_request, strict=True):
+            for device in DEVICES:
+                other_device = RequestContext(q.user_id, device, q.at, q.country)
+                assert _rows_key(ranker.propose(other_device, history)) == _rows_key(rows), q
+
     # Save / load round trip into a fresh instance gives equal rows.
     ranker.save(tmp_path / name)
     loaded = cls(name, config).load(tmp_path / name, history)
@@ -304,6 +313,23 @@ def test_ranker_contract(type_name: str, world: Dataset, tmp_path: Path) -> None
     cls = ranker_type(type_name)
     assert cls.type_name == type_name
     check_contract(cls, cls.Config(), world, tmp_path, name=f"my_{type_name}")
+
+
+def test_the_device_check_can_fail(world: Dataset) -> None:
+    """Continue Watching's rows do depend on the device (its same-device feature), so it
+    must not claim otherwise: a member's rows differ between two devices somewhere."""
+    cls = ranker_type("continue_watching")
+    assert cls.uses_device is True
+    history = History.from_dataset(world, CUTOFF)
+    ranker = cls("cw", cls.Config()).fit(history)
+    differ = 0
+    for q in requests(history, n=60):
+        by_device = {
+            d: _rows_key(ranker.propose(RequestContext(q.user_id, d, q.at, q.country), history))
+            for d in DEVICES
+        }
+        differ += len({repr(v) for v in by_device.values()}) > 1
+    assert differ > 0
 
 
 def test_cold_start_member_gets_trending_and_new_releases(world: Dataset) -> None:
