@@ -99,36 +99,33 @@ class LastProposals:
     only in the device when the ranker says its rows do not depend on it (a class attribute
     `uses_device = False`; a ranker without it is taken to depend on everything). Precompute
     asks for one member's pages on several devices in a row; built-in rankers other than
-    Continue Watching then run once per member and time, not once per page. Entries are
-    replaced whole, so threads serving pages at once read an old or a new entry, never half
-    of one."""
+    Continue Watching then run once per member and time, not once per page. No stage edits a
+    proposed row in place (tests/test_pipeline.py checks reused pages against fresh ones), and
+    entries are replaced whole, so threads serving pages at once read an old or a new entry,
+    never half of one."""
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[tuple[str, str, str | None], History, list[CandidateRow]]] = {}
+        self._last: dict[str, tuple[tuple[Any, ...], History, list[CandidateRow]]] = {}
 
     @staticmethod
     def shares(ranker: Ranker) -> bool:
         return getattr(ranker, "uses_device", True) is False
 
     @staticmethod
-    def key(ctx: RequestContext) -> tuple[str, str, str | None]:
-        # isoformat keeps the UTC offset: the same instant in another zone is another request
-        return (ctx.user_id, ctx.at.isoformat(), ctx.country)
+    def key(ctx: RequestContext) -> tuple[Any, ...]:
+        # the UTC offset too: the same instant in another zone is another local hour
+        return (ctx.user_id, ctx.at, ctx.at.utcoffset(), ctx.country)
 
-    def get(self, name: str, ctx: RequestContext, history: History) -> list[CandidateRow] | None:
+    def get(self, name: str, key: tuple[Any, ...], history: History) -> list[CandidateRow] | None:
         last = self._last.get(name)
-        if last is not None and last[1] is history and last[0] == self.key(ctx):
+        if last is not None and last[1] is history and last[0] == key:
             return last[2]
         return None
 
     def put(
-        self, name: str, ctx: RequestContext, history: History, rows: list[CandidateRow]
+        self, name: str, key: tuple[Any, ...], history: History, rows: list[CandidateRow]
     ) -> None:
-        for r in rows:  # shared by pages from now on: an edit in place would fail loudly
-            for a in (r.titles, r.scores, r.progress):
-                if a is not None:
-                    a.flags.writeable = False
-        self._last[name] = (self.key(ctx), history, rows)
+        self._last[name] = (key, history, rows)
 
 
 def propose_rows(
@@ -143,9 +140,10 @@ def propose_rows(
     rows: list[CandidateRow] = []
     failed: dict[str, str] = {}
     counts: dict[str, int] = {}
+    key = LastProposals.key(ctx) if last is not None else ()
     for name, ranker in rankers.items():
         shared = last is not None and LastProposals.shares(ranker)
-        got = last.get(name, ctx, history) if last is not None and shared else None
+        got = last.get(name, key, history) if last is not None and shared else None
         if got is None:
             try:
                 got = ranker.propose(ctx, history)
@@ -159,7 +157,7 @@ def propose_rows(
                 failed[name] = f"{type(exc).__name__}: {exc}"
                 continue
             if last is not None and shared:
-                last.put(name, ctx, history, got)
+                last.put(name, key, history, got)
         rows.extend(got)
         counts[name] = len(got)
     return Proposed(rows, failed, counts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +108,10 @@ def test_rows_that_do_not_depend_on_the_device_are_reused_across_devices(
     )
     eng.page(other, device="tv", at=later)
     assert pvr.calls == 3
-    # Reused rows are read-only: a stage editing them in place would fail, not leak.
-    rows = eng.last_proposals.get("pvr", eng.context(other, "web", later), eng.history)
-    assert rows and not rows[0].titles.flags.writeable
+    # The same instant written in another time zone is another local time: not reused.
+    shifted = datetime.fromisoformat(later).astimezone(timezone(timedelta(hours=5)))
+    eng.page(other, device="web", at=shifted.isoformat())
+    assert pvr.calls == 4
 
 
 def test_a_failing_ranker_drops_its_rows_and_is_traced(eng: Engine, member: str, at: str) -> None:
