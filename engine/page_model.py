@@ -436,11 +436,11 @@ _ONE_THREAD = ctypes.c_char_p(b"num_threads=1")
 
 def predict_one_thread(booster: lgb.Booster, X: np.ndarray, *, raw_score: bool) -> np.ndarray:
     """`booster.predict(X, num_threads=1, raw_score=raw_score)` for a C-contiguous float32
-    matrix, calling LightGBM's C function directly. Booster.predict spends 40-60 us a call in
-    Python (it deep-copies its parameters and re-checks the input), more than the 10-tree row
-    model takes to score a page's rows, and a page calls the row model once per row it places
-    (`bench/bench_page_speed.py` prints both). tests/test_page_model.py checks the scores equal
-    Booster.predict's."""
+    matrix, calling LightGBM's C function directly. Booster.predict's Python side (it
+    deep-copies its parameters and re-checks the input) about doubled a row-model call on a
+    page's rows, and a page calls the row model once per row it places
+    (`bench/bench_page_speed.py` prints one call both ways). tests/test_page_model.py checks
+    the scores equal Booster.predict's."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     out = np.empty(len(X), dtype=np.float64)
     got = ctypes.c_int64(0)

@@ -511,9 +511,9 @@ class PVRRanker:
 
     def _score(self, user: int, history: History, at_us: int) -> np.ndarray:
         # A page asks twice for the same member and time: for the genre rows (propose) and for
-        # the title model's PVR feature (scores); on MovieLens' 9k titles a call costs about
-        # 0.8 ms, so the last answer is kept (read-only; the tuple is swapped whole, so
-        # threads serving pages at once see an old or a new entry, never half of one).
+        # the title model's PVR feature (scores); each ask scores the whole catalog, so the
+        # last answer is kept (read-only; the tuple is swapped whole, so threads serving pages
+        # at once see an old or a new entry, never half of one).
         last = self._last_score
         if (
             last is not None
