@@ -67,11 +67,12 @@ for line in sys.stdin:
 
 def export(rev: str, into: Path) -> Path:
     """The files of `rev` (git archive) under `into`."""
-    blob = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", rev],
-        capture_output=True,
-        check=True,
-    ).stdout
+    got = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev], capture_output=True, check=False
+    )
+    if got.returncode != 0:
+        raise SystemExit(f"cannot export revision {rev!r}: {got.stderr.decode().strip()}")
+    blob = got.stdout
     into.mkdir(parents=True)
     with tarfile.open(fileobj=BytesIO(blob)) as tar:
         tar.extractall(into, filter="data")
@@ -168,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     model = Path(args.model).resolve()
+    if not (model / "manifest.json").exists():
+        raise SystemExit(
+            f"no model in {model}: run `python bench/bench_page_speed.py` once (it simulates the "
+            "default world and trains this model), or pass --model"
+        )
     devices = [d for d in args.devices.split(",") if d] or None
     reqs = requests(model, args.requests, args.seed, devices)
     with tempfile.TemporaryDirectory(prefix="rowrank-ab-") as tmp:
