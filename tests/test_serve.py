@@ -416,6 +416,50 @@ def _reload(url: str, body: Any = None, token: str | None = TOKEN) -> requests.R
     return requests.post(f"{url}/v1/admin/reload", json=body, headers=headers, timeout=TIMEOUT)
 
 
+def _keep_alive_answers(sock: socket.socket, n: int) -> list[bytes]:
+    """Send n keep-alive GET /healthz on one socket; each answer's head (lower case), or the
+    rest of the list empty from the first request the server no longer answers."""
+    heads: list[bytes] = []
+    buf = b""
+    for _ in range(n):
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")
+        except OSError:
+            break
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return heads  # the server closed the connection
+            buf += chunk
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(buf) < length:
+            buf += sock.recv(65536)
+        buf = buf[length:]
+        heads.append(head.lower())
+    return heads
+
+
+def test_a_keep_alive_connection_is_closed_after_n_answers(start: Callable[..., str]) -> None:
+    """So clients re-connect and SO_REUSEPORT can hash them onto another worker: the Nth
+    answer says `connection: close` and the server closes the socket; a new connection
+    starts counting again. 0 turns it off."""
+    url = start(keepalive_requests=3)
+    host, port = url.removeprefix("http://").split(":")
+    for _ in range(2):  # a second connection gets its own count
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+            heads = _keep_alive_answers(sock, 5)
+            assert len(heads) == 3, heads
+            assert [b"connection: close" in h for h in heads] == [False, False, True]
+            assert all(h.startswith(b"http/1.1 200") for h in heads)
+            assert sock.recv(1) == b""  # closed by the server
+    never = start(keepalive_requests=0)
+    host, port = never.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        heads = _keep_alive_answers(sock, 8)
+        assert len(heads) == 8 and not any(b"connection: close" in h for h in heads)
+
+
 def test_reload_needs_a_configured_token(start: Callable[..., str]) -> None:
     url = start(admin_token="")
     r = _reload(url, {"model_dir": "b"})
