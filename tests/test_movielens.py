@@ -74,27 +74,27 @@ def test_ml_latest(tmp_path: Path) -> None:
         Col.DEVICE: None,
         Col.SECONDS_WATCHED: 0.0,
         Col.PROGRESS: 1.0,
-        Col.RATING: 4.0,
+        Col.RATING: 3.0,
     }
     assert ds.plays[Col.RATING].to_list()[5] == 0.5
     assert ds.clock == at(1400000900)  # the last rating
 
-    winter = title(ds, "318")
+    winter = title(ds, "421")
     assert winter[Col.NAME] == "Long Winter, The"  # quoted CSV field, year removed
     assert winter[Col.RELEASE_YEAR] == 1994
-    assert winter[Col.GENRES] == ["Crime", "Drama"]
+    assert winter[Col.GENRES] == ["Drama", "War"]
     assert winter[Col.TAGS] == ["snow", "Jane Doe"]  # most applied first
     assert winter[Col.KIND] == "movie" and winter[Col.MATURITY] == 0
     assert winter[Col.COUNTRIES] == [] and winter[Col.DURATION_MIN] is None
     assert winter[Col.ADDED_AT] == at(999999000)  # its first rating
 
-    ledger = title(ds, "171749")
+    ledger = title(ds, "200001")
     assert ledger[Col.NAME] == "Night Ledger: Yoru nôto"
     assert ledger[Col.RELEASE_YEAR] == 2006  # "(2006–2007)"
     assert ledger[Col.GENRES] == []  # "(no genres listed)"
-    assert title(ds, "40697")[Col.RELEASE_YEAR] is None  # "Station 5" has no year
+    assert title(ds, "50505")[Col.RELEASE_YEAR] is None  # "Station 5" has no year
     # Never rated, only tagged: added when first tagged.
-    visitors = title(ds, "1076")
+    visitors = title(ds, "2207")
     assert visitors[Col.ADDED_AT] == at(1100000300)
     assert visitors[Col.TAGS] == ["eerie, quiet"]
     assert title(ds, "2")[Col.TAGS] == []
@@ -109,16 +109,16 @@ def test_ml_latest(tmp_path: Path) -> None:
 def test_ml_100k(tmp_path: Path) -> None:
     ds = convert("ml-100k", tmp_path)
     assert (ds.plays.height, ds.users.height, ds.titles.height) == (12, 4, 7)
-    harbor = title(ds, "50")
+    harbor = title(ds, "60")
     assert harbor[Col.NAME] == "Star Harbor"
     assert harbor[Col.RELEASE_YEAR] == 1977
-    assert harbor[Col.GENRES] == ["Action", "Adventure", "Romance", "Sci-Fi", "War"]
-    assert title(ds, "1")[Col.GENRES] == ["Animation", "Children's", "Comedy"]
-    assert title(ds, "1300")[Col.NAME] == "Lumière, La"  # latin-1 decoded
+    assert harbor[Col.GENRES] == ["Action", "Sci-Fi", "War"]
+    assert title(ds, "1")[Col.GENRES] == ["Animation", "Fantasy"]
+    assert title(ds, "1400")[Col.NAME] == "Lumière, La"  # latin-1 decoded
     # The title's year wins over the (later) US release date; without one, the date's year.
-    assert title(ds, "1682")[Col.RELEASE_YEAR] == 1991
-    assert title(ds, "999")[Col.RELEASE_YEAR] == 1997
-    unknown = title(ds, "267")
+    assert title(ds, "1650")[Col.RELEASE_YEAR] == 1991
+    assert title(ds, "990")[Col.RELEASE_YEAR] == 1997
+    unknown = title(ds, "12")
     assert unknown[Col.RELEASE_YEAR] is None and unknown[Col.GENRES] == []
     assert Col.TAGS not in ds.titles.columns
     # u.user columns are kept beside the schema's.
@@ -133,15 +133,15 @@ def test_ml_100k(tmp_path: Path) -> None:
         "occupation": "technician",
         "zip_code": "10001",
     }
-    assert ds.plays[Col.RATING].to_list()[:3] == [5.0, 3.0, 4.0]
+    assert ds.plays[Col.RATING].to_list()[:3] == [4.0, 2.0, 5.0]
 
 
 def test_ml_1m(tmp_path: Path) -> None:
     ds = convert("ml-1m", tmp_path)
     assert (ds.plays.height, ds.users.height, ds.titles.height) == (8, 3, 4)
-    assert title(ds, "73")[Col.NAME] == "Lumière, La"
-    assert title(ds, "3952")[Col.RELEASE_YEAR] == 2000
-    assert title(ds, "2")[Col.GENRES] == ["Adventure", "Children's", "Fantasy"]
+    assert title(ds, "77")[Col.NAME] == "Lumière, La"
+    assert title(ds, "3901")[Col.RELEASE_YEAR] == 2000
+    assert title(ds, "2")[Col.GENRES] == ["Adventure", "Children's", "Western"]
     assert ds.users.columns[4:] == ["gender", "age", "occupation", "zip_code"]
     assert ds.users.row(1, named=True)["age"] == 56
     assert ds.clock == at(975000000)
@@ -152,10 +152,10 @@ def test_ml_10m(tmp_path: Path) -> None:
     assert (ds.plays.height, ds.users.height, ds.titles.height) == (7, 3, 5)
     assert ds.users.columns == [c.name for c in SCHEMA[USERS]]  # no users.dat
     assert ds.plays[Col.RATING].to_list()[1] == 3.5
-    emile = title(ds, "4973")
+    emile = title(ds, "5100")
     assert emile[Col.RELEASE_YEAR] == 2001
-    assert emile[Col.TAGS] == ["excellent!", "Lyon"]
-    daisy = title(ds, "8606")
+    assert emile[Col.TAGS] == ["charming!", "Lyon"]
+    daisy = title(ds, "8800")
     assert daisy[Col.GENRES] == []
     # Rated exactly at the last rating time: added then, which is the clock.
     assert daisy[Col.ADDED_AT] == ds.clock
@@ -227,8 +227,8 @@ def broken_copy(tmp_path: Path, name: str, file: str, lines: dict[int, str]) -> 
         (
             "ml-latest",
             "ratings.csv",
-            {3: "1,47,5.0"},
-            "ratings.csv: line 3: timestamp is missing: '1,47,5.0'",
+            {3: "1,58,4.5"},
+            "ratings.csv: line 3: timestamp is missing: '1,58,4.5'",
         ),
         ("ml-latest", "ratings.csv", {5: ""}, "ratings.csv: line 5: empty line: ''"),
         (
@@ -252,7 +252,7 @@ def broken_copy(tmp_path: Path, name: str, file: str, lines: dict[int, str]) -> 
         (
             "ml-latest",
             "tags.csv",
-            {2: "2,318,snow,soon"},
+            {2: "2,421,snow,soon"},
             "tags.csv: line 2: timestamp 'soon' is not an integer",
         ),
         (
@@ -265,14 +265,14 @@ def broken_copy(tmp_path: Path, name: str, file: str, lines: dict[int, str]) -> 
         (
             "ml-1m",
             "ratings.dat",
-            {4: "9::3952::3::973000100"},
+            {4: "9::3901::3::973000100"},
             "ratings.dat: line 4: user id 9 is not in users.dat",
         ),
         (
             "ml-100k",
             "u.data",
-            {6: "3\t50\t2"},
-            "u.data: line 6: timestamp is missing: '3\\t50\\t2'",
+            {6: "3\t60\t1"},
+            "u.data: line 6: timestamp is missing: '3\\t60\\t1'",
         ),
         (
             "ml-100k",
