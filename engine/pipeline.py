@@ -362,10 +362,8 @@ def visible_pairs(pair_idx: Sequence[np.ndarray], visible: int) -> tuple[np.ndar
 
 class RowModelScorer:
     """The RowScorer handed to `assemble_page`: row-model scores of the remaining rows given
-    the rows placed above. A row's state (title-score aggregates, genre centroid, kind, visible
-    titles) is computed once per row object: the assembly passes the same object from stage to
-    stage until dedupe replaces it, so per stage only new objects are computed and the rest is a
-    few array gathers."""
+    the rows placed above. Per stage only the placement columns and, for rows that dedupe
+    changed, the title-score aggregates are recomputed (cached per row state)."""
 
     def __init__(
         self,
@@ -382,71 +380,44 @@ class RowModelScorer:
         self.visible = visible
         self.calls = 0
         self._device = int(static[0, row_column("ctx_device")]) if len(static) else 0
-        # Per row object: (the row, its slot in the arrays below). The row is kept so its id()
-        # is never reused while this scorer lives.
-        self._slots: dict[int, tuple[CandidateRow, int]] = {}
-        cap = 2 * len(row_ids) + 8
-        n_genres = store.title_genre_unit.shape[1]
-        self._agg = np.full((cap, 3), np.nan)
-        self._cent = np.zeros((cap, n_genres))
-        self._kind = np.zeros(cap, dtype=np.int64)
-        # visible titles, padded with n_titles (a never-placed sentinel), and their count
-        self._heads = np.full((cap, visible), store.n_titles, dtype=np.int64)
-        self._lens = np.zeros(cap, dtype=np.int64)
-        self._used = 0
-        self._placed_mask = np.zeros(store.n_titles + 1, dtype=bool)
-        self._placed_cent: list[np.ndarray] = []
-        self._placed_kinds = np.zeros(0, dtype=np.int64)
-        self._n_placed = 0
+        self._state: dict[tuple[str, bytes], tuple[np.ndarray, np.ndarray, int]] = {}
+        self._placed_mask = np.zeros(store.n_titles, dtype=bool)
+        self._placed_genre: list[np.ndarray] = []
+        self._placed_kinds: list[int] = []
 
-    def _slot(self, r: CandidateRow) -> int:
-        got = self._slots.get(id(r))
-        if got is not None and got[0] is r:
-            return got[1]
-        i = self._used
-        if i == len(self._lens):
-            self._grow()
-        self._used += 1
+    def _row_state(self, r: CandidateRow) -> tuple[np.ndarray, np.ndarray, int]:
+        """(title-score aggregates (3,), unit genre centroid, kind code) of a row as it shows.
+
+        Rows have a handful of visible titles, so this is plain Python arithmetic: computing
+        the states in numpy batches built the same pages no faster (docs/page_model.md)."""
         head = r.titles[: self.visible]
-        scores = r.scores[: self.visible].tolist()
-        # Rows have a handful of visible titles, so this is plain Python arithmetic: numpy's
-        # per-call overhead dominated at this size.
-        if scores:
-            agg = self._agg[i]
-            agg[0], agg[1] = max(scores), sum(scores) / len(scores)
-            decay = float(self.store.col_decay[self._device])
-            est, survive, weight = 0.0, 1.0, 1.0
-            for s in scores:  # the cascade of FeatureStore.play_estimate, one row
-                p = 1.0 / (1.0 + math.exp(-min(max(s, -30.0), 30.0)))
-                est += survive * weight * p
-                survive *= 1.0 - p
-                weight *= decay
-            agg[2] = est
-        cent = self.store.title_genre_unit[head].sum(axis=0, dtype=np.float64)
-        norm = math.sqrt(float(cent @ cent))
-        self._cent[i] = cent / norm if norm > 0 else cent
-        self._kind[i] = self.store.kind_code(r.kind)
-        self._heads[i, : len(head)] = head
-        self._lens[i] = len(head)
-        self._slots[id(r)] = (r, i)
-        return i
-
-    def _grow(self) -> None:
-        n = len(self._lens)
-        self._agg = np.concatenate([self._agg, np.full((n, 3), np.nan)])
-        self._cent = np.concatenate([self._cent, np.zeros_like(self._cent)])
-        self._kind = np.concatenate([self._kind, np.zeros_like(self._kind)])
-        self._heads = np.concatenate([self._heads, np.full_like(self._heads, self.store.n_titles)])
-        self._lens = np.concatenate([self._lens, np.zeros_like(self._lens)])
+        key = (r.row_id, head.tobytes())
+        got = self._state.get(key)
+        if got is None:
+            scores = r.scores[: self.visible].tolist()
+            agg = np.full(3, np.nan)
+            if scores:
+                agg[0], agg[1] = max(scores), sum(scores) / len(scores)
+                decay = float(self.store.col_decay[self._device])
+                est, survive, weight = 0.0, 1.0, 1.0
+                for s in scores:  # the cascade of FeatureStore.play_estimate, one row
+                    p = 1.0 / (1.0 + math.exp(-min(max(s, -30.0), 30.0)))
+                    est += survive * weight * p
+                    survive *= 1.0 - p
+                    weight *= decay
+                agg[2] = est
+            cent = self.store.title_genre_unit[head].sum(axis=0, dtype=np.float64)
+            norm = math.sqrt(float(cent @ cent))
+            got = (agg, cent / norm if norm > 0 else cent, self.store.kind_code(r.kind))
+            self._state[key] = got
+        return got
 
     def _update_placed(self, placed: Sequence[CandidateRow]) -> None:
-        new = [self._slot(p) for p in placed[self._n_placed :]]  # rows placed since last stage
-        if new:
-            for i in new:
-                self._placed_mask[self._heads[i, : self._lens[i]]] = True
-                self._placed_cent.append(self._cent[i])
-            self._placed_kinds = np.concatenate([self._placed_kinds, self._kind[new]])
-            self._n_placed = len(placed)
+        for p in placed[len(self._placed_kinds) :]:  # rows placed since the last stage
+            _, cent, kind = self._row_state(p)
+            self._placed_mask[p.titles[: self.visible]] = True
+            self._placed_genre.append(cent)
+            self._placed_kinds.append(kind)
 
     def features(
         self, placed: Sequence[CandidateRow], remaining: Sequence[CandidateRow]
@@ -454,19 +425,25 @@ class RowModelScorer:
         """The row-model matrix of `remaining` at this stage."""
         self._update_placed(placed)
         idx = np.fromiter((self.index[r.row_id] for r in remaining), np.int64, len(remaining))
-        slots = np.fromiter((self._slot(r) for r in remaining), np.int64, len(remaining))
         X = self.static[idx]
-        X[:, _RS_COLUMNS] = self._agg[slots]
+        states = [self._row_state(r) for r in remaining]
+        X[:, _RS_COLUMNS] = np.stack([st[0] for st in states])
         # placement: share of visible titles already above, genre similarity, same kind above
-        lens = self._lens[slots]
-        above = self._placed_mask[self._heads[slots]].sum(axis=1)
+        heads = [r.titles[: self.visible] for r in remaining]
+        lens = np.fromiter((len(h) for h in heads), dtype=np.int64, count=len(heads))
+        flat = np.concatenate(heads) if lens.sum() else np.empty(0, dtype=np.int64)
+        above = np.bincount(
+            np.repeat(np.arange(len(heads)), lens),
+            weights=self._placed_mask[flat].astype(np.float64),
+            minlength=len(heads),
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
             X[:, _PL_OVERLAP] = np.where(lens > 0, above / lens, np.nan)
-        if self._n_placed:
-            sims = self._cent[slots] @ np.stack(self._placed_cent).T
-            X[:, _PL_GENRE] = sims.max(axis=1)
-            kinds = self._kind[slots]
-            X[:, _PL_KIND] = (kinds[:, None] == self._placed_kinds[None, :]).sum(1)
+        if self._placed_kinds:
+            cents = np.stack([st[1] for st in states])
+            X[:, _PL_GENRE] = (cents @ np.stack(self._placed_genre).T).max(axis=1)
+            kinds = np.array([st[2] for st in states])
+            X[:, _PL_KIND] = (kinds[:, None] == np.array(self._placed_kinds)[None, :]).sum(1)
         else:
             X[:, _PL_GENRE] = 0.0
             X[:, _PL_KIND] = 0.0
@@ -480,8 +457,7 @@ class RowModelScorer:
 
     def title_aggregates(self, rows: Sequence[CandidateRow]) -> np.ndarray:
         """(W, 3): best title score, mean visible score, cascade play estimate."""
-        slots = np.fromiter((self._slot(r) for r in rows), np.int64, len(rows))
-        return self._agg[slots]
+        return np.stack([self._row_state(r)[0] for r in rows]) if rows else np.empty((0, 3))
 
 
 class CascadeScorer(RowModelScorer):
