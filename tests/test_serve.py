@@ -427,7 +427,7 @@ def _keep_alive_answers(sock: socket.socket, n: int) -> list[bytes]:
         except OSError:
             break
         while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(65536)
+            chunk = _recv_or_closed(sock)
             if not chunk:
                 return heads  # the server closed the connection
             buf += chunk
@@ -438,6 +438,15 @@ def _keep_alive_answers(sock: socket.socket, n: int) -> list[bytes]:
         buf = buf[length:]
         heads.append(head.lower())
     return heads
+
+
+def _recv_or_closed(sock: socket.socket) -> bytes:
+    """What the socket reads; b"" once the server closed it (a close with our unread request in
+    its buffer arrives as a reset)."""
+    try:
+        return sock.recv(65536)
+    except ConnectionResetError:
+        return b""
 
 
 def test_a_keep_alive_connection_is_closed_after_n_answers(start: Callable[..., str]) -> None:
@@ -452,7 +461,7 @@ def test_a_keep_alive_connection_is_closed_after_n_answers(start: Callable[..., 
             assert len(heads) == 3, heads
             assert [b"connection: close" in h for h in heads] == [False, False, True]
             assert all(h.startswith(b"http/1.1 200") for h in heads)
-            assert sock.recv(1) == b""  # closed by the server
+            assert _recv_or_closed(sock) == b""  # closed by the server
     never = start(keepalive_requests=0)
     host, port = never.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
