@@ -1309,13 +1309,9 @@ class ServerThread:
     notebooks). `with ServerThread(app) as base_url: ...` starts and stops it (lifespan runs)."""
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1") -> None:
-        import socket
-
         import uvicorn
 
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
+        self.sock = _listen(host, 0, reuse_port=False)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
