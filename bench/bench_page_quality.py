@@ -21,11 +21,16 @@ PageModelConfig.row_template, titles in each ranker's own order; no model); (b) 
 trained without context features (`[page] context_features = false`); the oracle page
 (GroundTruth.oracle_page). Ratios are of means; intervals are paired bootstraps over requests.
 
-MovieLens (ml-latest-small, bench/protocol.py's temporal test cut): the engine trained as of the
-cut; for each test member one page at the time of their first play after the cut. Top Picks row
-NDCG@10 (the `top_n` row as the page shows it) against the best single ranker's list; page
-N2DCG (binary relevance: titles the member played after the cut) against that best list poured
-into the same page shape (row-major, same rows x titles).
+MovieLens (ml-latest-small; bench/protocol.py's temporal protocol at several cuts, `--ml-cuts`,
+default 0.1,0.2,0.3: the times leaving 10%, 20% and 30% of plays after them, each window ending
+at the next later cut, because one cut leaves only 27 members with plays on both sides): at each
+cut the engine is trained as of that cut, and each test member gets one tv page at the time of
+their first play in the window. Scored with NDCG@10 against the titles they played in the
+window: the Top Picks (`top_n`) row as the page shows it (after dedupe against the rows above
+it), the same row in the title model's order before assembly, in Top-N's own order, and the
+best single ranker's own list (chosen on these pages, which favours it); page N2DCG (binary
+relevance) against that best list poured into the same page shape (row-major, same rows x
+titles). Differences come with 95% intervals from a bootstrap over members.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from engine.context import RequestContext
 from engine.dataset import load_dataset
 from engine.layout import DEFAULT_LAYOUTS
 from engine.metrics import discounts_2d, first_appearances, n2dcg, ndcg_at_k, page_grid
-from engine.pipeline import Engine, filter_rows, propose_rows
+from engine.pipeline import Engine, filter_rows, propose_rows, pvr_scores
 from engine.train import data_fingerprint, train
 from engine.world import GroundTruth
 
@@ -271,7 +276,7 @@ def bench_world(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
-    from protocol import test_split  # bench/protocol.py
+    from protocol import rolling_splits  # bench/protocol.py
 
     from engine.movielens import import_movielens
 
@@ -280,88 +285,133 @@ def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
     if not (data / "dataset.json").exists():
         import_movielens(Path(args.ml), data)
     ds = load_dataset(data)
-    split = test_split(ds)
-    cut = split.cutoff
-    eng, t_train = trained(
-        data, work / "models" / "ml", config_with({}), until=cut, retrain=args.retrain
+    units: dict[str, list[Any]] = {}
+    splits, train_seconds = [], {}
+    for split in rolling_splits(ds, args.ml_cuts):
+        eng, t = trained(
+            data,
+            work / "models" / f"ml-{split.name}",
+            config_with({}),
+            until=split.cutoff,
+            retrain=args.retrain,
+        )
+        splits.append(split.describe())
+        train_seconds[split.name] = t
+        for key, values in movielens_units(eng, ds, split).items():
+            units.setdefault(key, []).extend(values)
+    member = np.array(units.pop("member"))
+    lists = units.pop("lists")
+    shapes = units.pop("shape")
+    # The best single ranker is chosen on these very units, which favours it.
+    per_ranker = {
+        name: np.array([ndcg_at_k(got.get(name, _EMPTY), truth, 10) for got, truth in lists])
+        for name in sorted({n for got, _ in lists for n in got})
+    }
+    best = max(per_ranker, key=lambda n: float(per_ranker[n].mean()))
+    m = {k: np.array(v, dtype=np.float64) for k, v in units.items()}
+    best_ndcg = per_ranker[best]
+    poured = np.array(
+        [
+            poured_n2dcg(got.get(best, _EMPTY), truth, shape)
+            for (got, truth), shape in zip(lists, shapes, strict=True)
+        ]
     )
+    rng = np.random.default_rng(args.seed)
+    return {
+        "splits": splits,
+        "train_seconds": train_seconds,
+        "units": len(member),
+        "members": len(set(member.tolist())),
+        "best_single_ranker": best,
+        "ndcg10": {
+            "top_picks_shown": float(m["top_shown"].mean()),
+            "top_picks_model_order": float(m["top_ranked"].mean()),
+            "top_n_own_order": float(m["top_own"].mean()),
+            "best_single_ranker": float(best_ndcg.mean()),
+            "every_ranker": {n: float(v.mean()) for n, v in per_ranker.items()},
+        },
+        "differences": {
+            "shown - best": member_bootstrap(m["top_shown"] - best_ndcg, member, rng),
+            "model order - best": member_bootstrap(m["top_ranked"] - best_ndcg, member, rng),
+            "model order - own order": member_bootstrap(
+                m["top_ranked"] - m["top_own"], member, rng
+            ),
+            "page n2dcg - poured": member_bootstrap(m["page_n2dcg"] - poured, member, rng),
+        },
+        "page_n2dcg": float(m["page_n2dcg"].mean()),
+        "best_ranker_poured_n2dcg": float(poured.mean()),
+    }
+
+
+_EMPTY = np.empty(0, dtype=np.int64)
+
+
+def movielens_units(eng: Engine, ds: Any, split: Any) -> dict[str, list[Any]]:
+    """One page per test member of `split`, at their first play in its window, and what it is
+    scored against: the Top Picks (`top_n`) row as shown (after dedupe against rows above), the
+    same row in the title model's order before assembly, in Top-N's own order, and every
+    ranker's own list (its rows concatenated, first appearance kept) at the same request."""
     h = eng.history
-    best_name, best_list = best_single_ranker(eng, split)
-    plays_after = ds.plays.filter(pl.col(Col.TS) >= pl.lit(cut).dt.cast_time_unit("us"))
-    first = plays_after.sort(Col.TS).group_by(Col.USER_ID, maintain_order=True).first()
+    window = ds.plays.filter(pl.col(Col.TS) >= pl.lit(split.cutoff).dt.cast_time_unit("us"))
+    first = window.sort(Col.TS).group_by(Col.USER_ID, maintain_order=True).first()
     first_at = dict(zip(first[Col.USER_ID].to_list(), first[Col.TS].to_list(), strict=True))
-    top_ndcg, top_own, best_ndcg, page_n2, best_n2 = [], [], [], [], []
+    out: dict[str, list[Any]] = {}
     for u, truth in zip(split.users.tolist(), split.truth, strict=True):
         uid = str(h.user_ids[u])
         ctx = eng.context(uid, "tv", first_at[uid] - timedelta(seconds=1))
         page = eng.page_for(ctx)
-        rows = [np.array([h.title_index(i.title_id) for i in r.items]) for r in page.rows]
-        top = next((r for r, pr in zip(rows, page.rows, strict=True) if pr.ranker == "top_n"), None)
-        ranked_best = best_list(ctx)
-        top_ndcg.append(ndcg_at_k(top if top is not None else np.empty(0), truth, 10))
-        # the same row in Top-N's own order (no page model): what the title model changed
-        raw, _ = filter_rows(
-            propose_rows(eng.rankers, eng.context(uid, "tv", ctx.at), h).rows,
-            ctx,
-            h,
-            eng.rankers,
-            eng.page_config.row_titles_scored,
-        )
-        own = next((r.titles for r in raw if r.ranker == "top_n"), np.empty(0, dtype=np.int64))
-        top_own.append(ndcg_at_k(own, truth, 10))
-        best_ndcg.append(ndcg_at_k(ranked_best, truth, 10))
-        layout = eng.layout(ctx.device)
-        grid = page_grid(rows)
-        page_n2.append(n2dcg(grid, truth, layout))
-        shape = [len(r) for r in rows]
-        poured, start = [], 0
-        for n in shape:
-            poured.append(ranked_best[start : start + n])
-            start += n
-        best_n2.append(n2dcg(page_grid(poured, grid.shape[1]), truth, layout))
-    return {
-        "split": split.describe(),
-        "train_seconds": t_train,
-        "best_single_ranker": best_name,
-        "top_picks_row_ndcg10": float(np.mean(top_ndcg)),
-        "top_n_own_order_ndcg10": float(np.mean(top_own)),
-        "best_ranker_ndcg10": float(np.mean(best_ndcg)),
-        "page_n2dcg": float(np.mean(page_n2)),
-        "best_ranker_poured_n2dcg": float(np.mean(best_n2)),
-    }
+        shown = [np.array([h.title_index(i.title_id) for i in r.items]) for r in page.rows]
+        top = next((t for t, r in zip(shown, page.rows, strict=True) if r.ranker == "top_n"), None)
+        proposed = propose_rows(eng.rankers, ctx, h).rows
+        rows, _ = filter_rows(proposed, ctx, h, eng.rankers, eng.page_config.row_titles_scored)
+        pvr, _ = pvr_scores(eng.rankers, u, h, ctx.at_us)
+        ranked = eng.score(ctx, rows, pvr, eng.layout(ctx.device)).rows
+        long_rows, _ = filter_rows(proposed, ctx, h, eng.rankers, 200)
+        lists: dict[str, np.ndarray] = {}
+        for r in long_rows:
+            cat = np.concatenate([lists.get(r.ranker, _EMPTY), r.titles.astype(np.int64)])
+            _, first_i = np.unique(cat, return_index=True)
+            lists[r.ranker] = cat[np.sort(first_i)]
+        for key, value in (
+            ("member", uid),
+            ("top_shown", ndcg_at_k(top if top is not None else _EMPTY, truth, 10)),
+            ("top_ranked", ndcg_at_k(_top_n_titles(ranked), truth, 10)),
+            ("top_own", ndcg_at_k(_top_n_titles(rows), truth, 10)),
+            ("page_n2dcg", n2dcg(page_grid(shown), truth, eng.layout(ctx.device))),
+            ("shape", ([len(t) for t in shown], eng.layout(ctx.device))),
+            ("lists", (lists, truth)),
+        ):
+            out.setdefault(key, []).append(value)
+    return out
 
 
-def best_single_ranker(eng: Engine, split: Any) -> tuple[str, Any]:
-    """The ranker whose own (filtered) first row scores the best NDCG@10 on the test members:
-    the strongest single list a page could be poured from (chosen on the test set, so the
-    comparison favours it)."""
-    h = eng.history
-    per: dict[str, list[float]] = {}
-    cache: dict[tuple[str, str], np.ndarray] = {}
+def _top_n_titles(rows: list[Any]) -> np.ndarray:
+    return next((r.titles for r in rows if r.ranker == "top_n"), _EMPTY)
 
-    def lists(ctx: RequestContext) -> dict[str, np.ndarray]:
-        proposed = propose_rows(eng.rankers, ctx, h)
-        rows, _ = filter_rows(proposed.rows, ctx, h, eng.rankers, 200)
-        out: dict[str, np.ndarray] = {}
-        for r in rows:  # a ranker's list: its rows concatenated, first appearance kept
-            prev = out.get(r.ranker, np.empty(0, dtype=np.int64))
-            cat = np.concatenate([prev, r.titles.astype(np.int64)])
-            _, first = np.unique(cat, return_index=True)
-            out[r.ranker] = cat[np.sort(first)]
-        return out
 
-    at = datetime.fromtimestamp(h.cutoff_us / 1e6, tz=UTC)
-    for u, truth in zip(split.users.tolist(), split.truth, strict=True):
-        ctx = eng.context(str(h.user_ids[u]), "tv", at)
-        for name, ranked in lists(ctx).items():
-            per.setdefault(name, []).append(ndcg_at_k(ranked, truth, 10))
-            cache[(ctx.user_id, name)] = ranked
-    best = max(per, key=lambda n: np.sum(per[n]))
+def poured_n2dcg(ranked: np.ndarray, truth: np.ndarray, shape: tuple[list[int], Any]) -> float:
+    """A single list poured row-major into the page's shape (same rows x titles), scored
+    like the page."""
+    lengths, layout = shape
+    poured, start = [], 0
+    for n in lengths:
+        poured.append(ranked[start : start + n])
+        start += n
+    return n2dcg(page_grid(poured, max(lengths, default=0)), truth, layout)
 
-    def best_list(ctx: RequestContext) -> np.ndarray:
-        return cache.get((ctx.user_id, best), np.empty(0, dtype=np.int64))
 
-    return best, best_list
+def member_bootstrap(
+    diff: np.ndarray, member: np.ndarray, rng: np.random.Generator, n_boot: int = 2000
+) -> dict[str, float]:
+    """Mean of a paired difference with a 95% bootstrap interval that resamples members
+    (each with all their cuts), as one member's pages at several cuts are not independent."""
+    ids, inverse = np.unique(member, return_inverse=True)
+    sums = np.bincount(inverse, weights=diff, minlength=len(ids))
+    counts = np.bincount(inverse, minlength=len(ids)).astype(np.float64)
+    pick = rng.integers(len(ids), size=(n_boot, len(ids)))
+    boot = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5]).tolist()
+    return {"mean": float(diff.mean()), "low": low, "high": high}
 
 
 # ----- main --------------------------------------------------------------------------------------
@@ -377,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-days", type=int, default=60)
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--ml", default="/work/shared/data/ml-latest-small")
+    p.add_argument(
+        "--ml-cuts",
+        type=lambda v: tuple(float(x) for x in v.split(",")),
+        default=(0.1, 0.2, 0.3),
+        help="MovieLens test cuts as fractions of plays after each (rolling origin)",
+    )
     p.add_argument("--no-ml", action="store_true")
     p.add_argument("--no-world", action="store_true")
     p.add_argument("--retrain", action="store_true")
@@ -398,16 +454,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train seconds {r['train_seconds']}, eval {r['eval_seconds']:.1f} s")
     if not args.no_ml and Path(args.ml).is_dir():
         results["movielens"] = r = bench_movielens(args)
-        print(f"\n== MovieLens: {r['split']}")
+        print(f"\n== MovieLens: {r['units']} pages of {r['members']} members over these cuts:")
+        for line in r["splits"]:
+            print(f"  {line}")
+        n = r["ndcg10"]
         print(
-            f"Top Picks row NDCG@10 {r['top_picks_row_ndcg10']:.4f} vs best single ranker "
-            f"({r['best_single_ranker']}) {r['best_ranker_ndcg10']:.4f}; Top-N's own order "
-            f"{r['top_n_own_order_ndcg10']:.4f}"
+            f"NDCG@10: Top Picks row as shown {n['top_picks_shown']:.4f}; the same row in the "
+            f"title model's order before assembly {n['top_picks_model_order']:.4f}; in Top-N's "
+            f"own order {n['top_n_own_order']:.4f}; best single ranker ({r['best_single_ranker']}, "
+            f"chosen on these pages) {n['best_single_ranker']:.4f}"
         )
+        print(f"every ranker's own list: {orjson.dumps(n['every_ranker']).decode()}")
         print(
             f"page N2DCG {r['page_n2dcg']:.4f} vs best list poured into the page "
             f"{r['best_ranker_poured_n2dcg']:.4f}"
         )
+        for name, d in r["differences"].items():
+            print(f"  {name:<26} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] (members)")
     out = Path(args.work) / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))

@@ -39,6 +39,7 @@ from engine.split import (
     machine,
     make_split,
     quantile_cut,
+    rolling_splits,
     test_split,
     validation_splits,
 )
@@ -203,6 +204,7 @@ __all__ = [
     "paired_win_rate",
     "quantile_cut",
     "recall_at",
+    "rolling_splits",
     "test_split",
     "to_us",
     "top_unplayed",

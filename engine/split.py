@@ -117,21 +117,31 @@ def test_split(ds: Dataset, after_fraction: float = 0.1) -> Split:
     return make_split(ds, quantile_cut(ds.plays, after_fraction), name="test")
 
 
+def rolling_splits(
+    ds: Dataset,
+    after_fractions: Sequence[float],
+    *,
+    end: datetime | None = None,
+    prefix: str = "test",
+) -> list[Split]:
+    """Several cuts (rolling origin), latest first: about each `after_fraction` of `ds`'s plays
+    fall after its cut. The ground truth of each ends at the next later cut (the latest's at
+    `end`, default: the end of the data), so no two windows overlap, and each split's History
+    holds only what came before its own cut. One cut of a small dataset leaves few users."""
+    cuts = sorted((quantile_cut(ds.plays, f) for f in after_fractions), reverse=True)
+    out = []
+    for i, cut in enumerate(cuts):
+        out.append(make_split(ds, cut, end=end, name=f"{prefix}{i + 1}"))
+        end = cut
+    return out
+
+
 def validation_splits(
     ds: Dataset, test_cut: datetime, after_fractions: Sequence[float] = (0.1, 0.2, 0.3)
 ) -> list[Split]:
-    """Validation splits carved from the training period only (data before `test_cut`).
-
-    Several cuts (rolling origin) because one cut of a small dataset leaves few users; the ground
-    truth of each ends at the next later cut, so no validation window overlaps the test period."""
-    train = ds.as_of(test_cut)
-    cuts = sorted((quantile_cut(train.plays, f) for f in after_fractions), reverse=True)
-    out = []
-    end = test_cut
-    for i, cut in enumerate(cuts):
-        out.append(make_split(train, cut, end=end, name=f"val{i + 1}"))
-        end = cut
-    return out
+    """Rolling validation splits carved from the training period only (data before
+    `test_cut`), so no validation window overlaps the test period."""
+    return rolling_splits(ds.as_of(test_cut), after_fractions, end=test_cut, prefix="val")
 
 
 def machine() -> str:
@@ -159,4 +169,12 @@ def machine() -> str:
     )
 
 
-__all__ = ["Split", "machine", "make_split", "quantile_cut", "test_split", "validation_splits"]
+__all__ = [
+    "Split",
+    "machine",
+    "make_split",
+    "quantile_cut",
+    "rolling_splits",
+    "test_split",
+    "validation_splits",
+]
