@@ -34,3 +34,8 @@ class ModelLoadError(RowrankError):
 
 class BadRequestError(RowrankError):
     """A page request has an invalid value (unknown device, malformed time, ...)."""
+
+
+class RankerContractError(TypeError):
+    """A ranker returned something that is not a list of CandidateRow: a programmer error, so a
+    TypeError the pipeline never swallows (not a RowrankError)."""

@@ -50,7 +50,13 @@ from engine.assembly import (
 from engine.candidates import CandidateRow, Ranker
 from engine.config import EngineConfig, build_rankers, parse_config
 from engine.context import RequestContext, parse_device, parse_time
-from engine.errors import BadRequestError, ConfigError, ModelLoadError, RowrankError
+from engine.errors import (
+    BadRequestError,
+    ConfigError,
+    ModelLoadError,
+    RankerContractError,
+    RowrankError,
+)
 from engine.features import (
     FeatureStore,
     Pairs,
@@ -78,10 +84,6 @@ PROGRAMMER_ERRORS: tuple[type[BaseException], ...] = (
     MemoryError,
     RowrankError,
 )
-
-
-class RankerContractError(TypeError):
-    """A ranker returned something that is not a list of CandidateRow (a programmer error)."""
 
 
 # ----- stage 1: rankers -----------------------------------------------------------------------
