@@ -16,6 +16,10 @@ whether both built byte-identical pages.
 head defaults to this working tree. Both must load the model directory (default: the one
 bench_page_speed.py uses). --row-length N also times rows of N titles (as bench_page_speed.py
 --row-length does; both versions must have that option).
+
+--mypyc MODULES (comma-separated paths, e.g. engine/assembly.py,engine/pipeline.py): the head is
+copied and those modules compiled to C extensions with mypyc (from the `test` extra; a few
+minutes) before the run, so the ratio says what compiling the Python, unchanged, buys.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -78,6 +83,15 @@ def export(rev: str, into: Path) -> Path:
         tar.extractall(into, filter="data")
     # bench_page_speed's helpers look for the models under bench/results of their own tree
     (into / "bench" / "results").symlink_to(ROOT / "bench" / "results")
+    return into
+
+
+def compiled_copy(code: Path, into: Path, modules: list[str]) -> Path:
+    """A copy of the tree at `code` with `modules` compiled by mypyc (an extension module is
+    imported before a .py of the same name)."""
+    skip = shutil.ignore_patterns(".*", "results", "build", "*.egg-info", "__pycache__")
+    shutil.copytree(code, into, ignore=skip)
+    subprocess.run([sys.executable, "-m", "mypyc", *modules], cwd=into, check=True)
     return into
 
 
@@ -167,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: time each member's pages on these devices together "
         "(precompute's grid, e.g. tv,mobile) instead of one page per request",
     )
+    ap.add_argument("--mypyc", default="", help="head modules to compile with mypyc first")
     args = ap.parse_args(argv)
     model = Path(args.model).resolve()
     if not (model / "manifest.json").exists():
@@ -179,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rowrank-ab-") as tmp:
         base = export(args.base, Path(tmp) / "base")
         head = ROOT if args.head is None else export(args.head, Path(tmp) / "head")
+        if args.mypyc:
+            head = compiled_copy(head, Path(tmp) / "head-mypyc", args.mypyc.split(","))
         print(
-            f"base {args.base}, head {args.head or 'working tree'}; model {model.name}; "
+            f"base {args.base}, head {args.head or 'working tree'}"
+            f"{' compiled with mypyc: ' + args.mypyc if args.mypyc else ''}; model {model.name}; "
             f"cpu {args.cpu}; load average {os.getloadavg()[0]:.1f}"
         )
         compare(base, head, model, reqs, args.cpu, 0, "default config rows")
