@@ -39,6 +39,7 @@ import argparse
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -302,6 +303,8 @@ def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
     member = np.array(units.pop("member"))
     lists = units.pop("lists")
     shapes = units.pop("shape")
+    kinds_above = Counter(k for above in units.pop("kinds_above") for k in above)
+    deduped_to = sum(units.pop("deduped_to"), Counter())
     # The best single ranker is chosen on these very units, which favours it.
     per_ranker = {
         name: np.array([ndcg_at_k(got.get(name, _EMPTY), truth, 10) for got, truth in lists])
@@ -338,6 +341,14 @@ def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
             ),
             "page n2dcg - poured": member_bootstrap(m["page_n2dcg"] - poured, member, rng),
         },
+        "top_picks_row": {
+            "pages_without_it": int((m["top_row"] < 0).sum()),
+            "median_position": float(np.median(m["top_row"][m["top_row"] >= 0]) + 1),
+            "rows_above_by_kind": dict(kinds_above.most_common()),
+            "later_plays_deduped": int(m["truth_deduped"].sum()),
+            "later_plays_kept_by_kind": dict(deduped_to.most_common()),
+            "pages_losing_later_plays": int((m["truth_deduped"] > 0).sum()),
+        },
         "page_n2dcg": float(m["page_n2dcg"].mean()),
         "best_ranker_poured_n2dcg": float(poured.mean()),
     }
@@ -361,7 +372,19 @@ def movielens_units(eng: Engine, ds: Any, split: Any) -> dict[str, list[Any]]:
         ctx = eng.context(uid, "tv", first_at[uid] - timedelta(seconds=1))
         page = eng.page_for(ctx)
         shown = [np.array([h.title_index(i.title_id) for i in r.items]) for r in page.rows]
-        top = next((t for t, r in zip(shown, page.rows, strict=True) if r.ranker == "top_n"), None)
+        at = next((i for i, r in enumerate(page.rows) if r.ranker == "top_n"), -1)
+        top = shown[at] if at >= 0 else _EMPTY
+        # the member's later plays that dedupe took out of the Top Picks row, by the kind of
+        # the row above that kept them
+        later = set(h.title_ids[truth].tolist())
+        kind_of = {r.row_id: r.kind for r in page.rows}
+        deduped = Counter(
+            kind_of.get(d["lost_to"], "?")
+            for d in page.trace["assembly"]["duplicates"]
+            if d["row_id"] == "top_n"
+            for t in d["titles"]
+            if t in later
+        )
         proposed = propose_rows(eng.rankers, ctx, h).rows
         rows, _ = filter_rows(proposed, ctx, h, eng.rankers, eng.page_config.row_titles_scored)
         pvr, _ = pvr_scores(eng.rankers, u, h, ctx.at_us)
@@ -374,7 +397,11 @@ def movielens_units(eng: Engine, ds: Any, split: Any) -> dict[str, list[Any]]:
             lists[r.ranker] = cat[np.sort(first_i)]
         for key, value in (
             ("member", uid),
-            ("top_shown", ndcg_at_k(top if top is not None else _EMPTY, truth, 10)),
+            ("top_shown", ndcg_at_k(top, truth, 10)),
+            ("top_row", at),
+            ("kinds_above", [r.kind for r in page.rows[: max(at, 0)]]),
+            ("truth_deduped", sum(deduped.values())),
+            ("deduped_to", deduped),
             ("top_ranked", ndcg_at_k(_top_n_titles(ranked), truth, 10)),
             ("top_own", ndcg_at_k(_top_n_titles(rows), truth, 10)),
             ("page_n2dcg", n2dcg(page_grid(shown), truth, eng.layout(ctx.device))),
@@ -465,6 +492,15 @@ def main(argv: list[str] | None = None) -> int:
             f"chosen on these pages) {n['best_single_ranker']:.4f}"
         )
         print(f"every ranker's own list: {orjson.dumps(n['every_ranker']).decode()}")
+        t = r["top_picks_row"]
+        print(
+            f"Top Picks row: missing from {t['pages_without_it']} pages, median position "
+            f"{t['median_position']:.0f}; rows above it by kind "
+            f"{orjson.dumps(t['rows_above_by_kind']).decode()}; dedupe took "
+            f"{t['later_plays_deduped']} of the members' later plays out of it, on "
+            f"{t['pages_losing_later_plays']} pages, to rows of kind "
+            f"{orjson.dumps(t['later_plays_kept_by_kind']).decode()}"
+        )
         print(
             f"page N2DCG {r['page_n2dcg']:.4f} vs best list poured into the page "
             f"{r['best_ranker_poured_n2dcg']:.4f}"
