@@ -83,14 +83,15 @@ ENV_WORKER_MIN_UPTIME = "ROWRANK_WORKER_MIN_UPTIME"  # overrides WORKER_MIN_UPTI
 # bench/bench_serve_load.py` against the default: 1 worker 62 vs 77 pages/s (page build 53 vs
 # 12 ms), 2 workers p99 137 vs 80 ms at the same 142-143 pages/s.
 PAGE_THREADS = 1
-# A keep-alive connection is closed after this many requests (0: never), as nginx's
-# keepalive_requests does. Workers' SO_REUSEPORT sockets spread connections, not requests: a
-# client holding a few long-lived connections can find them all hashed onto one worker while
-# the other idles (docs/serve.md: 4 connections, 74 pages/s). Closing now and then makes the
-# client reconnect and be hashed again; one TCP handshake per 100 pages costs nothing beside a
-# page build.
-KEEPALIVE_REQUESTS = 100
-ENV_KEEPALIVE_REQUESTS = "ROWRANK_KEEPALIVE_REQUESTS"  # overrides KEEPALIVE_REQUESTS
+# A keep-alive connection is closed at its first answer after this many seconds open (0:
+# never), as nginx's keepalive_time does. Workers' SO_REUSEPORT sockets spread connections, not
+# requests: a client holding a few long-lived connections can find them all hashed onto one
+# worker while the other idles. Closing makes the client reconnect and be hashed again. By time,
+# not by request count: a count lets connections on an idle worker reach it first and re-roll,
+# while those crowded on a busy one crawl toward it, so crowded splits last longest (measured:
+# docs/serve.md). One TCP handshake a second per connection costs nothing beside page builds.
+KEEPALIVE_SECONDS = 1.0
+ENV_KEEPALIVE_SECONDS = "ROWRANK_KEEPALIVE_SECONDS"  # overrides KEEPALIVE_SECONDS
 # Page build + serialization, seconds. The target is p99 < 50 ms, so resolution sits below it.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 JSON = "application/json"
@@ -958,31 +959,33 @@ def _rebase_refs(node: Any, base: str) -> Any:
 
 class Edge:
     """Outermost app layer: rejects a path that is not UTF-8, counts every answer by route,
-    and asks the client to close a connection after `keepalive_requests` answers on it."""
+    and asks the client to close a connection once it has been open `keepalive_seconds`."""
 
     def __init__(
         self,
         app: ASGIApp,
         metrics: Metrics,
         routes: Mapping[Any, str],
-        keepalive_requests: int = KEEPALIVE_REQUESTS,
+        keepalive_seconds: float = KEEPALIVE_SECONDS,
     ) -> None:
         self.app, self.metrics, self.routes = app, metrics, routes
-        self.keepalive_requests = keepalive_requests
-        self._answered: dict[tuple[Any, Any], int] = {}  # (client host, port) -> answers
+        self.keepalive_seconds = keepalive_seconds
+        self._opened: dict[tuple[Any, Any], float] = {}  # (client host, port) -> first answer
 
     def _last_on_connection(self, scope: Scope) -> bool:
-        """Count an answer on this connection; True when it should be the last one."""
+        """True when this answer should be the connection's last (it has been open long
+        enough); a connection's clock starts at its first answer."""
         client = scope.get("client")
-        if not self.keepalive_requests or not client:
+        if not self.keepalive_seconds or not client:
             return False
-        key = (client[0], client[1])
-        n = self._answered.pop(key, 0) + 1
-        if n >= self.keepalive_requests:
+        key, now = (client[0], client[1]), time.monotonic()
+        opened = self._opened.setdefault(key, now)
+        if now - opened >= self.keepalive_seconds:
+            del self._opened[key]
             return True
-        if len(self._answered) >= 10_000:  # connections the client closed leave entries behind
-            self._answered.clear()
-        self._answered[key] = n
+        if len(self._opened) >= 10_000:  # connections the client closed leave entries behind
+            self._opened.clear()
+            self._opened[key] = opened
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -1049,13 +1052,13 @@ def create_app(
     state_dir: str | os.PathLike[str] | None = None,
     max_batch: int = MAX_BATCH,
     loader: Loader = default_loader,
-    keepalive_requests: int | None = None,
+    keepalive_seconds: float | None = None,
 ) -> ASGIApp:
     """The ASGI app. The model loads in a background thread at start-up (/readyz says when).
 
     `admin_token` defaults to the environment's ROWRANK_ADMIN_TOKEN; none disables reload.
     `models_root` (default: the parent of `model_dir`) bounds what a reload may load.
-    `keepalive_requests` defaults to ROWRANK_KEEPALIVE_REQUESTS, else KEEPALIVE_REQUESTS."""
+    `keepalive_seconds` defaults to ROWRANK_KEEPALIVE_SECONDS, else KEEPALIVE_SECONDS."""
     model_path = Path(model_dir)
     root = Path(models_root) if models_root is not None else model_path.resolve().parent
     holder = ModelHolder(model_path, root, loader)
@@ -1110,9 +1113,9 @@ def create_app(
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.service = svc
-    if keepalive_requests is None:
-        keepalive_requests = int(os.environ.get(ENV_KEEPALIVE_REQUESTS) or KEEPALIVE_REQUESTS)
-    return Edge(app, svc.metrics, {r.endpoint: r.path for r in routes}, keepalive_requests)
+    if keepalive_seconds is None:
+        keepalive_seconds = float(os.environ.get(ENV_KEEPALIVE_SECONDS) or KEEPALIVE_SECONDS)
+    return Edge(app, svc.metrics, {r.endpoint: r.path for r in routes}, keepalive_seconds)
 
 
 async def _follow_state(holder: ModelHolder, state: SharedModelState, metrics: Metrics) -> None:
