@@ -3,12 +3,15 @@
 - `tiny_world`: a small simulated world (dataset directory + its GroundTruth), built once.
 - `tiny_config`: the built-in engine config with a small, fast page-model section.
 - `tiny_model`: a model directory trained on `tiny_world` with `tiny_config` (a Path).
+- `movielens_files`: the MovieLens-format test files (invented lines, written by
+  fixtures/movielens/make_fixtures.py), one directory per layout plus `broken/`.
 
 Both are deterministic: the same seed gives the same files, so golden pages stay stable.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,3 +88,16 @@ def tiny_model(
     out = tmp_path_factory.mktemp("tiny_model") / "model"
     train(tiny_world.path, out, engine_config=tiny_config, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def movielens_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Written at test time, not committed: only the generator is in the repo."""
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "movielens" / "make_fixtures.py"
+    spec = importlib.util.spec_from_file_location("make_fixtures", path)
+    assert spec is not None and spec.loader is not None
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    root = tmp_path_factory.mktemp("movielens")
+    make.write(root)
+    return root

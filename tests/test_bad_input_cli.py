@@ -40,8 +40,6 @@ import engine
 from engine.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from engine.precompute import run_precompute
 
-ROOT = Path(__file__).resolve().parents[1]
-ML = ROOT / "fixtures" / "movielens"
 AT = "2030-01-07T20:00:00+00:00"
 # Parses as ISO 8601 but has no UTC equivalent (UTC would be in the year 10000, or year 0).
 OVERFLOW_TIMES = ("9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00")
@@ -120,10 +118,13 @@ IMPORT_CELLS: list[tuple[str, str, dict[str, str | bytes | None], list[str]]] = 
 
 
 @pytest.fixture
-def dataset_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+def dataset_dir(movielens_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     """An existing dataset directory (a good import), the target of the broken imports."""
     out = tmp_path / "data" / "ml"
-    assert run(["import", "movielens", str(ML / "ml-latest"), str(out)], capsys)[0] == EXIT_OK
+    assert (
+        run(["import", "movielens", str(movielens_files / "ml-latest"), str(out)], capsys)[0]
+        == EXIT_OK
+    )
     return out
 
 
@@ -137,11 +138,12 @@ def test_import(
     files: dict[str, str | bytes | None],
     words: list[str],
     dataset_dir: Path,
+    movielens_files: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     src = tmp_path / "src"
-    shutil.copytree(ML / fixture, src)
+    shutil.copytree(movielens_files / fixture, src)
     for name, content in files.items():
         if content is None:
             (src / name).unlink()
@@ -157,13 +159,15 @@ def test_import(
 
 
 def test_import_replaces_a_dataset_without_keeping_its_other_tables(
-    tiny_world: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_world: Any, movielens_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A dataset directory holding impressions (a simulated world) imported over: the result is
     the MovieLens dataset alone, not MovieLens plus the old world's impressions."""
     data = copy_world(tiny_world.path, tmp_path / "data")
     assert (data / "impressions.parquet").is_file()
-    code, _, err = run(["import", "movielens", str(ML / "ml-latest"), str(data)], capsys)
+    code, _, err = run(
+        ["import", "movielens", str(movielens_files / "ml-latest"), str(data)], capsys
+    )
     assert code == EXIT_OK, err
     assert not (data / "impressions.parquet").exists()
     assert run(["validate", str(data)], capsys)[0] == EXIT_OK
@@ -172,7 +176,7 @@ def test_import_replaces_a_dataset_without_keeping_its_other_tables(
 
 @pytest.mark.parametrize("kind", ["not_a_dataset", "a_file"])
 def test_import_refuses_to_replace_what_is_not_a_dataset(
-    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    kind: str, movielens_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if kind == "a_file":
         target = tmp_path / "notes.txt"
@@ -182,7 +186,9 @@ def test_import_refuses_to_replace_what_is_not_a_dataset(
         target.mkdir()
         (target / "notes.txt").write_text("keep me")
     before = snapshot(tmp_path)
-    code, _, err = run(["import", "movielens", str(ML / "ml-latest"), str(target)], capsys)
+    code, _, err = run(
+        ["import", "movielens", str(movielens_files / "ml-latest"), str(target)], capsys
+    )
     assert code == EXIT_USAGE
     assert_error(err, [str(target)])
     assert snapshot(tmp_path) == before

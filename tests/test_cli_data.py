@@ -10,13 +10,12 @@ import pytest
 from engine.cli import COMMANDS, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from engine.columns import Col
 
-ROOT = Path(__file__).resolve().parents[1]
-ML_LATEST = ROOT / "fixtures" / "movielens" / "ml-latest"
 
-
-def test_import_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_then_validate(
+    movielens_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "ml"
-    assert main(["import", "movielens", str(ML_LATEST), str(out)]) == EXIT_OK
+    assert main(["import", "movielens", str(movielens_files / "ml-latest"), str(out)]) == EXIT_OK
     printed = capsys.readouterr().out
     assert "imported MovieLens ml-latest: 12 plays, 4 users, 8 titles" in printed
 
@@ -29,10 +28,10 @@ def test_import_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_validate_bad_data_lists_every_problem(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    movielens_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "ml"
-    assert main(["import", "movielens", str(ML_LATEST), str(out)]) == EXIT_OK
+    assert main(["import", "movielens", str(movielens_files / "ml-latest"), str(out)]) == EXIT_OK
     plays = pl.read_parquet(out / "plays.parquet")
     plays.with_columns(
         pl.when(pl.int_range(pl.len()) == 2)
@@ -66,9 +65,9 @@ def test_validate_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_import_broken_source_names_file_and_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    movielens_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    src = ROOT / "fixtures" / "movielens" / "broken" / "bad-line"
+    src = movielens_files / "broken" / "bad-line"
     assert main(["import", "movielens", str(src), str(tmp_path / "out")]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith(f"error: {src / 'ratings.csv'}: line 4: movieId 'abc' is not an integer")

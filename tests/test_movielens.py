@@ -3,7 +3,6 @@ names the file and line."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from datetime import UTC, datetime
@@ -19,7 +18,6 @@ from engine.movielens import detect_format, import_movielens
 from engine.validate import validate_directory
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures" / "movielens"
 
 
 def real_movielens_dir() -> Path:
@@ -30,9 +28,9 @@ def real_movielens_dir() -> Path:
     return ROOT.parent / "shared" / "data" / "ml-latest-small"
 
 
-def convert(name: str, out: Path) -> Dataset:
+def convert(files: Path, name: str, out: Path) -> Dataset:
     """Import a fixture and check the written directory passes `rowrank validate`."""
-    ds = import_movielens(FIXTURES / name, out)
+    ds = import_movielens(files / name, out)
     read, problems = validate_directory(out)
     assert problems == []
     assert read is not None
@@ -55,12 +53,12 @@ def at(seconds: int) -> datetime:
     ("name", "fmt"),
     [("ml-100k", "ml-100k"), ("ml-1m", "ml-1m"), ("ml-10m", "ml-10m"), ("ml-latest", "ml-latest")],
 )
-def test_detects_the_format_from_the_files(name: str, fmt: str) -> None:
-    assert detect_format(FIXTURES / name) == fmt
+def test_detects_the_format_from_the_files(movielens_files: Path, name: str, fmt: str) -> None:
+    assert detect_format(movielens_files / name) == fmt
 
 
-def test_ml_latest(tmp_path: Path) -> None:
-    ds = convert("ml-latest", tmp_path)
+def test_ml_latest(movielens_files: Path, tmp_path: Path) -> None:
+    ds = convert(movielens_files, "ml-latest", tmp_path)
     assert (ds.plays.height, ds.users.height, ds.titles.height) == (12, 4, 8)
     assert ds.source == "MovieLens ml-latest"
     # Every rating is a finished play of unknown length on an unknown device.
@@ -106,8 +104,8 @@ def test_ml_latest(tmp_path: Path) -> None:
     assert users[Col.MATURITY_MAX].to_list() == [18] * 4
 
 
-def test_ml_100k(tmp_path: Path) -> None:
-    ds = convert("ml-100k", tmp_path)
+def test_ml_100k(movielens_files: Path, tmp_path: Path) -> None:
+    ds = convert(movielens_files, "ml-100k", tmp_path)
     assert (ds.plays.height, ds.users.height, ds.titles.height) == (12, 4, 7)
     harbor = title(ds, "60")
     assert harbor[Col.NAME] == "Star Harbor"
@@ -136,8 +134,8 @@ def test_ml_100k(tmp_path: Path) -> None:
     assert ds.plays[Col.RATING].to_list()[:3] == [4.0, 2.0, 5.0]
 
 
-def test_ml_1m(tmp_path: Path) -> None:
-    ds = convert("ml-1m", tmp_path)
+def test_ml_1m(movielens_files: Path, tmp_path: Path) -> None:
+    ds = convert(movielens_files, "ml-1m", tmp_path)
     assert (ds.plays.height, ds.users.height, ds.titles.height) == (8, 3, 4)
     assert title(ds, "77")[Col.NAME] == "Lumière, La"
     assert title(ds, "3901")[Col.RELEASE_YEAR] == 2000
@@ -147,8 +145,8 @@ def test_ml_1m(tmp_path: Path) -> None:
     assert ds.clock == at(975000000)
 
 
-def test_ml_10m(tmp_path: Path) -> None:
-    ds = convert("ml-10m", tmp_path)
+def test_ml_10m(movielens_files: Path, tmp_path: Path) -> None:
+    ds = convert(movielens_files, "ml-10m", tmp_path)
     assert (ds.plays.height, ds.users.height, ds.titles.height) == (7, 3, 5)
     assert ds.users.columns == [c.name for c in SCHEMA[USERS]]  # no users.dat
     assert ds.plays[Col.RATING].to_list()[1] == 3.5
@@ -161,25 +159,9 @@ def test_ml_10m(tmp_path: Path) -> None:
     assert daisy[Col.ADDED_AT] == ds.clock
 
 
-def test_fixtures_are_the_generated_ones(tmp_path: Path) -> None:
-    """The committed fixtures are exactly what fixtures/movielens/make_fixtures.py writes
-    (invented data in MovieLens formats; no line of a GroupLens release is in the repo)."""
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    assert spec is not None and spec.loader is not None
-    make = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make)
-    written = make.write(tmp_path)
-    committed = sorted(p for p in FIXTURES.rglob("*") if p.is_file() and p.suffix != ".py")
-    assert sorted(p.relative_to(tmp_path) for p in written) == [
-        p.relative_to(FIXTURES) for p in committed
-    ]
-    for path in written:
-        assert path.read_bytes() == (FIXTURES / path.relative_to(tmp_path)).read_bytes(), path
-
-
-def test_import_is_byte_stable(tmp_path: Path) -> None:
-    import_movielens(FIXTURES / "ml-latest", tmp_path / "a")
-    import_movielens(FIXTURES / "ml-latest", tmp_path / "b")
+def test_import_is_byte_stable(movielens_files: Path, tmp_path: Path) -> None:
+    import_movielens(movielens_files / "ml-latest", tmp_path / "a")
+    import_movielens(movielens_files / "ml-latest", tmp_path / "b")
     for path in sorted((tmp_path / "a").iterdir()):
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
 
@@ -187,32 +169,32 @@ def test_import_is_byte_stable(tmp_path: Path) -> None:
 # ----- broken input ------------------------------------------------------------------------------
 
 
-def test_missing_movies_file() -> None:
+def test_missing_movies_file(movielens_files: Path) -> None:
     with pytest.raises(ImportFormatError, match=r"missing-movies/movies\.csv: file is missing"):
-        import_movielens(FIXTURES / "broken" / "missing-movies", Path("/nonexistent/out"))
+        import_movielens(movielens_files / "broken" / "missing-movies", Path("/nonexistent/out"))
 
 
-def test_bad_line_names_file_and_line() -> None:
+def test_bad_line_names_file_and_line(movielens_files: Path) -> None:
     with pytest.raises(ImportFormatError) as info:
-        import_movielens(FIXTURES / "broken" / "bad-line", Path("/nonexistent/out"))
+        import_movielens(movielens_files / "broken" / "bad-line", Path("/nonexistent/out"))
     assert str(info.value).endswith(
         "bad-line/ratings.csv: line 4: movieId 'abc' is not an integer: '2,abc,4.0,1000000200'"
     )
 
 
-def test_ragged_line_names_file_and_line() -> None:
+def test_ragged_line_names_file_and_line(movielens_files: Path) -> None:
     with pytest.raises(ImportFormatError) as info:
-        import_movielens(FIXTURES / "broken" / "ragged-dat", Path("/nonexistent/out"))
+        import_movielens(movielens_files / "broken" / "ragged-dat", Path("/nonexistent/out"))
     assert str(info.value).endswith(
         "ragged-dat/ratings.dat: line 3: expected 4 fields, found 5: '1::1::3::975000200::extra'"
     )
 
 
-def broken_copy(tmp_path: Path, name: str, file: str, lines: dict[int, str]) -> Path:
+def broken_copy(files: Path, tmp_path: Path, name: str, file: str, lines: dict[int, str]) -> Path:
     """A copy of a fixture with some lines (numbered from 1) replaced; "" deletes nothing but
     leaves an empty line."""
     src = tmp_path / name
-    shutil.copytree(FIXTURES / name, src)
+    shutil.copytree(files / name, src)
     path = src / file
     text = path.read_bytes().decode("utf-8", errors="surrogateescape").split("\n")
     for number, line in lines.items():
@@ -289,9 +271,14 @@ def broken_copy(tmp_path: Path, name: str, file: str, lines: dict[int, str]) -> 
     ],
 )
 def test_malformed_lines(
-    tmp_path: Path, name: str, file: str, lines: dict[int, str], expected: str
+    movielens_files: Path,
+    tmp_path: Path,
+    name: str,
+    file: str,
+    lines: dict[int, str],
+    expected: str,
 ) -> None:
-    src = broken_copy(tmp_path, name, file, lines)
+    src = broken_copy(movielens_files, tmp_path, name, file, lines)
     with pytest.raises(ImportFormatError) as info:
         import_movielens(src, tmp_path / "out")
     assert str(info.value).startswith(str(src / file))
@@ -299,9 +286,9 @@ def test_malformed_lines(
     assert not (tmp_path / "out").exists()  # nothing written on failure
 
 
-def test_missing_users_file_of_ml_100k(tmp_path: Path) -> None:
+def test_missing_users_file_of_ml_100k(movielens_files: Path, tmp_path: Path) -> None:
     src = tmp_path / "ml-100k"
-    shutil.copytree(FIXTURES / "ml-100k", src)
+    shutil.copytree(movielens_files / "ml-100k", src)
     (src / "u.user").unlink()
     with pytest.raises(ImportFormatError, match=r"u\.user: file is missing"):
         import_movielens(src, tmp_path / "out")
@@ -314,9 +301,9 @@ def test_no_movielens_files(tmp_path: Path) -> None:
         import_movielens(tmp_path / "nowhere", tmp_path / "out")
 
 
-def test_ratings_without_rows(tmp_path: Path) -> None:
+def test_ratings_without_rows(movielens_files: Path, tmp_path: Path) -> None:
     src = tmp_path / "ml-latest"
-    shutil.copytree(FIXTURES / "ml-latest", src)
+    shutil.copytree(movielens_files / "ml-latest", src)
     (src / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
     with pytest.raises(ImportFormatError, match="holds no ratings"):
         import_movielens(src, tmp_path / "out")
