@@ -58,7 +58,14 @@ from engine.config import EngineConfig, load_config, parse_config
 from engine.context import RequestContext
 from engine.dataset import load_dataset
 from engine.layout import DEFAULT_LAYOUTS
-from engine.metrics import discounts_2d, first_appearances, n2dcg, ndcg_at_k, page_grid
+from engine.metrics import (
+    bootstrap_ratio_ci,
+    discounts_2d,
+    first_appearances,
+    n2dcg,
+    ndcg_at_k,
+    page_grid,
+)
 from engine.pipeline import Engine, filter_rows, propose_rows, pvr_scores
 from engine.train import data_fingerprint, train
 from engine.world import GroundTruth
@@ -428,17 +435,15 @@ def poured_n2dcg(ranked: np.ndarray, truth: np.ndarray, shape: tuple[list[int], 
 
 
 def member_bootstrap(
-    diff: np.ndarray, member: np.ndarray, rng: np.random.Generator, n_boot: int = 2000
-) -> dict[str, float]:
-    """Mean of a paired difference with a 95% bootstrap interval that resamples members
-    (each with all their cuts), as one member's pages at several cuts are not independent."""
-    ids, inverse = np.unique(member, return_inverse=True)
-    sums = np.bincount(inverse, weights=diff, minlength=len(ids))
-    counts = np.bincount(inverse, minlength=len(ids)).astype(np.float64)
-    pick = rng.integers(len(ids), size=(n_boot, len(ids)))
-    boot = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5]).tolist()
-    return {"mean": float(diff.mean()), "low": low, "high": high}
+    diff: np.ndarray, member: np.ndarray, rng: np.random.Generator
+) -> dict[str, float | int | None]:
+    """Mean of a paired difference with a 95% interval that resamples members (each with all
+    their cuts, as one member's pages at several cuts are not independent): the cluster
+    bootstrap of engine.metrics.bootstrap_ratio_ci on per-member sums over page counts."""
+    _, inverse = np.unique(member, return_inverse=True)
+    sums = np.bincount(inverse, weights=diff)
+    counts = np.bincount(inverse).astype(np.float64)
+    return bootstrap_ratio_ci(sums, counts, rng).to_dict()
 
 
 # ----- main --------------------------------------------------------------------------------------
@@ -506,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['best_ranker_poured_n2dcg']:.4f}"
         )
         for name, d in r["differences"].items():
-            print(f"  {name:<26} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] (members)")
+            print(f"  {name:<26} {d['value']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] (members)")
     out = Path(args.work) / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
