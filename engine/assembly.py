@@ -7,10 +7,15 @@ legal, each in one place:
 
     cap_rows_per_kind          a kind that reached its cap leaves the pool
     drop_short_rows            a row shorter than layout.min_row_length leaves the pool
-    fit_layout                 each row is cut to layout.titles_per_row (what the screen shows)
+    RowPool.shown              each row is cut to layout.titles_per_row (what the screen shows)
     penalize_repeated_kinds    the diversity term subtracted from the scores
     pin_rows                   while a pin is pending, only its rows are eligible
     dedupe_titles_across_rows  titles of the row just placed leave every remaining row
+
+The rows' titles live end to end in a `RowPool` for the whole loop: dedupe masks titles out in
+one compiled pass (numba) instead of rebuilding row objects, and a row is built as it would
+show only when something reads it. At 20 rows and 9 stages a page, the per-row numpy calls and
+objects this replaces cost more than the arithmetic (docs/page_model.md).
 
 The page is full at layout.rows rows. Because rows are placed top-down, a title shared by
 several rows stays in the highest-placed one. Every input row ends in exactly one outcome of the
@@ -20,11 +25,12 @@ trace: placed, capped, dropped as short, or unplaced (the page was full).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
+import numba
 import numpy as np
 
 from engine.candidates import CandidateRow
@@ -209,33 +215,28 @@ def pin_rows(
 
 def cap_rows_per_kind(
     rows: Sequence[CandidateRow], placed_per_kind: Mapping[str, int], rules: AssemblyRules
-) -> tuple[list[CandidateRow], list[CappedRow]]:
-    """Remove the rows whose kind already has its cap of rows on the page."""
-    kept: list[CandidateRow] = []
+) -> tuple[list[int], list[CappedRow]]:
+    """Positions (in `rows`) of the rows whose kind is still under its cap, and the others."""
+    kept: list[int] = []
     capped: list[CappedRow] = []
-    for row in rows:
+    for k, row in enumerate(rows):
         cap = rules.cap_for(row.kind)
         if placed_per_kind.get(row.kind, 0) >= cap:
             capped.append(CappedRow(row.row_id, row.kind, cap))
         else:
-            kept.append(row)
+            kept.append(k)
     return kept, capped
 
 
 def drop_short_rows(
-    rows: Sequence[CandidateRow], min_length: int
-) -> tuple[list[CandidateRow], list[ShortRow]]:
-    """Remove rows shorter than `min_length` titles; an empty row never shows."""
+    rows: Sequence[CandidateRow], lengths: Sequence[int], min_length: int
+) -> tuple[list[int], list[ShortRow]]:
+    """Positions of the rows with at least `min_length` titles (`lengths`: titles left in each
+    row), and the others; an empty row never shows."""
     floor = max(1, min_length)
-    kept = [r for r in rows if len(r.titles) >= floor]
-    dropped = [ShortRow(r.row_id, len(r.titles)) for r in rows if len(r.titles) < floor]
+    kept = [k for k, n in enumerate(lengths) if n >= floor]
+    dropped = [ShortRow(r.row_id, n) for r, n in zip(rows, lengths, strict=True) if n < floor]
     return kept, dropped
-
-
-def fit_layout(rows: Sequence[CandidateRow], layout: DeviceLayout) -> list[CandidateRow]:
-    """Each row cut to its first `layout.titles_per_row` titles (order kept)."""
-    n = layout.titles_per_row
-    return [r if len(r.titles) <= n else _head(r, n) for r in rows]
 
 
 def penalize_repeated_kinds(
@@ -252,28 +253,112 @@ def penalize_repeated_kinds(
     return weight * np.array(counts, dtype=np.float64)
 
 
+class RowPool:
+    """One page's candidate rows end to end (`titles`, `scores`, row i at starts[i]:starts[i+1])
+    with a mask of the titles dedupe has not removed. Row names, kinds and evidence stay on the
+    CandidateRows in `rows`; `shown(i)` builds row i as it would show now."""
+
+    def __init__(self, rows: Sequence[CandidateRow], titles_per_row: int) -> None:
+        self.rows = list(rows)
+        self.position = {r.row_id: i for i, r in enumerate(self.rows)}
+        self.titles_per_row = titles_per_row
+        self.lengths = np.fromiter((len(r.titles) for r in self.rows), np.int64, len(self.rows))
+        self.starts = np.zeros(len(self.rows) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.starts[1:])
+        if self.rows:
+            self.titles = np.concatenate([r.titles for r in self.rows])
+            self.scores = np.concatenate([r.scores for r in self.rows]).astype(np.float32)
+        else:
+            self.titles, self.scores = np.empty(0, np.int32), np.empty(0, np.float32)
+        self.alive = np.ones(len(self.titles), dtype=bool)
+        self._seen = np.zeros(int(self.titles.max(initial=-1)) + 1, dtype=bool)  # scratch
+        self._shown: dict[int, CandidateRow] = {}
+
+    def shown(self, i: int) -> CandidateRow:
+        """Row i as it would show now: its first `titles_per_row` titles left after dedupe."""
+        got = self._shown.get(i)
+        if got is None:
+            row, n = self.rows[i], self.titles_per_row
+            if self.lengths[i] == len(row.titles):
+                got = row if len(row.titles) <= n else _head(row, n)
+            else:
+                got = row.take(np.flatnonzero(self.alive[self.starts[i] : self.starts[i + 1]])[:n])
+            self._shown[i] = got
+        return got
+
+    def remove_titles(
+        self, rows: Sequence[int], titles: np.ndarray
+    ) -> list[tuple[int, np.ndarray]]:
+        """Remove `titles` from each of `rows` (order kept); (row, the titles it lost) for each
+        row that lost some, in the order of `rows`."""
+        order = np.asarray(rows, dtype=np.int64)
+        slots, lost = _remove_titles(
+            self.starts, self.titles, self.alive, self.lengths, order, titles, self._seen
+        )
+        out = []
+        ends = np.cumsum(lost).tolist()
+        for k in np.flatnonzero(lost).tolist():
+            i = int(order[k])
+            self._shown.pop(i, None)  # built again when read
+            out.append((i, self.titles[slots[ends[k] - lost[k] : ends[k]]]))
+        return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _remove_titles(starts, titles, alive, lengths, rows, remove, seen):
+    """Masks out every title of `remove` in `rows`: (the removed slots, row by row; how many
+    each of `rows` lost)."""
+    for t in remove:
+        seen[t] = True
+    slots = np.empty(starts[-1], dtype=np.int64)
+    lost = np.zeros(len(rows), dtype=np.int64)
+    n = 0
+    for j in range(len(rows)):
+        r = rows[j]
+        for k in range(starts[r], starts[r + 1]):
+            if alive[k] and seen[titles[k]]:
+                alive[k] = False
+                slots[n] = k
+                n += 1
+                lost[j] += 1
+        lengths[r] -= lost[j]
+    for t in remove:
+        seen[t] = False
+    return slots[:n], lost
+
+
+class ShownRows(Sequence[CandidateRow]):
+    """A stage's remaining rows as they would show, each built only when read. Row scorers that
+    read the pool's arrays (engine.pipeline.RowModelScorer) use `pool` and `positions` instead."""
+
+    def __init__(self, pool: RowPool, positions: np.ndarray) -> None:
+        self.pool = pool
+        self.positions = positions  # int64 row positions in the pool
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __iter__(self) -> Iterator[CandidateRow]:
+        return (self.pool.shown(i) for i in self.positions.tolist())
+
+    @overload
+    def __getitem__(self, k: int) -> CandidateRow: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[CandidateRow]: ...
+    def __getitem__(self, k: int | slice) -> CandidateRow | list[CandidateRow]:
+        if isinstance(k, slice):
+            return [self.pool.shown(i) for i in self.positions[k].tolist()]
+        return self.pool.shown(int(self.positions[k]))
+
+
 def dedupe_titles_across_rows(
-    rows: Sequence[CandidateRow], placed: CandidateRow
-) -> tuple[list[CandidateRow], list[DuplicateRemoval]]:
-    """Remove the titles of the row just placed from every remaining row (order kept)."""
-    if not rows:
-        return [], []
-    lengths = np.fromiter((len(r.titles) for r in rows), np.int64, len(rows))
-    titles = np.concatenate([r.titles for r in rows])
-    # A bool mask over title indices: cheaper than np.isin's sort for a page-sized pool.
-    seen = np.zeros(max(int(titles.max(initial=-1)), int(placed.titles.max(initial=-1))) + 1, bool)
-    seen[placed.titles] = True
-    dup = seen[titles]
-    owner = np.repeat(np.arange(len(rows)), lengths)
-    hit_rows = np.flatnonzero(np.bincount(owner[dup], minlength=len(rows)))
-    starts = np.concatenate(([0], np.cumsum(lengths)))
-    kept = list(rows)
-    removed: list[DuplicateRemoval] = []
-    for k in hit_rows.tolist():  # only the rows that lost titles are rebuilt
-        row, d = rows[k], dup[starts[k] : starts[k + 1]]
-        removed.append(DuplicateRemoval(row.row_id, placed.row_id, row.titles[d]))
-        kept[k] = row.take(~d)
-    return kept, removed
+    pool: RowPool, rows: Sequence[int], placed: CandidateRow
+) -> list[DuplicateRemoval]:
+    """Remove the titles of the row just placed from every one of `rows` (pool positions)."""
+    return [
+        DuplicateRemoval(pool.rows[i].row_id, placed.row_id, titles)
+        for i, titles in pool.remove_titles(rows, placed.titles)
+    ]
 
 
 # ----- the greedy loop ------------------------------------------------------------------------
@@ -294,11 +379,11 @@ def assemble_page(
     something, so a continue_watching row is pinned first (when `rules.pin_continue_watching`).
     """
     _check_rows(rows)
-    remaining = list(rows)
+    pool = RowPool(rows, layout.titles_per_row)
+    remaining = list(range(len(pool.rows)))  # pool positions, in input order
     pins = pins_for(rules, continuation_mode)
     placed: list[CandidateRow] = []
     pinned_rows: list[CandidateRow] = []
-    cut: dict[str, CandidateRow] = {}  # row_id -> the row as shown; dropped when dedupe edits it
     per_kind: Counter[str] = Counter()
     placed_log: list[PlacedRow] = []
     pin_log: list[PinOutcome] = []
@@ -306,22 +391,27 @@ def assemble_page(
     short_log: list[ShortRow] = []
     cap_log: list[CappedRow] = []
     while True:
-        remaining, capped = cap_rows_per_kind(remaining, per_kind, rules)
-        remaining, short = drop_short_rows(remaining, layout.min_row_length)
+        kept, capped = cap_rows_per_kind([pool.rows[i] for i in remaining], per_kind, rules)
+        remaining = [remaining[k] for k in kept]
+        kept, short = drop_short_rows(
+            [pool.rows[i] for i in remaining],
+            pool.lengths[remaining].tolist(),
+            layout.min_row_length,
+        )
+        remaining = [remaining[k] for k in kept]
         cap_log += capped
         short_log += short
         if not remaining or len(placed) >= layout.rows:
             break
-        stale = [r for r in remaining if r.row_id not in cut]
-        cut.update(zip([r.row_id for r in stale], fit_layout(stale, layout), strict=True))
-        shown = [cut[r.row_id] for r in remaining]
-        raw = _checked_scores(score_rows(tuple(placed), tuple(shown)), len(shown))
-        penalty = penalize_repeated_kinds(placed, shown, rules.diversity_weight)
-        eligible, pins, skipped = pin_rows(shown, pins, pinned_rows)
+        index = np.array(remaining, dtype=np.int64)
+        raw = _checked_scores(score_rows(tuple(placed), ShownRows(pool, index)), len(index))
+        candidates = [pool.rows[i] for i in remaining]  # names and kinds; dedupe keeps them
+        penalty = penalize_repeated_kinds(placed, candidates, rules.diversity_weight)
+        eligible, pins, skipped = pin_rows(candidates, pins, pinned_rows)
         pin_log += skipped
         adjusted = raw - penalty if eligible is None else np.where(eligible, raw - penalty, -np.inf)
         pick = int(np.argmax(adjusted))  # first of equals: input order breaks ties
-        chosen = shown[pick]
+        chosen = pool.shown(remaining[pick])
         placed.append(chosen)
         per_kind[chosen.kind] += 1
         placed_log.append(
@@ -333,10 +423,7 @@ def assemble_page(
             pins = pins[1:]
         del remaining[pick]
         if rules.dedupe:
-            remaining, removed = dedupe_titles_across_rows(remaining, chosen)
-            dup_log += removed
-            for d in removed:
-                del cut[d.row_id]
+            dup_log += dedupe_titles_across_rows(pool, remaining, chosen)
     # Pins never reached: their rows were removed, or the page filled up first.
     pin_log += pin_rows([], pins, pinned_rows)[2]
     trace = AssemblyTrace(
@@ -345,7 +432,7 @@ def assemble_page(
         duplicates=tuple(dup_log),
         dropped_short=tuple(short_log),
         capped=tuple(cap_log),
-        unplaced=tuple(r.row_id for r in remaining),
+        unplaced=tuple(pool.rows[i].row_id for i in remaining),
     )
     scores = np.array([p.score for p in placed_log], dtype=np.float64)
     return AssembledPage(tuple(placed), scores, trace)

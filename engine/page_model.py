@@ -14,7 +14,6 @@ and for the measured effect.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Literal
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import lightgbm as lgb
+import numba
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -359,6 +359,9 @@ class PageModel:
         self.title = title
         self.row = row
         self.context_features = context_features
+        # Served from compiled copies of the trees; the Boosters stay for training and saving.
+        self._title_trees = Forest(title.model_to_string())
+        self._row_trees = Forest(row.model_to_string())
         self._title_cols = _columns("title", context_features)
         self._row_cols = _columns("row", context_features)
         # A training-only position feature is served as the first slot (0).
@@ -379,12 +382,12 @@ class PageModel:
         Xm = _model_matrix(X, self._title_cols, pos) if self._title_cols or pos is not None else X
         # Raw scores: log-odds for the binary objective (sigmoid gives P(play), which the row
         # stage's cascade estimate needs), the ranking score for lambdarank.
-        return predict_one_thread(self.title, Xm, raw_score=True)
+        return self._title_trees.raw(Xm)
 
     def score_rows(self, X: np.ndarray) -> np.ndarray:
         if len(X) == 0:
             return np.empty(0)
-        return predict_one_thread(self.row, self.row_model_input(X), raw_score=False)
+        return self._row_trees.raw(self.row_model_input(X))
 
     def row_model_input(self, X: np.ndarray) -> np.ndarray:
         """The row Booster's input for a matrix of every declared row feature."""
@@ -428,46 +431,130 @@ class PageModel:
                     "directory is mixed up; retrain it"
                 )
             boosters[model] = booster
+        objective = boosters["row"].params.get("objective")
+        if objective != "lambdarank":  # score_rows serves its raw score as its score
+            raise ModelLoadError(
+                f"{directory / ROW_MODEL_FILE}: objective {objective!r}, not lambdarank"
+            )
         return cls(boosters["title"], boosters["row"], context_features=context_features)
 
 
-_ONE_THREAD = ctypes.c_char_p(b"num_threads=1")
+# LightGBM's zero: |x| <= 1e-35 (a float constant) is 0 (c_api.cpp drops such values from a
+# dense row; tree.h's IsZero tests for them).
+_LGB_ZERO = float(np.float32(1e-35))
 
 
-def predict_one_thread(booster: lgb.Booster, X: np.ndarray, *, raw_score: bool) -> np.ndarray:
-    """`booster.predict(X, num_threads=1, raw_score=raw_score)` for a C-contiguous float32
-    matrix, calling LightGBM's C function directly. Booster.predict's Python side (it
-    deep-copies its parameters and re-checks the input) about doubled a row-model call on a
-    page's rows, and a page calls the row model once per row it places
-    (`bench/bench_page_speed.py` prints one call both ways). tests/test_page_model.py checks
-    the scores equal Booster.predict's."""
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    out = np.empty(len(X), dtype=np.float64)
-    got = ctypes.c_int64(0)
-    _check_lgb(
-        lgb.basic._LIB.LGBM_BoosterPredictForMat(
-            booster._handle,
-            X.ctypes.data_as(ctypes.c_void_p),
-            ctypes.c_int(0),  # C_API_DTYPE_FLOAT32
-            ctypes.c_int32(X.shape[0]),
-            ctypes.c_int32(X.shape[1]),
-            ctypes.c_int(1),  # row major
-            ctypes.c_int(1 if raw_score else 0),  # C_API_PREDICT_RAW_SCORE / _NORMAL
-            ctypes.c_int(0),  # start iteration
-            ctypes.c_int(-1),  # every iteration
-            _ONE_THREAD,
-            ctypes.byref(got),
-            out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+def _numbers(kv: dict[str, str], key: str) -> np.ndarray:
+    """A tree's array `key` of LightGBM text (absent or empty in a single-leaf tree)."""
+    return np.array(kv.get(key, "").split(), dtype=np.float64)
+
+
+class Forest:
+    """A LightGBM text model's trees as flat per-node arrays, scored by one compiled loop
+    (`_forest_raw`, numba). LightGBM's rules (c_api.cpp's dense rows, tree.h's
+    NumericalDecision and CategoricalDecision) are resolved per node when the model loads:
+    where a missing or zero value goes, and which words of the category bitset a node reads.
+    `raw(X)` equals `Booster.predict(X, raw_score=True)` bit for bit (tests/test_page_model.py:
+    NaN, zeros, tiny values, negative, fractional, unseen and out-of-range category codes,
+    single-leaf trees). Through LightGBM's C API a page's (row, title) pairs cost about 2.4 us
+    each, and each row-model call (one per row placed) its setup (docs/page_model.md)."""
+
+    def __init__(self, model_text: str) -> None:
+        blocks = model_text.split("\nend of trees", 1)[0].split("\nTree=")[1:]
+        parts: dict[str, list[np.ndarray]] = {}
+        roots: list[int] = []
+        n_nodes = n_leaves = n_bits = 0
+        for block in blocks:
+            kv = dict(line.split("=", 1) for line in block.splitlines()[1:] if "=" in line)
+            if kv.get("is_linear", "0") != "0":
+                raise ModelLoadError("linear trees are not supported")
+            leaf = np.array(kv["leaf_value"].split(), dtype=np.float64)
+            splits = len(leaf) - 1
+            threshold = _numbers(kv, "threshold")
+            decision = _numbers(kv, "decision_type").astype(np.int64)
+            missing = (decision >> 2) & 3  # 0 none, 1 zero, 2 NaN
+            default_left = (decision & 2) != 0
+            zero_le = threshold >= 0.0
+            categorical = (decision & 1) == 1
+            bounds = _numbers(kv, "cat_boundaries").astype(np.int64)
+            cat = np.where(categorical, threshold, 0).astype(np.int64)  # its category set
+            lo, hi = (n_bits + bounds[cat], n_bits + bounds[cat + 1]) if len(bounds) else (0, 0)
+            new = {
+                "feature": _numbers(kv, "split_feature").astype(np.int32),
+                "threshold": threshold,
+                "categorical": categorical,
+                # NaN is 0 unless the missing type is NaN; a zero is missing for type zero
+                "nan_left": np.where(missing > 0, default_left, zero_le),
+                "zero_left": np.where(missing == 1, default_left, zero_le),
+                "cat_lo": np.where(categorical, lo, 0),  # its words of cat_bits
+                "cat_hi": np.where(categorical, hi, 0),
+                "leaf_value": leaf,
+                "cat_bits": _numbers(kv, "cat_threshold"),
+            }
+            for side in ("left_child", "right_child"):
+                child = _numbers(kv, side).astype(np.int64)  # >= 0 a node of this tree, < 0 leaf ~c
+                new[side] = np.where(child >= 0, n_nodes + child, ~(n_leaves + ~child))
+            for key, array in new.items():
+                parts.setdefault(key, []).append(array)
+            roots.append(n_nodes if splits else ~n_leaves)
+            n_nodes, n_leaves = n_nodes + splits, n_leaves + len(leaf)
+            n_bits += len(new["cat_bits"])
+
+        def flat(key: str, dtype: Any) -> np.ndarray:
+            return np.concatenate(parts[key]).astype(dtype) if blocks else np.empty(0, dtype)
+
+        self.n_trees = len(blocks)
+        self._arrays = (
+            flat("feature", np.int64),
+            flat("threshold", np.float64),
+            flat("categorical", np.bool_),
+            flat("nan_left", np.bool_),
+            flat("zero_left", np.bool_),
+            flat("left_child", np.int64),
+            flat("right_child", np.int64),
+            flat("cat_lo", np.int64),
+            flat("cat_hi", np.int64),
+            flat("cat_bits", np.uint32),
+            flat("leaf_value", np.float64),
+            np.array(roots, dtype=np.int64),
         )
-    )
-    if got.value != len(X):
-        raise lgb.basic.LightGBMError(f"LightGBM returned {got.value} scores for {len(X)} rows")
-    return out
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        """Raw scores (the sum of the trees' leaf values, in tree order) of each row of X."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        out = np.empty(len(X), dtype=np.float64)
+        _forest_raw(X, self._arrays, _LGB_ZERO, out)
+        return out
 
 
-def _check_lgb(ret: int) -> None:
-    if ret != 0:
-        raise lgb.basic.LightGBMError(lgb.basic._LIB.LGBM_GetLastError().decode("utf-8"))
+@numba.njit(cache=True, nogil=True)
+def _forest_raw(X, trees, zero, out):
+    """Each row's sum over the trees of the leaf it reaches; node and leaf indices are global,
+    a leaf l is written ~l."""
+    feature, threshold, categorical, nan_left, zero_left, left, right = trees[:7]
+    cat_lo, cat_hi, cat_bits, leaf_value, roots = trees[7:]
+    for i in range(X.shape[0]):
+        total = 0.0
+        for root in roots:
+            node = root
+            while node >= 0:
+                x = X[i, feature[node]]
+                if categorical[node]:  # left when the category's bit is set; NaN, < 0: right
+                    go_left = False
+                    if x > -1.0 and x < 2147483648.0:
+                        c = int(x)
+                        word = cat_lo[node] + c // 32
+                        if word < cat_hi[node]:
+                            go_left = ((cat_bits[word] >> (c % 32)) & 1) == 1
+                elif x != x:
+                    go_left = nan_left[node]
+                elif abs(x) <= zero:
+                    go_left = zero_left[node]
+                else:
+                    go_left = x <= threshold[node]
+                node = left[node] if go_left else right[node]
+            total += leaf_value[~node]
+        out[i] = total
 
 
 def model_text_problem(text: str) -> str | None:

@@ -37,12 +37,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import orjson
 
 import engine
 from engine.assembly import (
     AssemblyRules,
+    RowPool,
+    ShownRows,
     assemble_page,
     score_rows_by_template,
     score_rows_by_top_titles,
@@ -364,8 +367,9 @@ def visible_pairs(pair_idx: Sequence[np.ndarray], visible: int) -> tuple[np.ndar
 
 class RowModelScorer:
     """The RowScorer handed to `assemble_page`: row-model scores of the remaining rows given
-    the rows placed above. Per stage only the placement columns and, for rows that dedupe
-    changed, the title-score aggregates are recomputed (cached per row state)."""
+    the rows placed above. Per stage the static columns are gathered and the columns that
+    depend on the rows as they show (title-score aggregates, placement) are computed for every
+    remaining row in one compiled pass over the assembly's RowPool (`_row_states`)."""
 
     def __init__(
         self,
@@ -381,74 +385,81 @@ class RowModelScorer:
         self.index = {rid: i for i, rid in enumerate(row_ids)}
         self.visible = visible
         self.calls = 0
-        self._device = int(static[0, row_column("ctx_device")]) if len(static) else 0
-        self._state: dict[tuple[str, bytes], tuple[np.ndarray, np.ndarray, int]] = {}
+        device = int(static[0, row_column("ctx_device")]) if len(static) else 0
+        self._decay = float(store.col_decay[device])
+        self._pool: tuple[RowPool, np.ndarray, np.ndarray] | None = None
         self._placed_mask = np.zeros(store.n_titles, dtype=bool)
-        self._placed_genre: list[np.ndarray] = []
-        self._placed_kinds: list[int] = []
+        self._placed_genre = np.zeros((0, store.title_genre_unit.shape[1]))
+        self._placed_kinds = np.zeros(0, dtype=np.int64)
 
-    def _row_state(self, r: CandidateRow) -> tuple[np.ndarray, np.ndarray, int]:
-        """(title-score aggregates (3,), unit genre centroid, kind code) of a row as it shows.
+    def _rows(self, rows: Sequence[CandidateRow]) -> tuple[RowPool, np.ndarray, np.ndarray]:
+        """(pool, positions of `rows` in it, their kind codes). `assemble_page` hands over its
+        pool (ShownRows); other rows get a pool of their own, as they are."""
+        if not isinstance(rows, ShownRows):
+            pool = RowPool(rows, max((len(r.titles) for r in rows), default=0))
+            kinds = np.array([self.store.kind_code(r.kind) for r in rows], dtype=np.int64)
+            return pool, np.arange(len(rows), dtype=np.int64), kinds
+        if self._pool is None or self._pool[0] is not rows.pool:  # once per page
+            pool = rows.pool
+            static_idx = np.array([self.index[r.row_id] for r in pool.rows], dtype=np.int64)
+            kinds = np.array([self.store.kind_code(r.kind) for r in pool.rows], dtype=np.int64)
+            self._pool = (pool, static_idx, kinds)
+        return rows.pool, rows.positions, self._pool[2][rows.positions]
 
-        Rows have a handful of visible titles, so this is plain Python arithmetic: computing
-        the states in numpy batches built the same pages no faster (docs/page_model.md)."""
-        head = r.titles[: self.visible]
-        key = (r.row_id, head.tobytes())
-        got = self._state.get(key)
-        if got is None:
-            scores = r.scores[: self.visible].tolist()
-            agg = np.full(3, np.nan)
-            if scores:
-                agg[0], agg[1] = max(scores), sum(scores) / len(scores)
-                decay = float(self.store.col_decay[self._device])
-                est, survive, weight = 0.0, 1.0, 1.0
-                for s in scores:  # the cascade of FeatureStore.play_estimate, one row
-                    p = 1.0 / (1.0 + math.exp(-min(max(s, -30.0), 30.0)))
-                    est += survive * weight * p
-                    survive *= 1.0 - p
-                    weight *= decay
-                agg[2] = est
-            cent = self.store.title_genre_unit[head].sum(axis=0, dtype=np.float64)
-            norm = math.sqrt(float(cent @ cent))
-            got = (agg, cent / norm if norm > 0 else cent, self.store.kind_code(r.kind))
-            self._state[key] = got
-        return got
+    def _row_features(self, rows: Sequence[CandidateRow]) -> tuple[np.ndarray, np.ndarray]:
+        """(W, 6) rs_top, rs_mean_visible, rs_play_est, pl_overlap_above, pl_genre_sim_above,
+        pl_same_kind_above of `rows` given the rows placed so far, and their unit genre
+        centroids (W, n_genres)."""
+        pool, index, kinds = self._rows(rows)
+        out = np.empty((len(index), 6))
+        cents = np.zeros((len(index), self._placed_genre.shape[1]))
+        _row_states(
+            pool.starts,
+            pool.titles,
+            pool.scores,
+            pool.alive,
+            index,
+            min(self.visible, pool.titles_per_row),
+            self._decay,
+            self.store.title_genre_unit,
+            kinds,
+            self._placed_mask,
+            self._placed_genre,
+            self._placed_kinds,
+            out,
+            cents,
+        )
+        return out, cents
 
     def _update_placed(self, placed: Sequence[CandidateRow]) -> None:
-        for p in placed[len(self._placed_kinds) :]:  # rows placed since the last stage
-            _, cent, kind = self._row_state(p)
+        new = list(placed[len(self._placed_kinds) :])  # rows placed since the last stage
+        if not new:
+            return
+        rows: Sequence[CandidateRow] = new
+        if self._pool is not None:  # placed from this page's pool, where dedupe leaves them be
+            pool = self._pool[0]
+            at = [pool.position.get(p.row_id, -1) for p in new]
+            if min(at) >= 0 and all(pool.shown(i) is p for i, p in zip(at, new, strict=True)):
+                rows = ShownRows(pool, np.array(at, dtype=np.int64))
+        _, cents = self._row_features(rows)
+        for p in new:
             self._placed_mask[p.titles[: self.visible]] = True
-            self._placed_genre.append(cent)
-            self._placed_kinds.append(kind)
+        self._placed_genre = np.vstack([self._placed_genre, cents])
+        codes = [self.store.kind_code(p.kind) for p in new]
+        self._placed_kinds = np.append(self._placed_kinds, codes)
 
     def features(
         self, placed: Sequence[CandidateRow], remaining: Sequence[CandidateRow]
     ) -> np.ndarray:
         """The row-model matrix of `remaining` at this stage."""
         self._update_placed(placed)
-        idx = np.fromiter((self.index[r.row_id] for r in remaining), np.int64, len(remaining))
-        X = self.static[idx]
-        states = [self._row_state(r) for r in remaining]
-        X[:, _RS_COLUMNS] = np.stack([st[0] for st in states])
-        # placement: share of visible titles already above, genre similarity, same kind above
-        heads = [r.titles[: self.visible] for r in remaining]
-        lens = np.fromiter((len(h) for h in heads), dtype=np.int64, count=len(heads))
-        flat = np.concatenate(heads) if lens.sum() else np.empty(0, dtype=np.int64)
-        above = np.bincount(
-            np.repeat(np.arange(len(heads)), lens),
-            weights=self._placed_mask[flat].astype(np.float64),
-            minlength=len(heads),
-        )
-        with np.errstate(invalid="ignore", divide="ignore"):
-            X[:, _PL_OVERLAP] = np.where(lens > 0, above / lens, np.nan)
-        if self._placed_kinds:
-            cents = np.stack([st[1] for st in states])
-            X[:, _PL_GENRE] = (cents @ np.stack(self._placed_genre).T).max(axis=1)
-            kinds = np.array([st[2] for st in states])
-            X[:, _PL_KIND] = (kinds[:, None] == np.array(self._placed_kinds)[None, :]).sum(1)
+        if isinstance(remaining, ShownRows):
+            self._rows(remaining)  # the pool's static rows, once per page
+            assert self._pool is not None
+            X = self.static[self._pool[1][remaining.positions]]
         else:
-            X[:, _PL_GENRE] = 0.0
-            X[:, _PL_KIND] = 0.0
+            X = self.static[[self.index[r.row_id] for r in remaining]]
+        X[:, _ROW_STATE_COLUMNS] = self._row_features(remaining)[0]
         return X
 
     def __call__(
@@ -459,7 +470,64 @@ class RowModelScorer:
 
     def title_aggregates(self, rows: Sequence[CandidateRow]) -> np.ndarray:
         """(W, 3): best title score, mean visible score, cascade play estimate."""
-        return np.stack([self._row_state(r)[0] for r in rows]) if rows else np.empty((0, 3))
+        return self._row_features(rows)[0][:, :3]
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_states(
+    starts,
+    titles,
+    scores,
+    alive,
+    rows,
+    head,
+    decay,
+    genre_unit,
+    kinds,
+    placed_mask,
+    placed_genre,
+    placed_kinds,
+    out,
+    cents,
+):
+    """For each pool row in `rows`, over its first `head` titles left after dedupe: the best
+    and mean title score, the cascade play estimate (FeatureStore.play_estimate for one row),
+    the share of them already placed above, the genre centroid's best cosine with the rows
+    above, and how many rows above are of its kind. Plain loops: one pass per row."""
+    for j in range(len(rows)):
+        r = rows[j]
+        n, top, total, est, survive, weight = 0, -np.inf, 0.0, 0.0, 1.0, 1.0
+        above = 0
+        for k in range(starts[r], starts[r + 1]):
+            if n == head:
+                break
+            if not alive[k]:
+                continue
+            s = np.float64(scores[k])
+            top = max(top, s)
+            total += s
+            p = 1.0 / (1.0 + math.exp(-min(max(s, -30.0), 30.0)))
+            est += survive * weight * p
+            survive *= 1.0 - p
+            weight *= decay
+            t = titles[k]
+            above += placed_mask[t]
+            for g in range(genre_unit.shape[1]):
+                cents[j, g] += np.float64(genre_unit[t, g])
+            n += 1
+        if n:
+            out[j, 0], out[j, 1], out[j, 2], out[j, 3] = top, total / n, est, above / n
+        else:
+            out[j, 0:4] = np.nan
+        norm = math.sqrt(np.sum(cents[j] * cents[j]))
+        if norm > 0:
+            cents[j] /= norm
+        best, same = 0.0, 0
+        for q in range(len(placed_kinds)):
+            sim = np.sum(cents[j] * placed_genre[q])
+            best = sim if q == 0 else max(best, sim)
+            same += kinds[j] == placed_kinds[q]
+        out[j, 4], out[j, 5] = best, same
 
 
 class CascadeScorer(RowModelScorer):
@@ -474,10 +542,17 @@ class CascadeScorer(RowModelScorer):
         return self.title_aggregates(remaining)[:, 2]
 
 
-_RS_COLUMNS = [row_column("rs_top"), row_column("rs_mean_visible"), row_column("rs_play_est")]
-_PL_OVERLAP = row_column("pl_overlap_above")
-_PL_GENRE = row_column("pl_genre_sim_above")
-_PL_KIND = row_column("pl_same_kind_above")
+_ROW_STATE_COLUMNS = [
+    row_column(name)
+    for name in (
+        "rs_top",
+        "rs_mean_visible",
+        "rs_play_est",
+        "pl_overlap_above",
+        "pl_genre_sim_above",
+        "pl_same_kind_above",
+    )
+]
 
 
 def continuation_mode(history: History, user: int, at_us: int, cfg: PageModelConfig) -> bool:

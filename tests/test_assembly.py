@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from engine.assembly import (
     AssembledPage,
     AssemblyRules,
+    RowPool,
     RowScorer,
     assemble_page,
     dedupe_titles_across_rows,
@@ -355,10 +356,17 @@ def test_without_dedupe_titles_may_repeat() -> None:
 def test_dedupe_selector_keeps_order_and_names_the_winner() -> None:
     placed = make_row("win", "top_n", [7, 3, 9])
     rows = [make_row("x", "trending", [1, 3, 2, 9, 4]), make_row("y", "trending", [5, 6])]
-    kept, removed = dedupe_titles_across_rows(rows, placed)
+    pool = RowPool(rows, titles_per_row=4)
+    removed = dedupe_titles_across_rows(pool, [0, 1], placed)
+    assert [(d.row_id, d.lost_to, d.titles.tolist()) for d in removed] == [("x", "win", [3, 9])]
+    assert pool.lengths.tolist() == [3, 2]
+    kept = [pool.shown(0), pool.shown(1)]
     assert [r.titles.tolist() for r in kept] == [[1, 2, 4], [5, 6]]
     np.testing.assert_array_equal(kept[0].scores, rows[0].scores[[0, 2, 4]])
-    assert [(d.row_id, d.lost_to, d.titles.tolist()) for d in removed] == [("x", "win", [3, 9])]
+    # rows not named are left alone, and a row is cut to titles_per_row as it shows
+    other = RowPool(rows, titles_per_row=2)
+    assert dedupe_titles_across_rows(other, [1], placed) == []
+    assert other.shown(0).titles.tolist() == [1, 3]
 
 
 def test_equal_scores_keep_input_order() -> None:

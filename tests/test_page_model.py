@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -17,11 +18,11 @@ from engine.dataset import load_dataset, save_dataset
 from engine.errors import ConfigError, ModelLoadError
 from engine.features import categorical_names, feature_names
 from engine.page_model import (
+    Forest,
     PageModelConfig,
     RankData,
     fit_ranker,
     ndcg_at,
-    predict_one_thread,
 )
 from engine.train import train
 
@@ -156,24 +157,46 @@ def test_training_without_impressions_rebuilds_pages(tiny_world: TinyWorld, tmp_
     assert page.rows and not page.fallback
 
 
-def test_direct_predict_equals_booster_predict(tiny_model: Path) -> None:
-    """The serving path's C call gives Booster.predict's scores bit for bit, missing values and
-    unseen category codes included, for both models, normal and raw."""
+def test_compiled_trees_equal_booster_predict(tiny_model: Path) -> None:
+    """The serving path's compiled trees give Booster.predict's raw scores bit for bit, for
+    both models: missing values, zeros, values LightGBM rounds to zero, category codes that
+    are negative, fractional, unseen or past any int, and single-leaf trees included."""
     model = engine.load(tiny_model).model
     rng = np.random.default_rng(5)
     for booster in (model.title, model.row):
-        X = rng.normal(size=(257, booster.num_feature())).astype(np.float32)
-        X[rng.random(X.shape) < 0.1] = np.nan
-        X[:5] = 1e30
-        for raw in (True, False):
-            want = booster.predict(X, num_threads=1, raw_score=raw)
-            got = predict_one_thread(booster, X, raw_score=raw)
-            assert got.dtype == np.float64
-            assert np.array_equal(got, want)
-        assert len(predict_one_thread(booster, X[:0], raw_score=True)) == 0
+        trees = Forest(booster.model_to_string())
+        assert trees.n_trees == booster.num_trees()
+        X = rng.normal(size=(2000, booster.num_feature())).astype(np.float32)
+        for value, share in ((np.nan, 0.1), (0.0, 0.1), (1e-40, 0.05), (-0.5, 0.05)):
+            X[rng.random(X.shape) < share] = value
+        codes = rng.random(X.shape) < 0.3
+        X[codes] = rng.integers(-2, 70, codes.sum())
+        X[:5], X[5:10] = 1e30, -1e30
+        want = booster.predict(X, num_threads=1, raw_score=True)
+        got = trees.raw(X)
+        assert got.dtype == np.float64
+        assert np.array_equal(got, want)
+        assert len(trees.raw(X[:0])) == 0
         # a non-contiguous float64 view is converted, not misread
         wide = np.repeat(X.astype(np.float64), 2, axis=1)[:, ::2]
-        assert np.array_equal(
-            predict_one_thread(booster, wide, raw_score=True),
-            booster.predict(X, num_threads=1, raw_score=True),
-        )
+        assert np.array_equal(trees.raw(wide), want)
+    # the served scores are these
+    X = rng.normal(size=(50, model.title.num_feature())).astype(np.float32)
+    assert np.array_equal(model.score_titles(X), model.title.predict(X, raw_score=True))
+
+
+def test_compiled_trees_of_a_single_leaf_and_categorical_model() -> None:
+    """A model with a one-leaf tree and categorical splits over a wide code range."""
+    rng = np.random.default_rng(9)
+    X = np.column_stack([rng.integers(0, 90, 3000), rng.normal(size=3000)]).astype(np.float32)
+    y = ((X[:, 0] % 7 < 3) ^ (X[:, 1] > 0.2)).astype(np.float64)
+    params = {"objective": "binary", "verbose": -1, "num_leaves": 15, "min_data_per_group": 5}
+    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=[0]), num_boost_round=20)
+    flat = lgb.train(params | {"min_data_in_leaf": 5000}, lgb.Dataset(X, y), num_boost_round=2)
+    for b in (booster, flat):
+        X[:20, 0] = np.array([np.nan, -1, -0.5, 0.5, 89.9, 90, 200, 1e12, 2**31, -(2**31)] * 2)
+        trees = Forest(b.model_to_string())
+        assert np.array_equal(trees.raw(X), b.predict(X, raw_score=True))
+    cats = re.findall(r"\nnum_cat=(\d+)", booster.model_to_string())
+    assert any(int(n) > 0 for n in cats)  # categorical splits were exercised
+    assert "num_leaves=1\n" in flat.model_to_string()  # and single-leaf trees
