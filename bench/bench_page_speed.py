@@ -13,6 +13,8 @@
   title model scores up to N per row (`row_titles_scored`); the trained models are the same.
   The default config's rows (40-50 titles) give fewer pairs; both are printed.
 - `--train`: times `rowrank train` on the world (both cores), as the lead asked (< 2 minutes).
+- Fresh processes: import + model load and the first page, as `rowrank page` pays them, once
+  with an empty numba cache (the compiled loops are built) and twice with it filled.
 
 Default data: the world of bench/bench_page_quality.py (bench/results/page_quality/), simulated
 and trained there if missing.
@@ -23,7 +25,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import subprocess
 import sys
+import tempfile
 
 # One thread everywhere, before numpy / LightGBM load their pools.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -266,6 +270,32 @@ def time_training(data: Path, out: Path) -> None:
     )
 
 
+_FIRST_PAGE = """
+import sys, time
+t0 = time.perf_counter()
+import engine
+eng = engine.load(sys.argv[1])
+t1 = time.perf_counter()
+eng.page(str(eng.history.user_ids[0]), "tv").to_json()
+t2 = time.perf_counter()
+print(f"{t1 - t0:.2f} {t2 - t1:.2f}")
+"""
+
+
+def cold_start(model: Path) -> list[tuple[float, float]]:
+    """(import + load s, first page s) of fresh processes, like `rowrank page`: the first with
+    an empty numba cache (the compiled loops are built and cached), then two with it."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        out = []
+        for _ in range(3):
+            cmd = [sys.executable, "-c", _FIRST_PAGE, str(model)]
+            got = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            load, first = (float(x) for x in got.stdout.split())
+            out.append((load, first))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(WORLD))
@@ -280,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     ensure_model(data, model)
     if args.train:
         time_training(data, Path(str(model) + "-timing"))
+    starts = cold_start(model)
+    print(
+        "fresh process (import + load s / first page s): empty numba cache "
+        f"{starts[0][0]:.2f} / {starts[0][1]:.2f}; cache filled "
+        + ", ".join(f"{a:.2f} / {b:.2f}" for a, b in starts[1:])
+    )
     os.sched_setaffinity(0, {args.cpu})
     eng = engine.load(model)
     print(

@@ -21,9 +21,11 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numba
 import numpy as np
 import orjson
 import polars as pl
@@ -628,122 +630,64 @@ class FeatureStore:
     # ----- the title-model matrix --------------------------------------------------------------
 
     def title_matrix(self, req: Requests, pairs: Pairs) -> np.ndarray:
-        """float32 (P, len(TITLE_FEATURES)) in declared order. Pure numpy gathers: the same code
-        serves one request (a few thousand pairs, well under a millisecond) and a training
-        window (millions of pairs)."""
+        """float32 (P, len(TITLE_FEATURES)) in declared order: one compiled pass over the pairs
+        (`_title_rows`), which serves one request (a few thousand pairs) and a training window
+        (millions) alike. The two genre dot products stay numpy's: einsum's float32 summation
+        order is what the models were trained with."""
         n = len(pairs.title)
         X = np.empty((n, len(TITLE_FEATURES)), dtype=np.float32)
-        col = _TITLE_COL
-        r = pairs.req
-        t = pairs.title
-        u = req.user[r].astype(np.int64)
-        known = u >= 0
-        uk = np.where(known, u, 0)
-        d = req.device[r].astype(np.int64)
-        hour = req.hour[r].astype(np.int64)
-        dp = daypart(hour)
-        wk = req.weekend[r].astype(np.int64)
-        at_us = req.at_us[r]
-        # context
-        X[:, col["ctx_device"]] = d
-        X[:, col["ctx_hour"]] = hour
-        X[:, col["ctx_weekend"]] = wk
-        X[:, col["ctx_country"]] = req.country[r]
-        # user
-        stats = self.user_stats[uk]
-        X[:, col["user_log_plays"]] = np.where(known, stats[:, 0], 0.0)
-        X[:, col["user_tenure_days"]] = np.where(
-            known, (at_us - self.user_created_us[uk]) / US_PER_DAY, np.nan
+        uk = np.maximum(req.user[pairs.req].astype(np.int64), 0)
+        tg = self.title_genre_unit[pairs.title]
+        _title_rows(
+            X,
+            _TITLE_KERNEL_COLUMNS,
+            (req.user, req.device, req.hour, req.weekend, req.country, req.at_us),
+            (pairs.req, pairs.title, pairs.kind, pairs.ranker, pairs.score, pairs.score_rel),
+            (pairs.rank, pairs.row_len, pairs.pvr, pairs.pvr_rel),
+            np.einsum("ij,ij->i", self.user_genre[uk], tg),
+            np.einsum("ij,ij->i", self.user_recent_genre[uk], tg),
+            self._title_arrays,
         )
-        X[:, col["user_plays_7d"]] = np.where(known, stats[:, 1], 0.0)
-        X[:, col["user_days_since_play"]] = np.where(
-            known, (at_us - stats[:, 2]) / US_PER_DAY, np.nan
-        )
-        X[:, col["user_mean_progress"]] = np.where(known, stats[:, 3], np.nan)
-        X[:, col["user_device_share"]] = np.where(known, self.user_device_share[uk, d], np.nan)
-        X[:, col["user_daypart_share"]] = np.where(known, self.user_daypart_share[uk, dp], np.nan)
-        # title
-        X[:, col["title_kind"]] = self.title_kind[t]
-        dur = self.duration_min[t]
-        X[:, col["title_duration_min"]] = dur
-        X[:, col["title_age_days"]] = (at_us - self.added_us[t]) / US_PER_DAY
-        year_now = 1970.0 + at_us / (365.25 * US_PER_DAY)
-        X[:, col["title_release_age"]] = year_now - self.release_year[t]
-        X[:, col["title_maturity"]] = self.maturity[t]
-        X[:, col["title_n_genres"]] = self.title_n_genres[t]
-        pop = self.title_pop[t]
-        X[:, col["title_pop_1d"]] = pop[:, 0]
-        X[:, col["title_pop_7d"]] = pop[:, 1]
-        X[:, col["title_pop_28d"]] = pop[:, 2]
-        # log((7 * day + 1) / (week + 1)) from the log1p counts
-        X[:, col["title_trend"]] = np.log(7 * np.expm1(pop[:, 0]) + 1) - pop[:, 1]
-        X[:, col["title_completion"]] = self.title_completion[t]
-        X[:, col["title_episode"]] = self.title_episode[t]
-        c = req.country[r].astype(np.int64)
-        has_c = c >= 0
-        if len(self.country_pop):
-            cpop = self.country_pop[np.where(has_c, c, 0), t]
-            X[:, col["title_pop_country_1d"]] = np.where(has_c, cpop[:, 0], np.nan)
-            X[:, col["title_pop_country_7d"]] = np.where(has_c, cpop[:, 1], np.nan)
-        else:  # no countries in the data (MovieLens)
-            X[:, col["title_pop_country_1d"]] = np.nan
-            X[:, col["title_pop_country_7d"]] = np.nan
-        g0 = col["title_genre_00"]
-        flags = self.genre_flags
-        valid = flags >= 0
-        X[:, g0 : g0 + N_GENRE_FLAGS] = 0.0
-        if valid.any():
-            X[:, g0 : g0 + int(valid.sum())] = self.title_genre_unit[t][:, flags[valid]] > 0
-        # context x title
-        X[:, col["ct_title_device_lift"]] = self.title_device_lift[t, d]
-        X[:, col["ct_title_daypart_lift"]] = self.title_daypart_lift[t, dp]
-        X[:, col["ct_genre_device_lift"]] = self.genre_device_lift[t, d]
-        X[:, col["ct_genre_daypart_lift"]] = self.genre_daypart_lift[t, dp]
-        X[:, col["ct_genre_weekend_lift"]] = self.genre_weekend_lift[t, wk]
-        # user x title
-        X[:, col["ut_pvr_score"]] = pairs.pvr
-        X[:, col["ut_pvr_rel"]] = pairs.pvr_rel
-        tg = self.title_genre_unit[t]
-        X[:, col["ut_genre_affinity"]] = np.where(
-            known, np.einsum("ij,ij->i", self.user_genre[uk], tg), np.nan
-        )
-        X[:, col["ut_recent_sim"]] = np.where(
-            known, np.einsum("ij,ij->i", self.user_recent_genre[uk], tg), np.nan
-        )
-        key = u * self.n_titles + t
-        hit, pos = _lookup(self.ut_keys, key)
-        vals = self.ut_values[pos]
-        X[:, col["ut_progress"]] = np.where(hit, vals[:, 0], 0.0)
-        X[:, col["ut_plays"]] = np.where(hit, vals[:, 1], 0.0)
-        X[:, col["ut_days_since_play"]] = np.where(hit, at_us / US_PER_DAY - vals[:, 2], np.nan)
-        X[:, col["ut_max_progress"]] = np.where(hit, vals[:, 3], 0.0)
-        prev = self.prev_title[t].astype(np.int64)
-        has_prev = prev >= 0
-        hit_p, pos_p = _lookup(
-            self.ut_keys, np.where(has_prev & known, u * self.n_titles + prev, -1)
-        )
-        prev_vals = self.ut_values[pos_p]
-        X[:, col["ut_prev_finished"]] = np.where(
-            has_prev, np.where(hit_p, prev_vals[:, 3] >= FINISHED_PROGRESS, 0.0), np.nan
-        )
-        X[:, col["ut_prev_days"]] = np.where(hit_p, at_us / US_PER_DAY - prev_vals[:, 2], np.nan)
-        hit_s, pos_s = _lookup(self.shown_keys, key)
-        # No impressions (MovieLens): nothing was ever shown, and there is no count to index.
-        shown = self.shown_counts[pos_s] if len(self.shown_counts) else 0.0
-        X[:, col["ut_shown_no_play"]] = np.where(hit_s, shown, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            X[:, col["ut_duration_ratio"]] = np.where(
-                known, dur / self.user_device_duration[uk, d], np.nan
-            )
-        # row
-        X[:, col["row_kind"]] = pairs.kind
-        X[:, col["row_ranker"]] = pairs.ranker
-        X[:, col["row_score"]] = pairs.score
-        X[:, col["row_score_rel"]] = pairs.score_rel
-        X[:, col["row_rank"]] = pairs.rank
-        X[:, col["row_len"]] = pairs.row_len
         _missing_categories(X, _TITLE_CATEGORICAL)
         return X
+
+    @cached_property
+    def _title_arrays(self) -> tuple[Any, ...]:
+        """The arrays `_title_rows` reads, in its order."""
+        pop = self.title_pop
+        # log((7 * day + 1) / (week + 1)) from the log1p counts, per title, in float32
+        trend = np.log(7 * np.expm1(pop[:, 0]) + 1) - pop[:, 1]
+        country_pop = self.country_pop if len(self.country_pop) else np.zeros((0, 0, 2), np.float32)
+        user = (
+            self.user_stats,
+            self.user_created_us,
+            self.user_device_share,
+            self.user_daypart_share,
+            self.user_device_duration,
+        )
+        title = (
+            self.title_kind,
+            self.duration_min,
+            self.added_us,
+            self.release_year,
+            self.maturity,
+            self.title_n_genres,
+            pop,
+            trend,
+            self.title_completion,
+            self.title_episode,
+            self.prev_title,
+        )
+        lifts = (
+            self.title_device_lift,
+            self.title_daypart_lift,
+            self.genre_device_lift,
+            self.genre_daypart_lift,
+            self.genre_weekend_lift,
+        )
+        genres = (self.title_genre_unit, self.genre_flags.astype(np.int64))
+        seen = (self.ut_keys, self.ut_values, self.shown_keys, self.shown_counts)
+        return user, title, (country_pop,), lifts, genres, seen
 
     # ----- the row-model matrix ----------------------------------------------------------------
 
@@ -859,6 +803,134 @@ PLACEMENT_SLICE = slice(_ROW_COL["pl_overlap_above"], _ROW_COL["pl_same_kind_abo
 
 _TITLE_CATEGORICAL = np.array([i for i, f in enumerate(TITLE_FEATURES) if f.dtype == "category"])
 _ROW_CATEGORICAL = np.array([i for i, f in enumerate(ROW_FEATURES) if f.dtype == "category"])
+
+
+# The columns `_title_rows` writes, in the order it unpacks them (every title feature).
+_TITLE_KERNEL_NAMES = (
+    "ctx_device", "ctx_hour", "ctx_weekend", "ctx_country",
+    "user_log_plays", "user_tenure_days", "user_plays_7d", "user_days_since_play",
+    "user_mean_progress", "user_device_share", "user_daypart_share",
+    "title_kind", "title_duration_min", "title_age_days", "title_release_age", "title_maturity",
+    "title_n_genres", "title_pop_1d", "title_pop_7d", "title_pop_28d", "title_trend",
+    "title_completion", "title_episode", "title_pop_country_1d", "title_pop_country_7d",
+    "title_genre_00",
+    "ct_title_device_lift", "ct_title_daypart_lift", "ct_genre_device_lift",
+    "ct_genre_daypart_lift", "ct_genre_weekend_lift",
+    "ut_pvr_score", "ut_pvr_rel", "ut_genre_affinity", "ut_recent_sim", "ut_progress",
+    "ut_plays", "ut_days_since_play", "ut_shown_no_play", "ut_max_progress",
+    "ut_prev_finished", "ut_prev_days", "ut_duration_ratio",
+    "row_kind", "row_ranker", "row_score", "row_score_rel", "row_rank", "row_len",
+)  # fmt: skip
+_TITLE_KERNEL_COLUMNS = tuple(_TITLE_COL[name] for name in _TITLE_KERNEL_NAMES)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _sorted_find(keys, key):
+    """Position of `key` in sorted `keys`, or -1 (negative keys are never found)."""
+    if key < 0 or len(keys) == 0:
+        return -1
+    pos = min(np.searchsorted(keys, key), len(keys) - 1)
+    return pos if keys[pos] == key else -1
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _title_rows(X, cols, req, pair, pair_more, affinity, recent, arrays):
+    """Every title feature of each pair (FeatureStore.title_matrix), one pair per pass. The
+    arithmetic and its types are those of the numpy expressions the models were first trained
+    with: float64 day counts from int64 microseconds, float32 ratios of float32 columns."""
+    (
+        ctx_device, ctx_hour, ctx_weekend, ctx_country,
+        user_log_plays, user_tenure_days, user_plays_7d, user_days_since_play,
+        user_mean_progress, user_device_share, user_daypart_share,
+        title_kind, title_duration_min, title_age_days, title_release_age, title_maturity,
+        title_n_genres, title_pop_1d, title_pop_7d, title_pop_28d, title_trend,
+        title_completion, title_episode, title_pop_country_1d, title_pop_country_7d,
+        title_genre_00,
+        ct_title_device_lift, ct_title_daypart_lift, ct_genre_device_lift,
+        ct_genre_daypart_lift, ct_genre_weekend_lift,
+        ut_pvr_score, ut_pvr_rel, ut_genre_affinity, ut_recent_sim, ut_progress,
+        ut_plays, ut_days_since_play, ut_shown_no_play, ut_max_progress,
+        ut_prev_finished, ut_prev_days, ut_duration_ratio,
+        row_kind, row_ranker, row_score, row_score_rel, row_rank, row_len,
+    ) = cols  # fmt: skip
+    r_user, r_device, r_hour, r_weekend, r_country, r_at_us = req
+    p_req, p_title, p_kind, p_ranker, p_score, p_score_rel = pair
+    p_rank, p_row_len, p_pvr, p_pvr_rel = pair_more
+    user, title, (country_pop,), lifts, (genre_unit, genre_flags), seen = arrays
+    stats, created_us, device_share, daypart_share, device_duration = user
+    kind, duration, added_us, release_year, maturity, n_genres, pop, trend = title[:8]
+    completion, episode, prev_title = title[8:]
+    t_device_lift, t_daypart_lift, g_device_lift, g_daypart_lift, g_weekend_lift = lifts
+    ut_keys, ut_values, shown_keys, shown_counts = seen
+    n_titles = len(kind)
+    nan = np.nan
+    for p in range(len(p_title)):
+        r, t = p_req[p], p_title[p]
+        u = np.int64(r_user[r])
+        known = u >= 0
+        uk = u if known else 0
+        d = np.int64(r_device[r])
+        hour = np.int64(r_hour[r])
+        dp = hour // (24 // N_DAYPARTS)
+        wk = np.int64(r_weekend[r])
+        c = np.int64(r_country[r])
+        at_us = r_at_us[r]
+        x = X[p]
+        x[ctx_device], x[ctx_hour], x[ctx_weekend], x[ctx_country] = d, hour, wk, c
+        x[user_log_plays] = stats[uk, 0] if known else 0.0
+        x[user_tenure_days] = (at_us - created_us[uk]) / US_PER_DAY if known else nan
+        x[user_plays_7d] = stats[uk, 1] if known else 0.0
+        x[user_days_since_play] = (at_us - stats[uk, 2]) / US_PER_DAY if known else nan
+        x[user_mean_progress] = stats[uk, 3] if known else nan
+        x[user_device_share] = device_share[uk, d] if known else nan
+        x[user_daypart_share] = daypart_share[uk, dp] if known else nan
+        x[title_kind] = kind[t]
+        x[title_duration_min] = duration[t]
+        x[title_age_days] = (at_us - added_us[t]) / US_PER_DAY
+        x[title_release_age] = (1970.0 + at_us / (365.25 * US_PER_DAY)) - release_year[t]
+        x[title_maturity], x[title_n_genres] = maturity[t], n_genres[t]
+        x[title_pop_1d], x[title_pop_7d], x[title_pop_28d] = pop[t, 0], pop[t, 1], pop[t, 2]
+        x[title_trend] = trend[t]
+        x[title_completion], x[title_episode] = completion[t], episode[t]
+        has_c = c >= 0 and len(country_pop) > 0  # no countries in the data: MovieLens
+        x[title_pop_country_1d] = country_pop[c, t, 0] if has_c else nan
+        x[title_pop_country_7d] = country_pop[c, t, 1] if has_c else nan
+        j = title_genre_00
+        for g in genre_flags:  # the flagged genres that exist, first; 0 for the rest
+            if g >= 0:
+                x[j] = 1.0 if genre_unit[t, g] > 0 else 0.0
+                j += 1
+        for k in range(j, title_genre_00 + N_GENRE_FLAGS):
+            x[k] = 0.0
+        x[ct_title_device_lift] = t_device_lift[t, d]
+        x[ct_title_daypart_lift] = t_daypart_lift[t, dp]
+        x[ct_genre_device_lift] = g_device_lift[t, d]
+        x[ct_genre_daypart_lift] = g_daypart_lift[t, dp]
+        x[ct_genre_weekend_lift] = g_weekend_lift[t, wk]
+        x[ut_pvr_score], x[ut_pvr_rel] = p_pvr[p], p_pvr_rel[p]
+        x[ut_genre_affinity] = affinity[p] if known else nan
+        x[ut_recent_sim] = recent[p] if known else nan
+        hit = _sorted_find(ut_keys, u * n_titles + t)
+        day = at_us / US_PER_DAY
+        x[ut_progress] = ut_values[hit, 0] if hit >= 0 else 0.0
+        x[ut_plays] = ut_values[hit, 1] if hit >= 0 else 0.0
+        x[ut_days_since_play] = day - ut_values[hit, 2] if hit >= 0 else nan
+        x[ut_max_progress] = ut_values[hit, 3] if hit >= 0 else 0.0
+        prev = np.int64(prev_title[t])
+        hit_p = _sorted_find(ut_keys, u * n_titles + prev if prev >= 0 and known else -1)
+        if prev < 0:
+            x[ut_prev_finished] = nan
+        elif hit_p >= 0:
+            x[ut_prev_finished] = 1.0 if ut_values[hit_p, 3] >= FINISHED_PROGRESS else 0.0
+        else:
+            x[ut_prev_finished] = 0.0
+        x[ut_prev_days] = day - ut_values[hit_p, 2] if hit_p >= 0 else nan
+        hit_s = _sorted_find(shown_keys, u * n_titles + t)
+        x[ut_shown_no_play] = shown_counts[hit_s] if hit_s >= 0 else 0.0
+        x[ut_duration_ratio] = duration[t] / device_duration[uk, d] if known else nan
+        x[row_kind], x[row_ranker] = p_kind[p], p_ranker[p]
+        x[row_score], x[row_score_rel] = p_score[p], p_score_rel[p]
+        x[row_rank], x[row_len] = p_rank[p], p_row_len[p]
 
 
 def _missing_categories(X: np.ndarray, cols: np.ndarray) -> None:
