@@ -7,8 +7,8 @@
   thread, the engine is loaded, 30 pages warm it up, then `Engine.page_for` is timed for
   `--requests` requests (members drawn from the model's history, devices in turn, times in the
   day after the cut-off). Reported: p50 / p90 / p99 / max in ms and the scored (row, title)
-  pairs per page (the page trace's `scored.pairs`), plus a per-stage breakdown measured by
-  running the pipeline's stage functions one by one on the same requests.
+  pairs per page (the page trace's `scored.pairs`), plus a per-stage breakdown (both row
+  lengths) measured by running the pipeline's stage functions one by one on the same requests.
 - `--row-length N` (default 100): the rankers are configured to propose rows of N titles and the
   title model scores up to N per row (`row_titles_scored`); the trained models are the same.
   The default config's rows (40-50 titles) give fewer pairs; both are printed.
@@ -325,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     reqs = requests(eng, args.requests, args.seed)
     report("default config rows", *time_pages(eng, reqs))
+    st = stages(eng, reqs[:200])
+    print("stages (median ms, default rows): " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()))
     long = with_row_length(eng, args.row_length, model)
     report(f"rows of {args.row_length} titles", *time_pages(long, reqs))
     st = stages(long, reqs[:200])
