@@ -822,6 +822,9 @@ _TITLE_KERNEL_NAMES = (
     "row_kind", "row_ranker", "row_score", "row_score_rel", "row_rank", "row_len",
 )  # fmt: skip
 _TITLE_KERNEL_COLUMNS = tuple(_TITLE_COL[name] for name in _TITLE_KERNEL_NAMES)
+_GENRE_FLAG_NAMES = {f"title_genre_{i:02d}" for i in range(N_GENRE_FLAGS)}
+if set(_TITLE_COL) != {*_TITLE_KERNEL_NAMES, *_GENRE_FLAG_NAMES}:  # X starts uninitialised
+    raise RuntimeError("_title_rows must write every title feature: update _TITLE_KERNEL_NAMES")
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

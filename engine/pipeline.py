@@ -330,13 +330,17 @@ def order_titles(
 ) -> tuple[list[CandidateRow], list[np.ndarray]]:
     """Each row's titles by descending title-model score (ties: the ranker's order); the row's
     scores become the model's. Also returns, per row, the pair indices in the new order."""
+    lens = [len(r.titles) for r in rows]
+    owner = np.repeat(np.arange(len(rows)), lens)
+    # One sort for the page (by row, then score, then the ranker's order), not one per row.
+    order = np.lexsort((np.arange(len(scores)), -scores, owner))
+    ordered_scores = scores[order].astype(np.float32)
     out: list[CandidateRow] = []
     pair_idx: list[np.ndarray] = []
     start = 0
-    for r in rows:
-        n = len(r.titles)
-        s = scores[start : start + n]
-        order = np.lexsort((np.arange(n), -s))
+    for r, n in zip(rows, lens, strict=True):
+        idx = order[start : start + n]
+        own = idx - start
         out.append(
             CandidateRow(
                 r.row_id,
@@ -344,12 +348,12 @@ def order_titles(
                 r.kind,
                 r.title,
                 r.evidence,
-                r.titles[order],
-                np.ascontiguousarray(s[order], dtype=np.float32),
-                None if r.progress is None else r.progress[order],
+                r.titles[own],
+                ordered_scores[start : start + n],
+                None if r.progress is None else r.progress[own],
             )
         )
-        pair_idx.append(start + order)
+        pair_idx.append(idx)
         start += n
     return out, pair_idx
 

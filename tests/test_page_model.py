@@ -180,9 +180,11 @@ def test_compiled_trees_equal_booster_predict(tiny_model: Path) -> None:
         # a non-contiguous float64 view is converted, not misread
         wide = np.repeat(X.astype(np.float64), 2, axis=1)[:, ::2]
         assert np.array_equal(trees.raw(wide), want)
-    # the served scores are these
-    X = rng.normal(size=(50, model.title.num_feature())).astype(np.float32)
-    assert np.array_equal(model.score_titles(X), model.title.predict(X, raw_score=True))
+    # the served scores are the Booster's with the position features at the first slot (0)
+    X = rng.normal(size=(50, len(feature_names("title")))).astype(np.float32)
+    positions = np.zeros((50, model.title.num_feature() - X.shape[1]), dtype=np.float32)
+    want = model.title.predict(np.column_stack([X, positions]), raw_score=True)
+    assert positions.shape[1] == 2 and np.array_equal(model.score_titles(X), want)
 
 
 def test_compiled_trees_of_a_single_leaf_and_categorical_model() -> None:
