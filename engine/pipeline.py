@@ -730,6 +730,14 @@ class Engine:
         static = row_matrix(store, req, rows, X, s, vis, owner)
         return Scored(ordered, X, s, static)
 
+    def warm_up(self) -> None:
+        """Build one page and drop it, so that the compiled loops (numba) are loaded from their
+        cache, or compiled the first time after an install (seconds), before a request waits
+        for them. `rowrank serve` does this before a model is ready (engine.serve)."""
+        h = self.history
+        if len(h.user_ids):
+            self.page(str(h.user_ids[0]), "tv", datetime.fromtimestamp(h.cutoff_us / 1e6, UTC))
+
     # ----- the fallback page -------------------------------------------------------------------
 
     def fallback_page(self, ctx: RequestContext, *, trace: Mapping[str, Any] | None = None) -> Page:

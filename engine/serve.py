@@ -121,9 +121,13 @@ Loader = Callable[[Path], EngineLike]
 
 
 def default_loader(model_dir: Path) -> EngineLike:
+    """engine.load, then one page built and dropped (Engine.warm_up): the compiled loops are
+    ready before /readyz says so, at start-up and on reload, not on a client's request."""
     import engine
 
-    return engine.load(model_dir)
+    eng = engine.load(model_dir)
+    eng.warm_up()
+    return eng
 
 
 # ----- errors -----------------------------------------------------------------------------------

@@ -299,3 +299,26 @@ def test_series_are_entered_at_the_start_or_where_the_member_is(eng: Engine, at:
         for item in r.items
     }
     assert all(series_entries(h, u)[sorted(shown)])
+
+
+_WARM_UP_PROBE = """
+import json, sys
+import engine
+from engine import assembly, features, page_model, pipeline
+loops = [page_model._forest_raw, features._title_rows, pipeline._row_states]
+loops.append(assembly._remove_titles)
+eng = engine.load(sys.argv[1])
+before = [len(f.signatures) for f in loops]
+eng.warm_up()
+print(json.dumps([before, [len(f.signatures) for f in loops]]))
+"""
+
+
+def test_warm_up_leaves_no_page_loop_for_a_request_to_compile(tiny_model: Path) -> None:
+    """In a fresh process no compiled loop of the page path is ready after engine.load, and
+    every one is after Engine.warm_up (what `rowrank serve` runs before a model is ready)."""
+    cmd = [sys.executable, "-c", _WARM_UP_PROBE, str(tiny_model)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    before, after = orjson.loads(out)
+    assert before == [0, 0, 0, 0]
+    assert all(n >= 1 for n in after)
