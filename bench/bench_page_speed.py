@@ -266,7 +266,7 @@ def time_training(data: Path, out: Path) -> None:
     wall = time.perf_counter() - t0
     print(
         f"training on {data.name}: {wall:.1f} s wall on {len(os.sched_getaffinity(0))} cores "
-        f"(windows {manifest['metrics']['timings']})"
+        f"(windows {manifest['metrics']['timings']}); wrote model {manifest['model_version']}"
     )
 
 

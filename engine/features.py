@@ -1059,14 +1059,6 @@ def _unit_rows(m: np.ndarray) -> np.ndarray:
     return (m / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
-def _lookup(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(found, position) of each query in sorted `keys`; negative queries are never found."""
-    if len(keys) == 0:
-        return np.zeros(len(query), dtype=bool), np.zeros(len(query), dtype=np.int64)
-    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    return (keys[pos] == query) & (query >= 0), pos
-
-
 def _count2(flat: np.ndarray, played: np.ndarray, size: int) -> np.ndarray:
     shown = np.bincount(flat, minlength=size)
     hits = np.bincount(flat, weights=played, minlength=size)

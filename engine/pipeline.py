@@ -391,38 +391,42 @@ class RowModelScorer:
         self.calls = 0
         device = int(static[0, row_column("ctx_device")]) if len(static) else 0
         self._decay = float(store.col_decay[device])
+        # (this page's pool, its rows' static-matrix rows, their kind codes)
         self._pool: tuple[RowPool, np.ndarray, np.ndarray] | None = None
         self._placed_mask = np.zeros(store.n_titles, dtype=bool)
         self._placed_genre = np.zeros((0, store.title_genre_unit.shape[1]))
         self._placed_kinds = np.zeros(0, dtype=np.int64)
 
-    def _rows(self, rows: Sequence[CandidateRow]) -> tuple[RowPool, np.ndarray, np.ndarray]:
-        """(pool, positions of `rows` in it, their kind codes). `assemble_page` hands over its
-        pool (ShownRows); other rows get a pool of their own, as they are."""
+    def _rows(self, rows: Sequence[CandidateRow]) -> tuple[ShownRows, np.ndarray, np.ndarray]:
+        """`rows` as positions in a pool, with their static-matrix rows and kind codes.
+        `assemble_page` hands over its pool (ShownRows, resolved once per page); other rows
+        get a pool of their own, as they are."""
         if not isinstance(rows, ShownRows):
             pool = RowPool(rows, max((len(r.titles) for r in rows), default=0))
+            static_idx = np.array([self.index[r.row_id] for r in rows], dtype=np.int64)
             kinds = np.array([self.store.kind_code(r.kind) for r in rows], dtype=np.int64)
-            return pool, np.arange(len(rows), dtype=np.int64), kinds
-        if self._pool is None or self._pool[0] is not rows.pool:  # once per page
+            return ShownRows(pool, np.arange(len(rows), dtype=np.int64)), static_idx, kinds
+        if self._pool is None or self._pool[0] is not rows.pool:
             pool = rows.pool
             static_idx = np.array([self.index[r.row_id] for r in pool.rows], dtype=np.int64)
             kinds = np.array([self.store.kind_code(r.kind) for r in pool.rows], dtype=np.int64)
             self._pool = (pool, static_idx, kinds)
-        return rows.pool, rows.positions, self._pool[2][rows.positions]
+        _, static_idx, kinds = self._pool
+        return rows, static_idx[rows.positions], kinds[rows.positions]
 
-    def _row_features(self, rows: Sequence[CandidateRow]) -> tuple[np.ndarray, np.ndarray]:
+    def _row_features(self, rows: ShownRows, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(W, 6) rs_top, rs_mean_visible, rs_play_est, pl_overlap_above, pl_genre_sim_above,
         pl_same_kind_above of `rows` given the rows placed so far, and their unit genre
         centroids (W, n_genres)."""
-        pool, index, kinds = self._rows(rows)
-        out = np.empty((len(index), 6))
-        cents = np.zeros((len(index), self._placed_genre.shape[1]))
+        pool = rows.pool
+        out = np.empty((len(rows), 6))
+        cents = np.zeros((len(rows), self._placed_genre.shape[1]))
         _row_states(
             pool.starts,
             pool.titles,
             pool.scores,
             pool.alive,
-            index,
+            rows.positions,
             min(self.visible, pool.titles_per_row),
             self._decay,
             self.store.title_genre_unit,
@@ -445,25 +449,21 @@ class RowModelScorer:
             at = [pool.position.get(p.row_id, -1) for p in new]
             if min(at) >= 0 and all(pool.shown(i) is p for i, p in zip(at, new, strict=True)):
                 rows = ShownRows(pool, np.array(at, dtype=np.int64))
-        _, cents = self._row_features(rows)
+        shown, _, kinds = self._rows(rows)
+        _, cents = self._row_features(shown, kinds)
         for p in new:
             self._placed_mask[p.titles[: self.visible]] = True
         self._placed_genre = np.vstack([self._placed_genre, cents])
-        codes = [self.store.kind_code(p.kind) for p in new]
-        self._placed_kinds = np.append(self._placed_kinds, codes)
+        self._placed_kinds = np.append(self._placed_kinds, kinds)
 
     def features(
         self, placed: Sequence[CandidateRow], remaining: Sequence[CandidateRow]
     ) -> np.ndarray:
         """The row-model matrix of `remaining` at this stage."""
         self._update_placed(placed)
-        if isinstance(remaining, ShownRows):
-            self._rows(remaining)  # the pool's static rows, once per page
-            assert self._pool is not None
-            X = self.static[self._pool[1][remaining.positions]]
-        else:
-            X = self.static[[self.index[r.row_id] for r in remaining]]
-        X[:, _ROW_STATE_COLUMNS] = self._row_features(remaining)[0]
+        shown, static_idx, kinds = self._rows(remaining)
+        X = self.static[static_idx]
+        X[:, _ROW_STATE_COLUMNS] = self._row_features(shown, kinds)[0]
         return X
 
     def __call__(
@@ -474,7 +474,8 @@ class RowModelScorer:
 
     def title_aggregates(self, rows: Sequence[CandidateRow]) -> np.ndarray:
         """(W, 3): best title score, mean visible score, cascade play estimate."""
-        return self._row_features(rows)[0][:, :3]
+        shown, _, kinds = self._rows(rows)
+        return self._row_features(shown, kinds)[0][:, :3]
 
 
 @numba.njit(cache=True, nogil=True)
