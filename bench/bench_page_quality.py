@@ -400,8 +400,7 @@ def movielens_units(eng: Engine, ds: Any, split: Any) -> dict[str, list[Any]]:
         lists: dict[str, np.ndarray] = {}
         for r in long_rows:
             cat = np.concatenate([lists.get(r.ranker, _EMPTY), r.titles.astype(np.int64)])
-            _, first_i = np.unique(cat, return_index=True)
-            lists[r.ranker] = cat[np.sort(first_i)]
+            lists[r.ranker] = cat[first_appearances(cat)]
         for key, value in (
             ("member", uid),
             ("top_shown", ndcg_at_k(top, truth, 10)),
