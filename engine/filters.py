@@ -34,17 +34,25 @@ UNKNOWN_USER_MATURITY_MAX = 13
 
 @dataclass(frozen=True)
 class Removed:
-    """Titles one row lost, per filter (int32 title indices, in the row's order)."""
+    """Titles one row lost (int32 title indices, in the row's order), each with the filter
+    that removed it: `reasons[i]` is 1 + its position in FILTERS."""
 
     row_id: str
-    by_filter: dict[str, np.ndarray]
+    titles: np.ndarray
+    reasons: np.ndarray  # uint8
+
+    @property
+    def by_filter(self) -> dict[str, np.ndarray]:
+        """Per filter, the titles it removed."""
+        return {f: self.titles[self.reasons == k] for k, f in enumerate(FILTERS, 1)}
 
     def counts(self) -> dict[str, int]:
-        return {f: len(t) for f, t in self.by_filter.items()}
+        n = np.bincount(self.reasons, minlength=len(FILTERS) + 1).tolist()
+        return {f: n[k] for k, f in enumerate(FILTERS, 1)}
 
     @property
     def total(self) -> int:
-        return sum(len(t) for t in self.by_filter.values())
+        return len(self.titles)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class RequestMasks:
     series_entry: np.ndarray
     country: str
     maturity_max: int
+    # Per title, the first filter that rejects it (1 + its position in FILTERS), else 0.
+    reason: np.ndarray
 
 
 def request_masks(request: RequestContext, history: History) -> RequestMasks:
@@ -66,14 +76,16 @@ def request_masks(request: RequestContext, history: History) -> RequestMasks:
     limit = int(history.user_maturity_max[user]) if user >= 0 else UNKNOWN_USER_MATURITY_MAX
     finished = np.zeros(history.n_titles, dtype=bool)
     finished[history.finished(user)] = True
-    return RequestMasks(
-        unavailable=~history.available_in(country),
-        maturity=history.maturity > limit,
-        finished=finished,
-        series_entry=~series_entries(history, user),
-        country=country,
-        maturity_max=limit,
-    )
+    masks = {
+        "unavailable": ~history.available_in(country),
+        "maturity": history.maturity > limit,
+        "finished": finished,
+        "series_entry": ~series_entries(history, user),
+    }
+    reason = np.zeros(history.n_titles, dtype=np.uint8)
+    for k, name in reversed(list(enumerate(FILTERS, 1))):  # the first filter's code wins
+        reason[masks[name]] = k
+    return RequestMasks(**masks, country=country, maturity_max=limit, reason=reason)
 
 
 def apply_filters(
@@ -90,27 +102,32 @@ def apply_filters(
     removed: dict[str, Removed] = {}
     for row in rows:
         ranker = rankers.get(row.ranker)
-        keeps_finished = bool(getattr(ranker, "keeps_finished", False))
         t = row.titles
-        unavailable = masks.unavailable[t]
-        maturity = masks.maturity[t] & ~unavailable
-        none = np.zeros(len(t), dtype=bool)
-        finished = none if keeps_finished else masks.finished[t] & ~unavailable & ~maturity
-        # Watch again shows finished episodes, Continue Watching the one the member is in.
-        in_series = keeps_finished or row.kind == "continue_watching"
-        series = none if in_series else masks.series_entry[t] & ~(unavailable | maturity | finished)
-        drop = unavailable | maturity | finished | series
-        kept.append(row.take(~drop) if drop.any() else row)
-        removed[row.row_id] = Removed(
-            row.row_id,
-            {
-                "unavailable": t[unavailable],
-                "maturity": t[maturity],
-                "finished": t[finished],
-                "series_entry": t[series],
-            },
-        )
+        reason = masks.reason[t]
+        # Watch again shows finished episodes, Continue Watching the one the member is in:
+        # the filters after `last` do not apply to their rows.
+        if getattr(ranker, "keeps_finished", False):
+            last = _MATURITY
+        elif row.kind == "continue_watching":
+            last = _FINISHED
+        else:
+            last = _SERIES_ENTRY
+        if last < _SERIES_ENTRY:
+            reason[reason > last] = 0
+        drop = reason > 0
+        if drop.any():
+            kept.append(row.take(~drop))
+            removed[row.row_id] = Removed(row.row_id, t[drop], reason[drop])
+        else:
+            kept.append(row)
+            removed[row.row_id] = Removed(row.row_id, t[:0], reason[:0])
     return kept, removed
+
+
+# Reason codes (1 + position in FILTERS) after which a row kind keeps its titles.
+_MATURITY = 1 + FILTERS.index("maturity")
+_FINISHED = 1 + FILTERS.index("finished")
+_SERIES_ENTRY = 1 + FILTERS.index("series_entry")
 
 
 def series_entries(history: History, user: int) -> np.ndarray:

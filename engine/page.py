@@ -278,13 +278,13 @@ def _row_docs(rows: tuple[PageRow, ...]) -> list[dict[str, Any]]:
                 f"{where}: non-finite {what} {values[bad[0]]}; a page never carries NaN or "
                 f"infinity ({len(bad)} such value(s) on the page)"
             )
-    scores = round_significant(item_score).tolist()
-    fractions = [
-        p if h else None for p, h in zip(round_significant(progress).tolist(), has, strict=True)
-    ]
+    # One rounding call for the page's numbers (elementwise, so the same as one per kind).
+    rounded = round_significant(np.concatenate([row_score, item_score, progress])).tolist()
+    row_scores, scores = rounded[: len(rows)], rounded[len(rows) : len(rows) + n]
+    fractions = [p if h else None for p, h in zip(rounded[len(rows) + n :], has, strict=True)]
     docs: list[dict[str, Any]] = []
     start = 0
-    for row, score in zip(rows, round_significant(row_score).tolist(), strict=True):
+    for row, score in zip(rows, row_scores, strict=True):
         end = start + len(row.items)
         docs.append(
             {

@@ -486,6 +486,12 @@ class Forest:
                 # NaN is 0 unless the missing type is NaN; a zero is missing for type zero
                 "nan_left": np.where(missing > 0, default_left, zero_le),
                 "zero_left": np.where(missing == 1, default_left, zero_le),
+                # `x <= threshold` (NaN: nan_left) alone is LightGBM's answer for every x,
+                # zeros and tiny values included: true of most numerical nodes, which then
+                # skip the zero test (a branch the many zero features made unpredictable)
+                "plain": ~categorical
+                & (np.abs(threshold) > _LGB_ZERO)
+                & (np.where(missing == 1, default_left, zero_le) == zero_le),
                 "cat_lo": np.where(categorical, lo, 0),  # its words of cat_bits
                 "cat_hi": np.where(categorical, hi, 0),
                 "leaf_value": leaf,
@@ -508,6 +514,7 @@ class Forest:
             flat("feature", np.int64),
             flat("threshold", np.float64),
             flat("categorical", np.bool_),
+            flat("plain", np.bool_),
             flat("nan_left", np.bool_),
             flat("zero_left", np.bool_),
             flat("left_child", np.int64),
@@ -530,16 +537,19 @@ class Forest:
 @numba.njit(cache=True, nogil=True)
 def _forest_raw(X, trees, zero, out):
     """Each row's sum over the trees of the leaf it reaches; node and leaf indices are global,
-    a leaf l is written ~l."""
-    feature, threshold, categorical, nan_left, zero_left, left, right = trees[:7]
-    cat_lo, cat_hi, cat_bits, leaf_value, roots = trees[7:]
-    for i in range(X.shape[0]):
-        total = 0.0
-        for root in roots:
+    a leaf l is written ~l. Tree by tree over all rows, so one tree's nodes stay in cache while
+    the rows pass through it; each row still adds its leaves in tree order."""
+    feature, threshold, categorical, plain, nan_left, zero_left, left, right = trees[:8]
+    cat_lo, cat_hi, cat_bits, leaf_value, roots = trees[8:]
+    out[:] = 0.0
+    for root in roots:
+        for i in range(X.shape[0]):
             node = root
             while node >= 0:
                 x = X[i, feature[node]]
-                if categorical[node]:  # left when the category's bit is set; NaN, < 0: right
+                if plain[node]:
+                    go_left = x <= threshold[node] or (x != x and nan_left[node])
+                elif categorical[node]:  # left when the category's bit is set; NaN, < 0: right
                     go_left = False
                     if x > -1.0 and x < 2147483648.0:
                         c = int(x)
@@ -553,8 +563,7 @@ def _forest_raw(X, trees, zero, out):
                 else:
                     go_left = x <= threshold[node]
                 node = left[node] if go_left else right[node]
-            total += leaf_value[~node]
-        out[i] = total
+            out[i] += leaf_value[~node]
 
 
 def model_text_problem(text: str) -> str | None:

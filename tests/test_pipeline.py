@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from engine.errors import BadRequestError, NotFittedError
 from engine.filters import series_entries
 from engine.history import History
 from engine.page import page_schema
-from engine.pipeline import Engine, continuation_mode
+from engine.pipeline import Engine, _invalid_values, continuation_mode
 
 ROWRANK = [sys.executable, "-m", "engine.cli"]
 
@@ -123,6 +124,69 @@ def test_a_failing_ranker_drops_its_rows_and_is_traced(eng: Engine, member: str,
     assert all(r.ranker != victim for r in page2.rows)
     assert page2.trace["failed_rankers"] == [{"ranker": victim, "error": "KeyError: 'x'"}]
     assert page.trace["failed_rankers"] == []
+
+
+class _Damaging:
+    """Wraps a ranker; `propose` returns its rows with the first row damaged by `damage`."""
+
+    def __init__(self, inner: Any, damage: Any) -> None:
+        self._inner, self._damage = inner, damage
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
+        rows = self._inner.propose(request, history)
+        titles, scores = rows[0].titles.copy(), rows[0].scores.copy()
+        self._damage(titles, scores, history.n_titles)
+        return [replace(rows[0], titles=titles, scores=scores), *rows[1:]]
+
+
+def _set(array: str, k: int, value: Any) -> Any:
+    def damage(titles: np.ndarray, scores: np.ndarray, n_titles: int) -> None:
+        target = titles if array == "titles" else scores
+        target[k] = n_titles if value == "n_titles" else value
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [
+        (_set("titles", -1, "n_titles"), "title index out of range"),
+        (_set("titles", 0, -1), "title index out of range"),
+        (_set("scores", 1, np.nan), "non-finite scores"),
+        (_set("scores", -1, -np.inf), "non-finite scores"),
+        (lambda t, s, n: t.__setitem__(-1, t[0]), "a title appears twice in one row"),
+    ],
+)
+def test_a_ranker_returning_invalid_values_loses_its_rows(
+    eng: Engine, member: str, at: str, damage: Any, error: str
+) -> None:
+    victim = eng.page(member, "tv", at).rows[0].ranker
+    broken = _with_ranker(eng, victim, _Damaging(eng.rankers[victim], damage))
+    page = broken.page(member, "tv", at)
+    assert page.rows and not page.fallback
+    assert all(r.ranker != victim for r in page.rows)
+    if "range" in error:
+        error += f" [0, {eng.history.n_titles})"
+    assert page.trace["failed_rankers"] == [
+        {"ranker": victim, "error": f"ValueError: rows of {victim}: {error}"}
+    ]
+
+
+def test_one_title_in_two_rows_of_one_ranker_is_valid(eng: Engine, member: str, at: str) -> None:
+    """Repeats across rows are dedupe's business (assembly), not a ranker error."""
+    row = next(r for r in eng.page(member, "tv", at).rows if len(r.items) > 2)
+    titles = np.array([eng.history.title_index(i.title_id) for i in row.items[:3]], np.int32)
+    rows = [
+        CandidateRow(f"{row.ranker}:{k}", row.ranker, row.kind, "x", None, titles[k:], s)
+        for k, s in ((0, np.array([3, 2, 1], np.float32)), (1, np.array([2, 1], np.float32)))
+    ]
+    assert _invalid_values(rows, eng.history.n_titles) is None
+    assert _invalid_values([*rows[:1], rows[1].take(np.array([0, 0]))], 10**6) == (
+        f"rows of {row.ranker}: a title appears twice in one row"
+    )
 
 
 @pytest.mark.parametrize(
