@@ -10,7 +10,7 @@ per request): each pair of timings sees the same machine. With --devices tv,mobi
 timed unit is one member's pages on those devices at one time, built one after the other as
 precompute builds them. Reported: each side's CPU p50/p99 and
 the median over requests of the per-page ratio head/base, with a bootstrap 95% interval, and
-whether both built byte-identical pages.
+whether both built byte-identical pages, traces included.
 
 --base / --head: git revisions (extracted with `git archive` into a temporary directory); the
 head defaults to this working tree. Both must load the model directory (default: the one
@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "bench" / "results" / "page_quality" / "models" / "full"
 
 # Runs inside each version's tree: builds the page of request i for every "i" on stdin and
-# answers "cpu_ms sha256" (thread CPU time: unaffected by the other process's turns).
+# answers "cpu_ms sha256" (thread CPU time: unaffected by the other process's turns; the
+# digest covers the pages' JSON with and without their traces).
 WORKER = r"""
 import hashlib, json, os, sys, time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -62,10 +63,14 @@ for group in reqs[:20]:  # warm-up
 print("ready", flush=True)
 for line in sys.stdin:
     digest = hashlib.sha256()
+    pages = []
     t0 = time.thread_time()
     for ctx in reqs[int(line)]:
-        digest.update(eng.page_for(ctx).to_json())
+        pages.append(eng.page_for(ctx))
+        digest.update(pages[-1].to_json())
     ms = (time.thread_time() - t0) * 1e3
+    for page in pages:  # untimed: the traces (filter counts, assembly) must match too
+        digest.update(page.to_json(include_trace=True))
     print(f"{ms:.6f} {digest.hexdigest()}", flush=True)
 """
 

@@ -318,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.sched_setaffinity(0, {args.cpu})
     eng = engine.load(model)
+    title_trees = Forest(eng.model.title.model_to_string())
     print(
-        f"model {eng.model_version}: title model {eng.model.title.num_trees()} trees, "
+        f"model {eng.model_version}: title model {eng.model.title.num_trees()} trees "
+        f"({title_trees.n_plain:,} of {title_trees.n_splits:,} split nodes compare plainly), "
         f"row model {eng.model.row.num_trees()} trees; one core (cpu {args.cpu}); "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )

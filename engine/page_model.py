@@ -488,7 +488,7 @@ class Forest:
                 "zero_left": np.where(missing == 1, default_left, zero_le),
                 # `x <= threshold` (NaN: nan_left) alone is LightGBM's answer for every x,
                 # zeros and tiny values included: true of most numerical nodes, which then
-                # skip the zero test (a branch the many zero features made unpredictable)
+                # skip the zero test
                 "plain": ~categorical
                 & (np.abs(threshold) > _LGB_ZERO)
                 & (np.where(missing == 1, default_left, zero_le) == zero_le),
@@ -510,6 +510,7 @@ class Forest:
             return np.concatenate(parts[key]).astype(dtype) if blocks else np.empty(0, dtype)
 
         self.n_trees = len(blocks)
+        self.n_splits = n_nodes
         self._arrays = (
             flat("feature", np.int64),
             flat("threshold", np.float64),
@@ -525,6 +526,7 @@ class Forest:
             flat("leaf_value", np.float64),
             np.array(roots, dtype=np.int64),
         )
+        self.n_plain = int(self._arrays[3].sum())  # split nodes on the plain-compare path
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         """Raw scores (the sum of the trees' leaf values, in tree order) of each row of X."""
