@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 
 import engine
-from engine.assembly import assemble_page
 from engine.columns import DEVICES
 from engine.config import build_rankers, parse_config
 from engine.context import RequestContext
@@ -158,7 +157,7 @@ def stages(eng: Engine, reqs: list[RequestContext]) -> dict[str, float]:
             [r.row_id for r in scored.rows],
             layout.visible_titles,
         )
-        assembled = assemble_page(scored.rows, scorer, layout, eng.rules, continuation_mode=cont)
+        assembled = scorer.assemble(scored.rows, layout, eng.rules, continuation_mode=cont)
         t = tick("row model + assembly", t)
         page = build_page(assembled, h, ctx, model_version=eng.model_version, generated_at=ctx.at)
         t = tick("build page", t)

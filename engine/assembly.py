@@ -17,6 +17,11 @@ one compiled pass (numba) instead of rebuilding row objects, and a row is built 
 show only when something reads it. At 20 rows and 9 stages a page, the per-row numpy calls and
 objects this replaces cost more than the arithmetic (docs/page_model.md).
 
+`assemble_page` is the reference loop and serves any RowScorer. The engine's own scorers
+(engine.pipeline.RowModelScorer, CascadeScorer) run the same loop as one compiled pass
+(`RowModelScorer.assemble`), which tests/test_pipeline.py checks against this one, trace and
+all: a change to a selector here must be made there too.
+
 The page is full at layout.rows rows. Because rows are placed top-down, a title shared by
 several rows stays in the highest-placed one. Every input row ends in exactly one outcome of the
 trace: placed, capped, dropped as short, or unplaced (the page was full).

@@ -389,6 +389,14 @@ class PageModel:
             return np.empty(0)
         return self._row_trees.raw(self.row_model_input(X))
 
+    def row_trees(self, n_columns: int) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
+        """For compiled callers of the row model (engine.pipeline's assembly loop): the trees'
+        arrays for `_forest_raw`, the column of a declared row matrix (`n_columns` wide) each
+        model input reads (-1: a position slot, served as 0), and LightGBM's zero."""
+        cols = list(range(n_columns)) if self._row_cols is None else list(self._row_cols)
+        colmap = np.array(cols + [-1] * self._row_pos, dtype=np.int64)
+        return self._row_trees.arrays, colmap, _LGB_ZERO
+
     def row_model_input(self, X: np.ndarray) -> np.ndarray:
         """The row Booster's input for a matrix of every declared row feature."""
         pos = np.zeros((len(X), self._row_pos), dtype=np.float32) if self._row_pos else None
@@ -527,6 +535,11 @@ class Forest:
             np.array(roots, dtype=np.int64),
         )
         self.n_plain = int(self._arrays[3].sum())  # split nodes on the plain-compare path
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The flat per-node arrays, in `_forest_raw`'s order."""
+        return self._arrays
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         """Raw scores (the sum of the trees' leaf values, in tree order) of each row of X."""

@@ -6,8 +6,9 @@
                     or where the member is (engine.filters)
       -> features   context, user, title, user x title, row (engine.features, numpy gathers)
       -> title model    LightGBM orders the titles inside every row
-      -> row model      LightGBM scores rows stage by stage inside engine.assembly.assemble_page
-                        (dedupe, caps, pins, diversity, device layout)
+      -> row model      LightGBM scores rows stage by stage inside the assembly's greedy loop
+                        (dedupe, caps, pins, diversity, device layout): engine.assembly's
+                        assemble_page, run as one compiled loop by RowModelScorer.assemble
       -> Page           engine.page.build_page; `Page.to_json()` gives the bytes
 
 Training (engine.train) calls the same stage functions (`propose_rows`, `filter_rows`,
@@ -43,10 +44,20 @@ import orjson
 
 import engine
 from engine.assembly import (
+    AssembledPage,
     AssemblyRules,
+    AssemblyTrace,
+    CappedRow,
+    DuplicateRemoval,
+    PinOutcome,
+    PlacedRow,
     RowPool,
+    ShortRow,
     ShownRows,
+    _check_rows,
+    _remove_titles,
     assemble_page,
+    pins_for,
     score_rows_by_template,
     score_rows_by_top_titles,
 )
@@ -70,7 +81,7 @@ from engine.filters import apply_filters
 from engine.history import FINISHED_PROGRESS, US_PER_DAY, History
 from engine.layout import DeviceLayout
 from engine.page import Page, build_page
-from engine.page_model import PageModel, PageModelConfig
+from engine.page_model import PageModel, PageModelConfig, _forest_raw
 
 MANIFEST = "manifest.json"
 CONFIG_FILE = "config.json"
@@ -402,6 +413,8 @@ class RowModelScorer:
     depend on the rows as they show (title-score aggregates, placement) are computed for every
     remaining row in one compiled pass over the assembly's RowPool (`_row_states`)."""
 
+    cascade = False  # score rows by rs_play_est instead of the row model (CascadeScorer)
+
     def __init__(
         self,
         model: PageModel,
@@ -504,6 +517,63 @@ class RowModelScorer:
         shown, _, kinds = self._rows(rows)
         return self._row_features(shown, kinds)[0][:, :3]
 
+    def assemble(
+        self,
+        rows: Sequence[CandidateRow],
+        layout: DeviceLayout,
+        rules: AssemblyRules,
+        *,
+        continuation_mode: bool = False,
+    ) -> AssembledPage:
+        """`engine.assembly.assemble_page(rows, self, layout, rules, ...)`, the same page and
+        trace, with the whole greedy loop in one compiled pass (`_assemble_rows`): the loop's
+        Python (selectors, per-stage numpy calls, objects) cost more than its arithmetic
+        (docs/page_model.md). assemble_page stays the reference and serves every other scorer;
+        tests/test_pipeline.py checks the two agree on pages, traces and rule variants."""
+        _check_rows(rows)
+        pool = RowPool(rows, layout.titles_per_row)
+        n = len(pool.rows)
+        kind_names = list(dict.fromkeys(r.kind for r in pool.rows))
+        kind_ids = np.array([kind_names.index(r.kind) for r in pool.rows], dtype=np.int64)
+        caps = np.array([rules.cap_for(k) for k in kind_names], dtype=np.int64)
+        pins = pins_for(rules, continuation_mode)
+        pin_match = np.array(
+            [[getattr(r, p.attr) == p.value for r in pool.rows] for p in pins], dtype=np.bool_
+        ).reshape(len(pins), n)
+        static_idx = np.array([self.index[r.row_id] for r in pool.rows], dtype=np.int64)
+        model_kinds = np.array([self.store.kind_code(r.kind) for r in pool.rows], dtype=np.int64)
+        trees, colmap, zero = self.model.row_trees(self.static.shape[1])
+        got = _assemble_rows(
+            pool.starts,
+            pool.titles,
+            pool.scores,
+            pool.alive,
+            pool.lengths,
+            pool._seen,
+            kind_ids,
+            caps,
+            model_kinds,
+            np.ascontiguousarray(self.static, dtype=np.float32),
+            static_idx,
+            np.array(_ROW_STATE_COLUMNS, dtype=np.int64),
+            colmap,
+            trees,
+            zero,
+            self.cascade,
+            pin_match,
+            layout.rows,
+            max(1, layout.min_row_length),
+            layout.titles_per_row,
+            min(self.visible, layout.titles_per_row),
+            self._decay,
+            self.store.title_genre_unit,
+            float(rules.diversity_weight),
+            rules.dedupe,
+        )
+        if got[-1]:  # a non-finite row score: the reference loop raises the error that says so
+            return assemble_page(rows, self, layout, rules, continuation_mode=continuation_mode)
+        return _assembled(pool, pins, kind_names, caps, got)
+
 
 @numba.njit(cache=True, nogil=True)
 def _row_states(
@@ -567,6 +637,8 @@ class CascadeScorer(RowModelScorer):
     show (`rs_play_est`), the order that is optimal under the cascade browsing model when the
     title probabilities are right (docs/page_model.md). `[page] row_order = "cascade"`."""
 
+    cascade = True
+
     def __call__(
         self, placed: Sequence[CandidateRow], remaining: Sequence[CandidateRow]
     ) -> np.ndarray:
@@ -585,6 +657,280 @@ _ROW_STATE_COLUMNS = [
         "pl_same_kind_above",
     )
 ]
+
+
+@numba.njit(cache=True, nogil=True)
+def _assemble_rows(
+    starts,
+    titles,
+    scores,
+    alive,
+    lengths,
+    seen,
+    kind_ids,
+    caps,
+    model_kinds,
+    static,
+    static_idx,
+    state_cols,
+    colmap,
+    trees,
+    zero,
+    cascade,
+    pin_match,
+    page_rows,
+    min_length,
+    titles_per_row,
+    head,
+    decay,
+    genre_unit,
+    weight,
+    dedupe,
+):
+    """engine.assembly.assemble_page's greedy loop with RowModelScorer (or CascadeScorer) as
+    the scorer, over a RowPool's arrays (`alive` and `lengths` are updated as dedupe goes).
+    Each stage, in assemble_page's order: rows over their kind's cap, then rows shorter than
+    `min_length`, leave; the rest are scored (`_row_states` + the row model's trees); the
+    diversity term is subtracted; a pending pin limits the choice to its rows; the best row is
+    placed and its shown titles leave the remaining rows. Returns what happened, in order, for
+    the trace (built by `_assembled`), and a last element 1 when a row score was not finite."""
+    n, n_pins = len(kind_ids), pin_match.shape[0]
+    n_genres = genre_unit.shape[1]
+    remaining = np.arange(n)
+    n_rem = n
+    per_kind = np.zeros(len(caps), dtype=np.int64)
+    placed = np.empty(n, dtype=np.int64)
+    placed_raw = np.empty(n)
+    placed_penalty = np.empty(n)
+    placed_pinned = np.zeros(n, dtype=np.bool_)
+    n_placed = 0
+    placed_mask = np.zeros(genre_unit.shape[0], dtype=np.bool_)
+    placed_genre = np.zeros((n, n_genres))
+    placed_kinds = np.empty(n, dtype=np.int64)
+    capped = np.empty(n, dtype=np.int64)
+    n_capped = 0
+    short = np.empty(n, dtype=np.int64)
+    short_len = np.empty(n, dtype=np.int64)
+    n_short = 0
+    pin_events = np.empty((n_pins, 2), dtype=np.int64)  # (pin, row or -1): one per pin
+    n_pin_events = 0
+    pinned = np.empty(n, dtype=np.int64)
+    n_pinned = 0
+    pin_at = 0  # the first pin still pending
+    dup_events = np.empty((n * n, 3), dtype=np.int64)  # (row, lost to row, slots end)
+    dup_slots = np.empty(len(titles), dtype=np.int64)
+    n_dup = n_dup_slots = 0
+    shown = np.empty(len(titles), dtype=titles.dtype)
+    while True:
+        k = 0
+        for j in range(n_rem):  # caps
+            r = remaining[j]
+            if per_kind[kind_ids[r]] >= caps[kind_ids[r]]:
+                capped[n_capped] = r
+                n_capped += 1
+            else:
+                remaining[k] = r
+                k += 1
+        n_rem = k
+        k = 0
+        for j in range(n_rem):  # short rows
+            r = remaining[j]
+            if lengths[r] < min_length:
+                short[n_short], short_len[n_short] = r, lengths[r]
+                n_short += 1
+            else:
+                remaining[k] = r
+                k += 1
+        n_rem = k
+        if n_rem == 0 or n_placed >= page_rows:
+            break
+        rows = remaining[:n_rem].copy()
+        state = np.empty((n_rem, 6))
+        cents = np.zeros((n_rem, n_genres))
+        _row_states(
+            starts,
+            titles,
+            scores,
+            alive,
+            rows,
+            head,
+            decay,
+            genre_unit,
+            model_kinds[rows],
+            placed_mask,
+            placed_genre[:n_placed],
+            placed_kinds[:n_placed],
+            state,
+            cents,
+        )
+        if cascade:
+            raw = state[:, 2].copy()
+        else:
+            X = np.empty((n_rem, static.shape[1]), dtype=np.float32)
+            for j in range(n_rem):
+                X[j] = static[static_idx[rows[j]]]
+                for c in range(6):
+                    X[j, state_cols[c]] = state[j, c]
+            Xm = np.empty((n_rem, len(colmap)), dtype=np.float32)
+            for j in range(n_rem):
+                for m in range(len(colmap)):
+                    Xm[j, m] = X[j, colmap[m]] if colmap[m] >= 0 else np.float32(0.0)
+            raw = np.empty(n_rem)
+            _forest_raw(Xm, trees, zero, raw)
+        for j in range(n_rem):
+            if not np.isfinite(raw[j]):
+                return (
+                    placed[:0],
+                    placed_raw[:0],
+                    placed_penalty[:0],
+                    placed_pinned[:0],
+                    capped[:0],
+                    short[:0],
+                    short_len[:0],
+                    pin_events[:0],
+                    dup_events[:0],
+                    dup_slots[:0],
+                    remaining[:0],
+                    1,
+                )
+        penalty = np.zeros(n_rem)
+        if n_placed > 0 and weight != 0:
+            above = kind_ids[placed[n_placed - 1]]
+            for j in range(n_rem):
+                kind = kind_ids[rows[j]]
+                penalty[j] = weight * np.float64(per_kind[kind] + (kind == above))
+        # pins: the first pending pin that no earlier pinned row satisfies and that has a row
+        active = -1
+        while pin_at < n_pins:
+            earlier = -1
+            for q in range(n_pinned):
+                if pin_match[pin_at, pinned[q]]:
+                    earlier = pinned[q]
+                    break
+            if earlier >= 0:
+                pin_events[n_pin_events] = (pin_at, earlier)
+                n_pin_events += 1
+                pin_at += 1
+                continue
+            for j in range(n_rem):
+                if pin_match[pin_at, rows[j]]:
+                    active = pin_at
+                    break
+            if active >= 0:
+                break
+            pin_events[n_pin_events] = (pin_at, -1)
+            n_pin_events += 1
+            pin_at += 1
+        pick, best = -1, -np.inf
+        for j in range(n_rem):
+            v = raw[j] - penalty[j]
+            if active >= 0 and not pin_match[active, rows[j]]:
+                v = -np.inf
+            if pick < 0 or v > best:
+                pick, best = j, v
+        r = rows[pick]
+        placed[n_placed] = r
+        placed_raw[n_placed], placed_penalty[n_placed] = raw[pick], penalty[pick]
+        placed_pinned[n_placed] = active >= 0
+        placed_genre[n_placed] = cents[pick]
+        placed_kinds[n_placed] = model_kinds[r]
+        n_placed += 1
+        per_kind[kind_ids[r]] += 1
+        if active >= 0:
+            pin_events[n_pin_events] = (active, r)
+            n_pin_events += 1
+            pinned[n_pinned] = r
+            n_pinned += 1
+            pin_at = active + 1
+        n_shown = 0  # the placed row as it shows: its first titles_per_row titles left
+        for s in range(starts[r], starts[r + 1]):
+            if n_shown == titles_per_row:
+                break
+            if alive[s]:
+                shown[n_shown] = titles[s]
+                n_shown += 1
+        k = 0
+        for j in range(n_rem):
+            if j != pick:
+                remaining[k] = rows[j]
+                k += 1
+        n_rem = k
+        for s in range(min(head, n_shown)):
+            placed_mask[shown[s]] = True
+        if dedupe:
+            slots, lost = _remove_titles(
+                starts, titles, alive, lengths, remaining[:n_rem], shown[:n_shown], seen
+            )
+            at = 0
+            for j in range(n_rem):
+                if lost[j]:
+                    dup_slots[n_dup_slots : n_dup_slots + lost[j]] = slots[at : at + lost[j]]
+                    n_dup_slots += lost[j]
+                    dup_events[n_dup] = (remaining[j], r, n_dup_slots)
+                    n_dup += 1
+                at += lost[j]
+    # pins never reached: their rows were removed, or the page filled up first
+    while pin_at < n_pins:
+        earlier = -1
+        for q in range(n_pinned):
+            if pin_match[pin_at, pinned[q]]:
+                earlier = pinned[q]
+                break
+        pin_events[n_pin_events] = (pin_at, earlier)
+        n_pin_events += 1
+        pin_at += 1
+    return (
+        placed[:n_placed],
+        placed_raw[:n_placed],
+        placed_penalty[:n_placed],
+        placed_pinned[:n_placed],
+        capped[:n_capped],
+        short[:n_short],
+        short_len[:n_short],
+        pin_events[:n_pin_events],
+        dup_events[:n_dup],
+        dup_slots[:n_dup_slots],
+        remaining[:n_rem],
+        0,
+    )
+
+
+def _assembled(
+    pool: RowPool,
+    pins: Sequence[Any],
+    kind_names: list[str],
+    caps: np.ndarray,
+    got: tuple[Any, ...],
+) -> AssembledPage:
+    """The AssembledPage and trace of `_assemble_rows`' outcome, as assemble_page builds them."""
+    placed, raw, penalty, pinned, capped, short, short_len, pin_events, dups, slots, left, _ = got
+    rows = pool.rows
+    shown = [pool.shown(i) for i in placed.tolist()]  # placed rows: dedupe left them be
+    ends = dups[:, 2].tolist()
+    trace = AssemblyTrace(
+        placed=tuple(
+            PlacedRow(r.row_id, s, p, bool(q))
+            for r, s, p, q in zip(shown, raw.tolist(), penalty.tolist(), pinned, strict=True)
+        ),
+        pins=tuple(
+            PinOutcome(str(pins[p]), rows[r].row_id if r >= 0 else None)
+            for p, r in pin_events.tolist()
+        ),
+        duplicates=tuple(
+            DuplicateRemoval(rows[r].row_id, rows[to].row_id, pool.titles[slots[a:b]])
+            for (r, to, _), a, b in zip(dups.tolist(), [0, *ends][:-1], ends, strict=True)
+        ),
+        dropped_short=tuple(
+            ShortRow(rows[r].row_id, n)
+            for r, n in zip(short.tolist(), short_len.tolist(), strict=True)
+        ),
+        capped=tuple(
+            CappedRow(rows[r].row_id, rows[r].kind, int(caps[kind_names.index(rows[r].kind)]))
+            for r in capped.tolist()
+        ),
+        unplaced=tuple(rows[i].row_id for i in left.tolist()),
+    )
+    return AssembledPage(tuple(shown), raw.astype(np.float64), trace)
 
 
 def continuation_mode(history: History, user: int, at_us: int, cfg: PageModelConfig) -> bool:
@@ -729,8 +1075,12 @@ class Engine:
                 layout.visible_titles,
             )
         if self.page_config.row_order == "template":  # the row-model ablation (docs/benchmark.md)
-            scorer = score_rows_by_template(self.page_config.row_template, layout.visible_titles)
-        assembled = assemble_page(scored.rows, scorer, layout, self.rules, continuation_mode=cont)
+            template = score_rows_by_template(self.page_config.row_template, layout.visible_titles)
+            assembled = assemble_page(
+                scored.rows, template, layout, self.rules, continuation_mode=cont
+            )
+        else:
+            assembled = scorer.assemble(scored.rows, layout, self.rules, continuation_mode=cont)
         return build_page(
             assembled,
             h,
@@ -759,12 +1109,15 @@ class Engine:
         return Scored(ordered, X, s, static)
 
     def warm_up(self) -> None:
-        """Build one page and drop it, so that the compiled loops (numba) are loaded from their
-        cache, or compiled the first time after an install (seconds), before a request waits
-        for them. `rowrank serve` does this before a model is ready (engine.serve)."""
+        """Build one page and one fallback page and drop them, so that the compiled loops
+        (numba) are loaded from their cache, or compiled the first time after an install
+        (seconds), before a request waits for them. `rowrank serve` does this before a model is
+        ready (engine.serve)."""
         h = self.history
         if len(h.user_ids):
-            self.page(str(h.user_ids[0]), "tv", datetime.fromtimestamp(h.cutoff_us / 1e6, UTC))
+            at = datetime.fromtimestamp(h.cutoff_us / 1e6, UTC)
+            self.page(str(h.user_ids[0]), "tv", at)
+            self.fallback_page(self.context(str(h.user_ids[0]), "tv", at))
 
     # ----- the fallback page -------------------------------------------------------------------
 
