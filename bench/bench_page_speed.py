@@ -23,6 +23,7 @@ and trained there if missing.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import os
 import subprocess
@@ -108,22 +109,36 @@ def requests(eng: Engine, n: int, seed: int) -> list[RequestContext]:
 
 def time_pages(
     eng: Engine, reqs: list[RequestContext]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, np.ndarray]:
     """Wall ms, CPU ms of this thread (time.thread_time: what the page costs even when other
-    processes share the core) and scored pairs, per page; and a sha256 of all the pages' JSON
-    (untimed), so two commits can be checked to build the same pages."""
+    processes share the core) and scored pairs, per page; a sha256 of all the pages' JSON
+    (untimed), so two commits can be checked to build the same pages; and the wall ms of the
+    pages during which Python's garbage collector ran a full (generation 2) collection."""
     for ctx in reqs[:30]:  # warm-up: caches, LightGBM's first call, numpy dispatch
         eng.page_for(ctx)
-    ms, cpu, pairs = [], [], []
+    ms, cpu, pairs, full_gc = [], [], [], []
     digest = hashlib.sha256()
-    for ctx in reqs:
-        c0, t0 = time.thread_time(), time.perf_counter()
-        page = eng.page_for(ctx)
-        ms.append((time.perf_counter() - t0) * 1e3)
-        cpu.append((time.thread_time() - c0) * 1e3)
-        pairs.append(page.trace.get("scored", {}).get("pairs", 0))
-        digest.update(page.to_json())
-    return np.array(ms), np.array(cpu), np.array(pairs), digest.hexdigest()[:12]
+    collections = [0]
+
+    def count_full(phase: str, info: dict[str, int]) -> None:
+        collections[0] += phase == "start" and info["generation"] == 2
+
+    gc.callbacks.append(count_full)
+    try:
+        for ctx in reqs:
+            before = collections[0]
+            c0, t0 = time.thread_time(), time.perf_counter()
+            page = eng.page_for(ctx)
+            ms.append((time.perf_counter() - t0) * 1e3)
+            cpu.append((time.thread_time() - c0) * 1e3)
+            if collections[0] > before:
+                full_gc.append(ms[-1])
+            pairs.append(page.trace.get("scored", {}).get("pairs", 0))
+            digest.update(page.to_json())
+    finally:
+        gc.callbacks.remove(count_full)
+    out = np.array(ms), np.array(cpu), np.array(pairs), digest.hexdigest()[:12]
+    return (*out, np.array(full_gc))
 
 
 def stages(eng: Engine, reqs: list[RequestContext]) -> dict[str, float]:
@@ -220,7 +235,12 @@ def row_model_calls(eng: Engine, reqs: list[RequestContext]) -> tuple[float, flo
 
 
 def report(
-    name: str, ms: np.ndarray, cpu: np.ndarray, pairs: np.ndarray, digest: str
+    name: str,
+    ms: np.ndarray,
+    cpu: np.ndarray,
+    pairs: np.ndarray,
+    digest: str,
+    full_gc: np.ndarray,
 ) -> dict[str, Any]:
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     c50, c90, c99 = np.percentile(cpu, [50, 90, 99])
@@ -228,7 +248,8 @@ def report(
         f"{name}: {len(ms)} pages; wall p50 {p50:.2f} ms, p90 {p90:.2f}, p99 {p99:.2f}, "
         f"max {ms.max():.2f}; CPU p50 {c50:.2f} ms, p90 {c90:.2f}, p99 {c99:.2f}; "
         f"scored pairs per page: median {np.median(pairs):.0f}, min {pairs.min()}, "
-        f"max {pairs.max()}; pages sha256 {digest}"
+        f"max {pairs.max()}; pages sha256 {digest}; pages with a full garbage collection: "
+        + (", ".join(f"{m:.1f} ms" for m in full_gc) if len(full_gc) else "none")
     )
     return {
         "cpu_p50_ms": c50,
