@@ -802,11 +802,7 @@ def _assemble_rows(
         # pins: the first pending pin that no earlier pinned row satisfies and that has a row
         active = -1
         while pin_at < n_pins:
-            earlier = -1
-            for q in range(n_pinned):
-                if pin_match[pin_at, pinned[q]]:
-                    earlier = pinned[q]
-                    break
+            earlier = _first_pinned_match(pin_match[pin_at], pinned[:n_pinned])
             if earlier >= 0:
                 pin_events[n_pin_events] = (pin_at, earlier)
                 n_pin_events += 1
@@ -871,11 +867,7 @@ def _assemble_rows(
                 at += lost[j]
     # pins never reached: their rows were removed, or the page filled up first
     while pin_at < n_pins:
-        earlier = -1
-        for q in range(n_pinned):
-            if pin_match[pin_at, pinned[q]]:
-                earlier = pinned[q]
-                break
+        earlier = _first_pinned_match(pin_match[pin_at], pinned[:n_pinned])
         pin_events[n_pin_events] = (pin_at, earlier)
         n_pin_events += 1
         pin_at += 1
@@ -893,6 +885,17 @@ def _assemble_rows(
         remaining[:n_rem],
         0,
     )
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_pinned_match(matches, pinned):
+    """The first of the rows pinned so far that a pin matches (it satisfies the pin), or -1
+    (assembly.pin_rows: a ranker's row pinned by kind in continuation mode is not pinned
+    again by name)."""
+    for r in pinned:
+        if matches[r]:
+            return r
+    return -1
 
 
 def _assembled(
