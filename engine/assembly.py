@@ -265,7 +265,6 @@ class RowPool:
 
     def __init__(self, rows: Sequence[CandidateRow], titles_per_row: int) -> None:
         self.rows = list(rows)
-        self.position = {r.row_id: i for i, r in enumerate(self.rows)}
         self.titles_per_row = titles_per_row
         self.lengths = np.fromiter((len(r.titles) for r in self.rows), np.int64, len(self.rows))
         self.starts = np.zeros(len(self.rows) + 1, dtype=np.int64)

@@ -373,6 +373,11 @@ class PageModel:
         self._row_pos = (
             len(POSITION_FEATURES["row"]) if has_position_feature("row", row.feature_name()) else 0
         )
+        # For compiled callers: the declared row-matrix column each row-model input reads
+        # (-1: a position slot, served as 0); what row_model_input's column selection does.
+        declared = range(len(feature_names("row")))
+        cols = list(declared) if self._row_cols is None else self._row_cols
+        self._row_colmap = np.array([*cols, *[-1] * self._row_pos], dtype=np.int64)
 
     def score_titles(self, X: np.ndarray) -> np.ndarray:
         """Scores of (row, title) pairs; X holds every declared title feature."""
@@ -389,13 +394,11 @@ class PageModel:
             return np.empty(0)
         return self._row_trees.raw(self.row_model_input(X))
 
-    def row_trees(self, n_columns: int) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
+    def row_trees(self) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
         """For compiled callers of the row model (engine.pipeline's assembly loop): the trees'
-        arrays for `_forest_raw`, the column of a declared row matrix (`n_columns` wide) each
-        model input reads (-1: a position slot, served as 0), and LightGBM's zero."""
-        cols = list(range(n_columns)) if self._row_cols is None else list(self._row_cols)
-        colmap = np.array(cols + [-1] * self._row_pos, dtype=np.int64)
-        return self._row_trees.arrays, colmap, _LGB_ZERO
+        arrays for `_forest_raw`, the declared row-matrix column each model input reads (-1: a
+        position slot, served as 0), and LightGBM's zero."""
+        return self._row_trees.arrays, self._row_colmap, _LGB_ZERO
 
     def row_model_input(self, X: np.ndarray) -> np.ndarray:
         """The row Booster's input for a matrix of every declared row feature."""
@@ -464,8 +467,8 @@ class Forest:
     where a missing or zero value goes, and which words of the category bitset a node reads.
     `raw(X)` equals `Booster.predict(X, raw_score=True)` bit for bit (tests/test_page_model.py:
     NaN, zeros, tiny values, negative, fractional, unseen and out-of-range category codes,
-    single-leaf trees). Through LightGBM's C API a page's (row, title) pairs cost about 2.4 us
-    each, and each row-model call (one per row placed) its setup (docs/page_model.md)."""
+    single-leaf trees). Through LightGBM's C API every call pays a setup, and a page calls the
+    row model once per row it places (bench/bench_page_speed.py times one call both ways)."""
 
     def __init__(self, model_text: str) -> None:
         blocks = model_text.split("\nend of trees", 1)[0].split("\nTree=")[1:]
@@ -483,6 +486,9 @@ class Forest:
             missing = (decision >> 2) & 3  # 0 none, 1 zero, 2 NaN
             default_left = (decision & 2) != 0
             zero_le = threshold >= 0.0
+            # NaN is 0 unless the missing type is NaN; a zero is missing for type zero
+            nan_left = np.where(missing > 0, default_left, zero_le)
+            zero_left = np.where(missing == 1, default_left, zero_le)
             categorical = (decision & 1) == 1
             bounds = _numbers(kv, "cat_boundaries").astype(np.int64)
             cat = np.where(categorical, threshold, 0).astype(np.int64)  # its category set
@@ -491,15 +497,12 @@ class Forest:
                 "feature": _numbers(kv, "split_feature").astype(np.int32),
                 "threshold": threshold,
                 "categorical": categorical,
-                # NaN is 0 unless the missing type is NaN; a zero is missing for type zero
-                "nan_left": np.where(missing > 0, default_left, zero_le),
-                "zero_left": np.where(missing == 1, default_left, zero_le),
+                "nan_left": nan_left,
+                "zero_left": zero_left,
                 # `x <= threshold` (NaN: nan_left) alone is LightGBM's answer for every x,
                 # zeros and tiny values included: true of most numerical nodes, which then
                 # skip the zero test
-                "plain": ~categorical
-                & (np.abs(threshold) > _LGB_ZERO)
-                & (np.where(missing == 1, default_left, zero_le) == zero_le),
+                "plain": ~categorical & (np.abs(threshold) > _LGB_ZERO) & (zero_left == zero_le),
                 "cat_lo": np.where(categorical, lo, 0),  # its words of cat_bits
                 "cat_hi": np.where(categorical, hi, 0),
                 "leaf_value": leaf,

@@ -483,13 +483,7 @@ class RowModelScorer:
         new = list(placed[len(self._placed_kinds) :])  # rows placed since the last stage
         if not new:
             return
-        rows: Sequence[CandidateRow] = new
-        if self._pool is not None:  # placed from this page's pool, where dedupe leaves them be
-            pool = self._pool[0]
-            at = [pool.position.get(p.row_id, -1) for p in new]
-            if min(at) >= 0 and all(pool.shown(i) is p for i, p in zip(at, new, strict=True)):
-                rows = ShownRows(pool, np.array(at, dtype=np.int64))
-        shown, _, kinds = self._rows(rows)
+        shown, _, kinds = self._rows(new)  # as they show: cut and deduped already
         _, cents = self._row_features(shown, kinds)
         for p in new:
             self._placed_mask[p.titles[: self.visible]] = True
@@ -542,7 +536,7 @@ class RowModelScorer:
         ).reshape(len(pins), n)
         static_idx = np.array([self.index[r.row_id] for r in pool.rows], dtype=np.int64)
         model_kinds = np.array([self.store.kind_code(r.kind) for r in pool.rows], dtype=np.int64)
-        trees, colmap, zero = self.model.row_trees(self.static.shape[1])
+        trees, colmap, zero = self.model.row_trees()
         got = _assemble_rows(
             pool.starts,
             pool.titles,
@@ -555,7 +549,7 @@ class RowModelScorer:
             model_kinds,
             np.ascontiguousarray(self.static, dtype=np.float32),
             static_idx,
-            np.array(_ROW_STATE_COLUMNS, dtype=np.int64),
+            _ROW_STATE_COLUMNS,
             colmap,
             trees,
             zero,
@@ -646,17 +640,20 @@ class CascadeScorer(RowModelScorer):
         return self.title_aggregates(remaining)[:, 2]
 
 
-_ROW_STATE_COLUMNS = [
-    row_column(name)
-    for name in (
-        "rs_top",
-        "rs_mean_visible",
-        "rs_play_est",
-        "pl_overlap_above",
-        "pl_genre_sim_above",
-        "pl_same_kind_above",
-    )
-]
+_ROW_STATE_COLUMNS = np.array(
+    [
+        row_column(name)
+        for name in (
+            "rs_top",
+            "rs_mean_visible",
+            "rs_play_est",
+            "pl_overlap_above",
+            "pl_genre_sim_above",
+            "pl_same_kind_above",
+        )
+    ],
+    dtype=np.int64,
+)
 
 
 @numba.njit(cache=True, nogil=True)
