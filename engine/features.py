@@ -708,92 +708,55 @@ class FeatureStore:
 
         `title_x`/`title_scores` are the title-model matrix and scores of all pairs;
         `visible_pairs` indexes the pairs each row shows first (its visible titles, in the
-        within-row order) and `visible_row` says which row each belongs to."""
+        within-row order) and `visible_row` says which row each belongs to (non-decreasing).
+
+        One compiled pass over the rows and their visible pairs (`_row_columns`): on a page's
+        dozen rows, the two dozen numpy calls this took cost more than their arithmetic. The
+        transcendental parts (exp, power, log1p) stay numpy's, so the kernel gives the bits the
+        models were trained with on any CPU (tests/test_features.py holds the numpy formulas
+        and compares)."""
         n_rows = len(row_req)
         X = np.full((n_rows, len(ROW_FEATURES)), np.nan, dtype=np.float32)
-        col = _ROW_COL
-        # context and user columns are the same as for any of the row's pairs
-        first = np.full(n_rows, -1, dtype=np.int64)
-        first[visible_row[::-1]] = visible_pairs[::-1]
-        has = first >= 0
-        for f in (*CONTEXT_FEATURES, *USER_FEATURES):
-            X[has, col[f.name]] = title_x[first[has], _TITLE_COL[f.name]]
-        if (~has).any():  # a row with no visible pair: fill from the request directly
-            X[~has, col["ctx_device"]] = req.device[row_req[~has]]
-            X[~has, col["ctx_hour"]] = req.hour[row_req[~has]]
-            X[~has, col["ctx_weekend"]] = req.weekend[row_req[~has]]
-            X[~has, col["ctx_country"]] = req.country[row_req[~has]]
-        X[:, col["row_kind"]] = row_kind
-        X[:, col["row_ranker"]] = row_ranker
-        X[:, col["row_len"]] = row_len
-        X[:, col["row_top_score"]] = row_top_score
-        X[:, col["rs_top"]] = _segment_max(title_scores[visible_pairs], visible_row, n_rows)
-        X[:, col["rs_mean_visible"]] = _segment_mean(
-            title_scores[visible_pairs], visible_row, n_rows
+        if n_rows == 0:
+            return X
+        vis_scores = title_scores[visible_pairs].astype(np.float64)
+        # the cascade's title probabilities and the device's column decay (rs_play_est)
+        p = 1.0 / (1.0 + np.exp(-np.clip(vis_scores, -30, 30)))
+        width = int(np.bincount(visible_row).max()) if len(visible_row) else 0
+        device = req.device[row_req].astype(np.int64)
+        decay = self.col_decay[device][:, None] ** np.arange(width)
+        user = req.user[row_req].astype(np.int64)
+        kind = np.asarray(row_kind, dtype=np.int64)
+        shown_log = np.log1p(self.user_kind[np.maximum(user, 0), np.maximum(kind, 0), 0])
+        terms = np.zeros((n_rows, width))
+        _row_columns(
+            X,
+            _ROW_KERNEL_COLUMNS,
+            (
+                user,
+                device,
+                req.hour[row_req].astype(np.int64),
+                req.weekend[row_req].astype(np.int64),
+                req.country[row_req].astype(np.int64),
+                kind,
+            ),
+            (
+                np.asarray(row_ranker, dtype=np.int64),
+                np.asarray(row_len, dtype=np.float64),
+                np.asarray(row_top_score, dtype=np.float64),
+            ),
+            (title_x, vis_scores, p, visible_pairs, visible_row, decay, terms),
+            (
+                self.user_kind,
+                self.user_kind_device,
+                self.user_kind_daypart,
+                self.kind_device,
+                self.kind_daypart,
+                shown_log,
+            ),
         )
-        X[:, col["rs_play_est"]] = self.play_estimate(
-            title_scores[visible_pairs], visible_row, n_rows, req.device[row_req]
-        )
-        for name, src in _ROW_AGG_SOURCES:
-            X[:, col[name]] = _segment_mean(
-                title_x[visible_pairs, _TITLE_COL[src]], visible_row, n_rows
-            )
-        # engagement with this row kind, from impressions before the cut-off
-        u = req.user[row_req].astype(np.int64)
-        known = u >= 0
-        uk = np.where(known, u, 0)
-        k = row_kind.astype(np.int64)
-        kk = np.where(k >= 0, k, 0)
-        ok = known & (k >= 0)
-        d = req.device[row_req].astype(np.int64)
-        dp = daypart(req.hour[row_req].astype(np.int64))
-        g_dev = self.kind_device[kk, d]
-        g_dp = self.kind_daypart[kk, dp]
-        base_dev = _rate(g_dev, 0.0)
-        base_dp = _rate(g_dp, 0.0)
-        base_kind = _rate(self.kind_device[kk].sum(axis=1), 0.0)
-        uk_all = self.user_kind[uk, kk]
-        X[:, col["re_user_kind_shown"]] = np.where(ok, np.log1p(uk_all[:, 0]), 0.0)
-        X[:, col["re_user_kind_rate"]] = np.where(ok, _rate(uk_all, base_kind), base_kind)
-        X[:, col["re_user_kind_device_rate"]] = np.where(
-            ok, _rate(self.user_kind_device[uk, kk, d], base_dev), base_dev
-        )
-        X[:, col["re_user_kind_daypart_rate"]] = np.where(
-            ok, _rate(self.user_kind_daypart[uk, kk, dp], base_dp), base_dp
-        )
-        X[:, col["re_kind_device_rate"]] = base_dev
-        X[:, col["re_kind_daypart_rate"]] = base_dp
-        no_kind = k < 0
-        _missing_categories(X, _ROW_CATEGORICAL)
-        for name in (
-            "re_user_kind_rate",
-            "re_user_kind_device_rate",
-            "re_user_kind_daypart_rate",
-            "re_kind_device_rate",
-            "re_kind_daypart_rate",
-        ):
-            X[no_kind, col[name]] = np.nan
+        X[:, _ROW_COL["rs_play_est"]] = terms.sum(axis=1)
         return X
-
-    def play_estimate(
-        self, scores: np.ndarray, owner: np.ndarray, n_rows: int, device: np.ndarray
-    ) -> np.ndarray:
-        """Per row, P(a play | the row is reached) = sum_c decay^c prod_{c'<c}(1 - p_c') p_c,
-        p = sigmoid(title-model score) of the row's visible titles in display order (the
-        browsing model of engine.world and engine.metrics; decay estimated from the log)."""
-        out = np.zeros(n_rows)
-        if len(scores) == 0:
-            return out
-        p = 1.0 / (1.0 + np.exp(-np.clip(scores.astype(np.float64), -30, 30)))
-        starts = np.searchsorted(owner, np.arange(n_rows))
-        col = np.arange(len(owner)) - starts[owner]
-        width = int(col.max()) + 1
-        P = np.zeros((n_rows, width))
-        P[owner, col] = p
-        survive = np.cumprod(np.concatenate([np.ones((n_rows, 1)), 1.0 - P[:, :-1]], axis=1), 1)
-        decay = self.col_decay[np.asarray(device, dtype=np.int64)][:, None] ** np.arange(width)
-        out = (survive * decay * P).sum(axis=1)
-        return np.asarray(out, dtype=np.float64)
 
 
 _TITLE_COL: dict[str, int] = {f.name: i for i, f in enumerate(TITLE_FEATURES)}
@@ -936,6 +899,122 @@ def _title_rows(X, cols, req, pair, pair_more, affinity, recent, arrays):
         x[row_rank], x[row_len] = p_rank[p], p_row_len[p]
 
 
+# The row-matrix columns `_row_columns` writes by name, in the order it unpacks them; the
+# context and user columns it copies from a visible pair's title-matrix row; the aggregates it
+# averages over the visible pairs (_ROW_AGG_SOURCES); the category columns.
+_ROW_KERNEL_NAMES = (
+    "ctx_device", "ctx_hour", "ctx_weekend", "ctx_country",
+    "row_kind", "row_ranker", "row_len", "row_top_score", "rs_top", "rs_mean_visible",
+    "re_user_kind_shown", "re_user_kind_rate", "re_user_kind_device_rate",
+    "re_user_kind_daypart_rate", "re_kind_device_rate", "re_kind_daypart_rate",
+)  # fmt: skip
+_ROW_KERNEL_COLUMNS = (
+    tuple(_ROW_COL[name] for name in _ROW_KERNEL_NAMES),
+    np.array(
+        [[_ROW_COL[f.name], _TITLE_COL[f.name]] for f in (*CONTEXT_FEATURES, *USER_FEATURES)],
+        dtype=np.int64,
+    ),
+    np.array([[_ROW_COL[n], _TITLE_COL[src]] for n, src in _ROW_AGG_SOURCES], dtype=np.int64),
+    _ROW_CATEGORICAL,
+)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _rate_of(shown, hits, prior):
+    """_rate of one (shown, hits) pair."""
+    return (np.float64(hits) + _PRIOR_N * prior) / (np.float64(shown) + _PRIOR_N)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _row_columns(X, cols, row_codes, row_values, visible, counts):
+    """FeatureStore.row_static's columns, one pass over the visible pairs, then one per row.
+    Means skip NaN values (NaN for a row with none); the best score is NaN when a score is.
+    For rs_play_est, P(a play | the row is reached) = sum_c decay^c prod_{c'<c}(1 - p_c') p_c
+    over the visible titles in display order (p = sigmoid(title-model score): the browsing
+    model of engine.world and engine.metrics, decay estimated from the log), the kernel writes
+    the terms and the caller sums them (numpy's summation order)."""
+    named, copied, aggregated, categorical = cols
+    (
+        ctx_device, ctx_hour, ctx_weekend, ctx_country,
+        row_kind, row_ranker, row_len, row_top_score, rs_top, rs_mean_visible,
+        re_shown, re_rate, re_device_rate, re_daypart_rate, re_kind_device, re_kind_daypart,
+    ) = named  # fmt: skip
+    user, device, hour, weekend, country, kind = row_codes
+    ranker, length, top_score = row_values
+    title_x, scores, p, pairs, owner, decay, terms = visible
+    user_kind, user_kind_device, user_kind_daypart, kind_device, kind_daypart, shown_log = counts
+    n_rows, n_agg = X.shape[0], aggregated.shape[0]
+    first = np.full(n_rows, -1, dtype=np.int64)
+    top = np.full(n_rows, -np.inf)
+    sums = np.zeros((n_rows, 1 + n_agg))
+    n = np.zeros((n_rows, 1 + n_agg), dtype=np.int64)
+    survive = np.ones(n_rows)
+    column = np.zeros(n_rows, dtype=np.int64)
+    for i in range(len(pairs)):
+        r, s = owner[i], scores[i]
+        if first[r] < 0:
+            first[r] = pairs[i]
+        if np.isnan(s):  # and once NaN, NaN: nothing compares greater
+            top[r] = np.nan
+        elif s > top[r]:
+            top[r] = s
+        if not np.isnan(s):
+            sums[r, 0] += s
+            n[r, 0] += 1
+        for a in range(n_agg):
+            v = np.float64(title_x[pairs[i], aggregated[a, 1]])
+            if not np.isnan(v):
+                sums[r, a + 1] += v
+                n[r, a + 1] += 1
+        c = column[r]
+        terms[r, c] = survive[r] * decay[r, c] * p[i]
+        survive[r] *= 1.0 - p[i]
+        column[r] = c + 1
+    for r in range(n_rows):
+        x = X[r]
+        if first[r] >= 0:  # context and user columns are the same as for any of its pairs
+            for j in range(copied.shape[0]):
+                x[copied[j, 0]] = title_x[first[r], copied[j, 1]]
+        else:  # a row with no visible pair: the context from the request directly
+            x[ctx_device], x[ctx_hour] = device[r], hour[r]
+            x[ctx_weekend], x[ctx_country] = weekend[r], country[r]
+        x[row_kind], x[row_ranker] = kind[r], ranker[r]
+        x[row_len], x[row_top_score] = length[r], top_score[r]
+        x[rs_top] = np.nan if np.isinf(top[r]) else top[r]
+        x[rs_mean_visible] = sums[r, 0] / n[r, 0]
+        for a in range(n_agg):
+            x[aggregated[a, 0]] = sums[r, a + 1] / n[r, a + 1]
+        # engagement with this row kind, from impressions before the cut-off
+        u, k = user[r], kind[r]
+        ok = u >= 0 and k >= 0
+        uk, kk = max(u, 0), max(k, 0)
+        d, dp = device[r], hour[r] // (24 // N_DAYPARTS)
+        base_dev = _rate_of(kind_device[kk, d, 0], kind_device[kk, d, 1], 0.0)
+        base_dp = _rate_of(kind_daypart[kk, dp, 0], kind_daypart[kk, dp, 1], 0.0)
+        shown, hits = np.float32(0.0), np.float32(0.0)  # float32 sums, as numpy's
+        for e in range(kind_device.shape[1]):
+            shown += kind_device[kk, e, 0]
+            hits += kind_device[kk, e, 1]
+        base_kind = _rate_of(shown, hits, 0.0)
+        if ok:
+            x[re_shown] = shown_log[r]
+            x[re_rate] = _rate_of(user_kind[uk, kk, 0], user_kind[uk, kk, 1], base_kind)
+            got = user_kind_device[uk, kk, d]
+            x[re_device_rate] = _rate_of(got[0], got[1], base_dev)
+            got = user_kind_daypart[uk, kk, dp]
+            x[re_daypart_rate] = _rate_of(got[0], got[1], base_dp)
+        else:
+            x[re_shown] = 0.0
+            x[re_rate], x[re_device_rate], x[re_daypart_rate] = base_kind, base_dev, base_dp
+        x[re_kind_device], x[re_kind_daypart] = base_dev, base_dp
+        if k < 0:
+            x[re_rate] = x[re_device_rate] = x[re_daypart_rate] = np.nan
+            x[re_kind_device] = x[re_kind_daypart] = np.nan
+        for c in categorical:  # unknown codes (-1) are missing, as _missing_categories does
+            if x[c] < 0:
+                x[c] = np.nan
+
+
 def _missing_categories(X: np.ndarray, cols: np.ndarray) -> None:
     """Unknown category codes (-1) become NaN, which LightGBM reads as missing (it would
     convert negative categories itself, with a warning per Dataset)."""
@@ -1070,24 +1149,6 @@ def _rate(counts: np.ndarray, prior: np.ndarray | float) -> np.ndarray:
     shown, hits = counts[..., 0].astype(np.float64), counts[..., 1].astype(np.float64)
     prior_arr = np.asarray(prior, dtype=np.float64)
     out: np.ndarray = (hits + _PRIOR_N * prior_arr) / (shown + _PRIOR_N)
-    return out
-
-
-def _segment_mean(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
-    """Mean of `values` per owner (NaN values ignored; NaN for an owner with none)."""
-    v = values.astype(np.float64)
-    ok = ~np.isnan(v)
-    s = np.bincount(owner[ok], weights=v[ok], minlength=n)
-    c = np.bincount(owner[ok], minlength=n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out: np.ndarray = s / c
-    return out
-
-
-def _segment_max(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
-    out = np.full(n, -np.inf)
-    np.maximum.at(out, owner, values.astype(np.float64))
-    out[np.isinf(out)] = np.nan
     return out
 
 

@@ -587,7 +587,7 @@ def _row_states(
     cents,
 ):
     """For each pool row in `rows`, over its first `head` titles left after dedupe: the best
-    and mean title score, the cascade play estimate (FeatureStore.play_estimate for one row),
+    and mean title score, the cascade play estimate (rs_play_est of FeatureStore.row_static),
     the share of them already placed above, the genre centroid's best cosine with the rows
     above, and how many rows above are of its kind. Plain loops: one pass per row."""
     for j in range(len(rows)):
