@@ -57,6 +57,7 @@ from engine.pipeline import (
     propose_rows,
     pvr_scores,
 )
+from engine.processes import freeze_loaded_objects
 
 ROOT = Path(__file__).resolve().parents[1]
 QUALITY_WORK = ROOT / "bench" / "results" / "page_quality"
@@ -116,6 +117,7 @@ def time_pages(
     pages during which Python's garbage collector ran a full (generation 2) collection."""
     for ctx in reqs[:30]:  # warm-up: caches, LightGBM's first call, numpy dispatch
         eng.page_for(ctx)
+    freeze_loaded_objects()  # as rowrank serve and precompute's workers do once warm
     ms, cpu, pairs, full_gc = [], [], [], []
     digest = hashlib.sha256()
     collections = [0]

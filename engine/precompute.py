@@ -40,7 +40,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import orjson
 
 from engine.errors import BadRequestError, RowrankError
-from engine.processes import exit_with_parent
+from engine.processes import exit_with_parent, freeze_loaded_objects
 
 if TYPE_CHECKING:
     import numpy as np
@@ -443,6 +443,7 @@ def _cached_engine(model_dir: str, loader: Loader) -> PageSource:
     key = (model_dir, loader)
     if key not in _ENGINES:
         _ENGINES[key] = loader(Path(model_dir))
+        freeze_loaded_objects()
     return _ENGINES[key]
 
 
@@ -735,6 +736,7 @@ Outcome = tuple[ShardTask, dict[str, Any] | BaseException]
 
 
 def _run_inline(tasks: Iterator[ShardTask], engine: PageSource) -> Iterator[Outcome]:
+    freeze_loaded_objects()
     for task in tasks:
         try:
             yield task, run_shard(engine, task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import multiprocessing
 import os
 import signal
@@ -21,3 +22,15 @@ def exit_with_parent() -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def freeze_loaded_objects() -> None:
+    """Collect, then `gc.freeze()`: the objects alive now (a loaded model is some 150,000) leave
+    the cyclic garbage collector's generations. Otherwise every full collection walks them all,
+    80-100 ms here, a pause that lands on one page in a few hundred (bench/bench_page_speed.py
+    names such pages). Call it once a process has loaded and warmed up its model. Frozen objects
+    are never collected, so a process that replaces its model calls `gc.unfreeze()` before and
+    this after (engine.serve's ModelHolder.swap): the cycles of the model it dropped then go at
+    the next swap at the latest."""
+    gc.collect()
+    gc.freeze()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import hmac
 import html
 import logging
@@ -65,7 +66,7 @@ from engine.errors import BadRequestError
 from engine.impression_log import ImpressionLogger
 from engine.impression_log import Scope as LogScope
 from engine.layout import DEFAULT_LAYOUTS, DeviceLayout
-from engine.processes import exit_with_parent
+from engine.processes import exit_with_parent, freeze_loaded_objects
 
 log = logging.getLogger("rowrank.serve")
 
@@ -418,6 +419,7 @@ class ModelHolder:
         try:
             self.engine = self.loader(self.model_dir)
             self.load_error = None
+            freeze_loaded_objects()
             log.info("model %s loaded from %s", self.engine.model_version, self.model_dir)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -439,6 +441,7 @@ class ModelHolder:
         another reload runs, 422 when the directory does not load (the old engine serves on)."""
         if not self._reload_lock.acquire(blocking=blocking):
             raise ApiError(409, "reload_in_progress", "another reload is running; retry later")
+        gc.unfreeze()  # the model the last swap replaced can be collected now
         try:
             if generation is not None and generation <= self.generation:
                 return None
@@ -460,6 +463,7 @@ class ModelHolder:
                 self.generation = generation
             return old, new
         finally:
+            freeze_loaded_objects()
             self._reload_lock.release()
 
 

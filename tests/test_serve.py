@@ -9,6 +9,7 @@ fallback that raises, a page that is slow. Nothing here replaces the engine with
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +38,13 @@ import engine
 from engine.columns import IMPRESSIONS, SCHEMA
 from engine.impression_log import ImpressionLogger, read_impressions
 from engine.layout import DEFAULT_LAYOUTS
-from engine.serve import ENV_WORKER_MIN_UPTIME, ServerThread, create_app, openapi_spec
+from engine.serve import (
+    ENV_WORKER_MIN_UPTIME,
+    ModelHolder,
+    ServerThread,
+    create_app,
+    openapi_spec,
+)
 
 TOKEN = "s3cret-token"
 AT = "2026-11-27T21:00:00+01:00"
@@ -564,6 +572,33 @@ def test_a_request_in_flight_finishes_on_the_old_model(
     assert page.status_code == 200
     assert page.json()["model_version"] == old  # ... and it finished on the old model
     assert requests.get(f"{url}/readyz").json()["model_version"] == new
+
+
+class _CyclicModel:
+    """A stand-in model that, like a real one, holds reference cycles (so only the cyclic
+    garbage collector can free it)."""
+
+    def __init__(self, version: str) -> None:
+        self.model_version = version
+        self.me = self
+
+
+def test_loaded_models_are_frozen_and_a_replaced_one_is_still_collected(tmp_path: Path) -> None:
+    """The holder freezes what a load leaves (no full collection walks the model), unfreezes
+    around a swap, so the model a swap replaced is collected by the next swap at the latest."""
+    versions = iter(["a", "b", "c"])
+    holder = ModelHolder(tmp_path, tmp_path, lambda _: _CyclicModel(next(versions)))
+    try:
+        holder.load_initial()
+        first = weakref.ref(holder.require())
+        assert gc.get_freeze_count() > 0
+        holder.swap(tmp_path)  # "a" may still serve requests in flight: frozen with them
+        assert first() is not None and holder.require().model_version == "b"
+        holder.swap(tmp_path)
+        assert first() is None  # "a" was collected, not kept frozen for good
+        assert holder.require().model_version == "c"
+    finally:
+        gc.unfreeze()
 
 
 # ----- impressions ------------------------------------------------------------------------------
