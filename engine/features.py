@@ -921,7 +921,7 @@ _ROW_KERNEL_COLUMNS = (
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _rate_of(shown, hits, prior):
-    """_rate of one (shown, hits) pair."""
+    """Smoothed play rate (hits + n0 * prior) / (shown + n0); the prior alone without data."""
     return (np.float64(hits) + _PRIOR_N * prior) / (np.float64(shown) + _PRIOR_N)
 
 
@@ -1142,14 +1142,6 @@ def _count2(flat: np.ndarray, played: np.ndarray, size: int) -> np.ndarray:
     shown = np.bincount(flat, minlength=size)
     hits = np.bincount(flat, weights=played, minlength=size)
     return np.stack([shown, hits], axis=1).astype(np.float32)
-
-
-def _rate(counts: np.ndarray, prior: np.ndarray | float) -> np.ndarray:
-    """Smoothed play rate (hits + n0 * prior) / (shown + n0); the prior alone without data."""
-    shown, hits = counts[..., 0].astype(np.float64), counts[..., 1].astype(np.float64)
-    prior_arr = np.asarray(prior, dtype=np.float64)
-    out: np.ndarray = (hits + _PRIOR_N * prior_arr) / (shown + _PRIOR_N)
-    return out
 
 
 def _impressions_before(
