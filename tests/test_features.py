@@ -308,7 +308,7 @@ def test_the_compiled_row_matrix_equals_the_numpy_formulas(
     w = _window_data(ds, _bounds(ds), 1)
     scores = np.random.default_rng(1).normal(size=len(w.label))
     w.row_data(scores)  # logged: the rows as the log shows them
-    replace(w, logged=False).row_data(scores)  # rebuilt: every title of a row visible
+    replace(w, logged=False).row_data(scores)  # rebuilt: each row's best titles by score
     monkeypatch.undo()
     rng = np.random.default_rng(0)
     cases = [*calls, *((store, _odd_rows(args, rng)) for store, args in calls)]
