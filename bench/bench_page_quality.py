@@ -311,7 +311,7 @@ def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
     lists = units.pop("lists")
     shapes = units.pop("shape")
     kinds_above = Counter(k for above in units.pop("kinds_above") for k in above)
-    deduped_to = sum(units.pop("deduped_to"), Counter())
+    deduped_to: Counter[str] = sum(units.pop("deduped_to"), Counter())
     # The best single ranker is chosen on these very units, which favours it.
     per_ranker = {
         name: np.array([ndcg_at_k(got.get(name, _EMPTY), truth, 10) for got, truth in lists])

@@ -232,8 +232,8 @@ def row_model_calls(eng: Engine, reqs: list[RequestContext]) -> tuple[float, flo
             t2 = time.perf_counter()
             lib.append(t1 - t0)
             direct.append(t2 - t1)
-    rows = float(np.median([len(X) for X in mats]))
-    return float(np.median(lib)) * 1e6, float(np.median(direct)) * 1e6, rows
+    per_call = float(np.median([len(X) for X in mats]))
+    return float(np.median(lib)) * 1e6, float(np.median(direct)) * 1e6, per_call
 
 
 def report(

@@ -277,9 +277,10 @@ def validate_byw(vals: list[Split]) -> list[Trial]:
     out = []
     for cw, yw in product((0.0, 0.1, 0.3), (0.0, 0.3)):
         keys = {"content_weight": cw, "year_weight": yw}
+        cfg = BecauseYouWatchedConfig(content_weight=cw, year_weight=yw)
         nd = []
         for s in vals:
-            r = BecauseYouWatchedRanker("byw", BecauseYouWatchedConfig(**keys)).fit(s.history)
+            r = BecauseYouWatchedRanker("byw", cfg).fit(s.history)
             nd.append(evaluate(s, rows_ranker(r, s.history)).ndcg10)
         out.append(Trial(_label(keys), keys, np.concatenate(nd)))
     return out

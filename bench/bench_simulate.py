@@ -19,6 +19,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -98,7 +99,7 @@ def bench_ground_truth(out: Path, n: int, seed: int) -> None:
     all_ids = w.title_ids.tolist()
     timings: dict[str, list[float]] = {}
 
-    def timed(name: str, fn):  # type: ignore[no-untyped-def]
+    def timed(name: str, fn: Any) -> Any:
         t = time.perf_counter()
         res = fn()
         timings.setdefault(name, []).append(time.perf_counter() - t)
