@@ -31,6 +31,11 @@ it), the same row in the title model's order before assembly, in Top-N's own ord
 best single ranker's own list (chosen on these pages, which favours it); page N2DCG (binary
 relevance) against that best list poured into the same page shape (row-major, same rows x
 titles). Differences come with 95% intervals from a bootstrap over members.
+
+`--ml-validation`: the same protocol on validation cuts carved from the data before the
+earliest test cut (engine.split.validation_splits, the same fractions of that earlier data), so
+a change to the page can be judged without the test windows; models under WORK/models/ml-val*,
+results in WORK/results-validation.json.
 """
 
 from __future__ import annotations
@@ -284,7 +289,7 @@ def bench_world(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
-    from protocol import rolling_splits  # bench/protocol.py
+    from protocol import quantile_cut, rolling_splits, validation_splits  # bench/protocol.py
 
     from engine.movielens import import_movielens
 
@@ -295,7 +300,12 @@ def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
     ds = load_dataset(data)
     units: dict[str, list[Any]] = {}
     splits, train_seconds = [], {}
-    for split in rolling_splits(ds, args.ml_cuts):
+    if args.ml_validation:  # nothing at or after the earliest test cut is seen
+        first_test_cut = quantile_cut(ds.plays, max(args.ml_cuts))
+        split_list = validation_splits(ds, first_test_cut, args.ml_cuts)
+    else:
+        split_list = rolling_splits(ds, args.ml_cuts)
+    for split in split_list:
         eng, t = trained(
             data,
             work / "models" / f"ml-{split.name}",
@@ -464,6 +474,11 @@ def main(argv: list[str] | None = None) -> int:
         default=(0.1, 0.2, 0.3),
         help="MovieLens test cuts as fractions of plays after each (rolling origin)",
     )
+    p.add_argument(
+        "--ml-validation",
+        action="store_true",
+        help="MovieLens on validation cuts before the earliest test cut (for tuning)",
+    )
     p.add_argument("--no-ml", action="store_true")
     p.add_argument("--no-world", action="store_true")
     p.add_argument("--retrain", action="store_true")
@@ -511,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name, d in r["differences"].items():
             print(f"  {name:<26} {d['value']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] (members)")
-    out = Path(args.work) / "results.json"
+    name = "results-validation.json" if args.ml_validation else "results.json"
+    out = Path(args.work) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     print(f"-> {out}")
