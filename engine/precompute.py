@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import hashlib
 import io
 import math
@@ -442,6 +443,7 @@ def _cached_engine(model_dir: str, loader: Loader) -> PageSource:
     """The model, loaded once per worker process (Dask tasks and pool tasks share this)."""
     key = (model_dir, loader)
     if key not in _ENGINES:
+        gc.unfreeze()  # a model this process dropped (a Dask worker's older one) can go now
         _ENGINES[key] = loader(Path(model_dir))
         freeze_loaded_objects()
     return _ENGINES[key]

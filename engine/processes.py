@@ -30,7 +30,7 @@ def freeze_loaded_objects() -> None:
     80-100 ms here, a pause that lands on one page in a few hundred (bench/bench_page_speed.py
     names such pages). Call it once a process has loaded and warmed up its model. Frozen objects
     are never collected, so a process that replaces its model calls `gc.unfreeze()` before and
-    this after (engine.serve's ModelHolder.swap): the cycles of the model it dropped then go at
-    the next swap at the latest."""
+    this after (engine.serve's ModelHolder.swap, engine.precompute's _cached_engine): the cycles
+    of the model it dropped then go at once, or at the next swap if requests still held it."""
     gc.collect()
     gc.freeze()

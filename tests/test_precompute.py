@@ -4,6 +4,7 @@ real trained `tiny_model`, byte equality with `rowrank page`, kill-and-resume, r
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,14 @@ import engine
 from engine.cli import main as cli_main
 from engine.errors import BadRequestError
 from engine.precompute import (
+    _ENGINES,
     DONE_DIR,
     MANIFEST,
     MAX_USER_ID_LEN,
     BadLine,
     GridContext,
     PrecomputeConflictError,
+    _cached_engine,
     build_contexts,
     default_at,
     parse_users_file,
@@ -494,3 +498,30 @@ def _is_pool_worker(p: Any) -> bool:
         return any("spawn_main" in a for a in p.cmdline())
     except psutil.Error:
         return False
+
+
+class _CyclicEngine:
+    """A stand-in engine that, like a real one, holds reference cycles."""
+
+    def __init__(self, version: str) -> None:
+        self.model_version = version
+        self.me = self
+
+
+def test_a_worker_that_loads_a_newer_model_lets_the_old_one_be_collected() -> None:
+    """Workers freeze their loaded model out of the garbage collector; a Dask worker that drops
+    its model for a newer version (_dask_run) unfreezes first, so the old one is collected."""
+    versions = iter(["v1", "v2"])
+
+    def loader(_: Path) -> Any:
+        return _CyclicEngine(next(versions))
+
+    try:
+        old = weakref.ref(_cached_engine("m", loader))
+        assert gc.get_freeze_count() > 0
+        _ENGINES.pop(("m", loader))  # what _dask_run does on a version mismatch
+        assert _cached_engine("m", loader).model_version == "v2"
+        assert old() is None
+    finally:
+        _ENGINES.pop(("m", loader), None)
+        gc.unfreeze()
