@@ -690,7 +690,8 @@ def _assemble_rows(
     `min_length`, leave; the rest are scored (`_row_states` + the row model's trees); the
     diversity term is subtracted; a pending pin limits the choice to its rows; the best row is
     placed and its shown titles leave the remaining rows. Returns what happened, in order, for
-    the trace (built by `_assembled`), and a last element 1 when a row score was not finite."""
+    the trace (built by `_assembled`), and a last element 1 when a row score was not finite
+    (the loop stops there; the caller then ignores the rest)."""
     n, n_pins = len(kind_ids), pin_match.shape[0]
     n_genres = genre_unit.shape[1]
     remaining = np.arange(n)
@@ -718,6 +719,7 @@ def _assemble_rows(
     dup_slots = np.empty(len(titles), dtype=np.int64)
     n_dup = n_dup_slots = 0
     shown = np.empty(len(titles), dtype=titles.dtype)
+    failed = 0
     while True:
         k = 0
         for j in range(n_rem):  # caps
@@ -774,22 +776,9 @@ def _assemble_rows(
                     Xm[j, m] = X[j, colmap[m]] if colmap[m] >= 0 else np.float32(0.0)
             raw = np.empty(n_rem)
             _forest_raw(Xm, trees, zero, raw)
-        for j in range(n_rem):
-            if not np.isfinite(raw[j]):
-                return (
-                    placed[:0],
-                    placed_raw[:0],
-                    placed_penalty[:0],
-                    placed_pinned[:0],
-                    capped[:0],
-                    short[:0],
-                    short_len[:0],
-                    pin_events[:0],
-                    dup_events[:0],
-                    dup_slots[:0],
-                    remaining[:0],
-                    1,
-                )
+        if not np.isfinite(raw).all():
+            failed = 1
+            break
         penalty = np.zeros(n_rem)
         if n_placed > 0 and weight != 0:
             above = kind_ids[placed[n_placed - 1]]
@@ -880,7 +869,7 @@ def _assemble_rows(
         dup_events[:n_dup],
         dup_slots[:n_dup_slots],
         remaining[:n_rem],
-        0,
+        failed,
     )
 
 

@@ -467,3 +467,25 @@ def test_the_compiled_assembly_equals_the_reference_loop(eng: Engine, at: str) -
                                 short += len(want.trace.dropped_short)
     # The cases exercised every selector, not only the plain greedy choice.
     assert checked >= 500 and min(placed, pinned, removed, capped, short) > 0
+
+
+def test_a_non_finite_row_score_fails_the_compiled_assembly_as_the_reference(
+    eng: Engine, at: str
+) -> None:
+    """A row score that is not finite stops the compiled loop, which hands the page to
+    assemble_page, whose error names it: the same error either way, no page."""
+    h = eng.history
+    member = str(h.user_ids[0])
+    ctx = eng.context(member, "tv", datetime.fromisoformat(at))
+    layout = eng.layout("tv")
+    proposed = propose_rows(eng.rankers, ctx, h)
+    rows, _ = filter_rows(proposed.rows, ctx, h, eng.rankers, eng.page_config.row_titles_scored)
+    pvr, _ = pvr_scores(eng.rankers, h.user_index(member), h, ctx.at_us)
+    scored = eng.score(ctx, rows, pvr, layout)
+    first = scored.rows[0]
+    broken = [replace(first, scores=np.full_like(first.scores, np.nan)), *scored.rows[1:]]
+    args = (eng.model, eng.store, scored.row_static, [r.row_id for r in broken], 3)
+    with pytest.raises(ValueError, match="non-finite scores"):
+        assemble_page(broken, CascadeScorer(*args), layout, eng.rules)
+    with pytest.raises(ValueError, match="non-finite scores"):
+        CascadeScorer(*args).assemble(broken, layout, eng.rules)
