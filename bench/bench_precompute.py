@@ -6,7 +6,9 @@
 1. Builds the default simulated world (`rowrank simulate`: 5,000 users) and trains a model on it
    (`rowrank train`) under --work (default bench/results/precompute); both are kept between
    runs, and the model is retrained when this rowrank can no longer load it.
-2. The engine alone: a loop of `Engine.page(...).to_json()` in this process (the ceiling).
+2. The engine alone: a loop of `Engine.page(...).to_json()` in this process (the ceiling); and
+   what precompute's parent reads before its workers start (`read_history`) against a whole
+   `engine.load`, each in a fresh interpreter.
 3. Throughput: `rowrank precompute` over every known user (or the first --limit-users) with the
    default contexts (tv and mobile at 20:00 after the cut-off), in 20 shards, as 1 process,
    local with 2 workers, and Dask (LocalCluster) with 2 workers; --repeats rounds, the three
@@ -151,6 +153,16 @@ def peak_rss(cmd: list[str]) -> tuple[float, float, float]:
     return peak_sum / 2**20, peak_one / 2**20, time.perf_counter() - t
 
 
+def fresh_interpreter_seconds(import_f: str, model: Path) -> float:
+    """Seconds for `f(model)` in a new Python process, its imports included (`import_f` binds
+    f), timed inside that process, so interpreter start-up is left out."""
+    code = (
+        "import time; t = time.perf_counter(); from pathlib import Path; "
+        f"{import_f}; f(Path({str(model)!r})); print(time.perf_counter() - t)"
+    )
+    return float(run([sys.executable, "-c", code]).stdout)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "precompute")
@@ -188,6 +200,18 @@ def main() -> None:
         f"load avg {os.getloadavg()[0]:.1f}"
     )
     del eng
+
+    # What the parent waits for before its workers can start: since this change, the manifest
+    # and the History (engine.model_dir.read_history), formerly a whole engine.
+    for what, code in (
+        ("read_history", "from engine.model_dir import read_history as f"),
+        ("engine.load", "from engine import load as f"),
+    ):
+        took = [fresh_interpreter_seconds(code, model) for _ in range(3)]
+        print(
+            f"parent start-up, {what} in a fresh interpreter (imports included): median "
+            f"{statistics.median(took):.2f} s (runs {', '.join(f'{x:.2f}' for x in took)})"
+        )
 
     # 20 shards (250 users each for 5,000 users), enough for a steady-state rate between the
     # first and the last; per-page costs do not depend on the shard size.

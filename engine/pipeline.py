@@ -30,7 +30,6 @@ Failure policy (docs/page_model.md):
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -42,7 +41,6 @@ import numba
 import numpy as np
 import orjson
 
-import engine
 from engine.assembly import (
     AssembledPage,
     AssemblyRules,
@@ -80,12 +78,11 @@ from engine.features import (
 from engine.filters import apply_filters
 from engine.history import FINISHED_PROGRESS, US_PER_DAY, History
 from engine.layout import DeviceLayout
+from engine.model_dir import HISTORY_DIR, read_manifest
 from engine.page import Page, build_page
 from engine.page_model import PageModel, PageModelConfig, _forest_raw
 
-MANIFEST = "manifest.json"
 CONFIG_FILE = "config.json"
-MODEL_DIR_FORMAT = 1
 
 # Errors that mean "the code or the model is wrong": never turned into a thinner page.
 PROGRAMMER_ERRORS: tuple[type[BaseException], ...] = (
@@ -1182,60 +1179,6 @@ def row_matrix(
 # ----- loading a model directory --------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_manifest(model_dir: Path) -> dict[str, Any]:
-    """The manifest, after checking format, rowrank version and every file's sha256."""
-    path = model_dir / MANIFEST
-    if not model_dir.is_dir():
-        raise ModelLoadError(
-            f"model directory {model_dir} does not exist: train one with "
-            "`rowrank train DATA_DIR MODEL_DIR`"
-        )
-    try:
-        manifest: dict[str, Any] = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise ModelLoadError(
-            f"{model_dir} is not a rowrank model directory (no {MANIFEST}): train one with "
-            "`rowrank train DATA_DIR MODEL_DIR`"
-        ) from None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-    if manifest.get("format") != MODEL_DIR_FORMAT:
-        raise ModelLoadError(
-            f"{path}: model directory format {manifest.get('format')!r}, this rowrank reads "
-            f"{MODEL_DIR_FORMAT}: retrain with `rowrank train`"
-        )
-    if manifest.get("rowrank_version") != engine.__version__:
-        raise ModelLoadError(
-            f"{path}: written by rowrank {manifest.get('rowrank_version')}, this is rowrank "
-            f"{engine.__version__}: retrain with `rowrank train`"
-        )
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise ModelLoadError(f"{path} lists no files")
-    root = model_dir.resolve()
-    for rel, digest in sorted(files.items()):
-        f = model_dir / rel
-        # A manifest entry may name only a file inside the directory: never '..' or absolute.
-        if Path(rel).is_absolute() or not f.resolve().is_relative_to(root):
-            raise ModelLoadError(f"{path}: entry {rel} points outside {model_dir}")
-        if not f.is_file():
-            raise ModelLoadError(f"{model_dir}: {rel} is missing (listed in {MANIFEST})")
-        if sha256_file(f) != digest:
-            raise ModelLoadError(
-                f"{model_dir}: {rel} does not match its sha256 in {MANIFEST}: the file was "
-                "changed or corrupted; retrain or restore the directory"
-            )
-    return manifest
-
-
 def load(model_dir: Path) -> Engine:
     """Load a directory written by `rowrank train` (engine.train); ModelLoadError names the
     problem (missing directory, version, checksum, feature order, ranker state)."""
@@ -1250,7 +1193,7 @@ def load(model_dir: Path) -> Engine:
         page_cfg = PageModelConfig.from_section(config.page, str(model_dir / CONFIG_FILE))
     except ConfigError as exc:
         raise ModelLoadError(f"the config saved in {model_dir} is not valid here: {exc}") from exc
-    history = History.load(model_dir / "history")
+    history = History.load(model_dir / HISTORY_DIR)
     rankers = build_rankers(config)
     for name, ranker in rankers.items():
         ranker.load(model_dir / "rankers" / name, history)

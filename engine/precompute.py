@@ -41,6 +41,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import orjson
 
 from engine.errors import BadRequestError, RowrankError
+from engine.model_dir import read_history, sha256_file
 from engine.processes import exit_with_parent, freeze_loaded_objects
 
 if TYPE_CHECKING:
@@ -78,9 +79,6 @@ class PageSource(Protocol):
 
     @property
     def model_version(self) -> str: ...
-
-    @property
-    def history(self) -> Any: ...  # engine.history.History: user_ids, cutoff_us, user_index
 
     def page(self, user_id: str, device: str = ..., at: Any = ..., country: Any = ...) -> Any: ...
 
@@ -296,14 +294,6 @@ def _write_json(path: Path, obj: Any) -> None:
         f.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ----- one shard (runs in a worker) ---------------------------------------------------------------
 
 
@@ -449,10 +439,15 @@ def _cached_engine(model_dir: str, loader: Loader) -> PageSource:
     return _ENGINES[key]
 
 
-def _pool_init(model_dir: str, loader: Loader) -> None:
+def _pool_init() -> None:
     exit_with_parent()  # a killed `rowrank precompute` leaves no idle workers behind
     _limit_threads()
-    _cached_engine(model_dir, loader)
+
+
+def _pool_load(model_dir: str, loader: Loader) -> str:
+    """Load the worker's engine (a task, not the initializer: a failure comes back as the
+    loader's own error, where a failing initializer only breaks the pool)."""
+    return str(_cached_engine(model_dir, loader).model_version)
 
 
 def _pool_run(task: ShardTask, loader: Loader) -> dict[str, Any]:
@@ -555,7 +550,7 @@ def _verified_marker(out: Path, spec: JobSpec, shard: int) -> dict[str, Any] | N
             marker.get("job_id") == spec.job_id
             and marker.get("file") == name
             and path.stat().st_size == marker.get("bytes")
-            and _sha256_file(path) == marker.get("sha256")
+            and sha256_file(path) == marker.get("sha256")
         )
     except (OSError, orjson.JSONDecodeError):
         return None
@@ -609,87 +604,97 @@ def run_precompute(
     if scheduler and engine != "dask":
         raise BadRequestError("--scheduler needs --engine dask")
 
-    _check_not_foreign(out_dir)  # early, before seconds of model loading
+    _check_not_foreign(out_dir)  # early, before reading the model
     started = time.perf_counter()
-    # The parent loads the model once, for its version and user list; workers=1 reuses it.
-    main_engine: PageSource | None = loader(model_dir)
-    assert main_engine is not None
-    history = main_engine.history
-    users, bad, unknown = resolve_users(history, users_file)
-    contexts = build_contexts(devices, times, int(history.cutoff_us))
-    del history
-    spec = JobSpec(
-        model_version=str(main_engine.model_version),
-        contexts=contexts,
-        n_users=len(users),
-        users_sha256=users_digest(users),
-        shard_size=shard_size,
-        format=fmt,
-    )
-    result = PrecomputeResult(out_dir, spec, bad, unknown, 0, 0, 0, 0.0, False)
-    if len(users) == 0:
-        result.failures.append("no users to precompute")
+    with contextlib.ExitStack() as stack:
+        ready: list[Any] = []
+        pool = None
+        main_engine: PageSource | None = None
+        if engine == "local" and n_workers > 1:
+            # The workers spawn and load their engines while this process reads the job: it
+            # needs the model version and the member list, not an engine (docs/precompute.md).
+            pool = stack.enter_context(_local_pool(n_workers))
+            ready = [pool.submit(_pool_load, str(model_dir), loader) for _ in range(n_workers)]
+        else:
+            # --workers 1 makes its pages here. Dask workers load on their first task, after
+            # OUT_DIR is touched, so this process checks first that the model loads.
+            main_engine = loader(model_dir)
+        manifest, history = read_history(model_dir)
+        users, bad, unknown = resolve_users(history, users_file)
+        contexts = build_contexts(devices, times, int(history.cutoff_us))
+        del history
+        spec = JobSpec(
+            model_version=str(manifest["model_version"]),
+            contexts=contexts,
+            n_users=len(users),
+            users_sha256=users_digest(users),
+            shard_size=shard_size,
+            format=fmt,
+        )
+        result = PrecomputeResult(out_dir, spec, bad, unknown, 0, 0, 0, 0.0, False)
+        if len(users) == 0:
+            result.failures.append("no users to precompute")
+            return result
+        for probe in ready:
+            probe.result()  # a model the workers cannot load raises here, OUT_DIR untouched
+
+        _check_out_dir(out_dir, spec)  # before touching anything
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / DONE_DIR).mkdir(exist_ok=True)
+        with _exclusive_lock(out_dir):
+            existing = _check_out_dir(out_dir, spec)  # again, now that no one else can write
+            _remove_tmp_files(out_dir)
+            if existing is None:
+                _write_json(out_dir / MANIFEST, _manifest(spec, None))
+            done: dict[int, dict[str, Any]] = {}
+            for k in range(spec.n_shards):
+                marker = _verified_marker(out_dir, spec, k)
+                if marker is not None:
+                    done[k] = marker
+            result.shards_resumed = len(done)
+            todo = [k for k in range(spec.n_shards) if k not in done]
+            pages_done = sum(m["pages"] for m in done.values())
+            total_pages = spec.n_users * len(contexts)
+            n_workers = max(1, min(n_workers, len(todo)))
+
+            def tasks() -> Iterator[ShardTask]:
+                for k in todo:
+                    start, stop = spec.shard_range(k)
+                    yield ShardTask(
+                        shard=k,
+                        users=tuple(str(u) for u in users[start:stop]),
+                        contexts=contexts,
+                        format=fmt,
+                        file=spec.shard_file(k),
+                        out_dir=str(out_dir.resolve()),
+                        model_dir=str(model_dir),
+                        model_version=spec.model_version,
+                        job_id=spec.job_id,
+                    )
+
+            bar = _progress_bar(total_pages, pages_done, progress, log)
+            try:
+                if not todo:
+                    pass
+                elif pool is not None:
+                    _collect(_run_pool(tasks(), pool, n_workers, loader), done, result, bar)
+                elif engine == "dask":
+                    main_engine = None  # the parent does not need its copy any more
+                    runner = _run_dask(tasks(), n_workers, scheduler, loader)
+                    _collect(runner, done, result, bar)
+                else:
+                    assert main_engine is not None
+                    _collect(_run_inline(tasks(), main_engine), done, result, bar)
+            finally:
+                bar.close()
+            result.seconds = time.perf_counter() - started
+            if len(done) == spec.n_shards:
+                shards = [_shard_entry(spec, done[k]) for k in range(spec.n_shards)]
+                final = _manifest(spec, shards)
+                if existing != final:
+                    _write_json(out_dir / MANIFEST, final)
+                result.completed = True
         return result
-
-    _check_out_dir(out_dir, spec)  # before touching anything
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / DONE_DIR).mkdir(exist_ok=True)
-    with _exclusive_lock(out_dir):
-        existing = _check_out_dir(out_dir, spec)  # again, now that no one else can write
-        _remove_tmp_files(out_dir)
-        if existing is None:
-            _write_json(out_dir / MANIFEST, _manifest(spec, None))
-        done: dict[int, dict[str, Any]] = {}
-        for k in range(spec.n_shards):
-            marker = _verified_marker(out_dir, spec, k)
-            if marker is not None:
-                done[k] = marker
-        result.shards_resumed = len(done)
-        todo = [k for k in range(spec.n_shards) if k not in done]
-        pages_done = sum(m["pages"] for m in done.values())
-        total_pages = spec.n_users * len(contexts)
-        n_workers = max(1, min(n_workers, len(todo)))
-
-        def tasks() -> Iterator[ShardTask]:
-            for k in todo:
-                start, stop = spec.shard_range(k)
-                yield ShardTask(
-                    shard=k,
-                    users=tuple(str(u) for u in users[start:stop]),
-                    contexts=contexts,
-                    format=fmt,
-                    file=spec.shard_file(k),
-                    out_dir=str(out_dir.resolve()),
-                    model_dir=str(model_dir),
-                    model_version=spec.model_version,
-                    job_id=spec.job_id,
-                )
-
-        bar = _progress_bar(total_pages, pages_done, progress, log)
-        try:
-            if not todo:
-                pass
-            elif engine == "dask":
-                main_engine = None  # the parent does not need its copy any more
-                runner = _run_dask(tasks(), n_workers, scheduler, loader)
-                _collect(runner, done, result, bar)
-            elif n_workers == 1:
-                runner = _run_inline(tasks(), main_engine)
-                _collect(runner, done, result, bar)
-            else:
-                main_engine = None
-                runner = _run_pool(tasks(), n_workers, str(model_dir), loader)
-                _collect(runner, done, result, bar)
-        finally:
-            bar.close()
-        result.seconds = time.perf_counter() - started
-        if len(done) == spec.n_shards:
-            shards = [_shard_entry(spec, done[k]) for k in range(spec.n_shards)]
-            final = _manifest(spec, shards)
-            if existing != final:
-                _write_json(out_dir / MANIFEST, final)
-            result.completed = True
-    return result
 
 
 def resolve_users(
@@ -747,39 +752,45 @@ def _run_inline(tasks: Iterator[ShardTask], engine: PageSource) -> Iterator[Outc
             return  # fail closed, as the other engines: no new shard after a failure
 
 
-def _run_pool(
-    tasks: Iterator[ShardTask], n_workers: int, model_dir: str, loader: Loader
-) -> Iterator[Outcome]:
+@contextlib.contextmanager
+def _local_pool(n_workers: int) -> Iterator[Any]:
     """Local worker processes (spawn: nothing inherited but arguments, safe with threads)."""
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=n_workers, mp_context=ctx, initializer=_pool_init, initargs=(model_dir, loader)
-    )
-    pending: dict[Future[dict[str, Any]], ShardTask] = {}
+    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_pool_init)
     try:
-        stop = False
-        while True:
-            while not stop and len(pending) < n_workers * _IN_FLIGHT_PER_WORKER:
-                task = next(tasks, None)
-                if task is None:
-                    break
-                pending[pool.submit(_pool_run, task, loader)] = task
-            if not pending:
-                break
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                task = pending.pop(fut)
-                exc = fut.exception()
-                if exc is not None:
-                    stop = True  # fail closed: let in-flight shards finish, start no new ones
-                    yield task, exc
-                else:
-                    yield task, fut.result()
+        yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_pool(
+    tasks: Iterator[ShardTask], pool: Any, n_workers: int, loader: Loader
+) -> Iterator[Outcome]:
+    """Shard tasks on the local pool, at most _IN_FLIGHT_PER_WORKER queued per worker."""
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+    pending: dict[Future[dict[str, Any]], ShardTask] = {}
+    stop = False
+    while True:
+        while not stop and len(pending) < n_workers * _IN_FLIGHT_PER_WORKER:
+            task = next(tasks, None)
+            if task is None:
+                break
+            pending[pool.submit(_pool_run, task, loader)] = task
+        if not pending:
+            break
+        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in finished:
+            task = pending.pop(fut)
+            exc = fut.exception()
+            if exc is not None:
+                stop = True  # fail closed: let in-flight shards finish, start no new ones
+                yield task, exc
+            else:
+                yield task, fut.result()
 
 
 def _run_dask(

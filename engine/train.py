@@ -60,18 +60,16 @@ from engine.dataset import Dataset, load_dataset, to_utc
 from engine.errors import ConfigError, DataError
 from engine.features import PLACEMENT_SLICE, FeatureStore, Pairs, Requests, feature_names
 from engine.history import US_PER_DAY, History, to_us
+from engine.model_dir import HISTORY_DIR, MANIFEST, MODEL_DIR_FORMAT, sha256_file
 from engine.page_model import PageModel, PageModelConfig, RankData, concat, fit_ranker, ndcg_at
 from engine.pipeline import (
     CONFIG_FILE,
-    MANIFEST,
-    MODEL_DIR_FORMAT,
     concat_pairs,
     filter_rows,
     pairs_for,
     propose_rows,
     pvr_scores,
     request_arrays,
-    sha256_file,
     visible_pairs,
 )
 
@@ -942,7 +940,7 @@ def write_model_dir(
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", dir=model_dir.parent))
     try:
-        history.save(tmp / "history")
+        history.save(tmp / HISTORY_DIR)
         store.save(tmp / "features")
         for name, ranker in rankers.items():
             ranker.save(tmp / "rankers" / name)

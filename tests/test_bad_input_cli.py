@@ -664,12 +664,17 @@ def test_precompute_bad_request(
     assert snapshot(pages_out) == before
 
 
+# With 2 workers the parent reads only the manifest and the History; the workers' engines load
+# meanwhile, and their error is raised before OUT_DIR is touched (a config that passes the
+# manifest's checksums but not validation is caught only by that load).
+@pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize(
     ("damage", "words"),
     [c[1:] for c in MODEL_CELLS[:4]],
     ids=[c[0] for c in MODEL_CELLS[:4]],
 )
 def test_precompute_bad_model(
+    workers: str,
     damage: Callable[[Path], object],
     words: list[str],
     tiny_model: Path,
@@ -682,7 +687,7 @@ def test_precompute_bad_model(
     model = _damaged(tiny_model, tmp_path, damage)
     before = snapshot(pages_out)
     argv = ["precompute", str(model), str(pages_out), "--users", str(users_file)]
-    code, _, err = run([*argv, "--workers", "1", "--device", "tv", "--at", AT], capsys)
+    code, _, err = run([*argv, "--workers", workers, "--device", "tv", "--at", AT], capsys)
     assert code == EXIT_USAGE
     assert_error(err, words)
     assert snapshot(pages_out) == before

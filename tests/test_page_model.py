@@ -76,7 +76,7 @@ def test_a_booster_trained_on_other_features_is_refused(tiny_model: Path, tmp_pa
     )
     assert swapped != text
     (d / "row_model.txt").write_text(swapped)
-    from engine.pipeline import sha256_file
+    from engine.model_dir import sha256_file
 
     manifest = orjson.loads((d / "manifest.json").read_bytes())
     manifest["files"]["row_model.txt"] = sha256_file(d / "row_model.txt")

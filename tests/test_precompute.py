@@ -296,6 +296,35 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_output(
     assert _tree(out) == _tree(reference)
 
 
+def test_two_local_workers_write_the_same_files_without_an_engine_in_the_parent(
+    reference: Path,
+    tiny_model: Path,
+    users_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parent reads the manifest and the History; only the (spawned, unpatched) workers
+    load engines, and their pages are the single process's, byte for byte."""
+
+    def no_engine_here(model_dir: Path) -> Any:
+        raise AssertionError(f"the parent loaded an engine from {model_dir}")
+
+    monkeypatch.setattr(engine, "load", no_engine_here)
+    out = tmp_path / "pages"
+    result = run_precompute(
+        tiny_model,
+        out,
+        users_file=users_file,
+        devices=["tv"],
+        times=[AT],
+        workers=2,
+        shard_size=SHARD_SIZE,
+        progress=False,
+    )
+    assert result.exit_code == 0 and result.shards_run == result.spec.n_shards
+    assert _tree(out) == _tree(reference)
+
+
 def test_refuses_an_out_dir_of_another_job_and_touches_nothing(
     reference: Path, tiny_model: Path, users_file: Path, tmp_path: Path, rowrank_here: Any
 ) -> None:
