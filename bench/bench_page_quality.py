@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_page_quality.py [--work DIR] [--users N] [--seed N]
                                                  [--world-users N --world-titles N --world-days N]
-                                                 [--ml DIR | --no-ml] [--retrain]
+                                                 [--ml DIR | --no-ml] [--no-world]
+                                                 [--ml-validation] [--overlay FILE] [--retrain]
 
 Simulated world (default: `rowrank simulate`'s default world, 5,000 members x 2,000 titles x
 60 days, written once under WORK/world): the engine is trained up to the dataset's clock, then
@@ -36,6 +37,11 @@ titles). Differences come with 95% intervals from a bootstrap over members.
 earliest test cut (engine.split.validation_splits, the same fractions of that earlier data), so
 a change to the page can be judged without the test windows; models under WORK/models/ml-val*,
 results in WORK/results-validation.json.
+
+`--overlay FILE`: a TOML file deep-merged into the built-in engine config for every model (the
+same merge as a `rowrank bench` variant), e.g. bench/overlays/top_n_three_cuts.toml; its models
+and results are named after the file's stem (WORK/models/ml-val1@top_n_three_cuts,
+WORK/results-validation@top_n_three_cuts.json), so the default figures stay as they are.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import argparse
 import os
 import sys
 import time
+import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,6 +65,7 @@ import polars as pl
 
 import engine
 from engine.assembly import assemble_page, score_rows_by_template
+from engine.benchmark import deep_merge
 from engine.columns import DEVICES, Col
 from engine.config import EngineConfig, load_config, parse_config
 from engine.context import RequestContext
@@ -82,10 +90,25 @@ sys.path.insert(0, str(ROOT / "bench"))
 # ----- models (trained once per config and data) -------------------------------------------------
 
 
-def config_with(page: dict[str, Any], base: EngineConfig | None = None) -> EngineConfig:
-    doc = (base or load_config(None)).to_document()
+def config_with(page: dict[str, Any], args: argparse.Namespace) -> EngineConfig:
+    """The built-in config, the --overlay file deep-merged into it, then `page` keys."""
+    doc = load_config(None).to_document()
+    source = "bench_page_quality"
+    if args.overlay:
+        try:
+            overlay = tomllib.loads(Path(args.overlay).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SystemExit(f"--overlay {args.overlay}: {exc}") from None
+        deep_merge(doc, overlay)
+        source = f"built-in config + {args.overlay}"
     doc["page"] = {**doc.get("page", {}), **page}
-    return parse_config(doc, source="bench_page_quality")
+    return parse_config(doc, source=source)
+
+
+def model_dir(args: argparse.Namespace, name: str) -> Path:
+    """WORK/models/NAME, or NAME@OVERLAY (the overlay file's stem) beside the default models."""
+    suffix = f"@{Path(args.overlay).stem}" if args.overlay else ""
+    return Path(args.work) / "models" / f"{name}{suffix}"
 
 
 def trained(
@@ -223,11 +246,13 @@ def bench_world(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(s.describe(), flush=True)
     gt = GroundTruth.load(world / GROUND_TRUTH_DIR)
-    full, t_full = trained(world, work / "models" / "full", config_with({}), retrain=args.retrain)
+    full, t_full = trained(
+        world, model_dir(args, "full"), config_with({}, args), retrain=args.retrain
+    )
     noctx, t_noctx = trained(
         world,
-        work / "models" / "no_context",
-        config_with({"context_features": False}),
+        model_dir(args, "no_context"),
+        config_with({"context_features": False}, args),
         retrain=args.retrain,
     )
     rng = np.random.default_rng(args.seed)
@@ -308,8 +333,8 @@ def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
     for split in split_list:
         eng, t = trained(
             data,
-            work / "models" / f"ml-{split.name}",
-            config_with({}),
+            model_dir(args, f"ml-{split.name}"),
+            config_with({}, args),
             until=split.cutoff,
             retrain=args.retrain,
         )
@@ -479,6 +504,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="MovieLens on validation cuts before the earliest test cut (for tuning)",
     )
+    p.add_argument(
+        "--overlay",
+        help="TOML deep-merged into the built-in engine config for every model (e.g. "
+        "bench/overlays/*.toml); models and results are kept apart, named by its stem",
+    )
     p.add_argument("--no-ml", action="store_true")
     p.add_argument("--no-world", action="store_true")
     p.add_argument("--retrain", action="store_true")
@@ -526,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name, d in r["differences"].items():
             print(f"  {name:<26} {d['value']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] (members)")
-    name = "results-validation.json" if args.ml_validation else "results.json"
+    name = "results-validation" if args.ml_validation else "results"
+    name += f"@{Path(args.overlay).stem}.json" if args.overlay else ".json"
     out = Path(args.work) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))

@@ -16,7 +16,9 @@
    end to end (wall clock of the whole command: start-up, model loads, pages, manifest), steady
    state (pages of shards 2..n over the time from the first to the last shard's done marker:
    no start-up), CPU ms per page of the whole process tree (start-up included; insensitive to
-   other jobs), and the load average. Also checks that all runs wrote identical shards.
+   other jobs), the seconds to the first shard's done marker (start-up: the parent's reading,
+   the workers' spawn, imports and model loads, the first shard) and from the last marker to
+   the command's exit, and the load average. Also checks that all runs wrote identical shards.
 4. Memory: a world like the default one but with --memory-users members (default 100,000;
    simulated and trained once under --work), precompute of every member in one context, local
    with 2 workers; the summed RSS of the command's process tree is sampled every 50 ms. The same
@@ -94,6 +96,8 @@ class Run:
     cpu: float  # CPU seconds of the whole process tree
     load: float  # 1-minute load average at the end (other jobs share the machine)
     digest: str  # of the shards' sha256s: equal digests = identical output
+    first: float  # seconds from the command's start to its first shard's done marker
+    last: float  # seconds from the last shard's done marker to the command's exit
 
     @property
     def rate(self) -> float:
@@ -103,9 +107,9 @@ class Run:
 def precompute(model: Path, out: Path, *extra: str) -> Run:
     """One fresh `rowrank precompute` run, measured."""
     shutil.rmtree(out, ignore_errors=True)
-    cpu0, t = children_cpu(), time.perf_counter()
+    cpu0, t, started = children_cpu(), time.perf_counter(), time.time()
     run([*ROWRANK, "precompute", str(model), str(out), *extra])
-    wall, cpu = time.perf_counter() - t, children_cpu() - cpu0
+    wall, cpu, ended = time.perf_counter() - t, children_cpu() - cpu0, time.time()
     manifest = orjson.loads((out / "manifest.json").read_bytes())
     assert manifest["completed"], f"{out}: run did not complete"
     marks = sorted(
@@ -117,7 +121,14 @@ def precompute(model: Path, out: Path, *extra: str) -> Run:
         steady = sum(n for _, n in marks[1:]) / (marks[-1][0] - marks[0][0])
     digest = hashlib.sha256("".join(s["sha256"] for s in manifest["shards"]).encode())
     return Run(
-        int(manifest["pages"]), wall, steady, cpu, os.getloadavg()[0], digest.hexdigest()[:12]
+        int(manifest["pages"]),
+        wall,
+        steady,
+        cpu,
+        os.getloadavg()[0],
+        digest.hexdigest()[:12],
+        first=marks[0][0] - started,
+        last=ended - marks[-1][0],
     )
 
 
@@ -241,8 +252,9 @@ def main() -> None:
             f"pages/s (runs {', '.join(f'{r.rate:.0f}' for r in runs)}); steady state "
             f"{med(r.steady for r in runs):5.0f} pages/s (runs "
             f"{', '.join(f'{r.steady:.0f}' for r in runs)}); CPU "
-            f"{med(1000 * r.cpu / r.pages for r in runs):.1f} ms/page; load avg "
-            f"{', '.join(f'{r.load:.1f}' for r in runs)}"
+            f"{med(1000 * r.cpu / r.pages for r in runs):.1f} ms/page; first shard done after "
+            f"{med(r.first for r in runs):.2f} s, exit {med(r.last for r in runs):.2f} s after "
+            f"the last; load avg {', '.join(f'{r.load:.1f}' for r in runs)}"
         )
     digests = {r.digest for runs in results.values() for r in runs}
     print(f"identical shards across engines and repeats: {'yes' if len(digests) == 1 else 'NO'}")

@@ -249,7 +249,7 @@ def _resolve(name: str, defaults: VariantSpec, spec: VariantSpec, path: Path) ->
     base = load_config(None if config_file is None else path.parent / config_file).to_document()
     for layer in (defaults, spec):
         for section in ("rankers", "assembly", "layouts", "page"):
-            _deep_merge(base.setdefault(section, {}), getattr(layer, section))
+            deep_merge(base.setdefault(section, {}), getattr(layer, section))
     for ranker in [*defaults.remove_rankers, *spec.remove_rankers]:
         if ranker not in base["rankers"]:
             raise ConfigError(f"{where}: remove_rankers names {ranker!r}, which is not configured")
@@ -270,10 +270,11 @@ def _check_page_section(cfg: EngineConfig, where: str) -> None:
     PageModelConfig.from_section(cfg.page, where)
 
 
-def _deep_merge(into: dict[str, Any], over: Mapping[str, Any]) -> None:
+def deep_merge(into: dict[str, Any], over: Mapping[str, Any]) -> None:
+    """Merge the TOML-shaped `over` into `into`: tables key by key, any other value replaces."""
     for key, value in over.items():
         if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
+            deep_merge(into[key], value)
         else:
             into[key] = dict(value) if isinstance(value, Mapping) else value
 
