@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -677,7 +677,10 @@ def run_precompute(
                 if not todo:
                     pass
                 elif pool is not None:
-                    _collect(_run_pool(tasks(), pool, n_workers, loader), done, result, bar)
+                    # closing: the runner's cleanup runs here, under the lock, on any exit
+                    on_pool = _run_pool(tasks(), pool, n_workers, loader)
+                    with contextlib.closing(on_pool):
+                        _collect(on_pool, done, result, bar)
                 elif engine == "dask":
                     main_engine = None  # the parent does not need its copy any more
                     runner = _run_dask(tasks(), n_workers, scheduler, loader)
@@ -768,29 +771,36 @@ def _local_pool(n_workers: int) -> Iterator[Any]:
 
 def _run_pool(
     tasks: Iterator[ShardTask], pool: Any, n_workers: int, loader: Loader
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """Shard tasks on the local pool, at most _IN_FLIGHT_PER_WORKER queued per worker."""
     from concurrent.futures import FIRST_COMPLETED, Future, wait
 
     pending: dict[Future[dict[str, Any]], ShardTask] = {}
     stop = False
-    while True:
-        while not stop and len(pending) < n_workers * _IN_FLIGHT_PER_WORKER:
-            task = next(tasks, None)
-            if task is None:
+    try:
+        while True:
+            while not stop and len(pending) < n_workers * _IN_FLIGHT_PER_WORKER:
+                task = next(tasks, None)
+                if task is None:
+                    break
+                pending[pool.submit(_pool_run, task, loader)] = task
+            if not pending:
                 break
-            pending[pool.submit(_pool_run, task, loader)] = task
-        if not pending:
-            break
-        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-        for fut in finished:
-            task = pending.pop(fut)
-            exc = fut.exception()
-            if exc is not None:
-                stop = True  # fail closed: let in-flight shards finish, start no new ones
-                yield task, exc
-            else:
-                yield task, fut.result()
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                task = pending.pop(fut)
+                exc = fut.exception()
+                if exc is not None:
+                    stop = True  # fail closed: let in-flight shards finish, start no new ones
+                    yield task, exc
+                else:
+                    yield task, fut.result()
+    finally:
+        # Interrupted (Ctrl-C, an error in the parent): no shard is left writing once the
+        # caller releases OUT_DIR's lock.
+        for fut in pending:
+            fut.cancel()
+        wait(pending)
 
 
 def _run_dask(

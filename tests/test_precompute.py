@@ -179,20 +179,25 @@ def users_file(model_users: list[str], tmp_path_factory: pytest.TempPathFactory)
     return f
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_model: Path, users_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted run in one process, one context."""
-    out = tmp_path_factory.mktemp("reference") / "pages"
-    result = run_precompute(
-        tiny_model,
+def _run_users_file(model: Path, users_file: Path, out: Path, workers: int) -> Any:
+    """The users file's pages in the one context, SHARD_SIZE users a shard."""
+    return run_precompute(
+        model,
         out,
         users_file=users_file,
         devices=["tv"],
         times=[AT],
-        workers=1,
+        workers=workers,
         shard_size=SHARD_SIZE,
         progress=False,
     )
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model: Path, users_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run in one process, one context."""
+    out = tmp_path_factory.mktemp("reference") / "pages"
+    result = _run_users_file(tiny_model, users_file, out, workers=1)
     assert result.exit_code == 0 and result.completed
     return out
 
@@ -311,16 +316,7 @@ def test_two_local_workers_write_the_same_files_without_an_engine_in_the_parent(
 
     monkeypatch.setattr(engine, "load", no_engine_here)
     out = tmp_path / "pages"
-    result = run_precompute(
-        tiny_model,
-        out,
-        users_file=users_file,
-        devices=["tv"],
-        times=[AT],
-        workers=2,
-        shard_size=SHARD_SIZE,
-        progress=False,
-    )
+    result = _run_users_file(tiny_model, users_file, out, workers=2)
     assert result.exit_code == 0 and result.shards_run == result.spec.n_shards
     assert _tree(out) == _tree(reference)
 
