@@ -4,7 +4,7 @@
 version, model version, the sha256 of every file); `engine.load` (engine.pipeline) and
 precompute's parent read it here. Light on purpose: precompute's parent only needs the model
 version and the member list, and importing the page pipeline (numba, LightGBM) and loading the
-rankers would cost it about 1.5 s before any worker starts (docs/precompute.md).
+rankers cost it 1.2-1.8 s against 0.3-0.5 s for this (bench/bench_precompute.py prints both).
 """
 
 from __future__ import annotations
