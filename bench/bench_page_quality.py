@@ -139,7 +139,12 @@ def template_page(eng: Engine, ctx: RequestContext) -> list[list[str]]:
     layout = eng.layout(ctx.device)
     proposed = propose_rows(eng.rankers, ctx, eng.history)
     rows, _ = filter_rows(
-        proposed.rows, ctx, eng.history, eng.rankers, eng.page_config.row_titles_scored
+        proposed.rows,
+        ctx,
+        eng.history,
+        eng.rankers,
+        eng.page_config.row_titles_scored,
+        eng.page_config.row_titles_scored_by_kind,
     )
     scorer = score_rows_by_template(eng.page_config.row_template, layout.visible_titles)
     page = assemble_page(rows, scorer, layout, eng.rules)
@@ -428,7 +433,10 @@ def movielens_units(eng: Engine, ds: Any, split: Any) -> dict[str, list[Any]]:
             if t in later
         )
         proposed = propose_rows(eng.rankers, ctx, h).rows
-        rows, _ = filter_rows(proposed, ctx, h, eng.rankers, eng.page_config.row_titles_scored)
+        cfg = eng.page_config
+        rows, _ = filter_rows(
+            proposed, ctx, h, eng.rankers, cfg.row_titles_scored, cfg.row_titles_scored_by_kind
+        )
         pvr, _ = pvr_scores(eng.rankers, u, h, ctx.at_us)
         ranked = eng.score(ctx, rows, pvr, eng.layout(ctx.device)).rows
         long_rows, _ = filter_rows(proposed, ctx, h, eng.rankers, 200)

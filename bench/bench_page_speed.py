@@ -159,7 +159,14 @@ def stages(eng: Engine, reqs: list[RequestContext]) -> dict[str, float]:
         layout = eng.layout(ctx.device)
         proposed = propose_rows(eng.rankers, ctx, h)
         t = tick("rankers", t)
-        rows, _ = filter_rows(proposed.rows, ctx, h, eng.rankers, eng.page_config.row_titles_scored)
+        rows, _ = filter_rows(
+            proposed.rows,
+            ctx,
+            h,
+            eng.rankers,
+            eng.page_config.row_titles_scored,
+            eng.page_config.row_titles_scored_by_kind,
+        )
         t = tick("filters", t)
         user = h.user_index(ctx.user_id)
         pvr, _ = pvr_scores(eng.rankers, user, h, ctx.at_us)
@@ -190,7 +197,14 @@ def title_model_only(eng: Engine, reqs: list[RequestContext]) -> tuple[float, fl
     for ctx in reqs:
         ctx = eng.context(ctx.user_id, ctx.device, ctx.at, ctx.country)
         proposed = propose_rows(eng.rankers, ctx, h)
-        rows, _ = filter_rows(proposed.rows, ctx, h, eng.rankers, eng.page_config.row_titles_scored)
+        rows, _ = filter_rows(
+            proposed.rows,
+            ctx,
+            h,
+            eng.rankers,
+            eng.page_config.row_titles_scored,
+            eng.page_config.row_titles_scored_by_kind,
+        )
         pvr, _ = pvr_scores(eng.rankers, h.user_index(ctx.user_id), h, ctx.at_us)
         X = eng.score(ctx, rows, pvr, eng.layout(ctx.device)).title_x
         t0 = time.thread_time()
@@ -208,7 +222,14 @@ def row_model_calls(eng: Engine, reqs: list[RequestContext]) -> tuple[float, flo
     for ctx in reqs:
         ctx = eng.context(ctx.user_id, ctx.device, ctx.at, ctx.country)
         proposed = propose_rows(eng.rankers, ctx, h)
-        rows, _ = filter_rows(proposed.rows, ctx, h, eng.rankers, eng.page_config.row_titles_scored)
+        rows, _ = filter_rows(
+            proposed.rows,
+            ctx,
+            h,
+            eng.rankers,
+            eng.page_config.row_titles_scored,
+            eng.page_config.row_titles_scored_by_kind,
+        )
         if not rows:
             continue
         pvr, _ = pvr_scores(eng.rankers, h.user_index(ctx.user_id), h, ctx.at_us)

@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import lightgbm as lgb
 import numba
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from engine.errors import ConfigError, ModelLoadError
 from engine.features import (
@@ -106,6 +106,10 @@ class PageModelConfig(BaseModel):
     # --- serving
     row_titles_scored: int = Field(
         40, ge=1, description="titles of each candidate row the title model scores"
+    )
+    row_titles_scored_by_kind: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description="row_titles_scored for rows of these kinds, e.g. { top_n = 80 }",
     )
     continuation_days: float = Field(
         3.0, gt=0, description="an unfinished play this recent pins Continue Watching on top"

@@ -246,12 +246,18 @@ def filter_rows(
     history: History,
     rankers: Mapping[str, Ranker],
     limit: int,
+    limit_by_kind: Mapping[str, int] | None = None,
 ) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
     """Business filters (engine.filters), then each row cut to the `limit` titles the title
-    model scores. Returns the rows and, per row id, titles removed per filter."""
+    model scores (`limit_by_kind[row.kind]` for the kinds it names: [page]
+    row_titles_scored_by_kind). Returns the rows and, per row id, titles removed per filter."""
     kept, removed = apply_filters(rows, ctx, history, rankers)
     counts = {rid: rem.counts() for rid, rem in removed.items() if rem.total}
-    cut = [r if len(r.titles) <= limit else r.take(np.arange(limit)) for r in kept]
+    by_kind = limit_by_kind or {}
+    cut = []
+    for r in kept:
+        n = by_kind.get(r.kind, limit)
+        cut.append(r if len(r.titles) <= n else r.take(np.arange(n)))
     return [r for r in cut if len(r.titles)], counts
 
 
@@ -1025,8 +1031,14 @@ class Engine:
         user = h.user_index(ctx.user_id)
         layout = self.layout(ctx.device)
         proposed = propose_rows(self.rankers, ctx, h, self.last_proposals)
+        cfg = self.page_config
         rows, removed = filter_rows(
-            proposed.rows, ctx, h, self.rankers, self.page_config.row_titles_scored
+            proposed.rows,
+            ctx,
+            h,
+            self.rankers,
+            cfg.row_titles_scored,
+            cfg.row_titles_scored_by_kind,
         )
         pvr, pvr_error = pvr_scores(self.rankers, user, h, ctx.at_us)
         trace: dict[str, Any] = {

@@ -225,8 +225,14 @@ class _Replayer:
         if got is None:
             proposed = propose_rows(self.rankers, ctx, self.history)
             self.failures += len(proposed.failed)
+            cfg = self.page_cfg
             rows, _ = filter_rows(
-                proposed.rows, ctx, self.history, self.rankers, self.page_cfg.row_titles_scored
+                proposed.rows,
+                ctx,
+                self.history,
+                self.rankers,
+                cfg.row_titles_scored,
+                cfg.row_titles_scored_by_kind,
             )
             user = self.history.user_index(ctx.user_id)
             pvr, _ = pvr_scores(self.rankers, user, self.history, ctx.at_us)

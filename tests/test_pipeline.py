@@ -434,7 +434,12 @@ def test_the_compiled_assembly_equals_the_reference_loop(eng: Engine, at: str) -
                 tall = replace(layout, min_row_length=layout.titles_per_row)
                 proposed = propose_rows(eng.rankers, ctx, h)
                 rows, _ = filter_rows(
-                    proposed.rows, ctx, h, eng.rankers, eng.page_config.row_titles_scored
+                    proposed.rows,
+                    ctx,
+                    h,
+                    eng.rankers,
+                    eng.page_config.row_titles_scored,
+                    eng.page_config.row_titles_scored_by_kind,
                 )
                 if not rows:
                     continue
@@ -479,7 +484,14 @@ def test_a_non_finite_row_score_fails_the_compiled_assembly_as_the_reference(
     ctx = eng.context(member, "tv", datetime.fromisoformat(at))
     layout = eng.layout("tv")
     proposed = propose_rows(eng.rankers, ctx, h)
-    rows, _ = filter_rows(proposed.rows, ctx, h, eng.rankers, eng.page_config.row_titles_scored)
+    rows, _ = filter_rows(
+        proposed.rows,
+        ctx,
+        h,
+        eng.rankers,
+        eng.page_config.row_titles_scored,
+        eng.page_config.row_titles_scored_by_kind,
+    )
     pvr, _ = pvr_scores(eng.rankers, h.user_index(member), h, ctx.at_us)
     scored = eng.score(ctx, rows, pvr, layout)
     first = scored.rows[0]
@@ -489,3 +501,21 @@ def test_a_non_finite_row_score_fails_the_compiled_assembly_as_the_reference(
         assemble_page(broken, CascadeScorer(*args), layout, eng.rules)
     with pytest.raises(ValueError, match="non-finite scores"):
         CascadeScorer(*args).assemble(broken, layout, eng.rules)
+
+
+def test_rows_of_a_kind_named_in_the_config_are_cut_to_their_own_length(eng: Engine) -> None:
+    """[page] row_titles_scored_by_kind: those kinds' rows keep more (or fewer) titles for the
+    title model; every other row is cut to row_titles_scored; the cut keeps the ranker's head."""
+    h = eng.history
+    member = str(h.user_ids[0])
+    ctx = eng.context(member, "tv", datetime(2030, 1, 7, 20, tzinfo=UTC))
+    proposed = propose_rows(eng.rankers, ctx, h)
+    uncut, _ = filter_rows(proposed.rows, ctx, h, eng.rankers, 10_000)
+    long_kinds = sorted({r.kind for r in uncut if len(r.titles) > 5})
+    assert len(long_kinds) >= 2, "the tiny model's page has rows of two kinds to compare"
+    deep = long_kinds[0]
+    rows, _ = filter_rows(proposed.rows, ctx, h, eng.rankers, 3, {deep: 5})
+    assert [r.row_id for r in rows] == [r.row_id for r in uncut]
+    for got, full in zip(rows, uncut, strict=True):
+        n = 5 if got.kind == deep else 3
+        assert got.titles.tolist() == full.titles[: min(n, len(full.titles))].tolist()
