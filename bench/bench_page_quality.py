@@ -138,14 +138,7 @@ def template_page(eng: Engine, ctx: RequestContext) -> list[list[str]]:
     ctx = eng.context(ctx.user_id, ctx.device, ctx.at, ctx.country)
     layout = eng.layout(ctx.device)
     proposed = propose_rows(eng.rankers, ctx, eng.history)
-    rows, _ = filter_rows(
-        proposed.rows,
-        ctx,
-        eng.history,
-        eng.rankers,
-        eng.page_config.row_titles_scored,
-        eng.page_config.row_titles_scored_by_kind,
-    )
+    rows, _ = eng.filter(proposed.rows, ctx)
     scorer = score_rows_by_template(eng.page_config.row_template, layout.visible_titles)
     page = assemble_page(rows, scorer, layout, eng.rules)
     ids = eng.history.title_ids
@@ -433,10 +426,7 @@ def movielens_units(eng: Engine, ds: Any, split: Any) -> dict[str, list[Any]]:
             if t in later
         )
         proposed = propose_rows(eng.rankers, ctx, h).rows
-        cfg = eng.page_config
-        rows, _ = filter_rows(
-            proposed, ctx, h, eng.rankers, cfg.row_titles_scored, cfg.row_titles_scored_by_kind
-        )
+        rows, _ = eng.filter(proposed, ctx)
         pvr, _ = pvr_scores(eng.rankers, u, h, ctx.at_us)
         ranked = eng.score(ctx, rows, pvr, eng.layout(ctx.device)).rows
         long_rows, _ = filter_rows(proposed, ctx, h, eng.rankers, 200)

@@ -53,7 +53,6 @@ from engine.pipeline import (
     Engine,
     RowModelScorer,
     continuation_mode,
-    filter_rows,
     propose_rows,
     pvr_scores,
 )
@@ -159,14 +158,7 @@ def stages(eng: Engine, reqs: list[RequestContext]) -> dict[str, float]:
         layout = eng.layout(ctx.device)
         proposed = propose_rows(eng.rankers, ctx, h)
         t = tick("rankers", t)
-        rows, _ = filter_rows(
-            proposed.rows,
-            ctx,
-            h,
-            eng.rankers,
-            eng.page_config.row_titles_scored,
-            eng.page_config.row_titles_scored_by_kind,
-        )
+        rows, _ = eng.filter(proposed.rows, ctx)
         t = tick("filters", t)
         user = h.user_index(ctx.user_id)
         pvr, _ = pvr_scores(eng.rankers, user, h, ctx.at_us)
@@ -197,14 +189,7 @@ def title_model_only(eng: Engine, reqs: list[RequestContext]) -> tuple[float, fl
     for ctx in reqs:
         ctx = eng.context(ctx.user_id, ctx.device, ctx.at, ctx.country)
         proposed = propose_rows(eng.rankers, ctx, h)
-        rows, _ = filter_rows(
-            proposed.rows,
-            ctx,
-            h,
-            eng.rankers,
-            eng.page_config.row_titles_scored,
-            eng.page_config.row_titles_scored_by_kind,
-        )
+        rows, _ = eng.filter(proposed.rows, ctx)
         pvr, _ = pvr_scores(eng.rankers, h.user_index(ctx.user_id), h, ctx.at_us)
         X = eng.score(ctx, rows, pvr, eng.layout(ctx.device)).title_x
         t0 = time.thread_time()
@@ -222,14 +207,7 @@ def row_model_calls(eng: Engine, reqs: list[RequestContext]) -> tuple[float, flo
     for ctx in reqs:
         ctx = eng.context(ctx.user_id, ctx.device, ctx.at, ctx.country)
         proposed = propose_rows(eng.rankers, ctx, h)
-        rows, _ = filter_rows(
-            proposed.rows,
-            ctx,
-            h,
-            eng.rankers,
-            eng.page_config.row_titles_scored,
-            eng.page_config.row_titles_scored_by_kind,
-        )
+        rows, _ = eng.filter(proposed.rows, ctx)
         if not rows:
             continue
         pvr, _ = pvr_scores(eng.rankers, h.user_index(ctx.user_id), h, ctx.at_us)

@@ -1031,15 +1031,7 @@ class Engine:
         user = h.user_index(ctx.user_id)
         layout = self.layout(ctx.device)
         proposed = propose_rows(self.rankers, ctx, h, self.last_proposals)
-        cfg = self.page_config
-        rows, removed = filter_rows(
-            proposed.rows,
-            ctx,
-            h,
-            self.rankers,
-            cfg.row_titles_scored,
-            cfg.row_titles_scored_by_kind,
-        )
+        rows, removed = self.filter(proposed.rows, ctx)
         pvr, pvr_error = pvr_scores(self.rankers, user, h, ctx.at_us)
         trace: dict[str, Any] = {
             "cold_start": user < 0,
@@ -1086,6 +1078,21 @@ class Engine:
             model_version=self.model_version,
             generated_at=ctx.at,
             trace=trace,
+        )
+
+    def filter(
+        self, rows: Sequence[CandidateRow], ctx: RequestContext
+    ) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
+        """Stage 2 with this engine's limits: `filter_rows` cut to [page] row_titles_scored
+        (and row_titles_scored_by_kind)."""
+        cfg = self.page_config
+        return filter_rows(
+            rows,
+            ctx,
+            self.history,
+            self.rankers,
+            cfg.row_titles_scored,
+            cfg.row_titles_scored_by_kind,
         )
 
     def score(

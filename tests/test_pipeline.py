@@ -433,14 +433,7 @@ def test_the_compiled_assembly_equals_the_reference_loop(eng: Engine, at: str) -
                 layout = eng.layout(device)
                 tall = replace(layout, min_row_length=layout.titles_per_row)
                 proposed = propose_rows(eng.rankers, ctx, h)
-                rows, _ = filter_rows(
-                    proposed.rows,
-                    ctx,
-                    h,
-                    eng.rankers,
-                    eng.page_config.row_titles_scored,
-                    eng.page_config.row_titles_scored_by_kind,
-                )
+                rows, _ = eng.filter(proposed.rows, ctx)
                 if not rows:
                     continue
                 pvr, _ = pvr_scores(eng.rankers, h.user_index(member), h, ctx.at_us)
@@ -484,14 +477,7 @@ def test_a_non_finite_row_score_fails_the_compiled_assembly_as_the_reference(
     ctx = eng.context(member, "tv", datetime.fromisoformat(at))
     layout = eng.layout("tv")
     proposed = propose_rows(eng.rankers, ctx, h)
-    rows, _ = filter_rows(
-        proposed.rows,
-        ctx,
-        h,
-        eng.rankers,
-        eng.page_config.row_titles_scored,
-        eng.page_config.row_titles_scored_by_kind,
-    )
+    rows, _ = eng.filter(proposed.rows, ctx)
     pvr, _ = pvr_scores(eng.rankers, h.user_index(member), h, ctx.at_us)
     scored = eng.score(ctx, rows, pvr, layout)
     first = scored.rows[0]
