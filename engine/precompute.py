@@ -606,6 +606,8 @@ def run_precompute(
 
     _check_not_foreign(out_dir)  # early, before reading the model
     started = time.perf_counter()
+    # One stack, closed in reverse: the runner (its shards finish), the progress bar, OUT_DIR's
+    # lock, then the local pool, whose workers start loading first of all.
     with contextlib.ExitStack() as stack:
         ready: list[Any] = []
         pool = None
@@ -641,62 +643,60 @@ def run_precompute(
         _check_out_dir(out_dir, spec)  # before touching anything
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / DONE_DIR).mkdir(exist_ok=True)
-        with _exclusive_lock(out_dir):
-            existing = _check_out_dir(out_dir, spec)  # again, now that no one else can write
-            _remove_tmp_files(out_dir)
-            if existing is None:
-                _write_json(out_dir / MANIFEST, _manifest(spec, None))
-            done: dict[int, dict[str, Any]] = {}
-            for k in range(spec.n_shards):
-                marker = _verified_marker(out_dir, spec, k)
-                if marker is not None:
-                    done[k] = marker
-            result.shards_resumed = len(done)
-            todo = [k for k in range(spec.n_shards) if k not in done]
-            pages_done = sum(m["pages"] for m in done.values())
-            total_pages = spec.n_users * len(contexts)
-            n_workers = max(1, min(n_workers, len(todo)))
+        stack.enter_context(_exclusive_lock(out_dir))
+        existing = _check_out_dir(out_dir, spec)  # again, now that no one else can write
+        _remove_tmp_files(out_dir)
+        if existing is None:
+            _write_json(out_dir / MANIFEST, _manifest(spec, None))
+        done: dict[int, dict[str, Any]] = {}
+        for k in range(spec.n_shards):
+            marker = _verified_marker(out_dir, spec, k)
+            if marker is not None:
+                done[k] = marker
+        result.shards_resumed = len(done)
+        todo = [k for k in range(spec.n_shards) if k not in done]
+        pages_done = sum(m["pages"] for m in done.values())
+        n_workers = max(1, min(n_workers, len(todo)))
 
-            def tasks() -> Iterator[ShardTask]:
-                for k in todo:
-                    start, stop = spec.shard_range(k)
-                    yield ShardTask(
-                        shard=k,
-                        users=tuple(str(u) for u in users[start:stop]),
-                        contexts=contexts,
-                        format=fmt,
-                        file=spec.shard_file(k),
-                        out_dir=str(out_dir.resolve()),
-                        model_dir=str(model_dir),
-                        model_version=spec.model_version,
-                        job_id=spec.job_id,
-                    )
+        def tasks() -> Iterator[ShardTask]:
+            for k in todo:
+                start, stop = spec.shard_range(k)
+                yield ShardTask(
+                    shard=k,
+                    users=tuple(str(u) for u in users[start:stop]),
+                    contexts=contexts,
+                    format=fmt,
+                    file=spec.shard_file(k),
+                    out_dir=str(out_dir.resolve()),
+                    model_dir=str(model_dir),
+                    model_version=spec.model_version,
+                    job_id=spec.job_id,
+                )
 
-            bar = _progress_bar(total_pages, pages_done, progress, log)
-            try:
-                if not todo:
-                    pass
-                elif pool is not None:
-                    # closing: the runner's cleanup runs here, under the lock, on any exit
-                    on_pool = _run_pool(tasks(), pool, n_workers, loader)
-                    with contextlib.closing(on_pool):
-                        _collect(on_pool, done, result, bar)
-                elif engine == "dask":
-                    main_engine = None  # the parent does not need its copy any more
-                    runner = _run_dask(tasks(), n_workers, scheduler, loader)
-                    _collect(runner, done, result, bar)
-                else:
-                    assert main_engine is not None
-                    _collect(_run_inline(tasks(), main_engine), done, result, bar)
-            finally:
-                bar.close()
-            result.seconds = time.perf_counter() - started
-            if len(done) == spec.n_shards:
-                shards = [_shard_entry(spec, done[k]) for k in range(spec.n_shards)]
-                final = _manifest(spec, shards)
-                if existing != final:
-                    _write_json(out_dir / MANIFEST, final)
-                result.completed = True
+        total_pages = spec.n_users * len(contexts)
+        bar = stack.enter_context(_progress_bar(total_pages, pages_done, progress, log))
+
+        runner: Iterator[Outcome]
+        if not todo:
+            runner = iter(())
+        elif pool is not None:
+            runner = stack.enter_context(
+                contextlib.closing(_run_pool(tasks(), pool, n_workers, loader))
+            )
+        elif engine == "dask":
+            main_engine = None  # the parent does not need its copy any more
+            runner = _run_dask(tasks(), n_workers, scheduler, loader)
+        else:
+            assert main_engine is not None
+            runner = _run_inline(tasks(), main_engine)
+        _collect(runner, done, result, bar)
+        result.seconds = time.perf_counter() - started
+        if len(done) == spec.n_shards:
+            shards = [_shard_entry(spec, done[k]) for k in range(spec.n_shards)]
+            final = _manifest(spec, shards)
+            if existing != final:
+                _write_json(out_dir / MANIFEST, final)
+            result.completed = True
         return result
 
 

@@ -25,12 +25,13 @@ def exit_with_parent() -> None:
 
 
 def freeze_loaded_objects() -> None:
-    """Collect, then `gc.freeze()`: the objects alive now (a loaded model is some 150,000) leave
+    """Collect, then `gc.freeze()`: the objects alive now (a loaded model is about 148,000) leave
     the cyclic garbage collector's generations. Otherwise every full collection walks them all,
-    80-100 ms here, a pause that lands on one page in a few hundred (bench/bench_page_speed.py
-    names such pages). Call it once a process has loaded and warmed up its model. Frozen objects
-    are never collected, so a process that replaces its model calls `gc.unfreeze()` before and
-    this after (engine.serve's ModelHolder.swap, engine.precompute's _cached_engine): the cycles
-    of the model it dropped then go at once, or at the next swap if requests still held it."""
+    about 0.1 s here, a pause that lands on one page in a few hundred (bench/bench_page_speed.py
+    prints both figures and names such pages). Call it once a process has loaded and warmed up
+    its model. Frozen objects are never collected, so a process that replaces its model calls
+    `gc.unfreeze()` before and this after (engine.serve's ModelHolder.swap, engine.precompute's
+    _cached_engine): the cycles of the model it dropped then go at once, or at the next swap if
+    requests still held it."""
     gc.collect()
     gc.freeze()
