@@ -48,6 +48,14 @@ class TopNConfig(CFConfig):
     title: str = "Top Picks for You"
     row_length: int = Field(default=50, ge=1)
     exclude_played: bool = True
+    # The last `popular_pool` places of the row go to the titles most played (by distinct
+    # members) in the `popular_pool_days` before the cut-off that the blend ranked lower, still
+    # in the blend's order. The blend is one compromise for every member; the page model, which
+    # orders the row, sees popularity and trend per request and can lift them for the members
+    # whose next plays follow what is popular now. The built-in engine config gives 10 of 40
+    # places (docs/rankers_cf.md; measured in docs/page_model.md, "Top Picks pinned").
+    popular_pool: int = Field(default=0, ge=0)
+    popular_pool_days: float = Field(default=7.0, gt=0)
     # Used as they are when tune = false (with popularity_weight and content_weight).
     recent_weight: float = Field(default=0.0, ge=0)
     recent_days: float = Field(default=28.0, gt=0)
@@ -108,7 +116,18 @@ class TopNRanker:
         self.model_ = model
         self.signals_ = Signals.build(history, model.eval_items)
         self.recent_z_ = recent_popularity(history, history.cutoff_us, self.blend_.recent_days)
+        self.popular_ = self._popular_order(history)
         self.history_ = history
+
+    def _popular_order(self, history: History) -> np.ndarray:
+        """Candidates for the popular pool, most popular first: enough to fill it for a member
+        who played up to `row_length` of them (titles nobody played recently never qualify)."""
+        cfg = self.config
+        if cfg.popular_pool == 0 or history.n_titles == 0:
+            return np.empty(0, dtype=np.int64)
+        players = recent_players(history, history.cutoff_us, cfg.popular_pool_days)
+        top = head(players.astype(np.float64), cfg.popular_pool + cfg.row_length)
+        return top[players[top] > 0]
 
     def grid(self) -> list[Blend]:
         """The blends tried when tuning (recent_days only matters with a recent weight)."""
@@ -235,7 +254,14 @@ class TopNRanker:
         score = self.scores(user, history, request.at_us).astype(np.float64)
         if self.config.exclude_played and user >= 0:
             score[history.play_title[history.user_plays(user)]] = -np.inf
-        idx = head(score, self.config.row_length)
+        cfg = self.config
+        pool = min(cfg.popular_pool, cfg.row_length)
+        idx = head(score, cfg.row_length - pool)
+        if pool:
+            extra = self.popular_[np.isfinite(score[self.popular_])]
+            extra = extra[~np.isin(extra, idx)][:pool]
+            idx = np.concatenate([idx, extra])
+            idx = idx[np.lexsort((idx, -score[idx]))]
         if len(idx) == 0:
             return []
         return [
@@ -283,11 +309,16 @@ _DISCOUNT = 1.0 / np.log2(np.arange(2, _K + 2))
 
 def recent_popularity(history: History, now_us: int, days: float) -> np.ndarray:
     """z(log1p(distinct players in the `days` before `now_us`)) per title."""
+    return zscore(np.log1p(recent_players(history, now_us, days)))
+
+
+def recent_players(history: History, now_us: int, days: float) -> np.ndarray:
+    """Distinct members who played each title in the `days` before `now_us`."""
     since = now_us - int(days * US_PER_DAY)
     keep = (history.play_ts >= since) & (history.play_ts < now_us)
     key = history.play_user[keep].astype(np.int64) * history.n_titles + history.play_title[keep]
     titles = sorted_unique(key) % max(history.n_titles, 1)
-    return zscore(np.log1p(np.bincount(titles, minlength=history.n_titles)))
+    return np.bincount(titles, minlength=history.n_titles)
 
 
 def _validation_truth(history: History, cut: int, end: int) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -295,6 +295,35 @@ def test_top_n_without_tuning_uses_the_config_weights(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.scores(5, h), r.scores(5, h))
 
 
+def test_top_n_popular_pool_fills_the_rows_last_places_with_this_weeks_most_played() -> None:
+    h = History.from_dataset(world(), CUT)
+    base = dict(tune=False, popularity_weight=0.0, content_weight=0.0, row_length=20)
+    plain = TopNRanker("top_n", TopNConfig(**base)).fit(h)
+    pooled = TopNRanker("top_n", TopNConfig(**base, popular_pool=5, popular_pool_days=7)).fit(h)
+    week = (h.play_ts >= h.cutoff_us - 7 * 86_400_000_000) & (h.play_ts < h.cutoff_us)
+    players = np.zeros(h.n_titles)
+    for t in np.unique(h.play_title[week]):
+        players[t] = len(np.unique(h.play_user[week & (h.play_title == t)]))
+    pool_sizes = []
+    for u in range(12):
+        uid = f"u{u:03d}"
+        (mine,) = plain.propose(req(uid), h)
+        (row,) = pooled.propose(req(uid), h)
+        played = set(h.play_title[h.user_plays(h.user_index(uid))].tolist())
+        assert len(row.titles) == 20 and len(set(row.titles.tolist())) == 20
+        assert np.all(np.diff(row.scores) <= 0) and not played & set(row.titles.tolist())
+        # The blend's best 15 stay; the other 5 are the week's most played of the rest.
+        best = set(mine.titles[:15].tolist())
+        extra = [t for t in row.titles.tolist() if t not in best]
+        assert best <= set(row.titles.tolist()) and len(extra) == 5
+        rest = [t for t in range(h.n_titles) if t not in best and t not in played]
+        fifth = sorted((players[t] for t in rest), reverse=True)[4]
+        assert min(players[extra]) >= fifth > 0
+        pool_sizes.append(len(set(extra) - set(mine.titles.tolist())))
+    # Without the pool those titles would not have made the row for most members.
+    assert sum(pool_sizes) >= 2 * len(pool_sizes), pool_sizes
+
+
 # ----- Because you watched -----------------------------------------------------------------
 
 
