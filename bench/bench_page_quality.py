@@ -80,7 +80,7 @@ from engine.metrics import (
     page_grid,
 )
 from engine.pipeline import Engine, filter_rows, propose_rows, pvr_scores
-from engine.train import data_fingerprint, train
+from engine.train import train, trained_with
 from engine.world import GroundTruth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,16 +115,8 @@ def trained(
     data: Path, out: Path, cfg: EngineConfig, *, until: datetime | None = None, retrain: bool
 ) -> tuple[Engine, float]:
     """Train unless `out` already holds a model of this config, data and cut-off."""
-    manifest = out / "manifest.json"
-    if manifest.exists() and not retrain:
-        m = orjson.loads(manifest.read_bytes())
-        same = (
-            m.get("config") == cfg.to_document()
-            and m.get("data", {}).get("fingerprint") == data_fingerprint(data)
-            and (until is None or m.get("cutoff") == until.isoformat())
-        )
-        if same:
-            return engine.load(out), float("nan")
+    if not retrain and trained_with(out, data, cfg, until):
+        return engine.load(out), float("nan")
     t0 = time.perf_counter()
     train(data, out, engine_config=cfg, until=until, progress=sys.stderr.isatty())
     return engine.load(out), time.perf_counter() - t0

@@ -265,10 +265,13 @@ def report(
 
 
 def ensure_model(data: Path, model: Path) -> None:
-    if (model / "manifest.json").exists():
-        return
-    from engine.train import train
+    """Simulate the default world and train unless `model` is what `rowrank train` writes now
+    (engine.train.trained_with; bench_page_quality.py trains the same directory alike)."""
+    from engine.config import load_config
+    from engine.train import train, trained_with
 
+    if (data / "dataset.json").exists() and trained_with(model, data, load_config()):
+        return
     if not (data / "dataset.json").exists():
         from engine.simulate import simulate
 
@@ -320,15 +323,21 @@ def cold_start(model: Path) -> list[tuple[float, float]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(WORLD))
-    p.add_argument("--model", default=str(QUALITY_WORK / "models" / "full"))
+    p.add_argument(
+        "--model",
+        help="a trained model to time as it is (default: the page quality bench's model of the "
+        "default world, trained here when missing or not what `rowrank train` writes now)",
+    )
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--row-length", type=int, default=100)
     p.add_argument("--cpu", type=int, default=0, help="the CPU to pin to")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", action="store_true", help="also time training (both cores)")
     args = p.parse_args(argv)
-    data, model = Path(args.data), Path(args.model)
-    ensure_model(data, model)
+    data = Path(args.data)
+    model = Path(args.model) if args.model else QUALITY_WORK / "models" / "full"
+    if not args.model:
+        ensure_model(data, model)
     if args.train:
         time_training(data, Path(str(model) + "-timing"))
     starts = cold_start(model)

@@ -60,10 +60,8 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 def build_model(work: Path, users: int | None = None) -> Path:
     """The default world (or one with `users` members) and a model trained on it; retrained
-    when this rowrank cannot load the saved one (the model format changed)."""
-    import engine
-    from engine.errors import RowrankError
-
+    when the saved one is not what `rowrank train` writes now (engine.train.trained_with: model
+    format, built-in config, world)."""
     suffix = "" if users is None else f"-{users}"
     world, model = work / f"world{suffix}", work / f"model{suffix}"
     if not (world / "dataset.json").exists():
@@ -72,10 +70,11 @@ def build_model(work: Path, users: int | None = None) -> Path:
         more = [] if users is None else ["--users", str(users)]
         run([*ROWRANK, "simulate", str(world), *more])
         print(f"simulated the default world in {time.perf_counter() - t:.0f} s -> {world}")
-    try:
-        engine.load(model)
-    except RowrankError as exc:
-        print(f"(re)training: {str(exc)[:200]}")
+    from engine.config import load_config
+    from engine.train import trained_with
+
+    if not trained_with(model, world, load_config()):
+        print("(re)training: no model yet, or not the one `rowrank train` writes now")
         t = time.perf_counter()
         run([*ROWRANK, "train", str(world), str(model)])
         print(f"trained in {time.perf_counter() - t:.0f} s -> {model}")

@@ -70,13 +70,13 @@ def build_model(work: Path, users: int) -> Path:
     if not (data / "dataset.json").exists():
         print(f"simulating the default world ({users:,} users) into {data} ...", flush=True)
         subprocess.run([*ROWRANK, "simulate", str(data), "--users", str(users)], check=True)
-    import engine
-    from engine.errors import RowrankError
+    from engine.config import load_config
+    from engine.train import trained_with
 
-    try:
-        engine.load(model)
-    except RowrankError as exc:  # none yet, or saved by a rowrank whose format differed
-        print(f"training {model} ({str(exc)[:120]}) ...", flush=True)
+    # Trained again when the saved model is missing or is not what `rowrank train` writes now
+    # (another model format, built-in config or world).
+    if not trained_with(model, data, load_config()):
+        print(f"training {model} ...", flush=True)
         shutil.rmtree(model, ignore_errors=True)
         subprocess.run([*ROWRANK, "train", str(data), str(model)], check=True)
     return model

@@ -856,6 +856,26 @@ def data_fingerprint(data_dir: Path) -> str:
     return h.hexdigest()
 
 
+def trained_with(
+    model_dir: Path, data_dir: Path, cfg: EngineConfig, until: datetime | None = None
+) -> bool:
+    """True when MODEL_DIR's manifest says this rowrank's model format, trained with `cfg` on
+    DATA_DIR's files as they are now (and, given `until`, with that cut-off). The benchmarks
+    keep trained models between runs and check this before reusing one, so a change to the
+    built-in config, the data or the format retrains instead of measuring a stale model."""
+    try:
+        m = orjson.loads((Path(model_dir) / MANIFEST).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    return (
+        isinstance(m, dict)
+        and m.get("format") == MODEL_DIR_FORMAT
+        and m.get("config") == cfg.to_document()
+        and m.get("data", {}).get("fingerprint") == data_fingerprint(Path(data_dir))
+        and (until is None or m.get("cutoff") == until.isoformat())
+    )
+
+
 def train(
     data_dir: Path,
     model_dir: Path,
