@@ -2,6 +2,8 @@
 - every file of a model directory is checked against the manifest's sha256 on load: one byte
   flipped (or the file gone) in any of them is a ModelLoadError naming that file, and no file
   the loader reads escapes the manifest;
+- `engine.train.trained_with`, which the benchmarks check before reusing a kept model, tells it
+  from one of another model format, config, data or cut-off;
 - the admin (reload) endpoint refuses every request without the right bearer token, and
   refuses all of them when no token is configured;
 - a path given to the service cannot leave its directory: `..`, absolute paths, symlinks
@@ -14,12 +16,15 @@ import base64
 import hashlib
 import http.client
 import re
+import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from conftest import TinyWorld, tiny_engine_config
 from damage import (
     copy_model,
     flip_byte,
@@ -30,8 +35,10 @@ from damage import (
 )
 
 import engine
+from engine.config import EngineConfig
 from engine.errors import ModelLoadError
 from engine.serve import ServerThread, create_app
+from engine.train import trained_with
 
 TOKEN = "an-admin-token-0123456789"
 TIMEOUT = 60
@@ -43,6 +50,31 @@ TIMEOUT = 60
 @pytest.fixture(scope="module")
 def model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_model(tiny_model, tmp_path_factory.mktemp("artifacts") / "m")
+
+
+def test_trained_with_tells_a_kept_model_from_a_stale_one(
+    model: Path, tiny_world: TinyWorld, tiny_config: EngineConfig, tmp_path: Path
+) -> None:
+    # What the benchmarks check before reusing a kept model (engine.train.trained_with).
+    assert trained_with(model, tiny_world.path, tiny_config)
+    assert trained_with(model, tiny_world.path, tiny_config, until=None)
+    other = tiny_engine_config(title_trees=41)
+    assert not trained_with(model, tiny_world.path, other)  # another config
+    assert not trained_with(tmp_path / "none", tiny_world.path, tiny_config)  # no model
+    data = tmp_path / "data"
+    shutil.copytree(tiny_world.path, data)
+    assert trained_with(model, data, tiny_config)  # same files elsewhere
+    (data / "plays.parquet").write_bytes((data / "plays.parquet").read_bytes() + b"\0")
+    assert not trained_with(model, data, tiny_config)  # other data
+    manifest = read_manifest(model)
+    old = copy_model(model, tmp_path / "old")
+    write_manifest(old, {**manifest, "format": manifest["format"] + 1})
+    assert not trained_with(old, tiny_world.path, tiny_config)  # another model format
+    write_manifest(old, {**manifest, "cutoff": "2001-01-01T00:00:00+00:00"})
+    assert trained_with(old, tiny_world.path, tiny_config)
+    assert not trained_with(
+        old, tiny_world.path, tiny_config, until=datetime(2002, 1, 1, tzinfo=UTC)
+    )
 
 
 def test_the_manifest_covers_every_file_the_loader_can_read(model: Path) -> None:
