@@ -120,8 +120,10 @@ class TopNRanker:
         self.history_ = history
 
     def _popular_order(self, history: History) -> np.ndarray:
-        """Candidates for the popular pool, most popular first: enough to fill it for a member
-        who played up to `row_length` of them (titles nobody played recently never qualify)."""
+        """Candidates for the popular pool, most popular first: the `popular_pool + row_length`
+        most played, which fill the pool for every member who played at most `popular_pool` of
+        them (the blend's part of the row holds the others it can take). Titles nobody played
+        in those days never qualify."""
         cfg = self.config
         if cfg.popular_pool == 0 or history.n_titles == 0:
             return np.empty(0, dtype=np.int64)
