@@ -5,7 +5,8 @@
 
 1. Builds the default simulated world (`rowrank simulate`: 5,000 users) and trains a model on it
    (`rowrank train`) under --work (default bench/results/precompute); both are kept between
-   runs, and the model is retrained when this rowrank can no longer load it.
+   runs, and the model is retrained when it is not what `rowrank train` writes now
+   (engine.train.trained_with: loadable by this rowrank, built-in config, world).
 2. The engine alone: a loop of `Engine.page(...).to_json()` in this process (the ceiling); and
    what precompute's parent reads before its workers start (`read_history`) against a whole
    `engine.load`, each in a fresh interpreter.

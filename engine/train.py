@@ -57,10 +57,10 @@ from engine.columns import DEVICES, Col
 from engine.config import EngineConfig, build_rankers, load_config, parse_config
 from engine.context import RequestContext
 from engine.dataset import Dataset, load_dataset, to_utc
-from engine.errors import ConfigError, DataError
+from engine.errors import ConfigError, DataError, ModelLoadError
 from engine.features import PLACEMENT_SLICE, FeatureStore, Pairs, Requests, feature_names
 from engine.history import US_PER_DAY, History, to_us
-from engine.model_dir import HISTORY_DIR, MANIFEST, MODEL_DIR_FORMAT, sha256_file
+from engine.model_dir import HISTORY_DIR, MANIFEST, MODEL_DIR_FORMAT, read_manifest, sha256_file
 from engine.page_model import PageModel, PageModelConfig, RankData, concat, fit_ranker, ndcg_at
 from engine.pipeline import (
     CONFIG_FILE,
@@ -859,18 +859,17 @@ def data_fingerprint(data_dir: Path) -> str:
 def trained_with(
     model_dir: Path, data_dir: Path, cfg: EngineConfig, until: datetime | None = None
 ) -> bool:
-    """True when MODEL_DIR's manifest says this rowrank's model format, trained with `cfg` on
-    DATA_DIR's files as they are now (and, given `until`, with that cut-off). The benchmarks
-    keep trained models between runs and check this before reusing one, so a change to the
-    built-in config, the data or the format retrains instead of measuring a stale model."""
+    """True when MODEL_DIR is a model this rowrank loads (engine.model_dir.read_manifest:
+    format, rowrank version, every file's sha256) trained with `cfg` on DATA_DIR's files as they
+    are now (and, given `until`, with that cut-off). The benchmarks keep trained models between
+    runs and check this before reusing one, so a change to the built-in config, the data or the
+    format retrains instead of measuring a stale model."""
     try:
-        m = orjson.loads((Path(model_dir) / MANIFEST).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        m = read_manifest(Path(model_dir))
+    except ModelLoadError:
         return False
     return (
-        isinstance(m, dict)
-        and m.get("format") == MODEL_DIR_FORMAT
-        and m.get("config") == cfg.to_document()
+        m.get("config") == cfg.to_document()
         and m.get("data", {}).get("fingerprint") == data_fingerprint(Path(data_dir))
         and (until is None or m.get("cutoff") == until.isoformat())
     )

@@ -3,7 +3,7 @@
   flipped (or the file gone) in any of them is a ModelLoadError naming that file, and no file
   the loader reads escapes the manifest;
 - `engine.train.trained_with`, which the benchmarks check before reusing a kept model, tells it
-  from one of another model format, config, data or cut-off;
+  from one of another model format, config, data or cut-off, or with a damaged file;
 - the admin (reload) endpoint refuses every request without the right bearer token, and
   refuses all of them when no token is configured;
 - a path given to the service cannot leave its directory: `..`, absolute paths, symlinks
@@ -75,6 +75,8 @@ def test_trained_with_tells_a_kept_model_from_a_stale_one(
     assert not trained_with(
         old, tiny_world.path, tiny_config, until=datetime(2002, 1, 1, tzinfo=UTC)
     )
+    flip_byte(old / "title_model.txt")
+    assert not trained_with(old, tiny_world.path, tiny_config)  # a file no longer loads
 
 
 def test_the_manifest_covers_every_file_the_loader_can_read(model: Path) -> None:
