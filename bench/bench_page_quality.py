@@ -42,6 +42,9 @@ results in WORK/results-validation.json.
 same merge as a `rowrank bench` variant), e.g. bench/overlays/top_n_three_cuts.toml; its models
 and results are named after the file's stem (WORK/models/ml-val1@top_n_three_cuts,
 WORK/results-validation@top_n_three_cuts.json), so the default figures stay as they are.
+
+Each section of the results file ("simulated", "movielens") names the machine and commit it was
+measured on; a run with --no-ml or --no-world replaces only its own section and keeps the other.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ from engine.metrics import (
     page_grid,
 )
 from engine.pipeline import Engine, filter_rows, propose_rows, pvr_scores
+from engine.split import machine
 from engine.train import train, trained_with
 from engine.world import GroundTruth
 
@@ -505,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results: dict[str, Any] = {}
     if not args.no_world:
-        results["simulated"] = r = bench_world(args)
+        results["simulated"] = r = {"measured_on": machine(), **bench_world(args)}
         print(f"\n== simulated world {r['world']}: {r['requests']} requests {r['devices']}")
         print(f"{'page':<16}{'take-rate':>10}{'N2DCG':>9}   take-rate / oracle")
         for n in r["take_rate"]:
@@ -519,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"per device take-rate: {orjson.dumps(r['per_device_take_rate']).decode()}")
         print(f"train seconds {r['train_seconds']}, eval {r['eval_seconds']:.1f} s")
     if not args.no_ml and Path(args.ml).is_dir():
-        results["movielens"] = r = bench_movielens(args)
+        results["movielens"] = r = {"measured_on": machine(), **bench_movielens(args)}
         print(f"\n== MovieLens: {r['units']} pages of {r['members']} members over these cuts:")
         for line in r["splits"]:
             print(f"  {line}")
@@ -550,8 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     name += f"@{Path(args.overlay).stem}.json" if args.overlay else ".json"
     out = Path(args.work) / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print(f"-> {out}")
+    # The sections not run this time keep their last figures (each names its commit).
+    kept = orjson.loads(out.read_bytes()) if out.exists() else {}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(orjson.dumps({**kept, **results}, option=orjson.OPT_INDENT_2))
+    tmp.replace(out)
+    print(f"-> {out} (sections written now: {', '.join(results) or 'none'})")
     return 0
 
 
