@@ -11,7 +11,7 @@
                         assemble_page, run as one compiled loop by RowModelScorer.assemble
       -> Page           engine.page.build_page; `Page.to_json()` gives the bytes
 
-Training (engine.train) calls the same stage functions (`propose_rows`, `filter_rows`,
+Training (engine.train) calls the same stage functions (`propose_rows`, `filter_rows_for_page`,
 `pairs_for`) on past requests, so what the models learn from is what they are served.
 
 Failure policy (docs/page_model.md):
@@ -259,6 +259,20 @@ def filter_rows(
         n = by_kind.get(r.kind, limit)
         cut.append(r if len(r.titles) <= n else r.take(np.arange(n)))
     return [r for r in cut if len(r.titles)], counts
+
+
+def filter_rows_for_page(
+    rows: Sequence[CandidateRow],
+    ctx: RequestContext,
+    history: History,
+    rankers: Mapping[str, Ranker],
+    cfg: PageModelConfig,
+) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
+    """`filter_rows` with [page]'s limits (row_titles_scored, row_titles_scored_by_kind): the
+    one call serving (Engine.filter) and training (engine.train) share, so both cut rows alike."""
+    return filter_rows(
+        rows, ctx, history, rankers, cfg.row_titles_scored, cfg.row_titles_scored_by_kind
+    )
 
 
 # ----- stage 3: features ----------------------------------------------------------------------
@@ -1083,17 +1097,8 @@ class Engine:
     def filter(
         self, rows: Sequence[CandidateRow], ctx: RequestContext
     ) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
-        """Stage 2 with this engine's limits: `filter_rows` cut to [page] row_titles_scored
-        (and row_titles_scored_by_kind)."""
-        cfg = self.page_config
-        return filter_rows(
-            rows,
-            ctx,
-            self.history,
-            self.rankers,
-            cfg.row_titles_scored,
-            cfg.row_titles_scored_by_kind,
-        )
+        """Stage 2 with this engine's limits (filter_rows_for_page)."""
+        return filter_rows_for_page(rows, ctx, self.history, self.rankers, self.page_config)
 
     def score(
         self,

@@ -3,8 +3,8 @@ page model, write a model directory.
 
 Training data come from several windows [t_k, t_k+1) before the cut-off. For each window the
 rankers and the feature store are fitted on `History.from_dataset(ds, t_k)` only, the requests
-inside the window are replayed through the same pipeline stages the page uses
-(engine.pipeline: propose_rows -> filter_rows -> features), and labels come from what happened
+inside the window are replayed through the same pipeline stages the page uses (engine.pipeline:
+propose_rows -> filter_rows_for_page -> features), and labels come from what happened
 after each request. Nothing at or after t_k reaches a feature of window k (tests/test_features.py
 plants data after t_k to prove it).
 
@@ -65,7 +65,7 @@ from engine.page_model import PageModel, PageModelConfig, RankData, concat, fit_
 from engine.pipeline import (
     CONFIG_FILE,
     concat_pairs,
-    filter_rows,
+    filter_rows_for_page,
     pairs_for,
     propose_rows,
     pvr_scores,
@@ -225,14 +225,8 @@ class _Replayer:
         if got is None:
             proposed = propose_rows(self.rankers, ctx, self.history)
             self.failures += len(proposed.failed)
-            cfg = self.page_cfg
-            rows, _ = filter_rows(
-                proposed.rows,
-                ctx,
-                self.history,
-                self.rankers,
-                cfg.row_titles_scored,
-                cfg.row_titles_scored_by_kind,
+            rows, _ = filter_rows_for_page(
+                proposed.rows, ctx, self.history, self.rankers, self.page_cfg
             )
             user = self.history.user_index(ctx.user_id)
             pvr, _ = pvr_scores(self.rankers, user, self.history, ctx.at_us)
