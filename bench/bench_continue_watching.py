@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.columns import DEVICES
-from engine.context import RequestContext
-from engine.dataset import Dataset, load_dataset
-from engine.history import US_PER_DAY, History, to_us
+from engine.data.columns import DEVICES
+from engine.data.dataset import Dataset, load_dataset
+from engine.data.history import US_PER_DAY, History, to_us
+from engine.request.context import RequestContext
 from rankers.continue_watching import FEATURES, ContinueWatchingConfig, ContinueWatchingRanker
 
 HAND_SET = np.array([0.0, -0.6, 0.8, -0.5, -0.2, 0.3, 0.2, 0.2, -0.3])
@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--cuts", type=int, default=2)
     args = ap.parse_args()
     if args.data is None:
-        from engine.simulate import simulate
+        from engine.sim.simulate import simulate
 
         tmp = Path(tempfile.mkdtemp(prefix="bench_cw_"))
         print(f"simulating {args.users} users, {args.titles} titles, {args.days} days -> {tmp}")

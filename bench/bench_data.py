@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from engine.columns import Col
-from engine.movielens import import_movielens
-from engine.validate import validate_dataset, validate_directory
+from engine.data.columns import Col
+from engine.data.movielens import import_movielens
+from engine.data.validate import validate_dataset, validate_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 

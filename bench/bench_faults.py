@@ -4,7 +4,8 @@
     .venv/bin/python bench/bench_faults.py                       # simulate + train the small world
     .venv/bin/python bench/bench_faults.py --model models/demo --seconds 20 --connections 8
 
-The server is the real app (engine.serve.create_app on uvicorn, 127.0.0.1, one worker, in this
+The server is the real app (engine.serving.http.create_app on uvicorn, 127.0.0.1, one worker, in
+this
 process). Its loader wraps the real engine and makes one ranker instance (`--ranker`, default
 trending_24h) raise RuntimeError on a seeded share of its calls (`--fail-share`, a
 numpy Generator seeded with `--seed`): the engine drops that ranker's rows (fail open) and the
@@ -46,7 +47,7 @@ import orjson
 import requests
 
 import engine
-from engine.serve import ServerThread, create_app
+from engine.serving.http import ServerThread, create_app
 
 TOKEN = "bench-faults-token"
 MAX_SECONDS = 30
@@ -409,8 +410,8 @@ def _small_model(work: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import TINY_DAYS, TINY_SEED, TINY_TITLES, TINY_USERS, tiny_engine_config
 
-    from engine.simulate import simulate
-    from engine.train import train
+    from engine.sim.simulate import simulate
+    from engine.training.train import train
 
     data, model = work / "world", work / "model"
     simulate(data, users=TINY_USERS, titles=TINY_TITLES, days=TINY_DAYS, seed=TINY_SEED)

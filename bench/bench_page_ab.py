@@ -17,7 +17,8 @@ head defaults to this working tree. Both must load the model directory (default:
 bench_page_speed.py uses). --row-length N also times rows of N titles (as bench_page_speed.py
 --row-length does; both versions must have that option).
 
---mypyc MODULES (comma-separated paths, e.g. engine/assembly.py,engine/pipeline.py): the head is
+--mypyc MODULES (comma-separated paths, e.g. engine/request/selectors.py,engine/pipeline.py): the
+head is
 copied and those modules compiled to C extensions with mypyc (from the `test` extra; a few
 minutes) before the run, so the ratio says what compiling the Python, unchanged, buys.
 """
@@ -48,7 +49,7 @@ import hashlib, json, os, sys, time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "bench")]
 import engine
-from engine.context import RequestContext
+from engine.request.context import RequestContext
 model, cpu, row_length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 os.sched_setaffinity(0, {cpu})
 eng = engine.load(model)

@@ -34,7 +34,8 @@ relevance) against that best list poured into the same page shape (row-major, sa
 titles). Differences come with 95% intervals from a bootstrap over members.
 
 `--ml-validation`: the same protocol on validation cuts carved from the data before the
-earliest test cut (engine.split.validation_splits, the same fractions of that earlier data), so
+earliest test cut (engine.evaluation.split.validation_splits, the same fractions of that earlier
+data), so
 a change to the page can be judged without the test windows; models under WORK/models/ml-val*,
 results in WORK/results-validation.json.
 
@@ -67,14 +68,11 @@ import orjson
 import polars as pl
 
 import engine
-from engine.assembly import assemble_page, score_rows_by_template
-from engine.benchmark import deep_merge
-from engine.columns import DEVICES, Col
 from engine.config import EngineConfig, load_config, parse_config
-from engine.context import RequestContext
-from engine.dataset import load_dataset
-from engine.layout import DEFAULT_LAYOUTS
-from engine.metrics import (
+from engine.data.columns import DEVICES, Col
+from engine.data.dataset import load_dataset
+from engine.evaluation.benchmark import deep_merge
+from engine.evaluation.metrics import (
     bootstrap_ratio_ci,
     discounts_2d,
     first_appearances,
@@ -82,10 +80,13 @@ from engine.metrics import (
     ndcg_at_k,
     page_grid,
 )
+from engine.evaluation.split import machine
 from engine.pipeline import Engine, filter_rows, propose_rows, pvr_scores
-from engine.split import machine
-from engine.train import train, trained_with
-from engine.world import GroundTruth
+from engine.request.context import RequestContext
+from engine.request.layout import DEFAULT_LAYOUTS
+from engine.request.selectors import assemble_page, score_rows_by_template
+from engine.sim.world import GroundTruth
+from engine.training.train import train, trained_with
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -225,7 +226,7 @@ def ratio(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n_boot: int = 
 
 
 def bench_world(args: argparse.Namespace) -> dict[str, Any]:
-    from engine.simulate import GROUND_TRUTH_DIR, simulate
+    from engine.sim.simulate import GROUND_TRUTH_DIR, simulate
 
     work = Path(args.work)
     world = work / f"world-{args.world_users}x{args.world_titles}x{args.world_days}"
@@ -310,7 +311,7 @@ def bench_world(args: argparse.Namespace) -> dict[str, Any]:
 def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
     from protocol import quantile_cut, rolling_splits, validation_splits  # bench/protocol.py
 
-    from engine.movielens import import_movielens
+    from engine.data.movielens import import_movielens
 
     work = Path(args.work)
     data = work / "ml-latest-small"
@@ -467,7 +468,8 @@ def member_bootstrap(
 ) -> dict[str, float | int | None]:
     """Mean of a paired difference with a 95% interval that resamples members (each with all
     their cuts, as one member's pages at several cuts are not independent): the cluster
-    bootstrap of engine.metrics.bootstrap_ratio_ci on per-member sums over page counts."""
+    bootstrap of engine.evaluation.metrics.bootstrap_ratio_ci on per-member sums over page
+    counts."""
     _, inverse = np.unique(member, return_inverse=True)
     sums = np.bincount(inverse, weights=diff)
     counts = np.bincount(inverse).astype(np.float64)

@@ -44,11 +44,8 @@ from typing import Any
 import numpy as np
 
 import engine
-from engine.columns import DEVICES
 from engine.config import build_rankers, parse_config
-from engine.context import RequestContext
-from engine.page import build_page
-from engine.page_model import Forest
+from engine.data.columns import DEVICES
 from engine.pipeline import (
     Engine,
     RowModelScorer,
@@ -56,7 +53,10 @@ from engine.pipeline import (
     propose_rows,
     pvr_scores,
 )
-from engine.processes import freeze_loaded_objects
+from engine.request.context import RequestContext
+from engine.request.page import build_page
+from engine.request.scorers import Forest
+from engine.serving.processes import freeze_loaded_objects
 
 ROOT = Path(__file__).resolve().parents[1]
 QUALITY_WORK = ROOT / "bench" / "results" / "page_quality"
@@ -201,7 +201,7 @@ def title_model_only(eng: Engine, reqs: list[RequestContext]) -> tuple[float, fl
 
 def row_model_calls(eng: Engine, reqs: list[RequestContext]) -> tuple[float, float, float]:
     """Median us of one row-model call on a page's first-stage matrix: Booster.predict against
-    the compiled trees the engine serves (engine.page_model.Forest); rows per call."""
+    the compiled trees the engine serves (engine.request.scorers.Forest); rows per call."""
     h = eng.history
     mats = []
     for ctx in reqs:
@@ -266,14 +266,14 @@ def report(
 
 def ensure_model(data: Path, model: Path) -> None:
     """Simulate the default world and train unless `model` is what `rowrank train` writes now
-    (engine.train.trained_with; bench_page_quality.py trains the same directory alike)."""
+    (engine.training.train.trained_with; bench_page_quality.py trains the same directory alike)."""
     from engine.config import load_config
-    from engine.train import train, trained_with
+    from engine.training.train import train, trained_with
 
     if (data / "dataset.json").exists() and trained_with(model, data, load_config()):
         return
     if not (data / "dataset.json").exists():
-        from engine.simulate import simulate
+        from engine.sim.simulate import simulate
 
         print(f"simulating the default world into {data} ...", flush=True)
         simulate(data, seed=0)
@@ -282,7 +282,7 @@ def ensure_model(data: Path, model: Path) -> None:
 
 
 def time_training(data: Path, out: Path) -> None:
-    from engine.train import train
+    from engine.training.train import train
 
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@
 1. Builds the default simulated world (`rowrank simulate`: 5,000 users) and trains a model on it
    (`rowrank train`) under --work (default bench/results/precompute); both are kept between
    runs, and the model is retrained when it is not what `rowrank train` writes now
-   (engine.train.trained_with: loadable by this rowrank, built-in config, world).
+   (engine.training.train.trained_with: loadable by this rowrank, built-in config, world).
 2. The engine alone: a loop of `Engine.page(...).to_json()` in this process (the ceiling); and
    what precompute's parent reads before its workers start (`read_history`) against a whole
    `engine.load`, each in a fresh interpreter.
@@ -61,7 +61,8 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 def build_model(work: Path, users: int | None = None) -> Path:
     """The default world (or one with `users` members) and a model trained on it; retrained
-    when the saved one is not what `rowrank train` writes now (engine.train.trained_with: model
+    when the saved one is not what `rowrank train` writes now (engine.training.train.trained_with:
+    model
     format, built-in config, world)."""
     suffix = "" if users is None else f"-{users}"
     world, model = work / f"world{suffix}", work / f"model{suffix}"
@@ -72,7 +73,7 @@ def build_model(work: Path, users: int | None = None) -> Path:
         run([*ROWRANK, "simulate", str(world), *more])
         print(f"simulated the default world in {time.perf_counter() - t:.0f} s -> {world}")
     from engine.config import load_config
-    from engine.train import trained_with
+    from engine.training.train import trained_with
 
     if not trained_with(model, world, load_config()):
         print("(re)training: no model yet, or not the one `rowrank train` writes now")
@@ -195,7 +196,7 @@ def main() -> None:
 
     # The engine alone, no precompute around it: the ceiling for one process.
     eng = engine.load(model)
-    from engine.precompute import build_contexts
+    from engine.serving.precompute import build_contexts
 
     grid = build_contexts(None, None, int(eng.history.cutoff_us))
     sample = known[: min(len(known), args.limit_users or 500)]
@@ -213,9 +214,9 @@ def main() -> None:
     del eng
 
     # What the parent waits for before its workers can start: since this change, the manifest
-    # and the History (engine.model_dir.read_history), formerly a whole engine.
+    # and the History (engine.training.model_dir.read_history), formerly a whole engine.
     for what, code in (
-        ("read_history", "from engine.model_dir import read_history as f"),
+        ("read_history", "from engine.training.model_dir import read_history as f"),
         ("engine.load", "from engine import load as f"),
     ):
         took = [fresh_interpreter_seconds(code, model) for _ in range(3)]

@@ -38,7 +38,7 @@ import orjson
 
 ROWRANK = (sys.executable, "-m", "engine.cli")
 AT = "2030-01-07T20:00:00+00:00"
-DONE_DIR = "done"  # engine.precompute.DONE_DIR, not imported: this process stays light
+DONE_DIR = "done"  # engine.serving.precompute.DONE_DIR, not imported: this process stays light
 
 
 @dataclass(frozen=True)

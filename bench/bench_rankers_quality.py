@@ -45,9 +45,9 @@ from protocol import (
 )
 
 from engine.candidates import CandidateRow
-from engine.context import RequestContext
-from engine.dataset import Dataset, load_dataset
-from engine.history import History
+from engine.data.dataset import Dataset, load_dataset
+from engine.data.history import History
+from engine.request.context import RequestContext
 from rankers.because_you_watched import BecauseYouWatchedConfig, BecauseYouWatchedRanker
 from rankers.pvr import PVRConfig, PVRRanker, blend, components, distinct_players
 from rankers.top_n import TopNConfig, TopNRanker
@@ -505,7 +505,7 @@ def load_sim(args: argparse.Namespace, tmp: Path) -> Dataset | None:
     if args.sim_dir:
         return load_dataset(args.sim_dir)
     try:
-        from engine.simulate import simulate
+        from engine.sim.simulate import simulate
     except ImportError as exc:
         print(f"\nnote: simulated world skipped ({exc})")
         return None

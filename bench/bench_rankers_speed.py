@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from engine.candidates import CandidateRow
-from engine.columns import DEVICES
 from engine.config import build_rankers, load_config
-from engine.context import RequestContext
-from engine.dataset import load_dataset
-from engine.filters import apply_filters
-from engine.history import History
+from engine.data.columns import DEVICES
+from engine.data.dataset import load_dataset
+from engine.data.history import History
+from engine.request.context import RequestContext
+from engine.request.filters import apply_filters
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -45,7 +45,7 @@ def main() -> None:
         time_requests(args.time_requests, args.config, args.requests, args.seed)
         return
     if args.data is None:
-        from engine.simulate import simulate
+        from engine.sim.simulate import simulate
 
         args.data = Path(tempfile.mkdtemp(prefix="bench_speed_"))
         print(f"simulating the default world (5,000 users, 2,000 titles, 60 days) -> {args.data}")

@@ -71,7 +71,7 @@ def build_model(work: Path, users: int) -> Path:
         print(f"simulating the default world ({users:,} users) into {data} ...", flush=True)
         subprocess.run([*ROWRANK, "simulate", str(data), "--users", str(users)], check=True)
     from engine.config import load_config
-    from engine.train import trained_with
+    from engine.training.train import trained_with
 
     # Trained again when the saved model is missing or is not what `rowrank train` writes now
     # (another model format, built-in config or world).

@@ -76,10 +76,10 @@ def describe(out: Path, days: int) -> None:
 
 def bench_ground_truth(out: Path, n: int, seed: int) -> None:
     """Per-call latency of the GroundTruth API on `n` random users (one context each)."""
-    from engine.context import RequestContext
-    from engine.layout import DEFAULT_LAYOUTS
-    from engine.simulate import GROUND_TRUTH_DIR
-    from engine.world import GroundTruth
+    from engine.request.context import RequestContext
+    from engine.request.layout import DEFAULT_LAYOUTS
+    from engine.sim.simulate import GROUND_TRUTH_DIR
+    from engine.sim.world import GroundTruth
 
     t0 = time.perf_counter()
     gt = GroundTruth.load(out / GROUND_TRUTH_DIR)

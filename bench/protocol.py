@@ -17,7 +17,8 @@ Metrics (binary relevance, averaged over test users):
 - NDCG@k  = DCG@k / IDCG@k with IDCG over min(k, |truth|) hits,
 - Coverage@k = distinct titles in anyone's top-k / titles in the catalog.
 
-The split itself lives in engine/split.py (`rowrank bench` uses it too) and is re-exported here.
+The split itself lives in engine/evaluation/split.py (`rowrank bench` uses it too) and is
+re-exported here.
 
 Run as a module from the bench scripts (`from protocol import ...`; the script's directory is on
 `sys.path`).
@@ -32,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.dataset import Dataset
-from engine.history import to_us
-from engine.split import (
+from engine.data.dataset import Dataset
+from engine.data.history import to_us
+from engine.evaluation.split import (
     Split,
     machine,
     make_split,
@@ -178,8 +179,8 @@ def top_unplayed(scores: np.ndarray, played: np.ndarray, k: int) -> np.ndarray:
 
 def load_movielens(src: Path, work: Path) -> Dataset:
     """Import MovieLens through the engine's importer (`rowrank import movielens`)."""
-    from engine.dataset import load_dataset
-    from engine.movielens import import_movielens
+    from engine.data.dataset import load_dataset
+    from engine.data.movielens import import_movielens
 
     out = work / "ml"
     import_movielens(src, out)

@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from engine.context import RequestContext
-from engine.history import History
+from engine.data.history import History
+from engine.request.context import RequestContext
 
 
 class RankerConfig(BaseModel):

@@ -7,7 +7,7 @@
     [assembly]                  # how rows become a page (see AssemblyConfig)
     pinned = ["continue_watching"]
 
-    [layouts.mobile]            # per-device overrides of engine.layout.DEFAULT_LAYOUTS
+    [layouts.mobile]            # per-device overrides of engine.request.layout.DEFAULT_LAYOUTS
     rows = 6
 
     [page]                      # page-model settings (typed by the page-model code)
@@ -27,12 +27,16 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
-from engine.assembly import DEFAULT_MAX_ROWS_OTHER_KINDS, DEFAULT_MAX_ROWS_PER_KIND, AssemblyRules
 from engine.candidates import Ranker, RankerConfig
-from engine.columns import DEVICES
+from engine.data.columns import DEVICES
 from engine.errors import ConfigError
-from engine.layout import DEFAULT_LAYOUTS, DeviceLayout
 from engine.registry import ranker_type
+from engine.request.layout import DEFAULT_LAYOUTS, DeviceLayout
+from engine.request.selectors import (
+    DEFAULT_MAX_ROWS_OTHER_KINDS,
+    DEFAULT_MAX_ROWS_PER_KIND,
+    AssemblyRules,
+)
 
 DEFAULT_CONFIG = "default_config.toml"
 # Instance names become row ids "<name>" / "<name>:<key>", so no ":" and nothing odd.
@@ -52,7 +56,8 @@ class RankerSpec(_Section):
 
 
 class LayoutOverride(_Section):
-    """Per-device changes to engine.layout.DEFAULT_LAYOUTS; omitted fields keep the default."""
+    """Per-device changes to engine.request.layout.DEFAULT_LAYOUTS; omitted fields keep the
+    default."""
 
     rows: int | None = Field(default=None, ge=1)
     titles_per_row: int | None = Field(default=None, ge=1)
@@ -63,7 +68,7 @@ class LayoutOverride(_Section):
 
 class AssemblyConfig(_Section):
     """How candidate rows become a page after scoring: the `[assembly]` table, turned into
-    engine.assembly.AssemblyRules by `rules()` (the defaults are that module's)."""
+    engine.request.selectors.AssemblyRules by `rules()` (the defaults are that module's)."""
 
     # Instance names whose rows go to the top, in this order, whenever they have a row.
     pinned: list[str] = Field(default_factory=list)
@@ -81,7 +86,7 @@ class AssemblyConfig(_Section):
     diversity_weight: float = Field(default=0.2, ge=0)
 
     def rules(self) -> AssemblyRules:
-        """The selectors' rules for engine.assembly."""
+        """The selectors' rules for engine.request.selectors."""
         return AssemblyRules(
             pinned=tuple(self.pinned),
             pin_continue_watching=self.pin_continue_watching,

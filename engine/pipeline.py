@@ -3,15 +3,16 @@
     RequestContext
       -> rankers    each configured instance proposes CandidateRows (fail open per ranker)
       -> filters    availability, maturity, already finished, series entered at their start
-                    or where the member is (engine.filters)
-      -> features   context, user, title, user x title, row (engine.features, numpy gathers)
+                    or where the member is (engine.request.filters)
+      -> features   context, user, title, user x title, row (engine.request.features, numpy gathers)
       -> title model    LightGBM orders the titles inside every row
       -> row model      LightGBM scores rows stage by stage inside the assembly's greedy loop
-                        (dedupe, caps, pins, diversity, device layout): engine.assembly's
+                        (dedupe, caps, pins, diversity, device layout): engine.request.selectors's
                         assemble_page, run as one compiled loop by RowModelScorer.assemble
-      -> Page           engine.page.build_page; `Page.to_json()` gives the bytes
+      -> Page           engine.request.page.build_page; `Page.to_json()` gives the bytes
 
-Training (engine.train) calls the same stage functions (`propose_rows`, `filter_rows_for_page`,
+Training (engine.training.train) calls the same stage functions (`propose_rows`,
+`filter_rows_for_page`,
 `pairs_for`) on past requests, so what the models learn from is what they are served.
 
 Failure policy (docs/page_model.md):
@@ -41,7 +42,28 @@ import numba
 import numpy as np
 import orjson
 
-from engine.assembly import (
+from engine.candidates import CandidateRow, Ranker
+from engine.config import EngineConfig, build_rankers, parse_config
+from engine.data.history import FINISHED_PROGRESS, US_PER_DAY, History
+from engine.errors import (
+    BadRequestError,
+    ConfigError,
+    ModelLoadError,
+    RankerContractError,
+    RowrankError,
+)
+from engine.request.context import RequestContext, parse_device, parse_time
+from engine.request.features import (
+    FeatureStore,
+    Pairs,
+    Requests,
+    row_column,
+)
+from engine.request.filters import apply_filters
+from engine.request.layout import DeviceLayout
+from engine.request.page import Page, build_page
+from engine.request.scorers import PageModel, PageModelConfig, _forest_raw
+from engine.request.selectors import (
     AssembledPage,
     AssemblyRules,
     AssemblyTrace,
@@ -59,28 +81,7 @@ from engine.assembly import (
     score_rows_by_template,
     score_rows_by_top_titles,
 )
-from engine.candidates import CandidateRow, Ranker
-from engine.config import EngineConfig, build_rankers, parse_config
-from engine.context import RequestContext, parse_device, parse_time
-from engine.errors import (
-    BadRequestError,
-    ConfigError,
-    ModelLoadError,
-    RankerContractError,
-    RowrankError,
-)
-from engine.features import (
-    FeatureStore,
-    Pairs,
-    Requests,
-    row_column,
-)
-from engine.filters import apply_filters
-from engine.history import FINISHED_PROGRESS, US_PER_DAY, History
-from engine.layout import DeviceLayout
-from engine.model_dir import HISTORY_DIR, read_manifest
-from engine.page import Page, build_page
-from engine.page_model import PageModel, PageModelConfig, _forest_raw
+from engine.training.model_dir import HISTORY_DIR, read_manifest
 
 CONFIG_FILE = "config.json"
 
@@ -248,7 +249,7 @@ def filter_rows(
     limit: int,
     limit_by_kind: Mapping[str, int] | None = None,
 ) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
-    """Business filters (engine.filters), then each row cut to the `limit` titles the title
+    """Business filters (engine.request.filters), then each row cut to the `limit` titles the title
     model scores (`limit_by_kind[row.kind]` for the kinds it names: [page]
     row_titles_scored_by_kind). Returns the rows and, per row id, titles removed per filter."""
     kept, removed = apply_filters(rows, ctx, history, rankers)
@@ -269,7 +270,8 @@ def filter_rows_for_page(
     cfg: PageModelConfig,
 ) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
     """`filter_rows` with [page]'s limits (row_titles_scored, row_titles_scored_by_kind): the
-    one call serving (Engine.filter) and training (engine.train) share, so both cut rows alike."""
+    one call serving (Engine.filter) and training (engine.training.train) share, so both cut rows
+    alike."""
     return filter_rows(
         rows, ctx, history, rankers, cfg.row_titles_scored, cfg.row_titles_scored_by_kind
     )
@@ -536,7 +538,8 @@ class RowModelScorer:
         *,
         continuation_mode: bool = False,
     ) -> AssembledPage:
-        """`engine.assembly.assemble_page(rows, self, layout, rules, ...)`, the same page and
+        """`engine.request.selectors.assemble_page(rows, self, layout, rules, ...)`, the same page
+        and
         trace, with the whole greedy loop in one compiled pass (`_assemble_rows`): the loop's
         Python (selectors, per-stage numpy calls, objects) cost more than its arithmetic
         (docs/page_model.md). assemble_page stays the reference and serves every other scorer;
@@ -701,7 +704,8 @@ def _assemble_rows(
     weight,
     dedupe,
 ):
-    """engine.assembly.assemble_page's greedy loop with RowModelScorer (or CascadeScorer) as
+    """engine.request.selectors.assemble_page's greedy loop with RowModelScorer (or CascadeScorer)
+    as
     the scorer, over a RowPool's arrays (`alive` and `lengths` are updated as dedupe goes).
     Each stage, in assemble_page's order: rows over their kind's cap, then rows shorter than
     `min_length`, leave; the rest are scored (`_row_states` + the row model's trees); the
@@ -1122,7 +1126,7 @@ class Engine:
         """Build one page and one fallback page and drop them, so that the compiled loops
         (numba) are loaded from their cache, or compiled the first time after an install
         (seconds), before a request waits for them. `rowrank serve` does this before a model is
-        ready (engine.serve)."""
+        ready (engine.serving.http)."""
         h = self.history
         if len(h.user_ids):
             at = datetime.fromtimestamp(h.cutoff_us / 1e6, UTC)
@@ -1204,7 +1208,7 @@ def row_matrix(
 
 
 def load(model_dir: Path) -> Engine:
-    """Load a directory written by `rowrank train` (engine.train); ModelLoadError names the
+    """Load a directory written by `rowrank train` (engine.training.train); ModelLoadError names the
     problem (missing directory, version, checksum, feature order, ranker state)."""
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)

@@ -17,8 +17,8 @@ import numpy as np
 import orjson
 
 from engine.candidates import CandidateRow
+from engine.data.history import History
 from engine.errors import ModelLoadError, NotFittedError
-from engine.history import History
 
 STATE_JSON = "state.json"
 STATE_NPZ = "state.npz"

@@ -18,8 +18,8 @@ import numpy as np
 from pydantic import Field
 
 from engine.candidates import CandidateRow, RankerConfig
-from engine.context import RequestContext
-from engine.history import US_PER_DAY, History
+from engine.data.history import US_PER_DAY, History
+from engine.request.context import RequestContext
 from rankers._common import (
     check_fitted,
     first_per_series,

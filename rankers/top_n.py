@@ -20,9 +20,9 @@ import numpy as np
 from pydantic import Field
 
 from engine.candidates import CandidateRow, RankerConfig
-from engine.context import RequestContext
+from engine.data.history import US_PER_DAY, History
 from engine.errors import ModelLoadError
-from engine.history import US_PER_DAY, History
+from engine.request.context import RequestContext
 from rankers._common import check_fitted, make_row, save_state
 from rankers.pvr import (
     CFConfig,

@@ -25,9 +25,9 @@ import numpy as np
 from pydantic import Field
 
 from engine.candidates import CandidateRow, RankerConfig
-from engine.context import RequestContext
+from engine.data.history import FINISHED_PROGRESS, US_PER_DAY, History
 from engine.errors import ModelLoadError
-from engine.history import FINISHED_PROGRESS, US_PER_DAY, History
+from engine.request.context import RequestContext
 from rankers._common import (
     check_fitted,
     first_per_series,

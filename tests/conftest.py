@@ -16,13 +16,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# Before LightGBM loads its OpenMP runtime (see engine/page_model.py).
+# Before LightGBM loads its OpenMP runtime (see engine/request/scorers.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
 from engine.config import EngineConfig, load_config, parse_config
-from engine.world import GroundTruth
+from engine.sim.world import GroundTruth
 
 TINY_USERS, TINY_TITLES, TINY_DAYS, TINY_SEED = 300, 300, 28, 5
 # Small and fast: three windows (two train + one held out), few trees, one thread so the trees
@@ -53,7 +53,7 @@ class TinyWorld:
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    from engine.simulate import GROUND_TRUTH_DIR, simulate
+    from engine.sim.simulate import GROUND_TRUTH_DIR, simulate
 
     out = tmp_path_factory.mktemp("tiny_world")
     simulate(
@@ -83,7 +83,7 @@ def tiny_config() -> EngineConfig:
 def tiny_model(
     tiny_world: TinyWorld, tiny_config: EngineConfig, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    from engine.train import train
+    from engine.training.train import train
 
     out = tmp_path_factory.mktemp("tiny_model") / "model"
     train(tiny_world.path, out, engine_config=tiny_config, progress=False)

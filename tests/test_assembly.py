@@ -11,7 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.assembly import (
+from engine.candidates import CandidateRow
+from engine.errors import ConfigError
+from engine.request.layout import DeviceLayout
+from engine.request.selectors import (
     AssembledPage,
     AssemblyRules,
     RowPool,
@@ -21,9 +24,6 @@ from engine.assembly import (
     penalize_repeated_kinds,
     score_rows_by_top_titles,
 )
-from engine.candidates import CandidateRow
-from engine.errors import ConfigError
-from engine.layout import DeviceLayout
 
 # kind -> ranker instances of that kind (two instances of one type are normal)
 RANKERS = {

@@ -38,7 +38,7 @@ from damage import (
 
 import engine
 from engine.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from engine.precompute import run_precompute
+from engine.serving.precompute import run_precompute
 
 AT = "2030-01-07T20:00:00+00:00"
 # Parses as ISO 8601 but has no UTC equivalent (UTC would be in the year 10000, or year 0).
@@ -482,7 +482,8 @@ def test_page_unknown_user_is_a_cold_start_page(
     tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Not an error: a page. With a country it has rows; without one only titles licensed
-    everywhere may be shown (engine/filters.py), and every simulated title has a country list,
+    everywhere may be shown (engine/request/filters.py), and every simulated title has a country
+    list,
     so that page is empty but still a page."""
     argv = ["page", str(tiny_model), "--user", "nobody-knows-me", "--at", AT]
     code, out, err = run([*argv, "--country", "US"], capsys)

@@ -11,9 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.benchmark import load_variants, stable_bucket, team_draft
 from engine.cli import main
 from engine.errors import ConfigError
+from engine.evaluation.benchmark import load_variants, stable_bucket, team_draft
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "bench" / "variants" / "tiny.toml"
@@ -165,9 +165,9 @@ def test_bench_rejects_a_missing_data_directory(tmp_path: Path) -> None:
 
 
 def test_template_row_order_follows_the_template_then_title_scores() -> None:
-    from engine.assembly import AssemblyRules, assemble_page, score_rows_by_template
     from engine.candidates import CandidateRow
-    from engine.layout import DeviceLayout
+    from engine.request.layout import DeviceLayout
+    from engine.request.selectors import AssemblyRules, assemble_page, score_rows_by_template
 
     def row(rid: str, kind: str, start: int, score: float) -> CandidateRow:
         titles = np.arange(start, start + 4, dtype=np.int32)
@@ -191,7 +191,7 @@ def test_template_row_order_follows_the_template_then_title_scores() -> None:
 
 def test_silenced_ranker_loses_its_rows_but_not_its_features(tiny_model: Path) -> None:
     import engine
-    from engine.benchmark import silence
+    from engine.evaluation.benchmark import silence
 
     e = engine.load(tiny_model)
     user = str(e.history.user_ids[int(np.argmax(np.diff(e.history.user_offsets)))])
@@ -208,9 +208,9 @@ def test_silenced_ranker_loses_its_rows_but_not_its_features(tiny_model: Path) -
 
 
 def test_ab_schedule_and_watch_minutes_follow_the_world(tiny_world: Any) -> None:
-    from engine.benchmark import ABSpec, ab_schedule, watch_minutes
-    from engine.dataset import load_dataset
-    from engine.history import History
+    from engine.data.dataset import load_dataset
+    from engine.data.history import History
+    from engine.evaluation.benchmark import ABSpec, ab_schedule, watch_minutes
 
     gt = tiny_world.truth
     ds = load_dataset(tiny_world.path)

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from engine.cli import COMMANDS, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from engine.columns import Col
+from engine.data.columns import Col
 
 
 def test_import_then_validate(

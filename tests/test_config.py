@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.assembly import AssemblyRules
 from engine.config import build_rankers, load_config, parse_config
 from engine.errors import ConfigError
-from engine.layout import DEFAULT_LAYOUTS
+from engine.request.layout import DEFAULT_LAYOUTS
+from engine.request.selectors import AssemblyRules
 
 
 def _write(tmp_path: Path, text: str) -> Path:

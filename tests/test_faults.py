@@ -21,7 +21,7 @@ from types import ModuleType
 import pytest
 
 import engine
-from engine.precompute import run_precompute
+from engine.serving.precompute import run_precompute
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 

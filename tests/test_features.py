@@ -14,11 +14,12 @@ import pytest
 from conftest import TinyWorld, tiny_engine_config
 
 import engine
-from engine.columns import DEVICES, Col
 from engine.config import build_rankers
-from engine.dataset import Dataset, load_dataset
+from engine.data.columns import DEVICES, Col
+from engine.data.dataset import Dataset, load_dataset
+from engine.data.history import History
 from engine.errors import ModelLoadError
-from engine.features import (
+from engine.request.features import (
     _ROW_AGG_SOURCES,
     CONTEXT_FEATURES,
     FEATURE_SETS,
@@ -30,9 +31,8 @@ from engine.features import (
     check_feature_order,
     feature_names,
 )
-from engine.history import History
-from engine.page_model import PageModelConfig
-from engine.train import WindowData, build_window, row_kinds, window_bounds, window_config
+from engine.request.scorers import PageModelConfig
+from engine.training.train import WindowData, build_window, row_kinds, window_bounds, window_config
 
 
 def test_declarations_are_unique_and_typed() -> None:

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from test_ranker_contract import CUTOFF, make_dataset
 
 from engine.candidates import CandidateRow
-from engine.context import RequestContext
-from engine.filters import FILTERS, UNKNOWN_USER_MATURITY_MAX, apply_filters, request_masks
-from engine.history import FINISHED_PROGRESS, History
+from engine.data.history import FINISHED_PROGRESS, History
+from engine.request.context import RequestContext
+from engine.request.filters import FILTERS, UNKNOWN_USER_MATURITY_MAX, apply_filters, request_masks
 
 HISTORY = History.from_dataset(make_dataset(seed=3), CUTOFF)
 N_TITLES = HISTORY.n_titles

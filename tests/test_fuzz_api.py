@@ -1,4 +1,4 @@
-"""Fuzzing the HTTP API from its own OpenAPI document (engine/static/openapi.json, served at
+"""Fuzzing the HTTP API from its own OpenAPI document (engine/serving/static/openapi.json, served at
 /openapi.json) with schemathesis on hypothesis, against a real uvicorn socket and the trained
 `tiny_model`.
 
@@ -6,7 +6,7 @@ For every operation, schema-valid (positive) and schema-violating (negative) req
 generated, seeded (`derandomize=True`: the same cases every run) and bounded in number. Each
 answer must be: not a 5xx, a status code the document lists for that operation, a documented
 content type and headers, and a body valid against the documented schema (pages against
-engine/page.schema.json, errors against Error). The admin reload route is fuzzed without a
+engine/request/page.schema.json, errors against Error). The admin reload route is fuzzed without a
 token (all 401) and with it (deep: the body's model_dir reaches the path checks).
 
 A second, schema-free layer sends raw bytes and raw query strings, which schemathesis does not
@@ -35,7 +35,7 @@ from referencing.jsonschema import DRAFT202012
 from schemathesis import checks
 from schemathesis.generation import GenerationMode
 
-from engine.serve import ServerThread, create_app, openapi_spec
+from engine.serving.http import ServerThread, create_app, openapi_spec
 
 TOKEN = "fuzz-admin-token"
 TIMEOUT = 60

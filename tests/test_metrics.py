@@ -1,4 +1,4 @@
-"""engine.metrics: every metric on tiny pages whose values are worked out by hand in the
+"""engine.evaluation.metrics: every metric on tiny pages whose values are worked out by hand in the
 comments, plus the bootstrap's sanity (contains the mean, narrows with n, covers ~95%)."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.layout import DeviceLayout
-from engine.metrics import (
+from engine.evaluation.metrics import (
     average_precision_at_k,
     bootstrap_ci,
     bootstrap_ratio_ci,
@@ -31,6 +30,7 @@ from engine.metrics import (
     recall_at_k,
     visible_recall,
 )
+from engine.request.layout import DeviceLayout
 
 L3 = math.log2(3)
 # A 2 x 3 page of which the device shows the top-left 1 x 2 corner.

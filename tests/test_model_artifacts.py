@@ -2,7 +2,8 @@
 - every file of a model directory is checked against the manifest's sha256 on load: one byte
   flipped (or the file gone) in any of them is a ModelLoadError naming that file, and no file
   the loader reads escapes the manifest;
-- `engine.train.trained_with`, which the benchmarks check before reusing a kept model, tells it
+- `engine.training.train.trained_with`, which the benchmarks check before reusing a kept model,
+tells it
   from one of another model format, config, data or cut-off, or with a damaged file;
 - the admin (reload) endpoint refuses every request without the right bearer token, and
   refuses all of them when no token is configured;
@@ -37,8 +38,8 @@ from damage import (
 import engine
 from engine.config import EngineConfig
 from engine.errors import ModelLoadError
-from engine.serve import ServerThread, create_app
-from engine.train import trained_with
+from engine.serving.http import ServerThread, create_app
+from engine.training.train import trained_with
 
 TOKEN = "an-admin-token-0123456789"
 TIMEOUT = 60
@@ -55,7 +56,7 @@ def model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_trained_with_tells_a_kept_model_from_a_stale_one(
     model: Path, tiny_world: TinyWorld, tiny_config: EngineConfig, tmp_path: Path
 ) -> None:
-    # What the benchmarks check before reusing a kept model (engine.train.trained_with).
+    # What the benchmarks check before reusing a kept model (engine.training.train.trained_with).
     assert trained_with(model, tiny_world.path, tiny_config)
     assert trained_with(model, tiny_world.path, tiny_config, until=None)
     other = tiny_engine_config(title_trees=41)

@@ -1,4 +1,4 @@
-"""engine.movielens: each MovieLens layout converts to the documented dataset; broken input
+"""engine.data.movielens: each MovieLens layout converts to the documented dataset; broken input
 names the file and line."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from engine.columns import SCHEMA, TITLES, USERS, Col
-from engine.dataset import Dataset
+from engine.data.columns import SCHEMA, TITLES, USERS, Col
+from engine.data.dataset import Dataset
+from engine.data.movielens import detect_format, import_movielens
+from engine.data.validate import validate_directory
 from engine.errors import ImportFormatError
-from engine.movielens import detect_format, import_movielens
-from engine.validate import validate_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,14 +14,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.assembly import AssemblyRules, assemble_page, score_rows_by_top_titles
 from engine.candidates import CandidateRow
-from engine.columns import DEVICES, Col
-from engine.context import RequestContext
-from engine.dataset import Dataset
-from engine.history import History
-from engine.layout import DEFAULT_LAYOUTS
-from engine.page import Page, PageItem, _round_one, build_page, page_schema, round_significant
+from engine.data.columns import DEVICES, Col
+from engine.data.dataset import Dataset
+from engine.data.history import History
+from engine.request.context import RequestContext
+from engine.request.layout import DEFAULT_LAYOUTS
+from engine.request.page import (
+    Page,
+    PageItem,
+    _round_one,
+    build_page,
+    page_schema,
+    round_significant,
+)
+from engine.request.selectors import AssemblyRules, assemble_page, score_rows_by_top_titles
 
 CLOCK = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
 GENERATED = datetime(2026, 11, 27, 20, 0, 1, 250_000, tzinfo=UTC)

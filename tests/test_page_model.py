@@ -14,17 +14,17 @@ import pytest
 from conftest import TinyWorld, tiny_engine_config
 
 import engine
-from engine.dataset import load_dataset, save_dataset
+from engine.data.dataset import load_dataset, save_dataset
 from engine.errors import ConfigError, ModelLoadError
-from engine.features import categorical_names, feature_names
-from engine.page_model import (
+from engine.request.features import categorical_names, feature_names
+from engine.request.scorers import (
     Forest,
     PageModelConfig,
     RankData,
     fit_ranker,
     ndcg_at,
 )
-from engine.train import train
+from engine.training.train import train
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -76,7 +76,7 @@ def test_a_booster_trained_on_other_features_is_refused(tiny_model: Path, tmp_pa
     )
     assert swapped != text
     (d / "row_model.txt").write_text(swapped)
-    from engine.model_dir import sha256_file
+    from engine.training.model_dir import sha256_file
 
     manifest = orjson.loads((d / "manifest.json").read_bytes())
     manifest["files"]["row_model.txt"] = sha256_file(d / "row_model.txt")

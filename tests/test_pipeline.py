@@ -16,13 +16,9 @@ import orjson
 import pytest
 
 import engine
-from engine.assembly import AssembledPage, AssemblyRules, assemble_page
 from engine.candidates import CandidateRow
-from engine.context import RequestContext
+from engine.data.history import History
 from engine.errors import BadRequestError, NotFittedError
-from engine.filters import series_entries
-from engine.history import History
-from engine.page import page_schema
 from engine.pipeline import (
     CascadeScorer,
     Engine,
@@ -33,6 +29,10 @@ from engine.pipeline import (
     propose_rows,
     pvr_scores,
 )
+from engine.request.context import RequestContext
+from engine.request.filters import series_entries
+from engine.request.page import page_schema
+from engine.request.selectors import AssembledPage, AssemblyRules, assemble_page
 
 ROWRANK = [sys.executable, "-m", "engine.cli"]
 
@@ -232,7 +232,8 @@ def test_unknown_member_gets_a_cold_start_page(eng: Engine, at: str) -> None:
     assert len(page.rows) >= 3
     assert page.context.country == country
     assert page.user_id == "nobody-ever"
-    # Without any country only titles licensed everywhere may show (engine.filters): the page
+    # Without any country only titles licensed everywhere may show (engine.request.filters): the
+    # page
     # may be thin or the fallback, but it is never an error.
     assert eng.page("nobody-ever", "mobile", at).context.country is None
 
@@ -378,11 +379,12 @@ def test_series_are_entered_at_the_start_or_where_the_member_is(eng: Engine, at:
 _WARM_UP_PROBE = """
 import json, sys
 import engine
-from engine import assembly, features, page_model, pipeline
+from engine import pipeline
+from engine.request import features, scorers, selectors
 # The loops a request calls from Python (pipeline._row_states runs inside _assemble_rows;
-# assembly._remove_titles serves the fallback page).
-loops = [page_model._forest_raw, features._title_rows, pipeline._row_values]
-loops += [pipeline._assemble_rows, assembly._remove_titles]
+# selectors._remove_titles serves the fallback page).
+loops = [scorers._forest_raw, features._title_rows, pipeline._row_values]
+loops += [pipeline._assemble_rows, selectors._remove_titles]
 eng = engine.load(sys.argv[1])
 before = [len(f.signatures) for f in loops]
 eng.warm_up()

@@ -17,8 +17,8 @@ import pytest
 from test_ranker_contract import CUTOFF, check_contract, make_dataset, requests
 
 from engine.config import build_rankers, load_config
+from engine.data.history import History
 from engine.errors import ConfigError
-from engine.history import History
 from engine.registry import ranker_type, ranker_types
 
 PLUGIN_SOURCE = '''

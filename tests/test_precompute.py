@@ -1,4 +1,5 @@
-"""Batch precompute (engine/precompute.py): users-file parsing, the context grid, and, against the
+"""Batch precompute (engine/serving/precompute.py): users-file parsing, the context grid, and,
+against the
 real trained `tiny_model`, byte equality with `rowrank page`, kill-and-resume, refusals, Dask."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pytest
 import engine
 from engine.cli import main as cli_main
 from engine.errors import BadRequestError
-from engine.precompute import (
+from engine.serving.precompute import (
     _ENGINES,
     DONE_DIR,
     MANIFEST,
@@ -490,7 +491,8 @@ def test_workers_exit_when_the_parent_is_killed(
     tiny_model: Path, users_file: Path, tmp_path: Path
 ) -> None:
     """SIGKILL of the `rowrank precompute` process alone (not its group): its pool workers exit
-    too instead of idling forever with the model in memory (engine.processes.exit_with_parent)."""
+    too instead of idling forever with the model in memory
+    (engine.serving.processes.exit_with_parent)."""
     import psutil
 
     out = tmp_path / "pages"

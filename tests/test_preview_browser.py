@@ -18,8 +18,8 @@ import pytest
 import requests
 
 import engine
-from engine.layout import DEFAULT_LAYOUTS
-from engine.serve import ServerThread, create_app
+from engine.request.layout import DEFAULT_LAYOUTS
+from engine.serving.http import ServerThread, create_app
 
 CHROMIUM = os.environ.get("ROWRANK_CHROMIUM", "/usr/bin/chromium")
 FLAGS = [

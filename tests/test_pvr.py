@@ -12,11 +12,11 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from engine.columns import STR_LIST, TIMESTAMP, Col
-from engine.context import RequestContext
-from engine.dataset import Dataset
+from engine.data.columns import STR_LIST, TIMESTAMP, Col
+from engine.data.dataset import Dataset
+from engine.data.history import History
 from engine.errors import ModelLoadError
-from engine.history import History
+from engine.request.context import RequestContext
 from rankers.because_you_watched import BecauseYouWatchedConfig, BecauseYouWatchedRanker
 from rankers.pvr import PVRConfig, PVRRanker, truncate_history
 from rankers.top_n import Blend, TopNConfig, TopNRanker

@@ -19,12 +19,12 @@ import polars as pl
 import pytest
 
 from engine.candidates import CandidateRow, RankerConfig
-from engine.columns import DEVICES, MATURITY_LEVELS, STR_LIST, TIMESTAMP, Col
-from engine.context import RequestContext
-from engine.dataset import Dataset
+from engine.data.columns import DEVICES, MATURITY_LEVELS, STR_LIST, TIMESTAMP, Col
+from engine.data.dataset import Dataset
+from engine.data.history import History
 from engine.errors import ModelLoadError, NotFittedError
-from engine.history import History
 from engine.registry import check_ranker_class, ranker_entry_points, ranker_type
+from engine.request.context import RequestContext
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 DAYS = 60

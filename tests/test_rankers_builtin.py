@@ -11,12 +11,12 @@ import polars as pl
 import pytest
 from test_ranker_contract import CUTOFF, T0, make_dataset
 
-from engine.columns import STR_LIST, TIMESTAMP, Col
-from engine.context import RequestContext
-from engine.dataset import Dataset
+from engine.data.columns import STR_LIST, TIMESTAMP, Col
+from engine.data.dataset import Dataset
+from engine.data.history import History
 from engine.errors import ModelLoadError
-from engine.filters import apply_filters
-from engine.history import History
+from engine.request.context import RequestContext
+from engine.request.filters import apply_filters
 from rankers.continue_watching import ContinueWatchingConfig, ContinueWatchingRanker
 from rankers.new_releases import NewReleasesConfig, NewReleasesRanker
 from rankers.trending import TrendingConfig, TrendingRanker

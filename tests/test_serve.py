@@ -1,4 +1,4 @@
-"""The HTTP service (engine/serve.py) through a real uvicorn socket, against the trained
+"""The HTTP service (engine/serving/http.py) through a real uvicorn socket, against the trained
 `tiny_model`: bytes equal to `rowrank page`, batch = singles, bad input -> 4xx JSON, metrics,
 OpenAPI, hot swap (auth, root, broken dir, no failed request, in-flight on the old model),
 fail open, impressions flushed on shutdown, and `rowrank serve --workers 2` as a process.
@@ -35,16 +35,16 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 import engine
-from engine.columns import IMPRESSIONS, SCHEMA
-from engine.impression_log import ImpressionLogger, read_impressions
-from engine.layout import DEFAULT_LAYOUTS
-from engine.serve import (
+from engine.data.columns import IMPRESSIONS, SCHEMA
+from engine.request.layout import DEFAULT_LAYOUTS
+from engine.serving.http import (
     ENV_WORKER_MIN_UPTIME,
     ModelHolder,
     ServerThread,
     create_app,
     openapi_spec,
 )
+from engine.serving.impression_log import ImpressionLogger, read_impressions
 
 TOKEN = "s3cret-token"
 AT = "2026-11-27T21:00:00+01:00"
@@ -315,7 +315,7 @@ def test_health_ready_and_openapi_cover_every_route(live: str) -> None:
     assert ready["status"] == "ready" and ready["generation"] == 0
     spec = requests.get(f"{live}/openapi.json").json()
     assert spec["openapi"].startswith("3.1")
-    from engine.serve import ROUTE_BATCH, ROUTE_PAGE, ROUTE_PREVIEW, ROUTE_RELOAD
+    from engine.serving.http import ROUTE_BATCH, ROUTE_PAGE, ROUTE_PREVIEW, ROUTE_RELOAD
 
     served = {ROUTE_PAGE, ROUTE_BATCH, ROUTE_PREVIEW, ROUTE_RELOAD, "/preview", "/preview.css"}
     served |= {"/healthz", "/readyz", "/metrics", "/openapi.json"}
@@ -656,7 +656,7 @@ def test_served_pages_are_logged_once_on_clean_shutdown(
 def test_impression_logger_parts_are_unique_and_close_flushes(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from engine.page import Page, PageContext, PageItem, PageRow
+    from engine.request.page import Page, PageContext, PageItem, PageRow
 
     def page(user: str) -> Page:
         items = tuple(PageItem(f"t{j}", f"T{j}", 1.0 - j / 10) for j in range(8))
@@ -784,7 +784,7 @@ def test_cli_serve_stops_when_a_worker_dies_right_after_starting(
 def test_attribute_plays_marks_titles_played_within_the_horizon() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from engine.impression_log import attribute_plays
+    from engine.serving.impression_log import attribute_plays
 
     t = datetime(2026, 11, 27, 20, tzinfo=UTC)
     schema = {c.name: c.dtype for c in SCHEMA[IMPRESSIONS]}

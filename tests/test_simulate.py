@@ -11,12 +11,12 @@ import polars as pl
 import pytest
 
 from engine.cli import main
-from engine.columns import IMPRESSIONS, PLAYS, SCHEMA, TITLES, USERS
-from engine.context import RequestContext
-from engine.dataset import load_dataset
-from engine.layout import DEFAULT_LAYOUTS
-from engine.simulate import GROUND_TRUTH_DIR, chunked_params, simulate
-from engine.world import GroundTruth, _best_assignment, page_play_probs
+from engine.data.columns import IMPRESSIONS, PLAYS, SCHEMA, TITLES, USERS
+from engine.data.dataset import load_dataset
+from engine.request.context import RequestContext
+from engine.request.layout import DEFAULT_LAYOUTS
+from engine.sim.simulate import GROUND_TRUTH_DIR, chunked_params, simulate
+from engine.sim.world import GroundTruth, _best_assignment, page_play_probs
 
 SEED = 7
 N_USERS, N_TITLES, N_DAYS = 600, 250, 21

@@ -1,4 +1,5 @@
-"""The temporal split (engine/split.py): nothing after the cut reaches the training side, and
+"""The temporal split (engine/evaluation/split.py): nothing after the cut reaches the training
+side, and
 validation windows never reach into the test period."""
 
 from __future__ import annotations
@@ -9,11 +10,17 @@ import numpy as np
 import polars as pl
 from conftest import TinyWorld
 
-import engine.split as splits  # not `from`: pytest would collect engine's test_split
-from engine.columns import Col
-from engine.dataset import load_dataset
-from engine.history import to_us
-from engine.split import Split, make_split, quantile_cut, rolling_splits, validation_splits
+import engine.evaluation.split as splits  # not `from`: pytest would collect engine's test_split
+from engine.data.columns import Col
+from engine.data.dataset import load_dataset
+from engine.data.history import to_us
+from engine.evaluation.split import (
+    Split,
+    make_split,
+    quantile_cut,
+    rolling_splits,
+    validation_splits,
+)
 
 
 def test_the_test_split_trains_before_the_cut_and_finds_new_titles(tiny_world: TinyWorld) -> None:

@@ -1,4 +1,4 @@
-"""engine.validate: every rule gets bad data and an assertion on its message."""
+"""engine.data.validate: every rule gets bad data and an assertion on its message."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import orjson
 import polars as pl
 import pytest
 
-from engine.columns import IMPRESSIONS, PLAYS, SCHEMA, TITLES, USERS, Col
-from engine.dataset import MANIFEST, Dataset, load_dataset, save_dataset
-from engine.errors import DataError
-from engine.validate import (
+from engine.data.columns import IMPRESSIONS, PLAYS, SCHEMA, TITLES, USERS, Col
+from engine.data.dataset import MANIFEST, Dataset, load_dataset, save_dataset
+from engine.data.validate import (
     conform_dataset,
     read_tables,
     summarize,
     validate_dataset,
     validate_directory,
 )
+from engine.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 

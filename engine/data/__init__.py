@@ -1,0 +1,1 @@
+"""Datasets: the column schema, validation, MovieLens import and the member History."""

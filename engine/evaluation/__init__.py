@@ -1,0 +1,1 @@
+"""Evaluation: temporal splits, page and row metrics, variant benchmarks and their reports."""

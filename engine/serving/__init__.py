@@ -1,0 +1,1 @@
+"""Serving pages: the HTTP service, impression logging, batch precompute and worker processes."""

@@ -1,0 +1,951 @@
+"""Batch precompute: one page per (user, context) for every user, written as sharded files.
+
+    rowrank precompute MODEL_DIR OUT_DIR [--users FILE] [--device D ...] [--at T ...]
+                       [--workers N] [--engine local|dask] [--scheduler ADDR]
+                       [--format jsonl|parquet] [--shard-size N]
+
+Shard k holds users [k * shard_size, (k + 1) * shard_size) of the user list, each with every
+context of the grid (devices x times), user-major. A shard is computed by one worker, written
+under a temporary name, fsynced and renamed into place; then a done marker (`done/shard-K.json`,
+holding the shard's sha256) is written the same way. A rerun skips every shard whose file
+matches its marker, so a run killed at any moment (SIGKILL included) and started again ends with
+exactly the output of an uninterrupted run: no page missing, none duplicated. `manifest.json`
+names the job (model version, contexts, users, shard size, format); a rerun into a directory
+holding a different job is refused before anything is touched.
+
+Workers (local processes or Dask tasks) get shard indices and the shard's user ids, load the
+model once each and return a small per-shard summary; pages never travel back to the parent, so
+memory stays bounded by one shard per worker however many users there are.
+
+This module imports nothing heavy at the top: a spawned worker sets its thread limits before
+numpy, polars or LightGBM are imported (see `_limit_threads`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import hashlib
+import io
+import math
+import os
+import sys
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from engine.errors import BadRequestError, RowrankError
+from engine.serving.processes import exit_with_parent, freeze_loaded_objects
+from engine.training.model_dir import read_history, sha256_file
+
+if TYPE_CHECKING:
+    import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DONE_DIR = "done"
+LOCK_FILE = ".lock"
+TMP_TAG = ".tmp."  # temporary files: ".<name>.tmp.<pid>", removed by the next run
+FORMATS: tuple[str, ...] = ("jsonl", "parquet")
+ENGINES: tuple[str, ...] = ("local", "dask")
+# 1,000 users x 2 contexts is ~2,000 pages (~4 s of one worker at ~500 pages/s, a few MB):
+# small enough that a kill loses little work, large enough that per-shard costs (fsync,
+# checksum, task overhead) stay well under 1% of the time.
+DEFAULT_SHARD_SIZE = 1_000
+DEFAULT_DEVICES: tuple[str, ...] = ("tv", "mobile")
+DEFAULT_HOUR = 20  # prime time: the default `at` is the first 20:00 UTC after the cut-off
+MAX_USER_ID_LEN = 128
+# Tasks queued per worker: enough to keep workers busy, few enough that the parent never holds
+# the whole user list as task arguments.
+_IN_FLIGHT_PER_WORKER = 2
+
+
+class PrecomputeConflictError(RowrankError):
+    """OUT_DIR holds something else than this job: another job's output or foreign files."""
+
+
+class PrecomputeFailedError(RowrankError):
+    """A shard failed; finished shards are kept and a rerun resumes from them."""
+
+
+class PageSource(Protocol):
+    """What precompute needs from an engine (engine.pipeline.Engine satisfies it)."""
+
+    @property
+    def model_version(self) -> str: ...
+
+    def page(self, user_id: str, device: str = ..., at: Any = ..., country: Any = ...) -> Any: ...
+
+
+Loader = Callable[[Path], PageSource]
+
+
+def load_engine(model_dir: Path) -> PageSource:
+    """The default loader: `engine.load(model_dir)`."""
+    import engine
+
+    return engine.load(model_dir)
+
+
+# ----- the job ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GridContext:
+    """One cell of the context grid. `at` is normalized ISO 8601 with its UTC offset."""
+
+    device: str
+    at: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"device": self.device, "at": self.at}
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line of a --users file that was skipped, and why."""
+
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What identifies a precompute job: equal specs produce byte-equal output."""
+
+    model_version: str
+    contexts: tuple[GridContext, ...]
+    n_users: int
+    users_sha256: str
+    shard_size: int
+    format: str
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_users / self.shard_size)
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version,
+            "contexts": [c.to_dict() for c in self.contexts],
+            "users": {"count": self.n_users, "sha256": self.users_sha256},
+            "shard_size": self.shard_size,
+            "format": self.format,
+        }
+
+    @property
+    def job_id(self) -> str:
+        return hashlib.sha256(orjson.dumps(self.identity())).hexdigest()[:16]
+
+    def shard_file(self, shard: int) -> str:
+        width = max(5, len(str(max(self.n_shards - 1, 0))))
+        return f"shard-{shard:0{width}d}.{self.format}"
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        start = shard * self.shard_size
+        return start, min(start + self.shard_size, self.n_users)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs for one shard; small (the shard's user ids, no pages)."""
+
+    shard: int
+    users: tuple[str, ...]
+    contexts: tuple[GridContext, ...]
+    format: str
+    file: str
+    out_dir: str
+    model_dir: str
+    model_version: str
+    job_id: str
+
+
+@dataclass
+class PrecomputeResult:
+    """What a run did. `exit_code`: 0 all fine, 1 some --users lines were bad or a shard failed."""
+
+    out_dir: Path
+    spec: JobSpec
+    bad_lines: list[BadLine]
+    unknown_users: int  # listed users the model has never seen: they get cold-start pages
+    shards_resumed: int
+    shards_run: int
+    pages_run: int
+    seconds: float
+    completed: bool
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if (self.bad_lines or self.failures or not self.completed) else 0
+
+
+# ----- inputs: users and contexts ---------------------------------------------------------------
+
+
+def parse_users_file(path: Path) -> tuple[list[str], list[BadLine]]:
+    """User ids from a file, one per line, in file order; bad lines are skipped and returned.
+
+    Bad: not UTF-8, empty or blank, containing whitespace or control characters, longer than
+    MAX_USER_ID_LEN characters, or a repeat of an earlier line. A user id the model does not
+    know is NOT bad: the engine serves such users a cold-start page. Lines may end in \\n or
+    \\r\\n. The set of seen ids is held for the duplicate check (memory ~ the ids themselves).
+    """
+    users: list[str] = []
+    bad: list[BadLine] = []
+    seen: dict[str, int] = {}
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.removesuffix(b"\n").removesuffix(b"\r")
+            reason = None
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                reason = f"not valid UTF-8 (byte {exc.start})"
+                text = ""
+            if reason is None:
+                if not text.strip():
+                    reason = "empty line"
+                elif any(ch.isspace() or not ch.isprintable() for ch in text):
+                    reason = f"{text[:40]!r} contains whitespace or control characters"
+                elif len(text) > MAX_USER_ID_LEN:
+                    reason = f"longer than {MAX_USER_ID_LEN} characters ({len(text)})"
+                elif text in seen:
+                    reason = f"{text!r} repeats line {seen[text]}"
+            if reason is not None:
+                bad.append(BadLine(number, reason))
+                continue
+            seen[text] = number
+            users.append(text)
+    return users, bad
+
+
+def default_at(cutoff_us: int) -> datetime:
+    """The first DEFAULT_HOUR:00 UTC at or after the model's cut-off: tonight's prime time."""
+    cut = datetime.fromtimestamp(cutoff_us / 1_000_000, tz=UTC)
+    at = cut.replace(hour=DEFAULT_HOUR, minute=0, second=0, microsecond=0)
+    return at if at >= cut else at + timedelta(days=1)
+
+
+def build_contexts(
+    devices: Sequence[str] | None, times: Sequence[str] | None, cutoff_us: int | None
+) -> tuple[GridContext, ...]:
+    """The grid devices x times, in the order given, repeats dropped. Raises BadRequestError."""
+    from engine.request.context import parse_device, parse_time
+
+    devs = list(dict.fromkeys(parse_device(d) for d in (devices or DEFAULT_DEVICES)))
+    if times:
+        ats = [parse_time(t) for t in times]
+    else:
+        if cutoff_us is None:
+            raise BadRequestError("no --at given and the model has no cut-off: pass --at")
+        ats = [default_at(cutoff_us)]
+    iso = list(dict.fromkeys(t.isoformat() for t in ats))
+    return tuple(GridContext(d, t) for d in devs for t in iso)
+
+
+def users_digest(users: Iterable[str]) -> str:
+    """sha256 over the user ids, each followed by a newline (the canonical list)."""
+    h = hashlib.sha256()
+    for u in users:
+        h.update(u.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+# ----- writing files safely ---------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """Write `path` all or nothing: a temporary file in the same directory, fsynced, renamed
+    over `path`, then the directory fsynced so the rename itself survives a power cut."""
+    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with _atomic_file(path) as f:
+        f.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+# ----- one shard (runs in a worker) ---------------------------------------------------------------
+
+
+class _HashingWriter(io.RawIOBase):
+    """Passes bytes to a file while hashing and counting them."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self._f.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def _pages(engine: PageSource, task: ShardTask) -> Iterator[tuple[str, GridContext, Any, bytes]]:
+    for user in task.users:
+        for ctx in task.contexts:
+            try:
+                page = engine.page(user, device=ctx.device, at=ctx.at)
+                data = page.to_json()
+            except Exception as exc:
+                raise PrecomputeFailedError(
+                    f"shard {task.shard}: page for user {user!r} on {ctx.device} at {ctx.at} "
+                    f"failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            yield user, ctx, page, data
+
+
+def _n_rows(page: Any) -> int:
+    rows = getattr(page, "rows", None)
+    return len(rows) if rows is not None else -1
+
+
+def run_shard(engine: PageSource, task: ShardTask) -> dict[str, Any]:
+    """Compute one shard, write it atomically, then its done marker; return the marker."""
+    if engine.model_version != task.model_version:
+        raise PrecomputeFailedError(
+            f"shard {task.shard}: the worker loaded model {engine.model_version} from "
+            f"{task.model_dir}, the job is for model {task.model_version}; on a cluster every "
+            "worker must see the same model directory (shared storage)"
+        )
+    out = Path(task.out_dir)
+    path = out / task.file
+    pages = rows = 0
+    with _atomic_file(path) as f:
+        w = _HashingWriter(f)
+        if task.format == "jsonl":
+            for _user, _ctx, page, data in _pages(engine, task):
+                if b"\n" in data:
+                    raise PrecomputeFailedError(f"shard {task.shard}: page JSON spans lines")
+                w.write(data + b"\n")
+                pages += 1
+                rows += _n_rows(page)
+        else:
+            frame = _parquet_frame(list(_pages(engine, task)))
+            buf = io.BytesIO()
+            # No statistics: they add nothing for these columns, and the bytes stay stable.
+            frame.write_parquet(buf, compression="zstd", statistics=False)
+            w.write(buf.getvalue())
+            pages = frame.height
+            rows = int(frame["n_rows"].sum())
+    marker = {
+        "job_id": task.job_id,
+        "shard": task.shard,
+        "file": task.file,
+        "users": len(task.users),
+        "pages": pages,
+        "rows": rows,
+        "bytes": w.size,
+        "sha256": w.sha.hexdigest(),
+    }
+    _write_json(out / DONE_DIR / f"{Path(task.file).stem}.json", marker)
+    return marker
+
+
+def _parquet_frame(pages: list[tuple[str, GridContext, Any, bytes]]) -> Any:
+    """A parquet shard: one row per page, the exact JSON plus a few columns for queries without
+    parsing it (documented in docs/precompute.md)."""
+    import polars as pl
+
+    row_ids: list[list[str]] = []
+    n_titles: list[int] = []
+    fallback: list[bool] = []
+    for _u, _c, page, _d in pages:
+        rows = getattr(page, "rows", None) or ()
+        row_ids.append([str(r.row_id) for r in rows])
+        n_titles.append(sum(len(r.items) for r in rows))
+        fallback.append(bool(getattr(page, "fallback", False)))
+    return pl.DataFrame(
+        {
+            "user_id": [p[0] for p in pages],
+            "device": [p[1].device for p in pages],
+            "at": [p[1].at for p in pages],
+            "n_rows": [len(r) for r in row_ids],
+            "n_titles": n_titles,
+            "row_ids": row_ids,
+            "fallback": fallback,
+            "page_json": [p[3].decode("utf-8") for p in pages],
+        },
+        schema={
+            "user_id": pl.String,
+            "device": pl.String,
+            "at": pl.String,  # the request time, ISO 8601 with offset, as in the manifest
+            "n_rows": pl.Int16,
+            "n_titles": pl.Int32,
+            "row_ids": pl.List(pl.String),
+            "fallback": pl.Boolean,
+            "page_json": pl.String,  # byte for byte the JSON of `rowrank page`
+        },
+    )
+
+
+# ----- worker processes ---------------------------------------------------------------------------
+
+
+_ENGINES: dict[tuple[str, Loader], PageSource] = {}
+# Several threads of one Dask worker may start at once: load the model once per process.
+_DASK_LOCK = threading.Lock()
+
+
+def _limit_threads() -> None:
+    """One compute thread per worker process: N workers on N cores, no oversubscription.
+    Must run before numpy / polars / LightGBM start their thread pools; respects user settings."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+def _cached_engine(model_dir: str, loader: Loader) -> PageSource:
+    """The model, loaded once per worker process (Dask tasks and pool tasks share this)."""
+    key = (model_dir, loader)
+    if key not in _ENGINES:
+        gc.unfreeze()  # a model this process dropped (a Dask worker's older one) can go now
+        _ENGINES[key] = loader(Path(model_dir))
+        freeze_loaded_objects()
+    return _ENGINES[key]
+
+
+def _pool_init() -> None:
+    exit_with_parent()  # a killed `rowrank precompute` leaves no idle workers behind
+    _limit_threads()
+
+
+def _pool_load(model_dir: str, loader: Loader) -> str:
+    """Load the worker's engine (a task, not the initializer: a failure comes back as the
+    loader's own error, where a failing initializer only breaks the pool)."""
+    return str(_cached_engine(model_dir, loader).model_version)
+
+
+def _pool_run(task: ShardTask, loader: Loader) -> dict[str, Any]:
+    return run_shard(_cached_engine(task.model_dir, loader), task)
+
+
+def _dask_run(task: ShardTask, loader: Loader) -> dict[str, Any]:
+    with _DASK_LOCK:
+        engine = _cached_engine(task.model_dir, loader)
+        if engine.model_version != task.model_version:
+            # A long-lived worker cached an older model from the same path: load it again
+            # (run_shard still refuses if the path holds yet another version).
+            _ENGINES.pop((task.model_dir, loader), None)
+            engine = _cached_engine(task.model_dir, loader)
+    return run_shard(engine, task)
+
+
+# ----- the output directory ---------------------------------------------------------------------
+
+
+def _is_tmp(name: str) -> bool:
+    return name.startswith(".") and TMP_TAG in name
+
+
+def _check_not_foreign(out: Path) -> None:
+    """Refuse (touching nothing) a path that is not a directory, or a non-empty directory
+    without a precompute manifest: precompute never writes into someone else's files."""
+    if out.exists() and not out.is_dir():
+        raise PrecomputeConflictError(f"{out} exists and is not a directory")
+    if not out.exists() or (out / MANIFEST).exists():
+        return
+    ours = (LOCK_FILE, DONE_DIR)  # a run killed before it wrote its manifest leaves these
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not _is_tmp(p.name))
+    if foreign:
+        more = ", ..." if len(foreign) > 5 else ""
+        raise PrecomputeConflictError(
+            f"{out} is not empty and holds no {MANIFEST} ({', '.join(foreign[:5])}{more}): "
+            "precompute writes only into a new or empty directory, or resumes its own run "
+            "there. Pick another OUT_DIR."
+        )
+
+
+def _check_out_dir(out: Path, spec: JobSpec) -> dict[str, Any] | None:
+    """The existing manifest when OUT_DIR holds this job, None when OUT_DIR is new or empty;
+    raises PrecomputeConflictError (touching nothing) for anything else."""
+    _check_not_foreign(out)
+    manifest = out / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        old = orjson.loads(manifest.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise PrecomputeConflictError(f"cannot read {manifest}: {exc}") from exc
+    mine = spec.identity()
+    diffs = [k for k in mine if old.get(k) != mine[k]]
+    if old.get("kind") != "rowrank-precompute" or old.get("format_version") != FORMAT_VERSION:
+        diffs.insert(0, "kind/format_version")
+    if diffs:
+        details = "; ".join(
+            f"{k}: OUT_DIR has {_short(old.get(k))}, this run wants {_short(mine.get(k))}"
+            for k in diffs
+        )
+        raise PrecomputeConflictError(
+            f"{out} holds a different precompute run ({details}). Nothing was changed. Use a new "
+            "OUT_DIR, or delete this one to start over."
+        )
+    return dict(old)
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _manifest(spec: JobSpec, shards: list[dict[str, Any]] | None) -> dict[str, Any]:
+    from engine import __version__
+
+    done = shards or []
+    return {
+        "kind": "rowrank-precompute",
+        "format_version": FORMAT_VERSION,
+        "rowrank_version": __version__,
+        "job_id": spec.job_id,
+        **spec.identity(),
+        "n_shards": spec.n_shards,
+        "completed": shards is not None and len(done) == spec.n_shards,
+        "pages": sum(s["pages"] for s in done),
+        "shards": done,
+    }
+
+
+def _verified_marker(out: Path, spec: JobSpec, shard: int) -> dict[str, Any] | None:
+    """The shard's done marker when the shard file exists and matches it, else None."""
+    name = spec.shard_file(shard)
+    marker_path = out / DONE_DIR / f"{Path(name).stem}.json"
+    try:
+        marker = orjson.loads(marker_path.read_bytes())
+        path = out / name
+        ok = (
+            marker.get("job_id") == spec.job_id
+            and marker.get("file") == name
+            and path.stat().st_size == marker.get("bytes")
+            and sha256_file(path) == marker.get("sha256")
+        )
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return dict(marker) if ok else None
+
+
+def _shard_entry(spec: JobSpec, marker: dict[str, Any]) -> dict[str, Any]:
+    start, stop = spec.shard_range(marker["shard"])
+    keys = ("shard", "file", "users", "pages", "rows", "bytes", "sha256")
+    return {**{k: marker[k] for k in keys}, "user_range": [start, stop]}
+
+
+# ----- the run ------------------------------------------------------------------------------------
+
+
+def run_precompute(
+    model_dir: Path,
+    out_dir: Path,
+    *,
+    users_file: Path | None = None,
+    devices: Sequence[str] | None = None,
+    times: Sequence[str] | None = None,
+    workers: int | None = None,
+    engine: str = "local",
+    scheduler: str | None = None,
+    fmt: str = "jsonl",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    loader: Loader = load_engine,
+    progress: bool = True,
+    log: IO[str] | None = None,
+) -> PrecomputeResult:
+    """Precompute every page of the job into `out_dir`, resuming a previous run of the same job.
+
+    Raises PrecomputeConflictError when `out_dir` holds another job, BadRequestError for bad
+    arguments, ModelLoadError for a bad model directory. Shard failures do not raise: they are
+    listed in the result (exit code 1); finished shards are kept for the rerun.
+    """
+    import time
+
+    log = log or sys.stderr
+    model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir)
+    if fmt not in FORMATS:
+        raise BadRequestError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if engine not in ENGINES:
+        raise BadRequestError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if shard_size < 1:
+        raise BadRequestError(f"--shard-size must be at least 1, got {shard_size}")
+    n_workers = (os.cpu_count() or 1) if workers is None else workers
+    if n_workers < 1:
+        raise BadRequestError(f"--workers must be at least 1, got {n_workers}")
+    if scheduler and engine != "dask":
+        raise BadRequestError("--scheduler needs --engine dask")
+
+    _check_not_foreign(out_dir)  # early, before reading the model
+    started = time.perf_counter()
+    # One stack, closed in reverse: the runner (its shards finish), the progress bar, OUT_DIR's
+    # lock, then the local pool, whose workers start loading first of all.
+    with contextlib.ExitStack() as stack:
+        ready: list[Any] = []
+        pool = None
+        main_engine: PageSource | None = None
+        if engine == "local" and n_workers > 1:
+            # The workers spawn and load their engines while this process reads the job: it
+            # needs the model version and the member list, not an engine (docs/precompute.md).
+            pool = stack.enter_context(_local_pool(n_workers))
+            ready = [pool.submit(_pool_load, str(model_dir), loader) for _ in range(n_workers)]
+        else:
+            # --workers 1 makes its pages here. Dask workers load on their first task, after
+            # OUT_DIR is touched, so this process checks first that the model loads.
+            main_engine = loader(model_dir)
+        manifest, history = read_history(model_dir)
+        users, bad, unknown = resolve_users(history, users_file)
+        contexts = build_contexts(devices, times, int(history.cutoff_us))
+        del history
+        spec = JobSpec(
+            model_version=str(manifest["model_version"]),
+            contexts=contexts,
+            n_users=len(users),
+            users_sha256=users_digest(users),
+            shard_size=shard_size,
+            format=fmt,
+        )
+        result = PrecomputeResult(out_dir, spec, bad, unknown, 0, 0, 0, 0.0, False)
+        if len(users) == 0:
+            result.failures.append("no users to precompute")
+            return result
+        for probe in ready:
+            probe.result()  # a model the workers cannot load raises here, OUT_DIR untouched
+
+        _check_out_dir(out_dir, spec)  # before touching anything
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / DONE_DIR).mkdir(exist_ok=True)
+        stack.enter_context(_exclusive_lock(out_dir))
+        existing = _check_out_dir(out_dir, spec)  # again, now that no one else can write
+        _remove_tmp_files(out_dir)
+        if existing is None:
+            _write_json(out_dir / MANIFEST, _manifest(spec, None))
+        done: dict[int, dict[str, Any]] = {}
+        for k in range(spec.n_shards):
+            marker = _verified_marker(out_dir, spec, k)
+            if marker is not None:
+                done[k] = marker
+        result.shards_resumed = len(done)
+        todo = [k for k in range(spec.n_shards) if k not in done]
+        pages_done = sum(m["pages"] for m in done.values())
+        n_workers = max(1, min(n_workers, len(todo)))
+
+        def tasks() -> Iterator[ShardTask]:
+            for k in todo:
+                start, stop = spec.shard_range(k)
+                yield ShardTask(
+                    shard=k,
+                    users=tuple(str(u) for u in users[start:stop]),
+                    contexts=contexts,
+                    format=fmt,
+                    file=spec.shard_file(k),
+                    out_dir=str(out_dir.resolve()),
+                    model_dir=str(model_dir),
+                    model_version=spec.model_version,
+                    job_id=spec.job_id,
+                )
+
+        total_pages = spec.n_users * len(contexts)
+        bar = stack.enter_context(_progress_bar(total_pages, pages_done, progress, log))
+
+        runner: Iterator[Outcome]
+        if not todo:
+            runner = iter(())
+        elif pool is not None:
+            runner = stack.enter_context(
+                contextlib.closing(_run_pool(tasks(), pool, n_workers, loader))
+            )
+        elif engine == "dask":
+            main_engine = None  # the parent does not need its copy any more
+            runner = _run_dask(tasks(), n_workers, scheduler, loader)
+        else:
+            assert main_engine is not None
+            runner = _run_inline(tasks(), main_engine)
+        _collect(runner, done, result, bar)
+        result.seconds = time.perf_counter() - started
+        if len(done) == spec.n_shards:
+            shards = [_shard_entry(spec, done[k]) for k in range(spec.n_shards)]
+            final = _manifest(spec, shards)
+            if existing != final:
+                _write_json(out_dir / MANIFEST, final)
+            result.completed = True
+        return result
+
+
+def resolve_users(
+    history: Any, users_file: Path | None
+) -> tuple[np.ndarray | list[str], list[BadLine], int]:
+    """(users, bad lines, how many listed users the model does not know)."""
+    if users_file is None:
+        return history.user_ids, [], 0
+    try:
+        users, bad = parse_users_file(users_file)
+    except OSError as exc:
+        raise BadRequestError(f"cannot read --users {users_file}: {exc}") from exc
+    unknown = sum(1 for u in users if history.user_index(u) < 0)
+    return users, bad, unknown
+
+
+@contextlib.contextmanager
+def _exclusive_lock(out: Path) -> Iterator[None]:
+    """One run per OUT_DIR at a time; the kernel drops the lock when the holder dies (SIGKILL)."""
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PrecomputeConflictError(
+                f"another precompute is running into {out} (it holds {out / LOCK_FILE}); wait "
+                "for it or stop it"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_tmp_files(out: Path) -> None:
+    """Temporary files of a killed run: never renamed, so never part of the output."""
+    for directory in (out, out / DONE_DIR):
+        for p in directory.iterdir():
+            if _is_tmp(p.name):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+
+# ----- engines: each yields (task, marker or exception) as shards finish --------------------------
+
+Outcome = tuple[ShardTask, dict[str, Any] | BaseException]
+
+
+def _run_inline(tasks: Iterator[ShardTask], engine: PageSource) -> Iterator[Outcome]:
+    freeze_loaded_objects()
+    for task in tasks:
+        try:
+            yield task, run_shard(engine, task)
+        except Exception as exc:
+            yield task, exc
+            return  # fail closed, as the other engines: no new shard after a failure
+
+
+@contextlib.contextmanager
+def _local_pool(n_workers: int) -> Iterator[Any]:
+    """Local worker processes (spawn: nothing inherited but arguments, safe with threads)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_pool_init)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_pool(
+    tasks: Iterator[ShardTask], pool: Any, n_workers: int, loader: Loader
+) -> Generator[Outcome, None, None]:
+    """Shard tasks on the local pool, at most _IN_FLIGHT_PER_WORKER queued per worker."""
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+    pending: dict[Future[dict[str, Any]], ShardTask] = {}
+    stop = False
+    try:
+        while True:
+            while not stop and len(pending) < n_workers * _IN_FLIGHT_PER_WORKER:
+                task = next(tasks, None)
+                if task is None:
+                    break
+                pending[pool.submit(_pool_run, task, loader)] = task
+            if not pending:
+                break
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                task = pending.pop(fut)
+                exc = fut.exception()
+                if exc is not None:
+                    stop = True  # fail closed: let in-flight shards finish, start no new ones
+                    yield task, exc
+                else:
+                    yield task, fut.result()
+    finally:
+        # Interrupted (Ctrl-C, an error in the parent): no shard is left writing once the
+        # caller releases OUT_DIR's lock.
+        for fut in pending:
+            fut.cancel()
+        wait(pending)
+
+
+def _run_dask(
+    tasks: Iterator[ShardTask], n_workers: int, scheduler: str | None, loader: Loader
+) -> Iterator[Outcome]:
+    """One Dask task per shard, on a LocalCluster (processes, 1 thread each) or a scheduler."""
+    import logging
+
+    from distributed import Client, LocalCluster, as_completed
+
+    with contextlib.ExitStack() as stack:
+        if scheduler:
+            client = stack.enter_context(Client(scheduler))
+            # Keep as many tasks queued as the cluster has threads, times the usual slack.
+            n_slots = max(1, sum(client.nthreads().values()))
+        else:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=n_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    # ":0" = any free port; None still tries 8787 and warns when it is taken.
+                    dashboard_address=":0",
+                    silence_logs=logging.ERROR,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+            n_slots = n_workers
+        limit = n_slots * _IN_FLIGHT_PER_WORKER
+        by_key: dict[str, ShardTask] = {}
+        queue = as_completed()
+        stop = False
+
+        def submit_more() -> None:
+            while not stop and len(by_key) < limit:
+                task = next(tasks, None)
+                if task is None:
+                    return
+                fut = client.submit(_dask_run, task, loader, pure=False)
+                by_key[fut.key] = task
+                queue.add(fut)
+
+        submit_more()
+        for fut in queue:
+            task = by_key.pop(fut.key)
+            try:
+                outcome: dict[str, Any] | BaseException = fut.result()
+            except Exception as exc:  # the task's own exception, re-raised here by Dask
+                stop = True
+                outcome = exc
+            yield task, outcome
+            submit_more()
+
+
+def _collect(
+    outcomes: Iterator[Outcome], done: dict[int, dict[str, Any]], result: PrecomputeResult, bar: Any
+) -> None:
+    for task, outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            result.failures.append(f"shard {task.shard} ({task.file}): {outcome}")
+            continue
+        done[task.shard] = outcome
+        result.shards_run += 1
+        result.pages_run += outcome["pages"]
+        bar.update(outcome["pages"])
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, log: IO[str]) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="page",
+        unit_scale=True,
+        desc="precompute",
+        file=log,
+        disable=not enabled,
+        dynamic_ncols=True,
+    )
+
+
+# ----- CLI --------------------------------------------------------------------------------------
+
+
+def add_arguments(p: Any) -> None:
+    """Arguments of `rowrank precompute` (engine.cli calls this)."""
+    p.add_argument("model_dir", help="model directory written by `rowrank train`")
+    p.add_argument("out_dir", help="output directory (new, empty, or this job's earlier run)")
+    p.add_argument("--users", help="file with one user id per line (default: every known user)")
+    p.add_argument(
+        "--device",
+        action="append",
+        help=f"device, repeatable (default: {' and '.join(DEFAULT_DEVICES)})",
+    )
+    p.add_argument(
+        "--at",
+        action="append",
+        help=f"ISO 8601 request time, repeatable (default: the first {DEFAULT_HOUR}:00 UTC "
+        "after the model's cut-off)",
+    )
+    p.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    p.add_argument("--engine", choices=ENGINES, default="local", help="local processes or Dask")
+    p.add_argument("--scheduler", help="Dask scheduler address (default: a local cluster)")
+    p.add_argument("--format", choices=FORMATS, default="jsonl", help="shard file format")
+    p.add_argument(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="users per shard file"
+    )
+
+
+def cli(args: Any) -> int:
+    """Run `rowrank precompute`; prints bad --users lines and a summary. Exit 0, 1 or 2."""
+    users_file = Path(args.users) if args.users else None
+    # This process computes pages itself with --workers 1: one core, like each pool worker.
+    _limit_threads()
+    result = run_precompute(
+        Path(args.model_dir),
+        Path(args.out_dir),
+        users_file=users_file,
+        devices=args.device,
+        times=args.at,
+        workers=args.workers,
+        engine=args.engine,
+        scheduler=args.scheduler,
+        fmt=args.format,
+        shard_size=args.shard_size,
+    )
+    for b in result.bad_lines:
+        print(f"{users_file}:{b.line}: skipped: {b.reason}", file=sys.stderr)
+    if result.bad_lines:
+        print(f"{len(result.bad_lines)} bad line(s) in {users_file} skipped", file=sys.stderr)
+    for f in result.failures:
+        print(f"error: {f}", file=sys.stderr)
+    spec = result.spec
+    if result.unknown_users:
+        print(
+            f"{result.unknown_users:,} listed user(s) unknown to the model: cold-start pages",
+            file=sys.stderr,
+        )
+    state = "complete" if result.completed else "INCOMPLETE (rerun the same command to resume)"
+    rate = result.pages_run / result.seconds if result.seconds > 0 else 0.0
+    print(
+        f"{state}: {spec.n_users:,} users x {len(spec.contexts)} context(s) in {spec.n_shards} "
+        f"shard(s) ({result.shards_resumed} already done, {result.shards_run} run now, "
+        f"{result.pages_run:,} pages in {result.seconds:.1f} s = {rate:,.0f} pages/s) "
+        f"-> {result.out_dir}"
+    )
+    return result.exit_code

@@ -1,0 +1,1 @@
+"""Training: past pages replayed into the page models, and the model directory it writes."""

@@ -1,0 +1,1059 @@
+"""`rowrank train DATA_DIR MODEL_DIR [--config FILE] [--until ISO_TIME]`: fit the rankers and the
+page model, write a model directory.
+
+Training data come from several windows [t_k, t_k+1) before the cut-off. For each window the
+rankers and the feature store are fitted on `History.from_dataset(ds, t_k)` only, the requests
+inside the window are replayed through the same pipeline stages the page uses (engine.pipeline:
+propose_rows -> filter_rows_for_page -> features), and labels come from what happened
+after each request. Nothing at or after t_k reaches a feature of window k (tests/test_features.py
+plants data after t_k to prove it).
+
+- With logged impressions: every shown (row, title) is an example, labelled 0 (not played),
+  1 (played briefly) or 2 (watched substantially) from the play it led to; titles the device
+  did not show are not examples (the log holds the viewport only). The shown position goes to
+  LightGBM as `position` (unbiased lambdarank).
+- Without impressions (MovieLens): each sampled member's page is rebuilt at the time of their
+  first play in the window; a candidate title is labelled by what the member played in the rest
+  of the window.
+
+The last window is held out: both models are validated on it (NDCG in the manifest), then refit
+on every window with the validated number of rounds. The serving rankers and feature store are
+fitted as of the cut-off itself.
+
+Model directory:
+    manifest.json        format, rowrank version, model version, cut-off, data fingerprint,
+                         feature orders, config, training metrics, sha256 of every file
+    config.json          the engine config (TOML-shaped, `engine.config.parse_config` reads it)
+    title_model.txt      LightGBM text
+    row_model.txt        LightGBM text
+    history/             History.save
+    features/            FeatureStore.save
+    rankers/<name>/      each ranker's own save()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+from tqdm import tqdm
+
+import engine
+from engine.candidates import CandidateRow, Ranker
+from engine.config import EngineConfig, build_rankers, load_config, parse_config
+from engine.data.columns import DEVICES, Col
+from engine.data.dataset import Dataset, load_dataset, to_utc
+from engine.data.history import US_PER_DAY, History, to_us
+from engine.errors import ConfigError, DataError, ModelLoadError
+from engine.pipeline import (
+    CONFIG_FILE,
+    concat_pairs,
+    filter_rows_for_page,
+    pairs_for,
+    propose_rows,
+    pvr_scores,
+    request_arrays,
+    visible_pairs,
+)
+from engine.request.context import RequestContext
+from engine.request.features import PLACEMENT_SLICE, FeatureStore, Pairs, Requests, feature_names
+from engine.request.scorers import PageModel, PageModelConfig, RankData, concat, fit_ranker, ndcg_at
+from engine.training.model_dir import (
+    HISTORY_DIR,
+    MANIFEST,
+    MODEL_DIR_FORMAT,
+    read_manifest,
+    sha256_file,
+)
+
+_US_PER_HOUR = 3_600_000_000
+
+
+# ----- what one window yields -----------------------------------------------------------------
+
+
+@dataclass
+class WindowData:
+    """Training examples of one window. Title-model groups are rows (consecutive pairs); the
+    row-model examples are those rows, grouped by page (consecutive rows)."""
+
+    name: str
+    logged: bool  # True: from impressions (positions known); False: rebuilt pages
+    store: FeatureStore
+    reqs: Requests
+    title_x: np.ndarray  # float32 (P, n_title_features)
+    label: np.ndarray  # int8 (P,)
+    position: np.ndarray | None  # int32 (P,) column shown at
+    row_size: np.ndarray  # int64 (W,) pairs per row (title groups)
+    row_req: np.ndarray  # int64 (W,)
+    row_kind: np.ndarray
+    row_ranker: np.ndarray
+    row_len: np.ndarray  # float64, titles in the rebuilt ranker row (NaN: not rebuilt)
+    row_top: np.ndarray  # float64, its top ranker score
+    row_position: np.ndarray | None  # int32 (W,) row index shown at
+    row_visible: np.ndarray  # int64 (W,) visible titles of the device
+    placement: np.ndarray  # float32 (W, 3)
+    page_size: np.ndarray  # int64 rows per page (row groups)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def title_data(self) -> RankData:
+        """Title-model examples; logged ones carry (column, row) shown at."""
+        pos = None
+        if self.position is not None and self.row_position is not None:
+            rows = np.repeat(self.row_position, self.row_size)
+            pos = np.column_stack([self.position, rows]).astype(np.int32)
+        return RankData(self.title_x, self.label, self.row_size, pos)
+
+    def row_data(self, title_scores: np.ndarray) -> RankData:
+        """Row-model examples given the title model's scores of this window's pairs."""
+        starts = np.cumsum(self.row_size) - self.row_size
+        if self.logged:  # the row shows what the log says it showed, in that order
+            vis = np.arange(len(self.label), dtype=np.int64)
+            owner = np.repeat(np.arange(len(self.row_size)), self.row_size)
+        else:  # the row would show its best titles by the title model
+            per_row = []
+            for s, n, v in zip(starts, self.row_size, self.row_visible, strict=True):
+                order = np.lexsort((np.arange(n), -title_scores[s : s + n]))[:v]
+                per_row.append(s + order)
+            vis, owner = visible_pairs(per_row, 10**9)
+        X = self.store.row_static(
+            self.reqs,
+            self.row_req,
+            self.row_kind,
+            self.row_ranker,
+            self.row_len,
+            self.row_top,
+            self.title_x,
+            title_scores,
+            vis,
+            owner,
+        )
+        X[:, PLACEMENT_SLICE] = self.placement
+        y = np.zeros(len(self.row_size), dtype=np.int8)
+        np.maximum.at(y, owner, self.label[vis])
+        return RankData(X, y, self.page_size, self.row_position)
+
+
+# ----- windows --------------------------------------------------------------------------------
+
+
+def window_bounds(ds: Dataset, cutoff: datetime, cfg: PageModelConfig) -> list[datetime]:
+    """t_0 < ... < t_K = cutoff: `windows` windows of `window_days`, stretched back in time
+    where that holds fewer than `min_window_plays` plays (sparse data such as MovieLens, where
+    a week holds a few hundred ratings), never reaching into the first quarter of the plays,
+    which stays history for the first window."""
+    ts = np.sort(
+        ds.plays.filter(pl.col(Col.TS) < pl.lit(cutoff).dt.cast_time_unit("us"))[Col.TS]
+        .dt.epoch("us")
+        .to_numpy()
+    )
+    if len(ts) == 0:
+        raise DataError(["plays: no plays before the cut-off to train on"])
+    k_all = cfg.windows
+    cut_us = to_us(cutoff)
+    span_us = cut_us - int(ts[0])
+    step_us = min(int(cfg.window_days * US_PER_DAY), int(span_us * 0.75 / k_all))
+    per_window = min(cfg.min_window_plays, int(len(ts) * 0.75 / k_all))
+    bounds_us = []
+    for k in range(k_all):
+        fixed = cut_us - step_us * (k_all - k)
+        by_plays = int(ts[max(len(ts) - per_window * (k_all - k), 0)])
+        bounds_us.append(min(fixed, by_plays))
+    bounds_us.append(cut_us)
+    if any(b >= a for b, a in itertools.pairwise(bounds_us)) or step_us < 3.6e9:
+        raise DataError(
+            [f"plays span only {timedelta(microseconds=span_us)}: too short for {k_all} windows"]
+        )
+    return [datetime.fromtimestamp(b / 1e6, tz=UTC) for b in bounds_us[:-1]] + [cutoff]
+
+
+def row_kinds(cfg: EngineConfig, rankers: dict[str, Ranker], ds: Dataset) -> list[str]:
+    """The row-kind vocabulary: ranker types, kinds rankers declare, kinds in the log."""
+    kinds = {spec.type for spec in cfg.rankers.values()}
+    kinds |= {k for r in rankers.values() if isinstance(k := getattr(r, "ROW_KIND", None), str)}
+    if ds.impressions is not None and ds.impressions.height:
+        kinds |= set(ds.impressions[Col.ROW_KIND].unique().drop_nulls().to_list())
+    return sorted(kinds)
+
+
+def window_config(cfg: EngineConfig, page_cfg: PageModelConfig) -> EngineConfig:
+    """The engine config with `window_ranker_overrides` applied (training windows only)."""
+    doc = cfg.to_document()
+    for table in doc["rankers"].values():
+        table.update(page_cfg.window_ranker_overrides.get(table["type"], {}))
+    return parse_config(doc, source="engine config + [page] window_ranker_overrides")
+
+
+def fit_window_rankers(cfg: EngineConfig, history: History) -> dict[str, Ranker]:
+    rankers = build_rankers(cfg)
+    for ranker in rankers.values():
+        ranker.fit(history)
+    return rankers
+
+
+class _Replayer:
+    """Replays requests of one window through the pipeline's stages (as of t_k)."""
+
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        page_cfg: PageModelConfig,
+        history: History,
+        rankers: dict[str, Ranker],
+        store: FeatureStore,
+    ) -> None:
+        self.cfg = cfg
+        self.page_cfg = page_cfg
+        self.history = history
+        self.rankers = rankers
+        self.store = store
+        self.failures = 0
+        # One member's rows are rebuilt once per window and reused by their later pages: the
+        # rankers see the same History all window long, only decays move with the request time.
+        self._cache: dict[tuple[str, str], tuple[list[CandidateRow], np.ndarray | None]] = {}
+
+    def rows(self, ctx: RequestContext) -> tuple[list[CandidateRow], np.ndarray | None]:
+        key = (ctx.user_id, ctx.country or "")
+        got = self._cache.get(key)
+        if got is None:
+            proposed = propose_rows(self.rankers, ctx, self.history)
+            self.failures += len(proposed.failed)
+            rows, _ = filter_rows_for_page(
+                proposed.rows, ctx, self.history, self.rankers, self.page_cfg
+            )
+            user = self.history.user_index(ctx.user_id)
+            pvr, _ = pvr_scores(self.rankers, user, self.history, ctx.at_us)
+            got = (rows, pvr)
+            self._cache[key] = got
+        return got
+
+    def resolve(self, user_id: str, device: str, at_us: int) -> RequestContext:
+        u = self.history.user_index(user_id)
+        country = str(self.history.user_country[u]) if u >= 0 else ""
+        at = datetime.fromtimestamp(at_us / 1e6, tz=UTC)
+        return RequestContext(user_id, device, at, country or None)
+
+
+def _grade(progress: pl.Expr, seconds: pl.Expr, cfg: PageModelConfig) -> pl.Expr:
+    substantial = (progress >= cfg.substantial_progress) | (seconds >= cfg.substantial_minutes * 60)
+    return pl.when(substantial).then(2).otherwise(1).cast(pl.Int8)
+
+
+def logged_window(
+    ds: Dataset,
+    rp: _Replayer,
+    t0: datetime,
+    t1: datetime,
+    rng: np.random.Generator,
+    name: str,
+    progress: bool,
+) -> WindowData | None:
+    """Examples from the impressions logged in [t0, t1).
+
+    Members are sampled (whole members, so their rebuilt rows serve all their pages) until
+    `max_pages_per_window` pages; each logged row is matched to the rebuilt row of the same
+    kind and key (the part of the row id after ":", e.g. the genre), whose score and rank of
+    each logged title become features. Everything after the replay is vectorized."""
+    cfg = rp.page_cfg
+    assert ds.impressions is not None
+    h, store = rp.history, rp.store
+    lo, hi = pl.lit(t0).dt.cast_time_unit("us"), pl.lit(t1).dt.cast_time_unit("us")
+    imp = ds.impressions.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi))
+    if imp.height == 0:
+        return None
+    imp = imp.filter(pl.col(Col.PAGE_ID).is_in(_sample_pages(imp, cfg.max_pages_per_window, rng)))
+    imp = imp.with_columns(_labels(ds, imp, t1, cfg))
+    # --- replay: each sampled member's rows, as of t0, at their first page of the window
+    firsts = (
+        imp.sort(Col.TS, Col.PAGE_ID)
+        .group_by(Col.USER_ID, maintain_order=True)
+        .first()
+        .sort(Col.USER_ID)
+    )
+    users = firsts[Col.USER_ID].to_list()
+    devices = firsts[Col.DEVICE].fill_null("tv").to_list()
+    first_us = firsts[Col.TS].dt.epoch("us").to_list()
+    row_parts: list[dict[str, Any]] = []
+    pair_parts: list[dict[str, np.ndarray]] = []
+    pvr_rows: list[np.ndarray] = []
+    it = zip(users, devices, first_us, strict=True)
+    for m, (uid, device, at_us) in enumerate(
+        tqdm(it, total=len(users), desc=f"{name} replay", disable=not progress)
+    ):
+        ctx = rp.resolve(uid, device if device in DEVICES else "tv", int(at_us))
+        rows, pvr = rp.rows(ctx)
+        pvr_rows.append(_pvr_row(pvr, h.n_titles))
+        if rows:
+            rt, pt = _rebuilt_tables(store, rows, m, pvr)
+            row_parts.append(rt)
+            pair_parts.append(pt)
+    member = pl.DataFrame({Col.USER_ID: users, "m": np.arange(len(users), dtype=np.int64)})
+    rows_df = _frame(row_parts, _ROW_SCHEMA)
+    pairs_df = _frame(pair_parts, _PAIR_SCHEMA)
+    # The first rebuilt row per (member, kind, key) is the match (config order breaks ties).
+    rows_df = rows_df.unique(["m", "kind", "key"], keep="first", maintain_order=True)
+    kind_ranker = (
+        rows_df.group_by("kind", maintain_order=True)
+        .agg(pl.col("ranker").first())
+        .rename({"ranker": "kind_ranker"})
+    )
+    tindex = pl.DataFrame(
+        {Col.TITLE_ID: h.title_ids, "t": np.arange(h.n_titles, dtype=np.int64)},
+        schema={Col.TITLE_ID: pl.String, "t": pl.Int64},
+    )
+    n_logged = imp.height
+    j = (
+        imp.join(member, on=Col.USER_ID, how="left")
+        .join(tindex, on=Col.TITLE_ID, how="left")
+        .with_columns(
+            pl.col(Col.ROW_KIND).alias("kind"),
+            pl.when(pl.col(Col.ROW_ID).str.contains(":"))
+            .then(pl.col(Col.ROW_ID).str.splitn(":", 2).struct.field("field_1"))
+            .otherwise(pl.lit(""))
+            .alias("key"),
+        )
+        .filter(pl.col("t").is_not_null())
+        .join(rows_df, on=["m", "kind", "key"], how="left")
+        .join(kind_ranker, on="kind", how="left")
+        .join(pairs_df, on=["m", "r", "t"], how="left")
+        .sort(Col.PAGE_ID, Col.ROW_INDEX, Col.POSITION)
+    )
+    if j.height == 0:
+        return None
+    # --- requests (one per page) and row groups
+    page_key = j[Col.PAGE_ID]
+    page_start = np.flatnonzero(np.r_[True, (page_key[1:] != page_key[:-1]).to_numpy()])
+    row_idx = j[Col.ROW_INDEX].to_numpy().astype(np.int64)
+    page_of = np.cumsum(np.r_[True, (page_key[1:] != page_key[:-1]).to_numpy()]) - 1
+    new_row = np.r_[True, (page_of[1:] != page_of[:-1]) | (row_idx[1:] != row_idx[:-1])]
+    row_start = np.flatnonzero(new_row)
+    row_of = np.cumsum(new_row) - 1
+    n_rows = len(row_start)
+    ctxs = [
+        rp.resolve(uid, dev if dev in DEVICES else "tv", int(ts))
+        for uid, dev, ts in zip(
+            j[Col.USER_ID].gather(page_start).to_list(),
+            j[Col.DEVICE].gather(page_start).fill_null("tv").to_list(),
+            j[Col.TS].dt.epoch("us").gather(page_start).to_list(),
+            strict=True,
+        )
+    ]
+    reqs = request_arrays(store, h, ctxs)
+    t = j["t"].to_numpy().astype(np.int32)
+    m_col = j["m"].to_numpy().astype(np.int64)
+    pvr_mat = np.stack(pvr_rows) if pvr_rows else np.zeros((0, h.n_titles), np.float32)
+    pvr_pct = _percentiles(pvr_mat)
+    kind_code = np.array([store.kind_code(k) for k in j["kind"].to_list()], dtype=np.int16)
+    ranker_code = j["ranker"].fill_null(j["kind_ranker"]).fill_null(-1).to_numpy().astype(np.int16)
+    pairs = Pairs(
+        req=page_of.astype(np.int32),
+        title=t,
+        kind=kind_code,
+        ranker=ranker_code,
+        score=_f32(j["score"]),
+        score_rel=_f32(j["rel"]),
+        rank=_f32(j["rank"]),
+        row_len=_f32(j["row_len"]),
+        pvr=pvr_mat[m_col, t].astype(np.float32),
+        pvr_rel=pvr_pct[m_col, t].astype(np.float32),
+    )
+    X = store.title_matrix(reqs, pairs)
+    label = j["label"].to_numpy().astype(np.int8)
+    row_size = np.diff(np.r_[row_start, len(t)]).astype(np.int64)
+    row_page = page_of[row_start]
+    page_size = np.bincount(row_page, minlength=len(page_start)).astype(np.int64)
+    placement = _logged_placement(store, t, row_of, row_page, kind_code[row_start], n_rows)
+    return WindowData(
+        name=name,
+        logged=True,
+        store=store,
+        reqs=reqs,
+        title_x=X,
+        label=label,
+        position=j[Col.POSITION].to_numpy().astype(np.int32),
+        row_size=row_size,
+        row_req=row_page.astype(np.int64),
+        row_kind=kind_code[row_start].astype(np.int64),
+        row_ranker=ranker_code[row_start].astype(np.int64),
+        row_len=j["row_len"].gather(row_start).cast(pl.Float64).fill_null(np.nan).to_numpy(),
+        row_top=j["top"].gather(row_start).cast(pl.Float64).fill_null(np.nan).to_numpy(),
+        row_position=row_idx[row_start].astype(np.int32),
+        row_visible=row_size.copy(),
+        placement=placement,
+        page_size=page_size,
+        stats={
+            "pages": float(len(page_start)),
+            "members": float(len(users)),
+            "examples": float(len(label)),
+            "positives": float((label > 0).sum()),
+            "unknown_title_impressions": float(n_logged - j.height),
+            "pairs_matched": float(j["score"].is_not_null().sum()),
+            "ranker_failures": float(rp.failures),
+        },
+    )
+
+
+def _sample_pages(imp: pl.DataFrame, budget: int, rng: np.random.Generator) -> list[str]:
+    """Whole members in random order until `budget` pages (all pages when fewer)."""
+    per_user = imp.group_by(Col.USER_ID).agg(pl.col(Col.PAGE_ID).unique().sort()).sort(Col.USER_ID)
+    if per_user[Col.PAGE_ID].list.len().sum() <= budget:
+        return sorted(imp[Col.PAGE_ID].unique().to_list())
+    order = rng.permutation(per_user.height)
+    lens = per_user[Col.PAGE_ID].list.len().to_numpy()[order]
+    take = order[: max(1, int(np.searchsorted(np.cumsum(lens), budget, side="right")))]
+    return sorted(per_user[Col.PAGE_ID].gather(np.sort(take)).explode().to_list())
+
+
+def _labels(ds: Dataset, imp: pl.DataFrame, t1: datetime, cfg: PageModelConfig) -> pl.Series:
+    """0 / 1 / 2 per impression: the first play of that title by that member within the
+    horizon after it, when `played` says the play came from this impression."""
+    horizon = timedelta(hours=cfg.label_horizon_hours)
+    lo = pl.lit(imp[Col.TS].min()).dt.cast_time_unit("us")
+    label_end = pl.lit(t1 + horizon).dt.cast_time_unit("us")
+    plays = (
+        ds.plays.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < label_end))
+        .select(
+            Col.USER_ID,
+            Col.TITLE_ID,
+            pl.col(Col.TS).alias("play_ts"),
+            Col.PROGRESS,
+            Col.SECONDS_WATCHED,
+        )
+        .sort(Col.USER_ID, Col.TITLE_ID, "play_ts")
+    )
+    j = (
+        imp.select(Col.USER_ID, Col.TITLE_ID, Col.TS, Col.PLAYED)
+        .with_row_index("_i")
+        .sort(Col.USER_ID, Col.TITLE_ID, Col.TS)
+        .join_asof(
+            plays,
+            left_on=Col.TS,
+            right_on="play_ts",
+            by=[Col.USER_ID, Col.TITLE_ID],
+            strategy="forward",
+            tolerance=horizon,
+            check_sortedness=False,  # sorted above by (by keys, time)
+        )
+        .sort("_i")
+    )
+    played = pl.col(Col.PLAYED).fill_null(pl.col("play_ts").is_not_null())
+    grade = (
+        pl.when(~played)
+        .then(0)
+        .when(pl.col("play_ts").is_null())
+        .then(1)
+        .otherwise(_grade(pl.col(Col.PROGRESS), pl.col(Col.SECONDS_WATCHED), cfg))
+        .cast(pl.Int8)
+    )
+    return j.select(grade.alias("label"))["label"]
+
+
+def _row_key(row_id: str) -> str:
+    return row_id.split(":", 1)[1] if ":" in row_id else ""
+
+
+def _rebuilt_tables(
+    store: FeatureStore, rows: Sequence[CandidateRow], m: int, pvr: np.ndarray | None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Columns of one member's rebuilt rows and pairs, keyed by member `m` and row `r`."""
+    p = pairs_for(store, rows, m, pvr)
+    lens = np.array([len(r.titles) for r in rows], dtype=np.int64)
+    row_cols = {
+        "m": np.full(len(rows), m, dtype=np.int64),
+        "r": np.arange(len(rows), dtype=np.int64),
+        "kind": [r.kind for r in rows],
+        "key": [_row_key(r.row_id) for r in rows],
+        "ranker": np.array([store.ranker_code(r.ranker) for r in rows], dtype=np.int64),
+        "row_len": lens.astype(np.float64),
+        "top": np.array([float(r.scores[0]) for r in rows], dtype=np.float64),
+    }
+    pair_cols = {
+        "m": np.full(len(p.title), m, dtype=np.int64),
+        "r": np.repeat(np.arange(len(rows), dtype=np.int64), lens),
+        "t": p.title.astype(np.int64),
+        "score": p.score,
+        "rel": p.score_rel,
+        "rank": p.rank,
+    }
+    return row_cols, pair_cols
+
+
+_ROW_SCHEMA: dict[str, Any] = {
+    "m": pl.Int64,
+    "r": pl.Int64,
+    "kind": pl.String,
+    "key": pl.String,
+    "ranker": pl.Int64,
+    "row_len": pl.Float64,
+    "top": pl.Float64,
+}
+_PAIR_SCHEMA: dict[str, Any] = {
+    "m": pl.Int64,
+    "r": pl.Int64,
+    "t": pl.Int64,
+    "score": pl.Float32,
+    "rel": pl.Float32,
+    "rank": pl.Float32,
+}
+
+
+def _frame(parts: Sequence[dict[str, Any]], schema: dict[str, Any]) -> pl.DataFrame:
+    """One DataFrame from column dicts (built once: a frame per member costs ~1 ms each)."""
+    cols: dict[str, Any] = {}
+    for name in schema:
+        values = [p[name] for p in parts]
+        if values and isinstance(values[0], list):
+            cols[name] = [v for part in values for v in part]
+        else:
+            cols[name] = np.concatenate(values) if values else np.empty(0)
+    return pl.DataFrame(cols, schema=schema)
+
+
+def _pvr_row(pvr: np.ndarray | None, n_titles: int) -> np.ndarray:
+    return np.full(n_titles, np.nan, dtype=np.float32) if pvr is None else pvr.astype(np.float32)
+
+
+def _percentiles(mat: np.ndarray) -> np.ndarray:
+    """Per row, each value's share of the row strictly below it (as `pairs_for` computes)."""
+    out = np.full(mat.shape, np.nan, dtype=np.float32)
+    n = mat.shape[1]
+    for i in range(mat.shape[0]):
+        row = mat[i].astype(np.float64)
+        if np.isnan(row).all():
+            continue
+        srt = np.sort(row)
+        out[i] = np.searchsorted(srt, row, side="left") / max(n - 1, 1)
+    return out
+
+
+def _f32(s: pl.Series) -> np.ndarray:
+    return s.cast(pl.Float32).fill_null(np.nan).to_numpy().astype(np.float32)
+
+
+def _logged_placement(
+    store: FeatureStore,
+    titles: np.ndarray,
+    row_of: np.ndarray,
+    row_page: np.ndarray,
+    row_kind: np.ndarray,
+    n_rows: int,
+) -> np.ndarray:
+    """Placement features of logged rows from the rows logged above them on the same page:
+    share of titles already above, max genre cosine with a row above, same-kind rows above."""
+    out = np.zeros((n_rows, 3), dtype=np.float32)
+    page_of_pair = row_page[row_of]
+    # a title is "above" when an earlier row of the same page shows it
+    key = page_of_pair.astype(np.int64) * store.n_titles + titles
+    order = np.lexsort((row_of, key))
+    first_row = np.empty_like(row_of)
+    ks = key[order]
+    grp_start = np.r_[True, ks[1:] != ks[:-1]]
+    first_row[order] = row_of[order][
+        np.maximum.accumulate(np.where(grp_start, np.arange(len(ks)), 0))
+    ]
+    above = (first_row < row_of).astype(np.float64)
+    out[:, 0] = np.bincount(row_of, weights=above, minlength=n_rows) / np.maximum(
+        np.bincount(row_of, minlength=n_rows), 1
+    )
+    # rows of a page are consecutive: pad pages into (n_pages, R) blocks
+    n_genres = store.title_genre_unit.shape[1]
+    cent = np.zeros((n_rows, n_genres), dtype=np.float64)
+    np.add.at(cent, row_of, store.title_genre_unit[titles])
+    norm = np.sqrt((cent**2).sum(axis=1, keepdims=True))
+    cent = cent / np.where(norm > 0, norm, 1.0)
+    n_pages = int(row_page.max()) + 1 if n_rows else 0
+    page_first = np.searchsorted(row_page, np.arange(n_pages))
+    slot = np.arange(n_rows) - page_first[row_page]
+    R = int(slot.max()) + 1 if n_rows else 0
+    C = np.zeros((n_pages, R, n_genres))
+    C[row_page, slot] = cent
+    K = np.full((n_pages, R), -2, dtype=np.int64)
+    K[row_page, slot] = row_kind
+    sims = np.einsum("prg,psg->prs", C, C)
+    earlier = np.tril(np.ones((R, R), dtype=bool), k=-1)[None]
+    present = (K >= -1)[:, None, :]
+    sims = np.where(earlier & present, sims, 0.0)
+    out[:, 1] = sims.max(axis=2, initial=0.0)[row_page, slot]
+    same = (K[:, :, None] == K[:, None, :]) & earlier & present
+    out[:, 2] = same.sum(axis=2)[row_page, slot]
+    return out
+
+
+def rebuilt_window(
+    ds: Dataset,
+    rp: _Replayer,
+    t0: datetime,
+    t1: datetime,
+    rng: np.random.Generator,
+    name: str,
+    progress: bool,
+) -> WindowData | None:
+    """Without impressions: one rebuilt page per sampled member, at their first play in
+    [t0, t1); a candidate is labelled by the member's plays from then to t1."""
+    cfg = rp.page_cfg
+    lo, hi = pl.lit(t0).dt.cast_time_unit("us"), pl.lit(t1).dt.cast_time_unit("us")
+    plays = ds.plays.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi)).with_columns(
+        _grade(pl.col(Col.PROGRESS), pl.col(Col.SECONDS_WATCHED), cfg).alias("grade")
+    )
+    if plays.height == 0:
+        return None
+    firsts = plays.sort(Col.TS).group_by(Col.USER_ID, maintain_order=True).first().sort(Col.USER_ID)
+    if firsts.height > cfg.rebuilt_pages_per_window:
+        keep = np.sort(rng.choice(firsts.height, cfg.rebuilt_pages_per_window, replace=False))
+        firsts = firsts[keep]
+    h, store = rp.history, rp.store
+    tindex = {t: i for i, t in enumerate(h.title_ids.tolist())}
+    # every play of the sampled members in the window, as (user, ts, title, grade)
+    wanted = plays.filter(pl.col(Col.USER_ID).is_in(firsts[Col.USER_ID].to_list()))
+    by_user: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for (uid,), g in wanted.group_by([Col.USER_ID]):
+        by_user[str(uid)] = (
+            g[Col.TS].dt.epoch("us").to_numpy(),
+            np.array([tindex.get(t, -1) for t in g[Col.TITLE_ID].to_list()], dtype=np.int64),
+            g["grade"].to_numpy().astype(np.int8),
+        )
+    ctxs: list[RequestContext] = []
+    parts: list[Pairs] = []
+    labels: list[np.ndarray] = []
+    row_size, row_req, row_kind, row_ranker, row_len, row_top, row_vis = [], [], [], [], [], [], []
+    page_size: list[int] = []
+    users = firsts[Col.USER_ID].to_list()
+    devices = firsts[Col.DEVICE].fill_null("tv").to_list()
+    at_col = firsts[Col.TS].dt.epoch("us").to_numpy()
+    for uid, device, at_us in tqdm(
+        zip(users, devices, at_col.tolist(), strict=True),
+        total=len(users),
+        desc=f"{name} pages",
+        disable=not progress,
+    ):
+        device = device if device in DEVICES else "tv"
+        # The page is requested just before the first play, which it should have offered.
+        ctx = rp.resolve(uid, device, int(at_us) - 1_000_000)
+        rows, pvr = rp.rows(ctx)
+        if not rows:
+            continue
+        ts, tt, gg = by_user[uid]
+        grade = np.zeros(h.n_titles, dtype=np.int8)
+        ok = (ts >= ctx.at_us) & (tt >= 0)
+        np.maximum.at(grade, tt[ok], gg[ok])
+        r_idx = len(ctxs)
+        p = pairs_for(store, rows, r_idx, pvr)
+        parts.append(p)
+        labels.append(grade[p.title])
+        for r in rows:
+            row_size.append(len(r.titles))
+            row_req.append(r_idx)
+            row_kind.append(store.kind_code(r.kind))
+            row_ranker.append(store.ranker_code(r.ranker))
+            row_len.append(len(r.titles))
+            row_top.append(float(r.scores[0]))
+            row_vis.append(rp.cfg.layout(device).visible_titles)
+        ctxs.append(ctx)
+        page_size.append(len(rows))
+    if not ctxs:
+        return None
+    pairs = concat_pairs(parts)
+    reqs = request_arrays(store, h, ctxs)
+    X = store.title_matrix(reqs, pairs)
+    label = np.concatenate(labels)
+    n_rows = len(row_size)
+    return WindowData(
+        name=name,
+        logged=False,
+        store=store,
+        reqs=reqs,
+        title_x=X,
+        label=label,
+        position=None,
+        row_size=np.array(row_size, dtype=np.int64),
+        row_req=np.array(row_req, dtype=np.int64),
+        row_kind=np.array(row_kind, dtype=np.int64),
+        row_ranker=np.array(row_ranker, dtype=np.int64),
+        row_len=np.array(row_len, dtype=np.float64),
+        row_top=np.array(row_top, dtype=np.float64),
+        row_position=None,
+        row_visible=np.array(row_vis, dtype=np.int64),
+        # No logged page to say what was above: every row is scored as if on top.
+        placement=np.zeros((n_rows, 3), dtype=np.float32),
+        page_size=np.array(page_size, dtype=np.int64),
+        stats={
+            "pages": float(len(ctxs)),
+            "examples": float(len(label)),
+            "positives": float((label > 0).sum()),
+            "ranker_failures": float(rp.failures),
+        },
+    )
+
+
+def build_window(
+    ds: Dataset,
+    cfg: EngineConfig,
+    page_cfg: PageModelConfig,
+    kinds: Sequence[str],
+    t0: datetime,
+    t1: datetime,
+    *,
+    index: int,
+    progress: bool = False,
+) -> WindowData | None:
+    """Examples of the window [t0, t1): everything fitted as of t0 only. `cfg` is the
+    config the window's rankers are built from (`window_config`)."""
+    history = History.from_dataset(ds, t0)
+    rankers = fit_window_rankers(cfg, history)
+    store = FeatureStore.fit(
+        history, ds.impressions, rankers=list(cfg.rankers), kinds=kinds, countries=_countries(ds)
+    )
+    rp = _Replayer(cfg, page_cfg, history, rankers, store)
+    rng = np.random.default_rng([page_cfg.seed, index])
+    name = f"window {index} [{t0:%Y-%m-%d %H:%M}, {t1:%Y-%m-%d %H:%M})"
+    lo, hi = pl.lit(t0).dt.cast_time_unit("us"), pl.lit(t1).dt.cast_time_unit("us")
+    has_log = ds.impressions is not None and (
+        ds.impressions.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi)).height > 0
+    )
+    if has_log:
+        return logged_window(ds, rp, t0, t1, rng, name, progress)
+    return rebuilt_window(ds, rp, t0, t1, rng, name, progress)
+
+
+def _countries(ds: Dataset) -> list[str]:
+    """The country vocabulary: every country in the users table (a profile attribute)."""
+    return sorted(set(ds.users[Col.COUNTRY].drop_nulls().to_list()))
+
+
+# ----- fitting both models --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fitted:
+    model: PageModel
+    metrics: dict[str, Any]
+
+
+def fit_page_model(
+    windows: Sequence[WindowData], page_cfg: PageModelConfig, *, progress: bool = False
+) -> Fitted:
+    """Validate on the last window, then (by default) refit on all windows."""
+    if len(windows) < 2:
+        raise DataError(
+            [f"only {len(windows)} window(s) with training data; need 2 (train + validation)"]
+        )
+    train_w, valid_w = list(windows[:-1]), windows[-1]
+    metrics: dict[str, Any] = {"windows": [dict(w.stats, name=w.name) for w in windows]}
+    steps = tqdm(
+        total=4 if page_cfg.refit_all_windows else 2, desc="page model", disable=not progress
+    )
+    # --- title model, validated on the held-out window
+    tv = valid_w.title_data()
+    title_a, m_a = fit_ranker("title", page_cfg, concat([w.title_data() for w in train_w]), tv)
+    steps.update()
+    s_valid = _predict_title(title_a, page_cfg, tv.X)
+    metrics["title"] = _ndcg_report(s_valid, tv, _baseline_title(valid_w))
+    metrics["title"]["lightgbm"] = m_a
+    # --- row model: in-sample title scores for training windows, out-of-sample for validation
+    r_train = concat([w.row_data(_predict_title(title_a, page_cfg, w.title_x)) for w in train_w])
+    rv = valid_w.row_data(s_valid)
+    row_a, m_r = fit_ranker("row", page_cfg, r_train, rv)
+    steps.update()
+    metrics["row"] = _ndcg_report(
+        _predict_row(row_a, page_cfg, rv.X), rv, _baseline_row(valid_w, rv)
+    )
+    metrics["row"]["lightgbm"] = m_r
+    if not page_cfg.refit_all_windows:
+        steps.close()
+        return Fitted(
+            PageModel(title_a, row_a, context_features=page_cfg.context_features), metrics
+        )
+    # --- refit on every window with the validated number of rounds
+    t_rounds = _best_rounds(m_a, page_cfg.title_trees)
+    r_rounds = _best_rounds(m_r, page_cfg.row_trees)
+    title_f, _ = fit_ranker(
+        "title", page_cfg, concat([w.title_data() for w in windows]), rounds=t_rounds
+    )
+    steps.update()
+    r_all = concat([w.row_data(_predict_title(title_f, page_cfg, w.title_x)) for w in windows])
+    row_f, _ = fit_ranker("row", page_cfg, r_all, rounds=r_rounds)
+    steps.update()
+    steps.close()
+    metrics["refit"] = {"title_rounds": t_rounds, "row_rounds": r_rounds}
+    return Fitted(PageModel(title_f, row_f, context_features=page_cfg.context_features), metrics)
+
+
+def _best_rounds(m: dict[str, float], cap: int) -> int:
+    best = m.get("best_rounds")
+    # A little more than the validated count: the refit sees one more window of data.
+    return cap if best is None else max(10, min(cap, round(best * 1.1)))
+
+
+def _predict_title(booster: Any, cfg: PageModelConfig, X: np.ndarray) -> np.ndarray:
+    return PageModel(booster, booster, context_features=cfg.context_features).score_titles(X)
+
+
+def _predict_row(booster: Any, cfg: PageModelConfig, X: np.ndarray) -> np.ndarray:
+    return PageModel(booster, booster, context_features=cfg.context_features).score_rows(X)
+
+
+def _baseline_title(w: WindowData) -> dict[str, np.ndarray]:
+    """Orders to compare against: the ranker's own order, and the order the log showed."""
+    rank_col = feature_names("title").index("row_rank")
+    out = {"ranker_order": -np.nan_to_num(w.title_x[:, rank_col], nan=1e6)}
+    if w.position is not None:
+        out["logged_order"] = -w.position.astype(np.float64)
+    return out
+
+
+def _baseline_row(w: WindowData, rv: RankData) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    if w.row_position is not None:
+        out["logged_order"] = -w.row_position.astype(np.float64)
+    return out
+
+
+def _ndcg_report(
+    scores: np.ndarray, d: RankData, baselines: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    rep: dict[str, Any] = {
+        "valid_groups_with_positive": int(_groups_with_positive(d)),
+        "valid_ndcg_at_5": ndcg_at(scores, d.y, d.group, 5),
+        "valid_ndcg_at_10": ndcg_at(scores, d.y, d.group, 10),
+        "random_ndcg_at_10": ndcg_at(rng.random(len(d.y)), d.y, d.group, 10),
+    }
+    for name, s in baselines.items():
+        rep[f"{name}_ndcg_at_10"] = ndcg_at(s, d.y, d.group, 10)
+    return rep
+
+
+def _groups_with_positive(d: RankData) -> int:
+    ends = np.cumsum(d.group)
+    starts = ends - d.group
+    if len(starts) == 0:
+        return 0
+    return int((np.maximum.reduceat(d.y, starts) > 0).sum())
+
+
+# ----- the command ----------------------------------------------------------------------------
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """sha256 over the dataset's Parquet files and manifest (names and bytes)."""
+    h = hashlib.sha256()
+    for f in sorted([*data_dir.glob("*.parquet"), *data_dir.glob("dataset.json")]):
+        h.update(f.name.encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def trained_with(
+    model_dir: Path, data_dir: Path, cfg: EngineConfig, until: datetime | None = None
+) -> bool:
+    """True when MODEL_DIR is a model this rowrank loads (engine.training.model_dir.read_manifest:
+    format, rowrank version, every file's sha256) trained with `cfg` on DATA_DIR's files as they
+    are now (and, given `until`, with that cut-off). The benchmarks keep trained models between
+    runs and check this before reusing one, so a change to the built-in config, the data or the
+    format retrains instead of measuring a stale model."""
+    try:
+        m = read_manifest(Path(model_dir))
+    except ModelLoadError:
+        return False
+    return (
+        m.get("config") == cfg.to_document()
+        and m.get("data", {}).get("fingerprint") == data_fingerprint(Path(data_dir))
+        and (until is None or m.get("cutoff") == until.isoformat())
+    )
+
+
+def train(
+    data_dir: Path,
+    model_dir: Path,
+    *,
+    config: Path | None = None,
+    until: datetime | None = None,
+    progress: bool = True,
+    engine_config: EngineConfig | None = None,
+) -> dict[str, Any]:
+    """Fit everything and write `model_dir` (replaced atomically); returns the manifest."""
+    t_start = time.perf_counter()
+    data_dir, model_dir = Path(data_dir), Path(model_dir)
+    cfg = engine_config if engine_config is not None else load_config(config)
+    page_cfg = PageModelConfig.from_section(cfg.page)
+    ds = load_dataset(data_dir)
+    cutoff = ds.clock if until is None else to_utc(until)
+    if cutoff > ds.clock:
+        raise ConfigError(
+            f"--until {cutoff.isoformat()} is after the dataset's clock {ds.clock.isoformat()}: "
+            "nothing is known then; use a time at or before the clock"
+        )
+    if until is not None:
+        ds = ds.as_of(cutoff)
+    bounds = window_bounds(ds, cutoff, page_cfg)
+    kinds = row_kinds(cfg, build_rankers(cfg), ds)
+    w_cfg = window_config(cfg, page_cfg)
+    windows: list[WindowData] = []
+    for k in tqdm(range(page_cfg.windows), desc="training windows", disable=not progress):
+        w = build_window(
+            ds, w_cfg, page_cfg, kinds, bounds[k], bounds[k + 1], index=k, progress=progress
+        )
+        if w is not None:
+            windows.append(w)
+    t_data = time.perf_counter()
+    fitted = fit_page_model(windows, page_cfg, progress=progress)
+    t_models = time.perf_counter()
+    # The serving side: rankers and features as of the cut-off itself.
+    history = History.from_dataset(ds) if until is None else History.from_dataset(ds, cutoff)
+    rankers = fit_window_rankers(cfg, history)
+    store = FeatureStore.fit(
+        history, ds.impressions, rankers=list(cfg.rankers), kinds=kinds, countries=_countries(ds)
+    )
+    timings = {
+        "windows_s": round(t_data - t_start, 2),
+        "models_s": round(t_models - t_data, 2),
+        "serving_fit_s": round(time.perf_counter() - t_models, 2),
+    }
+    return write_model_dir(
+        model_dir,
+        cfg=cfg,
+        page_cfg=page_cfg,
+        history=history,
+        rankers=rankers,
+        store=store,
+        model=fitted.model,
+        metrics={**fitted.metrics, "timings": timings},
+        info={
+            "cutoff": cutoff.isoformat(),
+            "data": {
+                "dir": str(data_dir),
+                "source": ds.source,
+                "fingerprint": data_fingerprint(data_dir),
+            },
+            "windows": [b.isoformat() for b in bounds],
+        },
+    )
+
+
+def write_model_dir(
+    model_dir: Path,
+    *,
+    cfg: EngineConfig,
+    page_cfg: PageModelConfig,
+    history: History,
+    rankers: dict[str, Ranker],
+    store: FeatureStore,
+    model: PageModel,
+    metrics: dict[str, Any],
+    info: dict[str, Any],
+) -> dict[str, Any]:
+    """Write every file into a temporary sibling, then swap it in place of `model_dir`."""
+    model_dir = Path(model_dir)
+    if model_dir.exists() and any(model_dir.iterdir()) and not (model_dir / MANIFEST).exists():
+        raise ConfigError(
+            f"{model_dir} exists and is not a rowrank model directory: refusing to overwrite it; "
+            "choose an empty or new directory"
+        )
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", dir=model_dir.parent))
+    try:
+        history.save(tmp / HISTORY_DIR)
+        store.save(tmp / "features")
+        for name, ranker in rankers.items():
+            ranker.save(tmp / "rankers" / name)
+        orders = model.save(tmp)
+        doc = cfg.to_document()
+        (tmp / CONFIG_FILE).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        files = {
+            p.relative_to(tmp).as_posix(): sha256_file(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
+        # The version names what decides a page: both models, the config, the data, the cut-off
+        # (npz files carry zip timestamps, so they are checksummed but not part of the name).
+        version_src = [files["title_model.txt"], files["row_model.txt"], files[CONFIG_FILE]]
+        version_src += [info["data"]["fingerprint"], info["cutoff"]]
+        model_version = hashlib.sha256("|".join(version_src).encode()).hexdigest()[:12]
+        manifest = {
+            "format": MODEL_DIR_FORMAT,
+            "rowrank_version": engine.__version__,
+            "model_version": model_version,
+            "created_at": datetime.now(UTC).isoformat(),
+            **info,
+            "features": orders,
+            "context_features": page_cfg.context_features,
+            "config": doc,
+            "metrics": _plain(metrics),
+            "files": files,
+        }
+        (tmp / MANIFEST).write_bytes(
+            orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        )
+        if model_dir.exists():
+            old = model_dir.with_name(f".{model_dir.name}.old-{os.getpid()}")
+            model_dir.rename(old)
+            tmp.rename(model_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _plain(x: Any) -> Any:
+    """JSON-safe metrics: NaN becomes None (orjson would write null silently; be explicit)."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, float | np.floating):
+        return None if not np.isfinite(x) else round(float(x), 6)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    m = manifest["metrics"]
+    t, r = m["title"], m["row"]
+    lines = [
+        f"model {manifest['model_version']} (cut-off {manifest['cutoff']})",
+        f"title model, held-out window NDCG@10: {t['valid_ndcg_at_10']:.4f} "
+        f"(ranker order {t.get('ranker_order_ndcg_at_10', float('nan')):.4f}, "
+        f"logged order {t.get('logged_order_ndcg_at_10') or float('nan'):.4f}, "
+        f"random {t['random_ndcg_at_10']:.4f})",
+        f"row model, held-out window NDCG@10: {r['valid_ndcg_at_10']:.4f} "
+        f"(logged order {r.get('logged_order_ndcg_at_10') or float('nan'):.4f}, "
+        f"random {r['random_ndcg_at_10']:.4f})",
+        f"time: {m['timings']}",
+    ]
+    return "\n".join(lines)
+
+
+def main_train(data_dir: str, model_dir: str, config: str | None, until: str | None) -> int:
+    from engine.request.context import parse_time
+
+    manifest = train(
+        Path(data_dir),
+        Path(model_dir),
+        config=Path(config) if config else None,
+        until=parse_time(until) if until else None,
+        progress=sys.stderr.isatty(),
+    )
+    print(summary(manifest))
+    print(f"-> {model_dir}")
+    return 0
+
+
+__all__ = ["WindowData", "build_window", "fit_page_model", "train", "window_bounds"]
