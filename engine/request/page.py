@@ -1,8 +1,8 @@
 """The Page: what the engine answers, as frozen dataclasses, and its JSON contract.
 
-`build_page` turns an assembled page into a Page; `Page.to_json` writes the bytes described by
-engine/request/page.schema.json (docs/page.md). Same Page, same bytes: keys in contract order, floats
-rounded to 6 significant digits, times in ISO 8601. A non-finite number raises instead of
+`build_page` turns an assembled page into a Page; `Page.to_json` writes the bytes described
+by engine/request/page.schema.json (docs/page.md). Same Page, same bytes: keys in contract order,
+floats rounded to 6 significant digits, times in ISO 8601. A non-finite number raises instead of
 becoming `null` (orjson writes NaN as null without complaint).
 """
 

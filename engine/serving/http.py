@@ -932,8 +932,9 @@ def _render_rows(page: Any, eng: EngineLike | None) -> str:
 
 @cache
 def openapi_spec() -> dict[str, Any]:
-    """engine/serving/static/openapi.json with the page schema (engine/request/page.schema.json) embedded as
-    components.schemas.Page; its internal $refs are rewritten to point inside the embedding."""
+    """engine/serving/static/openapi.json with the page schema (engine/request/page.schema.json)
+    embedded as components.schemas.Page; its internal $refs are rewritten to point inside the
+    embedding."""
     spec: dict[str, Any] = orjson.loads(_static("openapi.json"))
     page = orjson.loads(resources.files("engine.request").joinpath("page.schema.json").read_bytes())
     page.pop("$schema", None)
