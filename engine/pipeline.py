@@ -32,7 +32,7 @@ Failure policy (docs/page_model.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,7 +61,7 @@ from engine.request.features import (
 )
 from engine.request.filters import apply_filters
 from engine.request.layout import DeviceLayout
-from engine.request.page import Page, build_page
+from engine.request.page import Page, PageTrace, build_page
 from engine.request.scorers import PageModel, PageModelConfig, _forest_raw
 from engine.request.selectors import (
     AssembledPage,
@@ -96,6 +96,16 @@ PROGRAMMER_ERRORS: tuple[type[BaseException], ...] = (
     MemoryError,
     RowrankError,
 )
+
+
+def resolve_country(ctx: RequestContext, history: History) -> RequestContext:
+    """The edge of the pipeline: `ctx` with the member's country when the request gave none
+    (None when neither is known). Every stage after it reads the resolved context."""
+    if ctx.country:
+        return ctx
+    u = history.user_index(ctx.user_id)
+    member = str(history.user_country[u]) if u >= 0 else ""
+    return replace(ctx, country=member or None)
 
 
 # ----- stage 1: rankers -----------------------------------------------------------------------
@@ -277,32 +287,75 @@ def filter_rows_for_page(
     )
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """One request's rows after the rankers and the filters (`candidate_rows`), with what the
+    page trace says about the two stages."""
+
+    rows: list[CandidateRow]  # filtered and cut to the titles the title model scores
+    proposed: dict[str, int]  # ranker instance -> rows proposed
+    failed: dict[str, str]  # ranker instance -> "ErrorType: message"
+    removed: dict[str, dict[str, int]]  # row id -> titles removed per filter
+
+
+def candidate_rows(
+    rankers: Mapping[str, Ranker],
+    ctx: RequestContext,
+    history: History,
+    cfg: PageModelConfig,
+    last: LastProposals | None = None,
+) -> Candidates:
+    """Stages 1 and 2: `propose_rows`, then `filter_rows_for_page`. The one call serving
+    (Engine.page_for) and training's replay (engine.training.train) share, so the models learn
+    from the rows they are served."""
+    proposed = propose_rows(rankers, ctx, history, last)
+    rows, removed = filter_rows_for_page(proposed.rows, ctx, history, rankers, cfg)
+    return Candidates(rows, proposed.counts, proposed.failed, removed)
+
+
 # ----- stage 3: features ----------------------------------------------------------------------
 
 
-def pvr_ranker(rankers: Mapping[str, Ranker]) -> Any | None:
-    """The ranker whose `scores(user, history, at_us)` feeds the ut_pvr_* features."""
-    pvr = [r for r in rankers.values() if getattr(r, "type_name", "") == "pvr"]
-    pvr = pvr or [r for r in rankers.values() if callable(getattr(r, "scores", None))]
-    return pvr[0] if pvr else None
+@dataclass(frozen=True)
+class PvrSource:
+    """Where the ut_pvr_* features come from: the ranker whose `scores(user, history, at_us)`
+    gives the member's score for every title, chosen once when the rankers are built (`of`);
+    None when no ranker has such scores (the features are then missing, as for a cold start)."""
+
+    ranker: Any | None
+
+    @classmethod
+    def of(cls, rankers: Mapping[str, Ranker]) -> PvrSource:
+        """The first ranker of type "pvr", else the first with a `scores` method."""
+        pvr = [r for r in rankers.values() if getattr(r, "type_name", "") == "pvr"]
+        pvr = pvr or [r for r in rankers.values() if callable(getattr(r, "scores", None))]
+        return cls(pvr[0] if pvr else None)
+
+    def scores(
+        self, user: int, history: History, at_us: int
+    ) -> tuple[np.ndarray | None, str | None]:
+        """The member's scores over every title, or (None, error) when unavailable; a failure
+        is operational (fail open: the features go missing, the page renders) unless it is a
+        programmer error."""
+        if self.ranker is None:
+            return None, None
+        try:
+            s = np.asarray(self.ranker.scores(user, history, at_us), dtype=np.float64)
+        except PROGRAMMER_ERRORS:
+            raise
+        except Exception as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        if s.shape != (history.n_titles,):
+            raise RankerContractError(f"PVR scores have shape {s.shape}, not ({history.n_titles},)")
+        return s, None
 
 
 def pvr_scores(
     rankers: Mapping[str, Ranker], user: int, history: History, at_us: int
 ) -> tuple[np.ndarray | None, str | None]:
-    """The member's PVR scores over every title, or (None, error) when unavailable."""
-    ranker = pvr_ranker(rankers)
-    if ranker is None:
-        return None, None
-    try:
-        s = np.asarray(ranker.scores(user, history, at_us), dtype=np.float64)
-    except PROGRAMMER_ERRORS:
-        raise
-    except Exception as exc:  # fail open: the features go missing, the page renders
-        return None, f"{type(exc).__name__}: {exc}"
-    if s.shape != (history.n_titles,):
-        raise RankerContractError(f"PVR scores have shape {s.shape}, not ({history.n_titles},)")
-    return s, None
+    """`PvrSource.of(rankers).scores(...)`, for tools that hold rankers but no Engine (an
+    Engine finds its source once, at load)."""
+    return PvrSource.of(rankers).scores(user, history, at_us)
 
 
 def request_arrays(
@@ -972,7 +1025,10 @@ class Scored:
 
 
 class Engine:
-    """A loaded model directory: `page(user_id, device=..., at=..., country=...)`."""
+    """A loaded model directory: `page(user_id, device=..., at=..., country=...)`.
+
+    What does not change between requests is settled here, once: the assembly rules, the row
+    scorer `[page] row_order` names, and the PVR feature source."""
 
     def __init__(
         self,
@@ -999,8 +1055,10 @@ class Engine:
         self.rules = AssemblyRules(
             pinned=tuple(a.pinned), max_rows_per_kind=dict(a.max_rows_per_kind), dedupe=a.dedupe
         )
+        self.pvr = PvrSource.of(self.rankers)
+        self.row_scorer = row_scorer_for(page_config, model)
 
-    # ----- requests ----------------------------------------------------------------------------
+    # ----- the edge: request values in, a resolved RequestContext out -------------------------
 
     def context(
         self,
@@ -1020,14 +1078,11 @@ class Engine:
             when = parse_time(at)
         else:
             when = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-        return self._resolve(RequestContext(user_id, device, when, country))
+        return self.resolve(RequestContext(user_id, device, when, country))
 
-    def _resolve(self, ctx: RequestContext) -> RequestContext:
-        if ctx.country:
-            return ctx
-        u = self.history.user_index(ctx.user_id)
-        member = str(self.history.user_country[u]) if u >= 0 else ""
-        return replace(ctx, country=member or None)
+    def resolve(self, ctx: RequestContext) -> RequestContext:
+        """`ctx` with its country filled in from the member's when the request gave none."""
+        return resolve_country(ctx, self.history)
 
     def layout(self, device: str) -> DeviceLayout:
         return self.config.layout(device)
@@ -1040,62 +1095,55 @@ class Engine:
         country: str | None = None,
     ) -> Page:
         """The member's homepage for this device, time (default: now) and country."""
-        return self.page_for(self.context(user_id, device, at, country))
+        return self._page(self.context(user_id, device, at, country))
 
     def page_for(self, ctx: RequestContext) -> Page:
         """The whole pipeline for one request; no I/O."""
-        ctx = self._resolve(ctx)
+        return self._page(self.resolve(ctx))
+
+    def fallback_page(self, ctx: RequestContext) -> Page:
+        """Popular and trending rows from the history's counts alone (no ranker, no model),
+        filtered like any row; `fallback=True`. For when the ranked page cannot be built."""
+        ctx = self.resolve(ctx)
+        return self._fallback(ctx, self._fallback_assembly(ctx), None)
+
+    # ----- the pipeline, stage by stage (the context is resolved) -----------------------------
+
+    def _page(self, ctx: RequestContext) -> Page:
         h = self.history
         user = h.user_index(ctx.user_id)
         layout = self.layout(ctx.device)
-        proposed = propose_rows(self.rankers, ctx, h, self.last_proposals)
-        rows, removed = self.filter(proposed.rows, ctx)
-        pvr, pvr_error = pvr_scores(self.rankers, user, h, ctx.at_us)
-        trace: dict[str, Any] = {
-            "cold_start": user < 0,
-            "rankers": proposed.counts,
-            "failed_rankers": [
-                {"ranker": name, "error": err} for name, err in proposed.failed.items()
-            ],
-            "filters": removed,
-        }
-        if pvr_error:
-            trace["pvr_features"] = pvr_error
-        if not rows:
-            return self.fallback_page(ctx, trace={**trace, "reason": "no candidate rows"})
-        scored = self.score(ctx, rows, pvr, layout)
+        cand = candidate_rows(self.rankers, ctx, h, self.page_config, self.last_proposals)
+        pvr, pvr_error = self.pvr.scores(user, h, ctx.at_us)
+        if not cand.rows:
+            assembled = self._fallback_assembly(ctx)
+            trace = PageTrace(
+                assembled.trace,
+                h.title_ids,
+                cold_start=user < 0,
+                rankers=cand.proposed,
+                failed_rankers=cand.failed,
+                filters=cand.removed,
+                pvr_features=pvr_error,
+                reason="no candidate rows",
+            )
+            return self._fallback(ctx, assembled, trace)
+        scored = self.score(ctx, cand.rows, pvr, layout)
         cont = continuation_mode(h, user, ctx.at_us, self.page_config)
-        trace["continuation_mode"] = cont
-        trace["scored"] = {"rows": len(rows), "pairs": len(scored.title_scores)}
-        scorer: Any = RowModelScorer(
-            self.model,
-            self.store,
-            scored.row_static,
-            [r.row_id for r in scored.rows],
-            layout.visible_titles,
+        assembled = self.row_scorer(self, scored, layout, cont)
+        trace = PageTrace(
+            assembled.trace,
+            h.title_ids,
+            cold_start=user < 0,
+            rankers=cand.proposed,
+            failed_rankers=cand.failed,
+            filters=cand.removed,
+            pvr_features=pvr_error,
+            continuation_mode=cont,
+            scored=(len(cand.rows), len(scored.title_scores)),
         )
-        if self.page_config.row_order == "cascade":
-            scorer = CascadeScorer(
-                self.model,
-                self.store,
-                scored.row_static,
-                [r.row_id for r in scored.rows],
-                layout.visible_titles,
-            )
-        if self.page_config.row_order == "template":  # the row-model ablation (docs/benchmark.md)
-            template = score_rows_by_template(self.page_config.row_template, layout.visible_titles)
-            assembled = assemble_page(
-                scored.rows, template, layout, self.rules, continuation_mode=cont
-            )
-        else:
-            assembled = scorer.assemble(scored.rows, layout, self.rules, continuation_mode=cont)
         return build_page(
-            assembled,
-            h,
-            ctx,
-            model_version=self.model_version,
-            generated_at=ctx.at,
-            trace=trace,
+            assembled, h, ctx, model_version=self.model_version, generated_at=ctx.at, trace=trace
         )
 
     def filter(
@@ -1135,10 +1183,7 @@ class Engine:
 
     # ----- the fallback page -------------------------------------------------------------------
 
-    def fallback_page(self, ctx: RequestContext, *, trace: Mapping[str, Any] | None = None) -> Page:
-        """Popular and trending rows from the history's counts alone (no ranker, no model),
-        filtered like any row; `fallback=True`. For when the ranked page cannot be built."""
-        ctx = self._resolve(ctx)
+    def _fallback_assembly(self, ctx: RequestContext) -> AssembledPage:
         h = self.history
         layout = self.layout(ctx.device)
         n = layout.titles_per_row * 2
@@ -1162,21 +1207,49 @@ class Engine:
             )
         kept, _ = apply_filters(rows, ctx, h, {})
         kept = [r.take(np.arange(min(n, len(r.titles)))) for r in kept]
-        assembled = assemble_page(
+        return assemble_page(
             kept,
             score_rows_by_top_titles(layout.visible_titles),
             layout,
             AssemblyRules(pinned=(), pin_continue_watching=False),
         )
+
+    def _fallback(
+        self, ctx: RequestContext, assembled: AssembledPage, trace: PageTrace | None
+    ) -> Page:
         return build_page(
             assembled,
-            h,
+            self.history,
             ctx,
             model_version=self.model_version,
             generated_at=ctx.at,
             fallback=True,
-            trace=dict(trace or {}),
+            trace=trace,
         )
+
+
+RowOrder = Callable[[Engine, "Scored", DeviceLayout, bool], AssembledPage]
+
+
+def row_scorer_for(cfg: PageModelConfig, model: PageModel) -> RowOrder:
+    """The selector stage `[page] row_order` names, chosen once at load."""
+
+    def learned(eng: Engine, scored: Scored, layout: DeviceLayout, cont: bool) -> AssembledPage:
+        cls = CascadeScorer if cfg.row_order == "cascade" else RowModelScorer
+        scorer = cls(
+            eng.model,
+            eng.store,
+            scored.row_static,
+            [r.row_id for r in scored.rows],
+            layout.visible_titles,
+        )
+        return scorer.assemble(scored.rows, layout, eng.rules, continuation_mode=cont)
+
+    def template(eng: Engine, scored: Scored, layout: DeviceLayout, cont: bool) -> AssembledPage:
+        scorer = score_rows_by_template(cfg.row_template, layout.visible_titles)
+        return assemble_page(scored.rows, scorer, layout, eng.rules, continuation_mode=cont)
+
+    return template if cfg.row_order == "template" else learned
 
 
 def row_matrix(

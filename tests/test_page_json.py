@@ -23,6 +23,7 @@ from engine.request.layout import DEFAULT_LAYOUTS
 from engine.request.page import (
     Page,
     PageItem,
+    PageTrace,
     _round_one,
     build_page,
     page_schema,
@@ -123,7 +124,12 @@ def make_page(history: History, **kw: object) -> Page:
         request,
         model_version="test-model-1",
         generated_at=GENERATED,
-        trace={"rankers_ran": ["continue_watching"], "rankers_failed": {"x": "boom"}},
+        trace=PageTrace(
+            assembled.trace,
+            history.title_ids,
+            rankers={"continue_watching": 1},
+            failed_rankers={"x": "boom"},
+        ),
         **kw,  # type: ignore[arg-type]
     )
 
@@ -227,7 +233,8 @@ def test_trace_only_when_asked(history: History) -> None:
     doc = orjson.loads(page.to_json(include_trace=True))
     validate(doc)
     assert list(doc)[-1] == "trace"
-    assert doc["trace"]["rankers_failed"] == {"x": "boom"}
+    assert doc["trace"]["failed_rankers"] == [{"ranker": "x", "error": "boom"}]
+    assert list(doc["trace"]) == ["rankers", "failed_rankers", "assembly"]
     assembly = doc["trace"]["assembly"]
     assert [p["row_id"] for p in assembly["placed"]] == [r.row_id for r in page.rows]
     lost = next(d for d in assembly["duplicates"] if d["row_id"] == "because_you_watched:t000")

@@ -9,10 +9,10 @@ becoming `null` (orjson writes NaN as null without complaint).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from itertools import repeat
 from typing import Any
@@ -23,7 +23,7 @@ import orjson
 from engine.candidates import CandidateRow
 from engine.data.history import History
 from engine.request.context import RequestContext
-from engine.request.selectors import AssembledPage
+from engine.request.selectors import AssembledPage, AssemblyTrace
 
 SCHEMA_FILE = "page.schema.json"
 SIGNIFICANT_DIGITS = 6
@@ -148,6 +148,58 @@ class Page:
             raise ValueError(f"not a rowrank page document ({exc!r}); see docs/page.md") from exc
 
 
+@dataclass(frozen=True, eq=False)
+class PageTrace(Mapping[str, Any]):
+    """Why a page is what it is, built once when the page is done and read as its JSON object
+    (the page's "trace", docs/page.md): a Mapping over that object, keys in contract order.
+    Fields left None are not part of the page's story (a fallback page built without rankers
+    has only its assembly) and are left out."""
+
+    assembly: AssemblyTrace
+    title_ids: np.ndarray = field(repr=False)  # History.title_ids: duplicates are given by id
+    cold_start: bool | None = None
+    rankers: Mapping[str, int] | None = None  # ranker instance -> rows proposed
+    failed_rankers: Mapping[str, str] | None = None  # ranker instance -> "ErrorType: message"
+    filters: Mapping[str, Mapping[str, int]] | None = None  # row id -> titles removed per filter
+    pvr_features: str | None = None  # why the ut_pvr_* features are missing
+    reason: str | None = None  # why the page is a fallback page
+    continuation_mode: bool | None = None
+    scored: tuple[int, int] | None = None  # (rows, pairs) the title model scored
+
+    @cached_property
+    def _doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        if self.cold_start is not None:
+            doc["cold_start"] = self.cold_start
+        if self.rankers is not None:
+            doc["rankers"] = self.rankers
+        if self.failed_rankers is not None:
+            doc["failed_rankers"] = [
+                {"ranker": name, "error": err} for name, err in self.failed_rankers.items()
+            ]
+        if self.filters is not None:
+            doc["filters"] = self.filters
+        if self.pvr_features:
+            doc["pvr_features"] = self.pvr_features
+        if self.reason is not None:
+            doc["reason"] = self.reason
+        if self.continuation_mode is not None:
+            doc["continuation_mode"] = self.continuation_mode
+        if self.scored is not None:
+            doc["scored"] = {"rows": self.scored[0], "pairs": self.scored[1]}
+        doc["assembly"] = self.assembly.to_dict(self.title_ids)
+        return doc
+
+    def __getitem__(self, key: str) -> Any:
+        return self._doc[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._doc)
+
+    def __len__(self) -> int:
+        return len(self._doc)
+
+
 def build_page(
     assembled: AssembledPage,
     history: History,
@@ -156,12 +208,10 @@ def build_page(
     model_version: str,
     generated_at: datetime | None = None,
     fallback: bool = False,
-    trace: Mapping[str, Any] | None = None,
+    trace: PageTrace | None = None,
 ) -> Page:
     """The Page for an assembled page: ids and names looked up by array, not per title.
-
-    `trace` (rankers run / failed, filter removals) gets the assembly trace added under
-    "assembly", titles given by id. `generated_at` defaults to now (UTC)."""
+    `trace` defaults to the assembly's alone. `generated_at` defaults to now (UTC)."""
     rows = tuple(
         _page_row(row, float(score), history)
         for row, score in zip(assembled.rows, assembled.scores.tolist(), strict=True)
@@ -173,7 +223,7 @@ def build_page(
         context=PageContext.from_request(request),
         rows=rows,
         fallback=fallback,
-        trace={**(trace or {}), "assembly": assembled.trace.to_dict(history.title_ids)},
+        trace=PageTrace(assembled.trace, history.title_ids) if trace is None else trace,
     )
 
 

@@ -4,7 +4,7 @@ page model, write a model directory.
 Training data come from several windows [t_k, t_k+1) before the cut-off. For each window the
 rankers and the feature store are fitted on `History.from_dataset(ds, t_k)` only, the requests
 inside the window are replayed through the same pipeline stages the page uses (engine.pipeline:
-propose_rows -> filter_rows_for_page -> features), and labels come from what happened
+candidate_rows -> features), and labels come from what happened
 after each request. Nothing at or after t_k reaches a feature of window k (tests/test_features.py
 plants data after t_k to prove it).
 
@@ -60,12 +60,12 @@ from engine.data.history import US_PER_DAY, History, to_us
 from engine.errors import ConfigError, DataError, ModelLoadError
 from engine.pipeline import (
     CONFIG_FILE,
+    PvrSource,
+    candidate_rows,
     concat_pairs,
-    filter_rows_for_page,
     pairs_for,
-    propose_rows,
-    pvr_scores,
     request_arrays,
+    resolve_country,
     visible_pairs,
 )
 from engine.request.context import RequestContext
@@ -220,6 +220,7 @@ class _Replayer:
         self.history = history
         self.rankers = rankers
         self.store = store
+        self.pvr = PvrSource.of(rankers)
         self.failures = 0
         # One member's rows are rebuilt once per window and reused by their later pages: the
         # rankers see the same History all window long, only decays move with the request time.
@@ -229,22 +230,17 @@ class _Replayer:
         key = (ctx.user_id, ctx.country or "")
         got = self._cache.get(key)
         if got is None:
-            proposed = propose_rows(self.rankers, ctx, self.history)
-            self.failures += len(proposed.failed)
-            rows, _ = filter_rows_for_page(
-                proposed.rows, ctx, self.history, self.rankers, self.page_cfg
-            )
+            cand = candidate_rows(self.rankers, ctx, self.history, self.page_cfg)
+            self.failures += len(cand.failed)
             user = self.history.user_index(ctx.user_id)
-            pvr, _ = pvr_scores(self.rankers, user, self.history, ctx.at_us)
-            got = (rows, pvr)
+            pvr, _ = self.pvr.scores(user, self.history, ctx.at_us)
+            got = (cand.rows, pvr)
             self._cache[key] = got
         return got
 
     def resolve(self, user_id: str, device: str, at_us: int) -> RequestContext:
-        u = self.history.user_index(user_id)
-        country = str(self.history.user_country[u]) if u >= 0 else ""
         at = datetime.fromtimestamp(at_us / 1e6, tz=UTC)
-        return RequestContext(user_id, device, at, country or None)
+        return resolve_country(RequestContext(user_id, device, at), self.history)
 
 
 def _grade(progress: pl.Expr, seconds: pl.Expr, cfg: PageModelConfig) -> pl.Expr:
