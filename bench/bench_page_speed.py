@@ -46,16 +46,12 @@ import numpy as np
 import engine
 from engine.config import build_rankers, parse_config
 from engine.data.columns import DEVICES
-from engine.pipeline import (
-    Engine,
-    RowModelScorer,
-    continuation_mode,
-    propose_rows,
-    pvr_scores,
-)
+from engine.pipeline import ROW_STATE_COLUMNS, Engine, continuation_mode, propose_rows
 from engine.request.context import RequestContext
+from engine.request.layout import DeviceLayout
 from engine.request.page import build_page
 from engine.request.scorers import Forest
+from engine.request.selectors import RowFeatures, RowPool, assemble_page, row_states
 from engine.serving.processes import freeze_loaded_objects
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,19 +157,19 @@ def stages(eng: Engine, reqs: list[RequestContext]) -> dict[str, float]:
         rows, _ = eng.filter(proposed.rows, ctx)
         t = tick("filters", t)
         user = h.user_index(ctx.user_id)
-        pvr, _ = pvr_scores(eng.rankers, user, h, ctx.at_us)
+        pvr, _ = eng.pvr.scores(user, h, ctx.at_us)
         t = tick("pvr scores (features)", t)
         scored = eng.score(ctx, rows, pvr, layout)
-        t = tick("features + title model", t)
+        t = tick("features + title model + row features", t)
         cont = continuation_mode(h, user, ctx.at_us, eng.page_config)
-        scorer = RowModelScorer(
-            eng.model,
-            eng.store,
-            scored.row_static,
-            [r.row_id for r in scored.rows],
-            layout.visible_titles,
+        assembled = assemble_page(
+            scored.rows,
+            eng.row_scorer,
+            layout,
+            eng.rules,
+            continuation_mode=cont,
+            features=scored.row_features,
         )
-        assembled = scorer.assemble(scored.rows, layout, eng.rules, continuation_mode=cont)
         t = tick("row model + assembly", t)
         page = build_page(assembled, h, ctx, model_version=eng.model_version, generated_at=ctx.at)
         t = tick("build page", t)
@@ -190,13 +186,36 @@ def title_model_only(eng: Engine, reqs: list[RequestContext]) -> tuple[float, fl
         ctx = eng.context(ctx.user_id, ctx.device, ctx.at, ctx.country)
         proposed = propose_rows(eng.rankers, ctx, h)
         rows, _ = eng.filter(proposed.rows, ctx)
-        pvr, _ = pvr_scores(eng.rankers, h.user_index(ctx.user_id), h, ctx.at_us)
+        pvr, _ = eng.pvr.scores(h.user_index(ctx.user_id), h, ctx.at_us)
         X = eng.score(ctx, rows, pvr, eng.layout(ctx.device)).title_x
         t0 = time.thread_time()
         eng.model.score_titles(X)
         ms.append((time.thread_time() - t0) * 1e3)
         n.append(len(X))
     return float(np.median(ms)), float(np.median(n))
+
+
+def first_stage_row_matrix(rows: list[Any], f: RowFeatures, layout: DeviceLayout) -> np.ndarray:
+    """The row-model matrix the assembly's first stage scores (nothing placed yet)."""
+    pool = RowPool(rows, layout.titles_per_row)
+    n, n_genres = len(rows), f.genre_unit.shape[1]
+    state, cents = np.empty((n, 6)), np.zeros((n, n_genres))
+    row_states(
+        pool.arrays(),
+        np.arange(n),
+        min(layout.visible_titles, layout.titles_per_row),
+        f.decay,
+        f.genre_unit,
+        f.kinds,
+        np.zeros(f.genre_unit.shape[0], dtype=bool),
+        np.zeros((0, n_genres)),
+        np.zeros(0, dtype=np.int64),
+        state,
+        cents,
+    )
+    X = f.static.copy()
+    X[:, ROW_STATE_COLUMNS] = state
+    return X
 
 
 def row_model_calls(eng: Engine, reqs: list[RequestContext]) -> tuple[float, float, float]:
@@ -210,16 +229,10 @@ def row_model_calls(eng: Engine, reqs: list[RequestContext]) -> tuple[float, flo
         rows, _ = eng.filter(proposed.rows, ctx)
         if not rows:
             continue
-        pvr, _ = pvr_scores(eng.rankers, h.user_index(ctx.user_id), h, ctx.at_us)
-        scored = eng.score(ctx, rows, pvr, eng.layout(ctx.device))
-        scorer = RowModelScorer(
-            eng.model,
-            eng.store,
-            scored.row_static,
-            [r.row_id for r in scored.rows],
-            eng.layout(ctx.device).visible_titles,
-        )
-        X = scorer.features((), scored.rows)
+        pvr, _ = eng.pvr.scores(h.user_index(ctx.user_id), h, ctx.at_us)
+        layout = eng.layout(ctx.device)
+        scored = eng.score(ctx, rows, pvr, layout)
+        X = first_stage_row_matrix(scored.rows, scored.row_features, layout)
         mats.append(np.ascontiguousarray(eng.model.row_model_input(X), dtype=np.float32))
     booster, trees, lib, direct = eng.model.row, Forest(eng.model.row.model_to_string()), [], []
     for _ in range(5):  # interleaved, so both see the same machine

@@ -31,8 +31,7 @@ Failure policy (docs/page_model.md):
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,22 +61,15 @@ from engine.request.features import (
 from engine.request.filters import apply_filters
 from engine.request.layout import DeviceLayout
 from engine.request.page import Page, PageTrace, build_page
-from engine.request.scorers import PageModel, PageModelConfig, _forest_raw
+from engine.request.scorers import PageModel, PageModelConfig
 from engine.request.selectors import (
     AssembledPage,
     AssemblyRules,
-    AssemblyTrace,
-    CappedRow,
-    DuplicateRemoval,
-    PinOutcome,
-    PlacedRow,
-    RowPool,
-    ShortRow,
-    ShownRows,
-    _check_rows,
-    _remove_titles,
+    RowFeatures,
+    RowScorer,
     assemble_page,
-    pins_for,
+    score_rows_by_play_estimate,
+    score_rows_by_row_model,
     score_rows_by_template,
     score_rows_by_top_titles,
 )
@@ -476,244 +468,12 @@ def visible_pairs(pair_idx: Sequence[np.ndarray], visible: int) -> tuple[np.ndar
     return flat.astype(np.int64), np.repeat(np.arange(len(heads)), lens)
 
 
-# ----- stage 5: the row model inside the assembly ---------------------------------------------
+# ----- stage 5: row features, then the selectors with the row scorer chosen at load -------------
 
 
-class RowModelScorer:
-    """The RowScorer handed to `assemble_page`: row-model scores of the remaining rows given
-    the rows placed above. Per stage the static columns are gathered and the columns that
-    depend on the rows as they show (title-score aggregates, placement) are computed for every
-    remaining row in one compiled pass over the assembly's RowPool (`_row_states`)."""
-
-    cascade = False  # score rows by rs_play_est instead of the row model (CascadeScorer)
-
-    def __init__(
-        self,
-        model: PageModel,
-        store: FeatureStore,
-        static: np.ndarray,
-        row_ids: Sequence[str],
-        visible: int,
-    ) -> None:
-        self.model = model
-        self.store = store
-        self.static = static
-        self.index = {rid: i for i, rid in enumerate(row_ids)}
-        self.visible = visible
-        self.calls = 0
-        device = int(static[0, row_column("ctx_device")]) if len(static) else 0
-        self._decay = float(store.col_decay[device])
-        # (this page's pool, its rows' static-matrix rows, their kind codes)
-        self._pool: tuple[RowPool, np.ndarray, np.ndarray] | None = None
-        self._placed_mask = np.zeros(store.n_titles, dtype=bool)
-        self._placed_genre = np.zeros((0, store.title_genre_unit.shape[1]))
-        self._placed_kinds = np.zeros(0, dtype=np.int64)
-
-    def _rows(self, rows: Sequence[CandidateRow]) -> tuple[ShownRows, np.ndarray, np.ndarray]:
-        """`rows` as positions in a pool, with their static-matrix rows and kind codes.
-        `assemble_page` hands over its pool (ShownRows, resolved once per page); other rows
-        get a pool of their own, as they are."""
-        if not isinstance(rows, ShownRows):
-            pool = RowPool(rows, max((len(r.titles) for r in rows), default=0))
-            static_idx = np.array([self.index[r.row_id] for r in rows], dtype=np.int64)
-            kinds = np.array([self.store.kind_code(r.kind) for r in rows], dtype=np.int64)
-            return ShownRows(pool, np.arange(len(rows), dtype=np.int64)), static_idx, kinds
-        if self._pool is None or self._pool[0] is not rows.pool:
-            pool = rows.pool
-            static_idx = np.array([self.index[r.row_id] for r in pool.rows], dtype=np.int64)
-            kinds = np.array([self.store.kind_code(r.kind) for r in pool.rows], dtype=np.int64)
-            self._pool = (pool, static_idx, kinds)
-        _, static_idx, kinds = self._pool
-        return rows, static_idx[rows.positions], kinds[rows.positions]
-
-    def _row_features(self, rows: ShownRows, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(W, 6) rs_top, rs_mean_visible, rs_play_est, pl_overlap_above, pl_genre_sim_above,
-        pl_same_kind_above of `rows` given the rows placed so far, and their unit genre
-        centroids (W, n_genres)."""
-        pool = rows.pool
-        out = np.empty((len(rows), 6))
-        cents = np.zeros((len(rows), self._placed_genre.shape[1]))
-        _row_states(
-            pool.starts,
-            pool.titles,
-            pool.scores,
-            pool.alive,
-            rows.positions,
-            min(self.visible, pool.titles_per_row),
-            self._decay,
-            self.store.title_genre_unit,
-            kinds,
-            self._placed_mask,
-            self._placed_genre,
-            self._placed_kinds,
-            out,
-            cents,
-        )
-        return out, cents
-
-    def _update_placed(self, placed: Sequence[CandidateRow]) -> None:
-        new = list(placed[len(self._placed_kinds) :])  # rows placed since the last stage
-        if not new:
-            return
-        shown, _, kinds = self._rows(new)  # as they show: cut and deduped already
-        _, cents = self._row_features(shown, kinds)
-        for p in new:
-            self._placed_mask[p.titles[: self.visible]] = True
-        self._placed_genre = np.vstack([self._placed_genre, cents])
-        self._placed_kinds = np.append(self._placed_kinds, kinds)
-
-    def features(
-        self, placed: Sequence[CandidateRow], remaining: Sequence[CandidateRow]
-    ) -> np.ndarray:
-        """The row-model matrix of `remaining` at this stage."""
-        self._update_placed(placed)
-        shown, static_idx, kinds = self._rows(remaining)
-        X = self.static[static_idx]
-        X[:, _ROW_STATE_COLUMNS] = self._row_features(shown, kinds)[0]
-        return X
-
-    def __call__(
-        self, placed: Sequence[CandidateRow], remaining: Sequence[CandidateRow]
-    ) -> np.ndarray:
-        self.calls += 1
-        return self.model.score_rows(self.features(placed, remaining))
-
-    def title_aggregates(self, rows: Sequence[CandidateRow]) -> np.ndarray:
-        """(W, 3): best title score, mean visible score, cascade play estimate."""
-        shown, _, kinds = self._rows(rows)
-        return self._row_features(shown, kinds)[0][:, :3]
-
-    def assemble(
-        self,
-        rows: Sequence[CandidateRow],
-        layout: DeviceLayout,
-        rules: AssemblyRules,
-        *,
-        continuation_mode: bool = False,
-    ) -> AssembledPage:
-        """`engine.request.selectors.assemble_page(rows, self, layout, rules, ...)`, the same page
-        and
-        trace, with the whole greedy loop in one compiled pass (`_assemble_rows`): the loop's
-        Python (selectors, per-stage numpy calls, objects) cost more than its arithmetic
-        (docs/page_model.md). assemble_page stays the reference and serves every other scorer;
-        tests/test_pipeline.py checks the two agree on pages, traces and rule variants."""
-        _check_rows(rows)
-        pool = RowPool(rows, layout.titles_per_row)
-        n = len(pool.rows)
-        kind_names = list(dict.fromkeys(r.kind for r in pool.rows))
-        kind_ids = np.array([kind_names.index(r.kind) for r in pool.rows], dtype=np.int64)
-        caps = np.array([rules.cap_for(k) for k in kind_names], dtype=np.int64)
-        pins = pins_for(rules, continuation_mode)
-        pin_match = np.array(
-            [[getattr(r, p.attr) == p.value for r in pool.rows] for p in pins], dtype=np.bool_
-        ).reshape(len(pins), n)
-        static_idx = np.array([self.index[r.row_id] for r in pool.rows], dtype=np.int64)
-        model_kinds = np.array([self.store.kind_code(r.kind) for r in pool.rows], dtype=np.int64)
-        trees, colmap, zero = self.model.row_trees()
-        got = _assemble_rows(
-            pool.starts,
-            pool.titles,
-            pool.scores,
-            pool.alive,
-            pool.lengths,
-            pool._seen,
-            kind_ids,
-            caps,
-            model_kinds,
-            np.ascontiguousarray(self.static, dtype=np.float32),
-            static_idx,
-            _ROW_STATE_COLUMNS,
-            colmap,
-            trees,
-            zero,
-            self.cascade,
-            pin_match,
-            layout.rows,
-            max(1, layout.min_row_length),
-            layout.titles_per_row,
-            min(self.visible, layout.titles_per_row),
-            self._decay,
-            self.store.title_genre_unit,
-            float(rules.diversity_weight),
-            rules.dedupe,
-        )
-        if got[-1]:  # a non-finite row score: the reference loop raises the error that says so
-            return assemble_page(rows, self, layout, rules, continuation_mode=continuation_mode)
-        return _assembled(pool, pins, kind_names, caps, got)
-
-
-@numba.njit(cache=True, nogil=True)
-def _row_states(
-    starts,
-    titles,
-    scores,
-    alive,
-    rows,
-    head,
-    decay,
-    genre_unit,
-    kinds,
-    placed_mask,
-    placed_genre,
-    placed_kinds,
-    out,
-    cents,
-):
-    """For each pool row in `rows`, over its first `head` titles left after dedupe: the best
-    and mean title score, the cascade play estimate (rs_play_est of FeatureStore.row_static),
-    the share of them already placed above, the genre centroid's best cosine with the rows
-    above, and how many rows above are of its kind. Plain loops: one pass per row."""
-    for j in range(len(rows)):
-        r = rows[j]
-        n, top, total, est, survive, weight = 0, -np.inf, 0.0, 0.0, 1.0, 1.0
-        above = 0
-        for k in range(starts[r], starts[r + 1]):
-            if n == head:
-                break
-            if not alive[k]:
-                continue
-            s = np.float64(scores[k])
-            top = max(top, s)
-            total += s
-            p = 1.0 / (1.0 + math.exp(-min(max(s, -30.0), 30.0)))
-            est += survive * weight * p
-            survive *= 1.0 - p
-            weight *= decay
-            t = titles[k]
-            above += placed_mask[t]
-            for g in range(genre_unit.shape[1]):
-                cents[j, g] += np.float64(genre_unit[t, g])
-            n += 1
-        if n:
-            out[j, 0], out[j, 1], out[j, 2], out[j, 3] = top, total / n, est, above / n
-        else:
-            out[j, 0:4] = np.nan
-        norm = math.sqrt(np.sum(cents[j] * cents[j]))
-        if norm > 0:
-            cents[j] /= norm
-        best, same = 0.0, 0
-        for q in range(len(placed_kinds)):
-            sim = np.sum(cents[j] * placed_genre[q])
-            best = sim if q == 0 else max(best, sim)
-            same += kinds[j] == placed_kinds[q]
-        out[j, 4], out[j, 5] = best, same
-
-
-class CascadeScorer(RowModelScorer):
-    """Rows by the title model alone: P(a play in the row | reached) of the row as it would
-    show (`rs_play_est`), the order that is optimal under the cascade browsing model when the
-    title probabilities are right (docs/page_model.md). `[page] row_order = "cascade"`."""
-
-    cascade = True
-
-    def __call__(
-        self, placed: Sequence[CandidateRow], remaining: Sequence[CandidateRow]
-    ) -> np.ndarray:
-        self.calls += 1
-        return self.title_aggregates(remaining)[:, 2]
-
-
-_ROW_STATE_COLUMNS = np.array(
+# The row-model columns that change as the page fills, computed per stage by the assembly
+# (engine.request.selectors.row_states), in its order.
+ROW_STATE_COLUMNS = np.array(
     [
         row_column(name)
         for name in (
@@ -729,271 +489,15 @@ _ROW_STATE_COLUMNS = np.array(
 )
 
 
-@numba.njit(cache=True, nogil=True)
-def _assemble_rows(
-    starts,
-    titles,
-    scores,
-    alive,
-    lengths,
-    seen,
-    kind_ids,
-    caps,
-    model_kinds,
-    static,
-    static_idx,
-    state_cols,
-    colmap,
-    trees,
-    zero,
-    cascade,
-    pin_match,
-    page_rows,
-    min_length,
-    titles_per_row,
-    head,
-    decay,
-    genre_unit,
-    weight,
-    dedupe,
-):
-    """engine.request.selectors.assemble_page's greedy loop with RowModelScorer (or CascadeScorer)
-    as
-    the scorer, over a RowPool's arrays (`alive` and `lengths` are updated as dedupe goes).
-    Each stage, in assemble_page's order: rows over their kind's cap, then rows shorter than
-    `min_length`, leave; the rest are scored (`_row_states` + the row model's trees); the
-    diversity term is subtracted; a pending pin limits the choice to its rows; the best row is
-    placed and its shown titles leave the remaining rows. Returns what happened, in order, for
-    the trace (built by `_assembled`), and a last element 1 when a row score was not finite
-    (the loop stops there; the caller then ignores the rest)."""
-    n, n_pins = len(kind_ids), pin_match.shape[0]
-    n_genres = genre_unit.shape[1]
-    remaining = np.arange(n)
-    n_rem = n
-    per_kind = np.zeros(len(caps), dtype=np.int64)
-    placed = np.empty(n, dtype=np.int64)
-    placed_raw = np.empty(n)
-    placed_penalty = np.empty(n)
-    placed_pinned = np.zeros(n, dtype=np.bool_)
-    n_placed = 0
-    placed_mask = np.zeros(genre_unit.shape[0], dtype=np.bool_)
-    placed_genre = np.zeros((n, n_genres))
-    placed_kinds = np.empty(n, dtype=np.int64)
-    capped = np.empty(n, dtype=np.int64)
-    n_capped = 0
-    short = np.empty(n, dtype=np.int64)
-    short_len = np.empty(n, dtype=np.int64)
-    n_short = 0
-    pin_events = np.empty((n_pins, 2), dtype=np.int64)  # (pin, row or -1): one per pin
-    n_pin_events = 0
-    pinned = np.empty(n, dtype=np.int64)
-    n_pinned = 0
-    pin_at = 0  # the first pin still pending
-    dup_events = np.empty((n * n, 3), dtype=np.int64)  # (row, lost to row, slots end)
-    dup_slots = np.empty(len(titles), dtype=np.int64)
-    n_dup = n_dup_slots = 0
-    shown = np.empty(len(titles), dtype=titles.dtype)
-    failed = 0
-    while True:
-        k = 0
-        for j in range(n_rem):  # caps
-            r = remaining[j]
-            if per_kind[kind_ids[r]] >= caps[kind_ids[r]]:
-                capped[n_capped] = r
-                n_capped += 1
-            else:
-                remaining[k] = r
-                k += 1
-        n_rem = k
-        k = 0
-        for j in range(n_rem):  # short rows
-            r = remaining[j]
-            if lengths[r] < min_length:
-                short[n_short], short_len[n_short] = r, lengths[r]
-                n_short += 1
-            else:
-                remaining[k] = r
-                k += 1
-        n_rem = k
-        if n_rem == 0 or n_placed >= page_rows:
-            break
-        rows = remaining[:n_rem].copy()
-        state = np.empty((n_rem, 6))
-        cents = np.zeros((n_rem, n_genres))
-        _row_states(
-            starts,
-            titles,
-            scores,
-            alive,
-            rows,
-            head,
-            decay,
-            genre_unit,
-            model_kinds[rows],
-            placed_mask,
-            placed_genre[:n_placed],
-            placed_kinds[:n_placed],
-            state,
-            cents,
-        )
-        if cascade:
-            raw = state[:, 2].copy()
-        else:
-            X = np.empty((n_rem, static.shape[1]), dtype=np.float32)
-            for j in range(n_rem):
-                X[j] = static[static_idx[rows[j]]]
-                for c in range(6):
-                    X[j, state_cols[c]] = state[j, c]
-            Xm = np.empty((n_rem, len(colmap)), dtype=np.float32)
-            for j in range(n_rem):
-                for m in range(len(colmap)):
-                    Xm[j, m] = X[j, colmap[m]] if colmap[m] >= 0 else np.float32(0.0)
-            raw = np.empty(n_rem)
-            _forest_raw(Xm, trees, zero, raw)
-        if not np.isfinite(raw).all():
-            failed = 1
-            break
-        penalty = np.zeros(n_rem)
-        if n_placed > 0 and weight != 0:
-            above = kind_ids[placed[n_placed - 1]]
-            for j in range(n_rem):
-                kind = kind_ids[rows[j]]
-                penalty[j] = weight * np.float64(per_kind[kind] + (kind == above))
-        # pins: the first pending pin that no earlier pinned row satisfies and that has a row
-        active = -1
-        while pin_at < n_pins:
-            earlier = _first_pinned_match(pin_match[pin_at], pinned[:n_pinned])
-            if earlier >= 0:
-                pin_events[n_pin_events] = (pin_at, earlier)
-                n_pin_events += 1
-                pin_at += 1
-                continue
-            for j in range(n_rem):
-                if pin_match[pin_at, rows[j]]:
-                    active = pin_at
-                    break
-            if active >= 0:
-                break
-            pin_events[n_pin_events] = (pin_at, -1)
-            n_pin_events += 1
-            pin_at += 1
-        pick, best = -1, -np.inf
-        for j in range(n_rem):
-            v = raw[j] - penalty[j]
-            if active >= 0 and not pin_match[active, rows[j]]:
-                v = -np.inf
-            if pick < 0 or v > best:
-                pick, best = j, v
-        r = rows[pick]
-        placed[n_placed] = r
-        placed_raw[n_placed], placed_penalty[n_placed] = raw[pick], penalty[pick]
-        placed_pinned[n_placed] = active >= 0
-        placed_genre[n_placed] = cents[pick]
-        placed_kinds[n_placed] = model_kinds[r]
-        n_placed += 1
-        per_kind[kind_ids[r]] += 1
-        if active >= 0:
-            pin_events[n_pin_events] = (active, r)
-            n_pin_events += 1
-            pinned[n_pinned] = r
-            n_pinned += 1
-            pin_at = active + 1
-        n_shown = 0  # the placed row as it shows: its first titles_per_row titles left
-        for s in range(starts[r], starts[r + 1]):
-            if n_shown == titles_per_row:
-                break
-            if alive[s]:
-                shown[n_shown] = titles[s]
-                n_shown += 1
-        k = 0
-        for j in range(n_rem):
-            if j != pick:
-                remaining[k] = rows[j]
-                k += 1
-        n_rem = k
-        for s in range(min(head, n_shown)):
-            placed_mask[shown[s]] = True
-        if dedupe:
-            slots, lost = _remove_titles(
-                starts, titles, alive, lengths, remaining[:n_rem], shown[:n_shown], seen
-            )
-            at = 0
-            for j in range(n_rem):
-                if lost[j]:
-                    dup_slots[n_dup_slots : n_dup_slots + lost[j]] = slots[at : at + lost[j]]
-                    n_dup_slots += lost[j]
-                    dup_events[n_dup] = (remaining[j], r, n_dup_slots)
-                    n_dup += 1
-                at += lost[j]
-    # pins never reached: their rows were removed, or the page filled up first
-    while pin_at < n_pins:
-        earlier = _first_pinned_match(pin_match[pin_at], pinned[:n_pinned])
-        pin_events[n_pin_events] = (pin_at, earlier)
-        n_pin_events += 1
-        pin_at += 1
-    return (
-        placed[:n_placed],
-        placed_raw[:n_placed],
-        placed_penalty[:n_placed],
-        placed_pinned[:n_placed],
-        capped[:n_capped],
-        short[:n_short],
-        short_len[:n_short],
-        pin_events[:n_pin_events],
-        dup_events[:n_dup],
-        dup_slots[:n_dup_slots],
-        remaining[:n_rem],
-        failed,
-    )
-
-
-@numba.njit(cache=True, nogil=True)
-def _first_pinned_match(matches, pinned):
-    """The first of the rows pinned so far that a pin matches (it satisfies the pin), or -1
-    (assembly.pin_rows: a ranker's row pinned by kind in continuation mode is not pinned
-    again by name)."""
-    for r in pinned:
-        if matches[r]:
-            return r
-    return -1
-
-
-def _assembled(
-    pool: RowPool,
-    pins: Sequence[Any],
-    kind_names: list[str],
-    caps: np.ndarray,
-    got: tuple[Any, ...],
-) -> AssembledPage:
-    """The AssembledPage and trace of `_assemble_rows`' outcome, as assemble_page builds them."""
-    placed, raw, penalty, pinned, capped, short, short_len, pin_events, dups, slots, left, _ = got
-    rows = pool.rows
-    shown = [pool.shown(i) for i in placed.tolist()]  # placed rows: dedupe left them be
-    ends = dups[:, 2].tolist()
-    trace = AssemblyTrace(
-        placed=tuple(
-            PlacedRow(r.row_id, s, p, bool(q))
-            for r, s, p, q in zip(shown, raw.tolist(), penalty.tolist(), pinned, strict=True)
-        ),
-        pins=tuple(
-            PinOutcome(str(pins[p]), rows[r].row_id if r >= 0 else None)
-            for p, r in pin_events.tolist()
-        ),
-        duplicates=tuple(
-            DuplicateRemoval(rows[r].row_id, rows[to].row_id, pool.titles[slots[a:b]])
-            for (r, to, _), a, b in zip(dups.tolist(), [0, *ends][:-1], ends, strict=True)
-        ),
-        dropped_short=tuple(
-            ShortRow(rows[r].row_id, n)
-            for r, n in zip(short.tolist(), short_len.tolist(), strict=True)
-        ),
-        capped=tuple(
-            CappedRow(rows[r].row_id, rows[r].kind, int(caps[kind_names.index(rows[r].kind)]))
-            for r in capped.tolist()
-        ),
-        unplaced=tuple(rows[i].row_id for i in left.tolist()),
-    )
-    return AssembledPage(tuple(shown), raw.astype(np.float64), trace)
+def row_scorer_for(cfg: PageModelConfig, model: PageModel) -> RowScorer:
+    """The row scorer `[page] row_order` names: the row model ("learned"), the title model's
+    cascade play estimate ("cascade"), or the editorial `row_template` ("template", the
+    row-model ablation of docs/benchmark.md)."""
+    if cfg.row_order == "cascade":
+        return score_rows_by_play_estimate()
+    if cfg.row_order == "template":
+        return score_rows_by_template(cfg.row_template)
+    return score_rows_by_row_model(*model.row_trees())
 
 
 def continuation_mode(history: History, user: int, at_us: int, cfg: PageModelConfig) -> bool:
@@ -1016,12 +520,13 @@ def continuation_mode(history: History, user: int, at_us: int, cfg: PageModelCon
 
 @dataclass(frozen=True)
 class Scored:
-    """The request after features and the title model (shared by the page and the trainer)."""
+    """The request after features, the title model and the row features (shared by the page
+    and the tools that time or inspect the stages)."""
 
     rows: list[CandidateRow]  # titles in model order, scores = title-model scores
     title_x: np.ndarray
     title_scores: np.ndarray
-    row_static: np.ndarray  # row-model matrix without the placement columns
+    row_features: RowFeatures  # row i for rows[i]
 
 
 class Engine:
@@ -1130,7 +635,14 @@ class Engine:
             return self._fallback(ctx, assembled, trace)
         scored = self.score(ctx, cand.rows, pvr, layout)
         cont = continuation_mode(h, user, ctx.at_us, self.page_config)
-        assembled = self.row_scorer(self, scored, layout, cont)
+        assembled = assemble_page(
+            scored.rows,
+            self.row_scorer,
+            layout,
+            self.rules,
+            continuation_mode=cont,
+            features=scored.row_features,
+        )
         trace = PageTrace(
             assembled.trace,
             h.title_ids,
@@ -1159,7 +671,8 @@ class Engine:
         pvr: np.ndarray | None,
         layout: DeviceLayout,
     ) -> Scored:
-        """Features and the title model for one request's filtered rows."""
+        """Stages 3 to 5 for one request's filtered rows: title features, the title model,
+        row features."""
         store = self.store
         req = request_arrays(store, self.history, [ctx])
         pairs = pairs_for(store, rows, 0, pvr)
@@ -1167,8 +680,7 @@ class Engine:
         s = self.model.score_titles(X)
         ordered, pair_idx = order_titles(rows, s)
         vis, owner = visible_pairs(pair_idx, layout.visible_titles)
-        static = row_matrix(store, req, rows, X, s, vis, owner)
-        return Scored(ordered, X, s, static)
+        return Scored(ordered, X, s, row_features(store, req, rows, X, s, vis, owner))
 
     def warm_up(self) -> None:
         """Build one page and one fallback page and drop them, so that the compiled loops
@@ -1228,31 +740,7 @@ class Engine:
         )
 
 
-RowOrder = Callable[[Engine, "Scored", DeviceLayout, bool], AssembledPage]
-
-
-def row_scorer_for(cfg: PageModelConfig, model: PageModel) -> RowOrder:
-    """The selector stage `[page] row_order` names, chosen once at load."""
-
-    def learned(eng: Engine, scored: Scored, layout: DeviceLayout, cont: bool) -> AssembledPage:
-        cls = CascadeScorer if cfg.row_order == "cascade" else RowModelScorer
-        scorer = cls(
-            eng.model,
-            eng.store,
-            scored.row_static,
-            [r.row_id for r in scored.rows],
-            layout.visible_titles,
-        )
-        return scorer.assemble(scored.rows, layout, eng.rules, continuation_mode=cont)
-
-    def template(eng: Engine, scored: Scored, layout: DeviceLayout, cont: bool) -> AssembledPage:
-        scorer = score_rows_by_template(cfg.row_template, layout.visible_titles)
-        return assemble_page(scored.rows, scorer, layout, eng.rules, continuation_mode=cont)
-
-    return template if cfg.row_order == "template" else learned
-
-
-def row_matrix(
+def row_features(
     store: FeatureStore,
     req: Requests,
     rows: Sequence[CandidateRow],
@@ -1260,13 +748,15 @@ def row_matrix(
     title_scores: np.ndarray,
     vis: np.ndarray,
     owner: np.ndarray,
-) -> np.ndarray:
-    """The row-model matrix of one request's rows (placement columns left for the scorer)."""
+) -> RowFeatures:
+    """The row scorer's inputs for one request's rows: the row-model matrix (its per-stage
+    columns are the assembly's to fill), the rows' kind codes and the device's column decay."""
     n = len(rows)
-    return store.row_static(
+    kinds = np.array([store.kind_code(r.kind) for r in rows], dtype=np.int64)
+    static = store.row_static(
         req,
         np.zeros(n, dtype=np.int64),
-        np.array([store.kind_code(r.kind) for r in rows], dtype=np.int64),
+        kinds,
         np.array([store.ranker_code(r.ranker) for r in rows], dtype=np.int64),
         np.array([len(r.titles) for r in rows], dtype=np.float64),
         np.array([r.scores[0] if len(r.scores) else np.nan for r in rows], dtype=np.float64),
@@ -1274,6 +764,13 @@ def row_matrix(
         title_scores,
         vis,
         owner,
+    )
+    return RowFeatures(
+        np.ascontiguousarray(static, dtype=np.float32),
+        ROW_STATE_COLUMNS,
+        kinds,
+        float(store.col_decay[int(req.device[0])]),
+        store.title_genre_unit,
     )
 
 

@@ -1,28 +1,31 @@
-"""Page assembly: hypothesis properties for the page invariants, examples for the rest."""
+"""Page assembly: the compiled loop equals the Python reference (tests/assembly_reference.py) on
+generated rows, hypothesis properties for the page invariants, examples for the rest (on the
+reference where they score rows by hand)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import assembly_reference as reference
 import numpy as np
 import pytest
+from assembly_reference import RowScorer, assemble_page
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.candidates import CandidateRow
 from engine.errors import ConfigError
+from engine.request import selectors
 from engine.request.layout import DeviceLayout
 from engine.request.selectors import (
     AssembledPage,
     AssemblyRules,
+    RowFeatures,
     RowPool,
-    RowScorer,
-    assemble_page,
     dedupe_titles_across_rows,
     penalize_repeated_kinds,
-    score_rows_by_top_titles,
 )
 
 # kind -> ranker instances of that kind (two instances of one type are normal)
@@ -100,7 +103,7 @@ def cases(draw: st.DrawFn) -> Case:
 def context_scorer(placed: Sequence[CandidateRow], rows: Sequence[CandidateRow]) -> np.ndarray:
     """Uses both arguments, as the page model does: top-title mean, minus a penalty for
     each placed row from the same ranker."""
-    base = score_rows_by_top_titles(3)(placed, rows)
+    base = reference.score_rows_by_top_titles(3)(placed, rows)
     same = Counter(r.ranker for r in placed)
     return base - 0.3 * np.array([same[r.ranker] for r in rows], dtype=np.float64)
 
@@ -112,12 +115,74 @@ def run(case: Case, scorer: RowScorer = context_scorer) -> AssembledPage:
 
 
 PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+TEMPLATE = ("continue_watching", "top_n", "pvr_genre", "trending", "pvr_genre", "top_n")
+
+
+def _key(page: AssembledPage) -> object:
+    rows = [
+        (r.row_id, r.ranker, r.kind, r.title, r.evidence, r.titles.tolist(), r.scores.tolist())
+        for r in page.rows
+    ]
+    progress = [None if r.progress is None else r.progress.tolist() for r in page.rows]
+    return rows, progress, page.scores.tolist(), page.trace.to_dict()
+
+
+def compiled(case: Case, scorer: str = "template", k: int = 3, decay: float = 0.8) -> AssembledPage:
+    """The engine's assembly (one compiled loop) of `case` with a model-free row scorer."""
+    features = None
+    if scorer == "cascade":
+        n = len(case.rows)
+        features = RowFeatures(
+            np.zeros((n, 0), dtype=np.float32),
+            np.zeros(6, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+            decay,
+            np.zeros((N_TITLES, 0), dtype=np.float32),
+        )
+    return selectors.assemble_page(
+        case.rows,
+        {
+            "template": selectors.score_rows_by_template(TEMPLATE, k),
+            "top_titles": selectors.score_rows_by_top_titles(k),
+            "cascade": replace(selectors.score_rows_by_play_estimate(), head=k),
+        }[scorer],
+        case.layout,
+        case.rules,
+        continuation_mode=case.continuation_mode,
+        features=features,
+    )
+
+
+@PROPERTY
+@given(
+    cases(),
+    st.sampled_from(["template", "top_titles", "cascade"]),
+    st.integers(1, 8),
+    st.sampled_from([0.5, 0.8, 1.0]),
+)
+def test_the_compiled_assembly_equals_the_reference(
+    case: Case, scorer: str, k: int, decay: float
+) -> None:
+    """The one assembly algorithm (engine.request.selectors.assemble_rows, compiled) builds
+    exactly what the Python reference builds with the same scorer: rows, titles, scores,
+    progress and the whole trace, under generated rows, layouts and rules."""
+    head = min(k, case.layout.titles_per_row)
+    python = {
+        "template": reference.score_rows_by_template(TEMPLATE, head),
+        "top_titles": reference.score_rows_by_top_titles(head),
+        "cascade": reference.score_rows_by_play_estimate(head, decay),
+    }[scorer]
+    want = assemble_page(
+        case.rows, python, case.layout, case.rules, continuation_mode=case.continuation_mode
+    )
+    assert _key(compiled(case, scorer, k, decay)) == _key(want)
 
 
 @PROPERTY
 @given(cases())
 def test_page_invariants(case: Case) -> None:
-    page = run(case)
+    """On the engine's compiled loop, with a scorer that reads the rows placed (template)."""
+    page = compiled(case)
     by_id = {r.row_id: r for r in case.rows}
     layout, rules = case.layout, case.rules
 
@@ -183,7 +248,7 @@ def test_page_invariants(case: Case) -> None:
         assert page.rows[0].kind == "continue_watching"
 
     # deterministic
-    again = run(case)
+    again = compiled(case)
     assert [r.row_id for r in again.rows] == [r.row_id for r in page.rows]
     for a, b in zip(again.rows, page.rows, strict=True):
         np.testing.assert_array_equal(a.titles, b.titles)
@@ -249,10 +314,13 @@ def test_diversity_term_interleaves_kinds() -> None:
 
 
 def test_penalty_counts_placed_kinds_and_the_row_above() -> None:
-    placed = [make_row("a", "x", [1]), make_row("b", "y", [2]), make_row("c", "x", [3])]
-    rows = [make_row("d", "x", [4]), make_row("e", "y", [5]), make_row("f", "z", [6])]
-    np.testing.assert_allclose(penalize_repeated_kinds(placed, rows, 0.5), [1.5, 0.5, 0.0])
-    assert penalize_repeated_kinds([], rows, 0.5).tolist() == [0.0, 0.0, 0.0]
+    # placed: a (kind x), b (y), c (x); remaining rows d (x), e (y), f (z), kinds numbered 0-2
+    rows, kind_ids, per_kind = np.arange(3), np.arange(3), np.array([2, 1, 0])
+    np.testing.assert_allclose(
+        penalize_repeated_kinds(rows, kind_ids, per_kind, 0, 0.5), [1.5, 0.5, 0.0]
+    )
+    nothing_above = penalize_repeated_kinds(rows, kind_ids, np.zeros(3, np.int64), -1, 0.5)
+    assert nothing_above.tolist() == [0.0, 0.0, 0.0]
 
 
 def test_trace_records_every_selector() -> None:
@@ -354,18 +422,29 @@ def test_without_dedupe_titles_may_repeat() -> None:
 
 
 def test_dedupe_selector_keeps_order_and_names_the_winner() -> None:
-    placed = make_row("win", "top_n", [7, 3, 9])
     rows = [make_row("x", "trending", [1, 3, 2, 9, 4]), make_row("y", "trending", [5, 6])]
+
+    def dedupe(pool: RowPool, names: list[int], winner_titles: list[int]) -> list[object]:
+        dups = np.empty((len(names), 3), dtype=np.int64)
+        slots = np.empty(len(pool.titles), dtype=np.int64)
+        n_dup, _ = dedupe_titles_across_rows(
+            pool.arrays(), np.array(names), np.array(winner_titles, np.int32), 7, dups, 0, slots, 0
+        )
+        ends = dups[:n_dup, 2].tolist()
+        return [
+            (int(r), int(w), pool.titles[slots[a:b]].tolist())
+            for (r, w, _), a, b in zip(dups[:n_dup].tolist(), [0, *ends][:-1], ends, strict=True)
+        ]
+
     pool = RowPool(rows, titles_per_row=4)
-    removed = dedupe_titles_across_rows(pool, [0, 1], placed)
-    assert [(d.row_id, d.lost_to, d.titles.tolist()) for d in removed] == [("x", "win", [3, 9])]
+    assert dedupe(pool, [0, 1], [7, 3, 9]) == [(0, 7, [3, 9])]
     assert pool.lengths.tolist() == [3, 2]
     kept = [pool.shown(0), pool.shown(1)]
     assert [r.titles.tolist() for r in kept] == [[1, 2, 4], [5, 6]]
     np.testing.assert_array_equal(kept[0].scores, rows[0].scores[[0, 2, 4]])
     # rows not named are left alone, and a row is cut to titles_per_row as it shows
     other = RowPool(rows, titles_per_row=2)
-    assert dedupe_titles_across_rows(other, [1], placed) == []
+    assert dedupe(other, [1], [7, 3, 9]) == []
     assert other.shown(0).titles.tolist() == [1, 3]
 
 
@@ -376,8 +455,10 @@ def test_equal_scores_keep_input_order() -> None:
 
 
 def test_empty_input_gives_an_empty_page() -> None:
-    page = assemble_page([], context_scorer, LAYOUT, AssemblyRules())
-    assert page.rows == () and page.scores.shape == (0,)
+    page = selectors.assemble_page(
+        [], selectors.score_rows_by_top_titles(3), LAYOUT, AssemblyRules()
+    )
+    assert page.rows == () and page.scores.shape == (0,) and page.trace.placed == ()
 
 
 @pytest.mark.parametrize(
@@ -389,13 +470,33 @@ def test_a_bad_scorer_fails_closed(bad: RowScorer) -> None:
         assemble_page(rows, bad, LAYOUT, AssemblyRules())
 
 
+def test_a_non_finite_row_score_fails_the_compiled_assembly_closed() -> None:
+    rows = [make_row("a", "top_n", range(5)), make_row("b", "trending", range(5, 10))]
+    rows[1] = replace(rows[1], scores=np.full(5, np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"non-finite scores for \['b'\]"):
+        selectors.assemble_page(
+            rows, selectors.score_rows_by_top_titles(3), LAYOUT, AssemblyRules()
+        )
+
+
+def test_a_learned_or_cascade_scorer_without_row_features_fails_closed() -> None:
+    with pytest.raises(ValueError, match="RowFeatures"):
+        selectors.assemble_page(
+            [make_row("a", "top_n", range(5))],
+            selectors.score_rows_by_play_estimate(),
+            LAYOUT,
+            AssemblyRules(),
+        )
+
+
 def test_bad_rows_fail_closed() -> None:
+    top = selectors.score_rows_by_top_titles(3)
     with pytest.raises(ValueError, match="unique"):
-        assemble_page(
-            [make_row("a", "top_n", range(5))] * 2, context_scorer, LAYOUT, AssemblyRules()
+        selectors.assemble_page(
+            [make_row("a", "top_n", range(5))] * 2, top, LAYOUT, AssemblyRules()
         )
     with pytest.raises(ValueError, match="twice within"):
-        assemble_page([make_row("a", "top_n", [1, 2, 1])], context_scorer, LAYOUT, AssemblyRules())
+        selectors.assemble_page([make_row("a", "top_n", [1, 2, 1])], top, LAYOUT, AssemblyRules())
 
 
 def test_rules_validate_and_build_from_config_fields() -> None:
