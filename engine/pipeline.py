@@ -1,19 +1,23 @@
 """The page pipeline, written once, in order:
 
-    RequestContext
+    request values -> RequestContext, resolved once at the edge (Engine.context / resolve)
       -> rankers    each configured instance proposes CandidateRows (fail open per ranker)
       -> filters    availability, maturity, already finished, series entered at their start
-                    or where the member is (engine.request.filters)
-      -> features   context, user, title, user x title, row (engine.request.features, numpy gathers)
+                    or where the member is (engine.request.filters); `candidate_rows` is
+                    these two stages, the one step serving and training share
+      -> features   context, user, title, user x title, PVR scores (engine.request.features)
       -> title model    LightGBM orders the titles inside every row
-      -> row model      LightGBM scores rows stage by stage inside the assembly's greedy loop
-                        (dedupe, caps, pins, diversity, device layout): engine.request.selectors's
-                        assemble_page, run as one compiled loop by RowModelScorer.assemble
-      -> Page           engine.request.page.build_page; `Page.to_json()` gives the bytes
+      -> row features   the row-model matrix, the rows' kinds, the device's column decay
+      -> selectors  the compiled greedy assembly with the row scorer chosen at load
+                    (dedupe, caps, pins, diversity, device layout: engine.request.selectors)
+      -> Page           engine.request.page.build_page with a frozen PageTrace;
+                        `Page.to_json()` gives the bytes
 
-Training (engine.training.train) calls the same stage functions (`propose_rows`,
-`filter_rows_for_page`,
-`pairs_for`) on past requests, so what the models learn from is what they are served.
+`Engine.page_for` is that line; the file reads in the same order. What does not change
+between requests (assembly rules, the row scorer `[page] row_order` names, the PVR feature
+source) is settled when the Engine is built. Training (engine.training.train) replays past
+requests through the same stage functions (`candidate_rows`, `pairs_for`), so what the models
+learn from is what they are served.
 
 Failure policy (docs/page_model.md):
 - A ranker that raises an operational error (ValueError, KeyError, IndexError, arithmetic,
@@ -26,7 +30,7 @@ Failure policy (docs/page_model.md):
   something that is not a list of CandidateRow. They mean the code or the model directory is
   wrong, which a retry cannot fix and a silently thinner page would hide.
 - An unknown member gets a cold-start page (every feature of theirs at its default), not an
-  error. When no ranker has a row left, the page is `fallback_page` (popular + trending).
+  error. When no ranker has a row left, the page is the fallback page (popular + trending).
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ PROGRAMMER_ERRORS: tuple[type[BaseException], ...] = (
     MemoryError,
     RowrankError,
 )
+
+
+# ----- the edge: a request resolved once ----------------------------------------------------
 
 
 def resolve_country(ctx: RequestContext, history: History) -> RequestContext:
@@ -489,6 +496,40 @@ ROW_STATE_COLUMNS = np.array(
 )
 
 
+def row_features(
+    store: FeatureStore,
+    req: Requests,
+    rows: Sequence[CandidateRow],
+    title_x: np.ndarray,
+    title_scores: np.ndarray,
+    vis: np.ndarray,
+    owner: np.ndarray,
+) -> RowFeatures:
+    """The row scorer's inputs for one request's rows: the row-model matrix (its per-stage
+    columns are the assembly's to fill), the rows' kind codes and the device's column decay."""
+    n = len(rows)
+    kinds = np.array([store.kind_code(r.kind) for r in rows], dtype=np.int64)
+    static = store.row_static(
+        req,
+        np.zeros(n, dtype=np.int64),
+        kinds,
+        np.array([store.ranker_code(r.ranker) for r in rows], dtype=np.int64),
+        np.array([len(r.titles) for r in rows], dtype=np.float64),
+        np.array([r.scores[0] if len(r.scores) else np.nan for r in rows], dtype=np.float64),
+        title_x,
+        title_scores,
+        vis,
+        owner,
+    )
+    return RowFeatures(
+        np.ascontiguousarray(static, dtype=np.float32),
+        ROW_STATE_COLUMNS,
+        kinds,
+        float(store.col_decay[int(req.device[0])]),
+        store.title_genre_unit,
+    )
+
+
 def row_scorer_for(cfg: PageModelConfig, model: PageModel) -> RowScorer:
     """The row scorer `[page] row_order` names: the row model ("learned"), the title model's
     cascade play estimate ("cascade"), or the editorial `row_template` ("template", the
@@ -738,40 +779,6 @@ class Engine:
             fallback=True,
             trace=trace,
         )
-
-
-def row_features(
-    store: FeatureStore,
-    req: Requests,
-    rows: Sequence[CandidateRow],
-    title_x: np.ndarray,
-    title_scores: np.ndarray,
-    vis: np.ndarray,
-    owner: np.ndarray,
-) -> RowFeatures:
-    """The row scorer's inputs for one request's rows: the row-model matrix (its per-stage
-    columns are the assembly's to fill), the rows' kind codes and the device's column decay."""
-    n = len(rows)
-    kinds = np.array([store.kind_code(r.kind) for r in rows], dtype=np.int64)
-    static = store.row_static(
-        req,
-        np.zeros(n, dtype=np.int64),
-        kinds,
-        np.array([store.ranker_code(r.ranker) for r in rows], dtype=np.int64),
-        np.array([len(r.titles) for r in rows], dtype=np.float64),
-        np.array([r.scores[0] if len(r.scores) else np.nan for r in rows], dtype=np.float64),
-        title_x,
-        title_scores,
-        vis,
-        owner,
-    )
-    return RowFeatures(
-        np.ascontiguousarray(static, dtype=np.float32),
-        ROW_STATE_COLUMNS,
-        kinds,
-        float(store.col_decay[int(req.device[0])]),
-        store.title_genre_unit,
-    )
 
 
 # ----- loading a model directory --------------------------------------------------------------

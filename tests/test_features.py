@@ -19,6 +19,7 @@ from engine.data.columns import DEVICES, Col
 from engine.data.dataset import Dataset, load_dataset
 from engine.data.history import History
 from engine.errors import ModelLoadError
+from engine.request.feature_fit import fit_feature_store
 from engine.request.features import (
     _ROW_AGG_SOURCES,
     CONTEXT_FEATURES,
@@ -89,7 +90,7 @@ def test_saved_order_is_the_declared_order_and_is_checked(tiny_model: Path) -> N
 def test_store_save_load_round_trip(tiny_world: TinyWorld, tmp_path: Path) -> None:
     ds = load_dataset(tiny_world.path)
     h = History.from_dataset(ds)
-    store = FeatureStore.fit(h, ds.impressions, rankers=["a", "b"], kinds=["top_n", "trending"])
+    store = fit_feature_store(h, ds.impressions, rankers=["a", "b"], kinds=["top_n", "trending"])
     store.save(tmp_path)
     back = FeatureStore.load(tmp_path, h)
     for name in FeatureStore._SAVED:

@@ -5,8 +5,9 @@ Two feature sets, one per LightGBM model:
 - ROW_FEATURES score one row at one stage of the page assembly: the row order.
 
 Everything a feature reads comes from a `FeatureStore`: statistics fitted on a `History` (and on
-the impressions logged before the same cut-off), so features are point-in-time by construction;
-the only request-time inputs are the request itself and the rankers' rows. The same vectorized
+the impressions logged before the same cut-off; engine.request.feature_fit), so features are
+point-in-time by construction; the only request-time inputs are the request itself and the
+rankers' rows. The same vectorized
 code computes the features of one request (the page path, numpy fancy indexing) and of a whole
 training window (many requests in one batch), so training and serving cannot drift apart.
 
@@ -28,9 +29,7 @@ from typing import Any, ClassVar, Literal
 import numba
 import numpy as np
 import orjson
-import polars as pl
 
-from engine.data.columns import DEVICES, Col
 from engine.data.history import FINISHED_PROGRESS, US_PER_DAY, History
 from engine.errors import ModelLoadError
 
@@ -42,11 +41,8 @@ Dtype = Literal["float", "int", "category"]
 FEATURE_STORE_VERSION = 3
 N_DAYPARTS = 6  # 4-hour buckets of the local hour: 0-3, 4-7, ..., 20-23
 N_GENRE_FLAGS = 12  # the most played genres get a 0/1 feature each (title_genre_00 ...)
-RECENT_PLAYS = 10  # "recent plays" of a member for the similarity features
-AFFINITY_HALF_LIFE_DAYS = 60.0
-_US_PER_HOUR = 3_600_000_000
-# Smoothing of rates: a rate with n observations is pulled toward its prior with weight _PRIOR_N.
-_PRIOR_N = 20.0
+# Smoothing of rates: a rate with n observations is pulled toward its prior with weight PRIOR_N.
+PRIOR_N = 20.0
 
 
 @dataclass(frozen=True)
@@ -293,7 +289,8 @@ class Pairs:
 
 @dataclass(frozen=True, eq=False)
 class FeatureStore:
-    """Everything features read, fitted as of one cut-off (`History.cutoff_us`)."""
+    """Everything features read, fitted as of one cut-off (`History.cutoff_us`) by
+    engine.request.feature_fit.fit_feature_store; saved beside the model, read per request."""
 
     cutoff_us: int
     countries: tuple[str, ...]
@@ -373,181 +370,6 @@ class FeatureStore:
         "col_decay",
     )
 
-    # ----- fitting -----------------------------------------------------------------------------
-
-    @classmethod
-    def fit(
-        cls,
-        history: History,
-        impressions: pl.DataFrame | None,
-        *,
-        rankers: Sequence[str],
-        kinds: Sequence[str],
-        countries: Sequence[str] | None = None,
-    ) -> FeatureStore:
-        """Statistics of `history` and of the impressions logged before its cut-off.
-
-        `impressions` may contain later rows: they are dropped here, so a caller cannot leak.
-        `kinds` is the row-kind vocabulary (the rankers' kinds plus any logged row kinds)."""
-        h = history
-        n_t, n_u, n_d = h.n_titles, h.n_users, len(DEVICES)
-        cut = h.cutoff_us
-        age_us = cut - h.play_ts
-        pt, pu = h.play_title, h.play_user
-        # --- titles: popularity windows, completion
-        pop = np.stack(
-            [np.bincount(pt[age_us <= days * US_PER_DAY], minlength=n_t) for days in (1, 7, 28)],
-            axis=1,
-        )
-        n_title_plays = np.bincount(pt, minlength=n_t)
-        completion = np.bincount(pt, weights=h.play_progress, minlength=n_t) / np.maximum(
-            n_title_plays, 1
-        )
-        completion[n_title_plays == 0] = np.nan
-        # --- context lifts: how much more than its base rate a title (or genre) is played
-        play_hour = ((h.play_ts // _US_PER_HOUR) % 24).astype(np.int64)
-        play_dp = daypart(play_hour)
-        play_wk = _weekend_of_us(h.play_ts)
-        dev = h.play_device.astype(np.int64)
-        known_dev = dev >= 0
-        title_device_lift = _lift(pt[known_dev], dev[known_dev], n_t, n_d)
-        title_daypart_lift = _lift(pt, play_dp, n_t, N_DAYPARTS)
-        g = h.title_genres.astype(np.float32)
-        n_genres = g.shape[1]
-        genre_of_play_w = g[pt]  # (n_plays, n_genres)
-        genre_device = _genre_lift(genre_of_play_w[known_dev], dev[known_dev], n_d)
-        genre_daypart = _genre_lift(genre_of_play_w, play_dp, N_DAYPARTS)
-        genre_weekend = _genre_lift(genre_of_play_w, play_wk, 2)
-        n_g = np.maximum(g.sum(axis=1, keepdims=True), 1.0)
-        genre_device_lift = (g @ genre_device) / n_g
-        genre_daypart_lift = (g @ genre_daypart) / n_g
-        genre_weekend_lift = (g @ genre_weekend) / n_g
-        no_genre = g.sum(axis=1) == 0
-        for arr in (genre_device_lift, genre_daypart_lift, genre_weekend_lift):
-            arr[no_genre] = np.nan
-        # Most played genres first: the flag features follow the data, not the alphabet.
-        genre_plays = genre_of_play_w.sum(axis=0) if len(pt) else np.zeros(n_genres)
-        order = np.lexsort((np.arange(n_genres), -genre_plays))[:N_GENRE_FLAGS]
-        genre_flags = np.full(N_GENRE_FLAGS, -1, dtype=np.int32)
-        genre_flags[: len(order)] = order
-        title_genre_unit = _unit_rows(g)
-        # --- users
-        country_vocab = tuple(
-            sorted(set(countries) if countries is not None else set(h.user_country.tolist()) - {""})
-        )
-        cpos = {c: i for i, c in enumerate(country_vocab)}
-        user_country = np.array([cpos.get(c, -1) for c in h.user_country.tolist()], np.int16)
-        n_user_plays = np.diff(h.user_offsets).astype(np.float64)
-        last_us = np.full(n_u, np.nan)
-        has = n_user_plays > 0
-        last_us[has] = h.play_ts[h.user_offsets[1:][has] - 1]
-        plays_7d = np.bincount(pu[age_us <= 7 * US_PER_DAY], minlength=n_u)
-        mean_prog = np.bincount(pu, weights=h.play_progress, minlength=n_u) / np.maximum(
-            n_user_plays, 1
-        )
-        mean_prog[~has] = np.nan
-        user_stats = np.stack([np.log1p(n_user_plays), plays_7d, last_us, mean_prog], axis=1)
-        user_device_share = _share(pu[known_dev], dev[known_dev], n_u, n_d)
-        user_daypart_share = _share(pu, play_dp, n_u, N_DAYPARTS)
-        minutes = np.minimum(h.play_seconds / 60.0, np.nan_to_num(h.duration_min[pt], nan=1e9))
-        flat = pu[known_dev].astype(np.int64) * n_d + dev[known_dev]
-        dur_sum = np.bincount(flat, weights=minutes[known_dev], minlength=n_u * n_d)
-        dur_n = np.bincount(flat, minlength=n_u * n_d)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            user_device_duration = (dur_sum / dur_n).reshape(n_u, n_d)
-        decay = np.exp2(-age_us / (AFFINITY_HALF_LIFE_DAYS * US_PER_DAY))
-        weight = decay * (0.2 + np.clip(h.play_progress, 0, 1))
-        user_genre = _unit_rows(_user_genre_sum(pu, genre_of_play_w, weight, n_u))
-        idx_in_user = np.arange(len(pu)) - h.user_offsets[pu]
-        recent = idx_in_user >= (n_user_plays[pu] - RECENT_PLAYS)
-        user_recent_genre = _unit_rows(
-            _user_genre_sum(pu[recent], genre_of_play_w[recent], np.ones(recent.sum()), n_u)
-        )
-        # --- (user, title): last progress, number of plays, last play time
-        keys = pu.astype(np.int64) * n_t + pt
-        order = np.argsort(keys, kind="stable")  # plays are time-sorted within a user
-        ks = keys[order]
-        ut_keys, first, counts = np.unique(ks, return_index=True, return_counts=True)
-        last = order[first + counts - 1]
-        max_progress = np.maximum.reduceat(h.play_progress[order], first) if len(ks) else ks
-        ut_values = np.stack(
-            [h.play_progress[last], counts, h.play_ts[last] / US_PER_DAY, max_progress], axis=1
-        ).astype(np.float64)
-        # --- series: each episode's previous episode, for "next episode" / "skipped one"
-        prev_title = _previous_episode(h.series, h.episode)
-        # --- popularity in each country (the member's country at play time)
-        n_c = len(country_vocab)
-        pc = user_country[pu].astype(np.int64)
-        in_c = pc >= 0
-        country_pop = np.stack(
-            [
-                np.bincount(
-                    pc[in_c & (age_us <= days * US_PER_DAY)] * n_t
-                    + pt[in_c & (age_us <= days * US_PER_DAY)],
-                    minlength=n_c * n_t,
-                ).reshape(n_c, n_t)
-                for days in (1, 7)
-            ],
-            axis=2,
-        )
-        # --- impressions before the cut-off
-        kinds = tuple(kinds)
-        imp = _impressions_before(impressions, h, cut, kinds)
-        n_k = len(kinds)
-        iu, it, ik = imp["u"], imp["t"], imp["k"]
-        idev, idp, played = imp["d"], imp["dp"], imp["played"]
-        not_played = ~played & (it >= 0)
-        skeys = iu[not_played].astype(np.int64) * n_t + it[not_played]
-        shown_keys, shown_counts = np.unique(skeys, return_counts=True)
-        ok = ik >= 0
-        iu, ik, idev, idp, pl_ = iu[ok], ik[ok], idev[ok], idp[ok], played[ok].astype(np.float64)
-        okd = idev >= 0
-        user_kind = _count2(iu.astype(np.int64) * n_k + ik, pl_, n_u * n_k).reshape(n_u, n_k, 2)
-        ukd_flat = (iu[okd].astype(np.int64) * n_k + ik[okd]) * n_d + idev[okd]
-        user_kind_device = _count2(ukd_flat, pl_[okd], n_u * n_k * n_d).reshape(n_u, n_k, n_d, 2)
-        ukp_flat = (iu.astype(np.int64) * n_k + ik) * N_DAYPARTS + idp
-        user_kind_daypart = _count2(ukp_flat, pl_, n_u * n_k * N_DAYPARTS).reshape(
-            n_u, n_k, N_DAYPARTS, 2
-        )
-        kind_device = user_kind_device.sum(axis=0)
-        kind_daypart = user_kind_daypart.sum(axis=0)
-        col_decay = _column_decay(imp["d"], imp["pos"], imp["played"])
-        return cls(
-            cutoff_us=cut,
-            countries=country_vocab,
-            kinds=kinds,
-            rankers=tuple(rankers),
-            genre_flags=genre_flags,
-            title_pop=np.log1p(pop).astype(np.float32),
-            country_pop=np.log1p(country_pop).astype(np.float32),
-            prev_title=prev_title,
-            title_completion=completion.astype(np.float32),
-            title_device_lift=title_device_lift,
-            title_daypart_lift=title_daypart_lift,
-            genre_device_lift=genre_device_lift.astype(np.float32),
-            genre_daypart_lift=genre_daypart_lift.astype(np.float32),
-            genre_weekend_lift=genre_weekend_lift.astype(np.float32),
-            title_genre_unit=title_genre_unit,
-            user_country=user_country,
-            user_stats=user_stats.astype(np.float64),
-            user_device_share=user_device_share,
-            user_daypart_share=user_daypart_share,
-            user_device_duration=user_device_duration.astype(np.float32),
-            user_genre=user_genre,
-            user_recent_genre=user_recent_genre,
-            ut_keys=ut_keys.astype(np.int64),
-            ut_values=ut_values,
-            shown_keys=shown_keys.astype(np.int64),
-            shown_counts=shown_counts.astype(np.float32),
-            user_kind=user_kind,
-            user_kind_device=user_kind_device,
-            user_kind_daypart=user_kind_daypart,
-            kind_device=kind_device,
-            kind_daypart=kind_daypart,
-            col_decay=col_decay,
-            **_history_refs(h),
-        )
-
     # ----- saving ------------------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
@@ -602,7 +424,7 @@ class FeatureStore:
             kinds=tuple(meta["kinds"]),
             rankers=tuple(meta["rankers"]),
             **arrays,
-            **_history_refs(history),
+            **history_refs(history),
         )
 
     # ----- codes -------------------------------------------------------------------------------
@@ -922,7 +744,7 @@ _ROW_KERNEL_COLUMNS = (
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _rate_of(shown, hits, prior):
     """Smoothed play rate (hits + n0 * prior) / (shown + n0); the prior alone without data."""
-    return (np.float64(hits) + _PRIOR_N * prior) / (np.float64(shown) + _PRIOR_N)
+    return (np.float64(hits) + PRIOR_N * prior) / (np.float64(shown) + PRIOR_N)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -1028,10 +850,11 @@ def row_column(name: str) -> int:
     return _ROW_COL[name]
 
 
-# ----- helpers --------------------------------------------------------------------------------
+# ----- from the History ---------------------------------------------------------------------------
 
 
-def _history_refs(h: History) -> dict[str, Any]:
+def history_refs(h: History) -> dict[str, Any]:
+    """The History arrays a FeatureStore reads by reference, as the kernels read them."""
     return {
         "title_kind": h.title_kind.astype(np.float32),
         "duration_min": h.duration_min.astype(np.float32),
@@ -1042,165 +865,6 @@ def _history_refs(h: History) -> dict[str, Any]:
         "title_episode": np.where(h.episode >= 0, h.episode, np.nan).astype(np.float32),
         "user_created_us": h.user_created_us.astype(np.float64),
         "n_titles": h.n_titles,
-    }
-
-
-DEFAULT_COLUMN_DECAY = 0.8
-
-
-def _column_decay(device: np.ndarray, pos: np.ndarray, played: np.ndarray) -> np.ndarray:
-    """Per device, exp(slope) of log(play rate) against the column over the first 6 columns of
-    logged rows: how much less a title one slot to the right is played. Without enough logged
-    data, DEFAULT_COLUMN_DECAY. Clipped to [0.2, 1]."""
-    out = np.full(len(DEVICES), DEFAULT_COLUMN_DECAY)
-    for d in range(len(DEVICES)):
-        m = (device == d) & (pos >= 0) & (pos < 6)
-        shown = np.bincount(pos[m], minlength=6).astype(np.float64)
-        hits = np.bincount(pos[m], weights=played[m].astype(np.float64), minlength=6)
-        ok = (shown >= 200) & (hits >= 5)
-        if ok.sum() >= 3:
-            c = np.flatnonzero(ok)
-            slope = np.polyfit(c, np.log(hits[ok] / shown[ok]), 1)[0]
-            out[d] = float(np.clip(np.exp(slope), 0.2, 1.0))
-    return out
-
-
-def _previous_episode(series: np.ndarray, episode: np.ndarray) -> np.ndarray:
-    """Per title, the index of the same series' previous episode (-1: none)."""
-    out = np.full(len(series), -1, dtype=np.int32)
-    is_ep = (series >= 0) & (episode >= 0)
-    idx = np.flatnonzero(is_ep)
-    if len(idx) == 0:
-        return out
-    key = series[idx].astype(np.int64) * (1 << 20) + episode[idx]
-    order = np.argsort(key)
-    skey, sidx = key[order], idx[order]
-    want = series[idx].astype(np.int64) * (1 << 20) + episode[idx] - 1
-    pos = np.minimum(np.searchsorted(skey, want), len(skey) - 1)
-    found = skey[pos] == want
-    out[idx[found]] = sidx[pos[found]]
-    return out
-
-
-def _weekend_of_us(ts_us: np.ndarray) -> np.ndarray:
-    # 1970-01-01 was a Thursday (weekday 3).
-    weekday = (ts_us // US_PER_DAY + 3) % 7
-    return (weekday >= 5).astype(np.int64)
-
-
-def _lift(entity: np.ndarray, bucket: np.ndarray, n_entities: int, n_buckets: int) -> np.ndarray:
-    """(n_entities, n_buckets): smoothed share of an entity's plays in each bucket / the global
-    share. 1 = no preference; NaN for an entity without plays."""
-    flat = entity.astype(np.int64) * n_buckets + bucket
-    counts = np.bincount(flat, minlength=n_entities * n_buckets).reshape(n_entities, n_buckets)
-    total = counts.sum(axis=1, keepdims=True).astype(np.float64)
-    base = counts.sum(axis=0) / max(counts.sum(), 1)
-    share = (counts + _PRIOR_N * base) / (total + _PRIOR_N)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        lift = share / base
-    lift[total[:, 0] == 0] = np.nan
-    return lift.astype(np.float32)
-
-
-def _genre_lift(genre_w: np.ndarray, bucket: np.ndarray, n_buckets: int) -> np.ndarray:
-    """(n_genres, n_buckets) lift of each genre's plays per bucket."""
-    n_genres = genre_w.shape[1]
-    counts = np.zeros((n_genres, n_buckets))
-    for b in range(n_buckets):
-        counts[:, b] = genre_w[bucket == b].sum(axis=0)
-    base = counts.sum(axis=0) / max(counts.sum(), 1.0)
-    total = counts.sum(axis=1, keepdims=True)
-    share = (counts + _PRIOR_N * base) / (total + _PRIOR_N)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        lift = np.where(base > 0, share / np.where(base > 0, base, 1), 1.0)
-    return np.asarray(lift, dtype=np.float64)
-
-
-def _share(entity: np.ndarray, bucket: np.ndarray, n_entities: int, n_buckets: int) -> np.ndarray:
-    flat = entity.astype(np.int64) * n_buckets + bucket
-    counts = np.bincount(flat, minlength=n_entities * n_buckets).reshape(n_entities, n_buckets)
-    total = counts.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = counts / total
-    return out.astype(np.float32)
-
-
-def _user_genre_sum(
-    users: np.ndarray, genre_w: np.ndarray, weight: np.ndarray, n_users: int
-) -> np.ndarray:
-    out = np.zeros((n_users, genre_w.shape[1]))
-    for gi in range(genre_w.shape[1]):
-        out[:, gi] = np.bincount(users, weights=genre_w[:, gi] * weight, minlength=n_users)
-    return out
-
-
-def _unit_rows(m: np.ndarray) -> np.ndarray:
-    norm = np.sqrt((m.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
-    return (m / np.where(norm > 0, norm, 1.0)).astype(np.float32)
-
-
-def _count2(flat: np.ndarray, played: np.ndarray, size: int) -> np.ndarray:
-    shown = np.bincount(flat, minlength=size)
-    hits = np.bincount(flat, weights=played, minlength=size)
-    return np.stack([shown, hits], axis=1).astype(np.float32)
-
-
-def _impressions_before(
-    impressions: pl.DataFrame | None, h: History, cutoff_us: int, kinds: tuple[str, ...]
-) -> dict[str, np.ndarray]:
-    """Impressions strictly before the cut-off as index arrays (u, t, k, d, dp, played)."""
-    empty_i = np.empty(0, dtype=np.int64)
-    if impressions is None or impressions.height == 0:
-        return {
-            "u": empty_i,
-            "t": empty_i,
-            "k": empty_i,
-            "d": empty_i,
-            "dp": empty_i,
-            "pos": empty_i,
-            "played": np.empty(0, dtype=bool),
-        }
-    cut = pl.lit(cutoff_us).cast(pl.Int64)
-    imp = impressions.filter(pl.col(Col.TS).dt.epoch("us") < cut)
-    uindex = pl.DataFrame(
-        {Col.USER_ID: h.user_ids, "u": np.arange(h.n_users, dtype=np.int64)},
-        schema={Col.USER_ID: pl.String, "u": pl.Int64},
-    )
-    tindex = pl.DataFrame(
-        {Col.TITLE_ID: h.title_ids, "t": np.arange(h.n_titles, dtype=np.int64)},
-        schema={Col.TITLE_ID: pl.String, "t": pl.Int64},
-    )
-    kindex = pl.DataFrame(
-        {Col.ROW_KIND: list(kinds), "k": np.arange(len(kinds), dtype=np.int64)},
-        schema={Col.ROW_KIND: pl.String, "k": pl.Int64},
-    )
-    dindex = pl.DataFrame(
-        {Col.DEVICE: list(DEVICES), "d": np.arange(len(DEVICES), dtype=np.int64)},
-        schema={Col.DEVICE: pl.String, "d": pl.Int64},
-    )
-    j = (
-        imp.join(uindex, on=Col.USER_ID, how="inner")
-        .join(tindex, on=Col.TITLE_ID, how="left")
-        .join(kindex, on=Col.ROW_KIND, how="left")
-        .join(dindex, on=Col.DEVICE, how="left")
-        .select(
-            pl.col("u"),
-            pl.col("t").fill_null(-1),
-            pl.col("k").fill_null(-1),
-            pl.col("d").fill_null(-1),
-            (pl.col(Col.TS).dt.hour().cast(pl.Int64) // (24 // N_DAYPARTS)).alias("dp"),
-            pl.col(Col.POSITION).cast(pl.Int64).alias("pos"),
-            pl.col(Col.PLAYED).fill_null(False),
-        )
-    )
-    return {
-        "u": j["u"].to_numpy().astype(np.int64),
-        "t": j["t"].to_numpy().astype(np.int64),
-        "k": j["k"].to_numpy().astype(np.int64),
-        "d": j["d"].to_numpy().astype(np.int64),
-        "dp": j["dp"].to_numpy().astype(np.int64),
-        "pos": j["pos"].to_numpy().astype(np.int64),
-        "played": j[Col.PLAYED].to_numpy().astype(bool),
     }
 
 

@@ -69,6 +69,7 @@ from engine.pipeline import (
     visible_pairs,
 )
 from engine.request.context import RequestContext
+from engine.request.feature_fit import fit_feature_store
 from engine.request.features import PLACEMENT_SLICE, FeatureStore, Pairs, Requests, feature_names
 from engine.request.scorers import PageModel, PageModelConfig, RankData, concat, fit_ranker, ndcg_at
 from engine.training.model_dir import (
@@ -709,7 +710,7 @@ def build_window(
     config the window's rankers are built from (`window_config`)."""
     history = History.from_dataset(ds, t0)
     rankers = fit_window_rankers(cfg, history)
-    store = FeatureStore.fit(
+    store = fit_feature_store(
         history, ds.impressions, rankers=list(cfg.rankers), kinds=kinds, countries=_countries(ds)
     )
     rp = _Replayer(cfg, page_cfg, history, rankers, store)
@@ -910,7 +911,7 @@ def train(
     # The serving side: rankers and features as of the cut-off itself.
     history = History.from_dataset(ds) if until is None else History.from_dataset(ds, cutoff)
     rankers = fit_window_rankers(cfg, history)
-    store = FeatureStore.fit(
+    store = fit_feature_store(
         history, ds.impressions, rankers=list(cfg.rankers), kinds=kinds, countries=_countries(ds)
     )
     timings = {
