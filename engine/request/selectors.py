@@ -131,9 +131,9 @@ def score_rows_by_top_titles(k: int | None = None) -> RowScorer:
 def score_rows_by_template(template: Sequence[str], k: int | None = None) -> RowScorer:
     """A fixed editorial order of row kinds instead of the row model: a row's score is set by
     the template slot it would take (the next unused slot of its kind; kinds not in the template
-    come after every slot), ties broken by tanh of the mean of its first `k` title scores (None:
-    layout.visible_titles; in (-1, 1), so they never cross a slot). `[page] row_order =
-    "template"`."""
+    come after every slot), ties broken by tanh of the float64 mean of its first `k` title
+    scores (None: layout.visible_titles; in (-1, 1), so they never cross a slot).
+    `[page] row_order = "template"`."""
     return RowScorer("template", head=k, template=tuple(template))
 
 
