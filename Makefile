@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --upgrade pip >/dev/null
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[test,serve,dask]'
+	$(BIN)/pip install -e '.[test,serve,dask,bench]'
 	touch $@
 
 demo: $(VENV)/.installed

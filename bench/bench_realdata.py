@@ -1,0 +1,357 @@
+"""rowrank against library baselines on real data: two splits, one table each (docs/realdata.md).
+
+    .venv/bin/python bench/bench_realdata.py [--data DIR] [--split member|global|both]
+                                             [--validation] [--overlay FILE] [--members N]
+                                             [--seed N] [--retrain] [--no-rowrank]
+
+Per split (engine/evaluation/realdata.py: per-member leave-last-5-out, or the global temporal
+cut at the last 10% of plays):
+1. every baseline's grid is scored on the VALIDATION split (carved from the test split's training
+   data only) and its best point chosen there;
+2. the scored split (the test split, or with --validation the validation split itself, so a
+   tuning loop never sees the test data) gets each baseline's lists with the chosen keys, and a
+   rowrank model trained on the split's training data (`rowrank train` defaults, or the built-in
+   config with --overlay FILE deep-merged into it) gives one web page per member at the
+   member's request time;
+3. the table: each baseline, each rowrank ranker's first row in its own order, the Top Picks row
+   as the page shows it, with NDCG@10, Recall@10 and NDCG@10 ÷ the best baseline (paired
+   bootstrap 95% interval over members); the page's N2DCG ÷ each baseline's list poured into the
+   same page shape; the recall of the union of rowrank's candidate rows.
+
+Models are cached under WORK/models keyed by (split, config, data fingerprint): a repeated run
+only scores. Results: WORK/<split>-<validation|test>-<overlay stem or default>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import orjson
+from tqdm import tqdm
+
+import engine
+from engine.config import EngineConfig
+from engine.data.dataset import Dataset, load_dataset, save_dataset
+from engine.evaluation.metrics import Interval, bootstrap_ci
+from engine.evaluation.realdata import (
+    BASELINES,
+    LIST_LENGTH,
+    NEEDS_IMPLICIT,
+    Baseline,
+    K,
+    RealSplit,
+    Tuned,
+    implicit_available,
+    list_scores,
+    make_realdata_split,
+    poured_n2dcg,
+    ratio_to,
+    score_rowrank,
+    tune,
+    union_recall,
+)
+from engine.evaluation.split import machine
+from engine.training.train import data_fingerprint, train, trained_with
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def bar(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
+    """A tqdm bar on stderr when it is a terminal (none in CI logs)."""
+    return tqdm(items, desc=desc, total=total, disable=None, leave=False)
+
+
+# ----- data and models ---------------------------------------------------------------------------
+
+
+def imported(src: Path, work: Path) -> Path:
+    """SRC as a rowrank dataset under WORK/data (`rowrank import movielens`), once; a source that
+    is already a rowrank dataset directory is used as it is."""
+    if (src / "dataset.json").exists():
+        return src
+    from engine.data.movielens import import_movielens
+
+    out = work / "data" / src.name
+    if not (out / "dataset.json").exists():
+        import_movielens(src, out)
+    return out
+
+
+def config(overlay: str | None) -> EngineConfig:
+    """The built-in config with the overlay deep-merged (bench_page_quality's config_with)."""
+    from bench_page_quality import config_with  # bench/ is the script's directory
+
+    return config_with({}, argparse.Namespace(overlay=overlay))
+
+
+def training_data(split: RealSplit, data: Path, work: Path) -> Path:
+    """The directory `rowrank train` reads for `split`: the dataset itself for a global cut
+    (trained with --until), or the split's training plays written once under WORK/data (a
+    per-member split holds out plays that no time cut can express)."""
+    if split.kind == "global":
+        return data
+    key = hashlib.sha256(f"{split.name}|{data_fingerprint(data)}".encode()).hexdigest()[:12]
+    out = work / "data" / f"{split.name}-{key}"
+    if not (out / "dataset.json").exists():
+        tmp = out.with_name(out.name + ".tmp")
+        save_dataset(split.train, tmp)
+        tmp.replace(out)
+    return out
+
+
+def trained(split: RealSplit, data: Path, cfg: EngineConfig, work: Path, retrain: bool) -> Any:
+    """The rowrank model of `split` and `cfg`, trained unless WORK/models holds it already."""
+    src = training_data(split, data, work)
+    doc = orjson.dumps(cfg.to_document(), option=orjson.OPT_SORT_KEYS)
+    key = hashlib.sha256(doc + data_fingerprint(src).encode()).hexdigest()[:12]
+    out = work / "models" / f"{split.name}-{key}"
+    if retrain or not trained_with(out, src, cfg, split.until):
+        t0 = time.perf_counter()
+        train(src, out, engine_config=cfg, until=split.until, progress=sys.stderr.isatty())
+        print(f"  trained {out.name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return engine.load(out)
+
+
+def baseline_lists(
+    b: Baseline, validation: RealSplit, scored: RealSplit, data: Path, args: argparse.Namespace
+) -> tuple[Tuned, list[np.ndarray]]:
+    """`b` tuned on `validation`, then its lists for `scored`; both kept under WORK/baselines
+    (JSON and an int32 .npy, -1 padded) keyed by the splits, the data, the seed, the member
+    sample, the grid and the protocol's source, since they do not depend on rowrank's config."""
+    src = (ROOT / "engine" / "evaluation" / "realdata.py").read_bytes()
+    key_doc = [validation.name, scored.name, data_fingerprint(data), args.seed, args.members]
+    key_doc += [b.name, [dict(p) for p in b.grid], hashlib.sha256(src).hexdigest()]
+    key = hashlib.sha256(orjson.dumps(key_doc)).hexdigest()[:16]
+    base = Path(args.work) / "baselines" / f"{scored.name}-{b.name}-{key}"
+    meta, arr = base.with_suffix(".json"), base.with_suffix(".npy")
+    if meta.exists() and arr.exists() and not args.retrain:
+        doc = orjson.loads(meta.read_bytes())
+        t = Tuned(b.name, doc["params"], tuple((p, v) for p, v in doc["grid"]))
+        grid = np.load(arr, allow_pickle=False)
+        return t, [r[r >= 0].astype(np.int64) for r in grid]
+    rng = np.random.default_rng([args.seed, 3])
+    t = tune(b, validation, rng, lambda g: bar(g, f"tune {b.name}"))
+    lists = b.rank(scored, t.params, rng)
+    padded = np.full((len(lists), LIST_LENGTH), -1, dtype=np.int32)
+    for i, r in enumerate(lists):
+        padded[i, : len(r)] = r[:LIST_LENGTH]
+    base.parent.mkdir(parents=True, exist_ok=True)
+    np.save(arr, padded, allow_pickle=False)
+    meta.write_bytes(orjson.dumps({"params": t.params, "grid": [[p, v] for p, v in t.grid]}))
+    return t, lists
+
+
+# ----- one split ---------------------------------------------------------------------------------
+
+
+def run_split(kind: str, args: argparse.Namespace, data: Path, ds: Dataset) -> dict[str, Any]:
+    work = Path(args.work)
+    rng = np.random.default_rng(args.seed)
+    validation = make_realdata_split(ds, kind, validation=True)
+    scored = validation if args.validation else make_realdata_split(ds, kind, validation=False)
+    if args.members:
+        validation = validation.subsample(args.members, np.random.default_rng([args.seed, 1]))
+        scored = (
+            validation
+            if args.validation
+            else scored.subsample(args.members, np.random.default_rng([args.seed, 2]))
+        )
+    print(f"\n== {scored.name}  (tuned on {validation.name})", flush=True)
+    print(f"  {validation.describe()}\n  {scored.describe()}", flush=True)
+    have_implicit = implicit_available()
+    lists: dict[str, list[np.ndarray]] = {}
+    tuned: dict[str, Tuned] = {}
+    skipped: dict[str, str] = {}
+    for b in BASELINES:
+        if b.name in NEEDS_IMPLICIT and not have_implicit:
+            skipped[b.name] = "needs the optional `bench` extra (pip install -e '.[bench]')"
+            continue
+        t0 = time.perf_counter()
+        tuned[b.name], lists[b.name] = baseline_lists(b, validation, scored, data, args)
+        print(f"  {b.name}: tuned and ranked in {time.perf_counter() - t0:.0f} s", flush=True)
+    base = {n: list_scores(v, scored.truth) for n, v in lists.items()}
+    best = max(base, key=lambda n: float(base[n].ndcg.mean()))
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, what: str, values: list[np.ndarray]) -> None:
+        s = list_scores(values, scored.truth)
+        rows.append(
+            {
+                "list": name,
+                "what": what,
+                "ndcg10": bootstrap_ci(s.ndcg, rng).to_dict(),
+                "recall10": bootstrap_ci(s.recall, rng).to_dict(),
+                "ndcg10_vs_best": ratio_to(s.ndcg, base[best].ndcg, rng).to_dict(),
+            }
+        )
+
+    for b in BASELINES:
+        if b.name in lists:
+            add(b.name, f"{b.library} {_params(tuned[b.name].params)}", lists[b.name])
+    out: dict[str, Any] = {
+        "split": scored.name,
+        "tuned_on": validation.name,
+        "members": len(scored.users),
+        "describe": {"validation": validation.describe(), "scored": scored.describe()},
+        "best_baseline": best,
+        "skipped_baselines": skipped,
+        "tuning": {
+            n: {"chosen": dict(t.params), "grid": [[dict(p), v] for p, v in t.grid]}
+            for n, t in tuned.items()
+        },
+    }
+    if not args.no_rowrank:
+        t0 = time.perf_counter()
+        eng = trained(scored, data, config(args.overlay), work, args.retrain)
+        rr = score_rowrank(eng, scored, progress=lambda x: bar(x, f"pages {scored.name}"))
+        out["rowrank_seconds"] = round(time.perf_counter() - t0, 1)
+        for name, values in rr.first_rows.items():
+            add(f"rowrank {name}", "first row, ranker order", values)
+        add("rowrank Top Picks as shown", "the top_n row on the page", rr.top_picks)
+        page = np.array(rr.page_n2dcg)
+        assert rr.layout is not None
+        pages: list[dict[str, Any]] = []
+        for n, values in lists.items():
+            poured = np.array(
+                [
+                    poured_n2dcg(v, t, lengths, rr.layout)
+                    for v, t, lengths in zip(values, scored.truth, rr.row_lengths, strict=True)
+                ]
+            )
+            pages.append(
+                {
+                    "baseline": n,
+                    "poured_n2dcg": float(poured.mean()),
+                    "page_n2dcg": float(page.mean()),
+                    "page_vs_poured": ratio_to(page, poured, rng).to_dict(),
+                }
+            )
+        out["page"] = pages
+        out["pages_without_top_picks"] = rr.pages_without_top_picks
+        ur = union_recall(rr.union, scored.truth)
+        out["union"] = {
+            "recall": bootstrap_ci(ur, rng).to_dict(),
+            "mean_titles": float(np.mean([len(u) for u in rr.union])),
+        }
+    out["rows"] = rows
+    return out
+
+
+def _params(p: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in p.items()) if p else "(no keys)"
+
+
+# ----- the tables --------------------------------------------------------------------------------
+
+
+def _iv(d: dict[str, Any], digits: int = 3) -> str:
+    v, lo, hi = (float("nan") if d[k] is None else float(d[k]) for k in ("value", "lo", "hi"))
+    i = Interval(v, lo, hi, int(d["n"]))
+    return f"{i.value:.{digits}f} [{i.lo:.{digits}f}, {i.hi:.{digits}f}]"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"### {r['split']} ({r['members']} members; baselines tuned on {r['tuned_on']})",
+        "",
+        f"| list | library / keys | NDCG@{K} | Recall@{K} "
+        f"| NDCG@{K} ÷ {r['best_baseline']} [95%] |",
+        "|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['list']} | {row['what']} | {row['ndcg10']['value']:.4f} | "
+            f"{row['recall10']['value']:.4f} | {_iv(row['ndcg10_vs_best'])} |"
+        )
+    for n, why in r["skipped_baselines"].items():
+        lines.append(f"| {n} | skipped: {why} | | | |")
+    if "page" in r:
+        lines += [
+            "",
+            "| page N2DCG against | baseline poured | page | page ÷ poured [95%] |",
+            "|---|---|---|---|",
+        ]
+        for p in r["page"]:
+            lines.append(
+                f"| {p['baseline']} | {p['poured_n2dcg']:.4f} | {p['page_n2dcg']:.4f} | "
+                f"{_iv(p['page_vs_poured'])} |"
+            )
+        u = r["union"]
+        lines += [
+            "",
+            f"Union of rowrank's candidate rows ({u['mean_titles']:.0f} titles per member on "
+            f"average): recall {_iv(u['recall'])}. Pages without a Top Picks row: "
+            f"{r['pages_without_top_picks']}.",
+        ]
+    return "\n".join(lines)
+
+
+def tuning_text(r: dict[str, Any]) -> str:
+    lines = [f"tuning on {r['tuned_on']} (mean NDCG@{K}; * = chosen):"]
+    for n, t in r["tuning"].items():
+        for p, v in t["grid"]:
+            mark = "*" if p == t["chosen"] else " "
+            lines.append(f"  {mark} {n:<12} {_params(p):<60} {v:.4f}")
+    return "\n".join(lines)
+
+
+# ----- main --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="/work/shared/data/ml-latest-small", help="MovieLens dir")
+    p.add_argument("--work", default=str(ROOT / "bench" / "results" / "realdata"))
+    p.add_argument("--split", choices=("member", "global", "both"), default="both")
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="score the validation split (for tuning); without it the test split is scored",
+    )
+    p.add_argument("--overlay", help="TOML deep-merged into the built-in engine config")
+    p.add_argument("--members", type=int, default=0, help="score a seeded sample of N members")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retrain", action="store_true", help="retrain cached rowrank models")
+    p.add_argument("--no-rowrank", action="store_true", help="baselines only")
+    args = p.parse_args(argv)
+    t_start = time.perf_counter()
+    src = Path(args.data)
+    if not src.is_dir():
+        raise SystemExit(f"--data {src}: no such directory")
+    work = Path(args.work)
+    data = imported(src, work)
+    ds = load_dataset(data)
+    kinds = ("member", "global") if args.split == "both" else (args.split,)
+    mode = "validation" if args.validation else "test"
+    name = Path(args.overlay).stem if args.overlay else "default"
+    for kind in kinds:
+        t0 = time.perf_counter()
+        r = run_split(kind, args, data, ds)
+        r["seconds"] = round(time.perf_counter() - t0, 1)
+        r["command"] = " ".join(["bench/bench_realdata.py", *(argv or sys.argv[1:])])
+        r["overlay"] = args.overlay
+        r["measured_on"] = machine()
+        print(tuning_text(r))
+        print()
+        print(markdown(r))
+        out = work / f"{kind}-{mode}-{name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(r, option=orjson.OPT_INDENT_2))
+        print(f"\n{kind}: {r['seconds']:.0f} s -> {out}", flush=True)
+    print(f"total {time.perf_counter() - t_start:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
