@@ -5,16 +5,16 @@
     .venv/bin/python bench/bench_faults.py --model models/demo --seconds 20 --connections 8
 
 The server is the real app (engine.serving.http.create_app on uvicorn, 127.0.0.1, one worker, in
-this
-process). Its loader wraps the real engine and makes one ranker instance (`--ranker`, default
-trending_24h) raise RuntimeError on a seeded share of its calls (`--fail-share`, a
-numpy Generator seeded with `--seed`): the engine drops that ranker's rows (fail open) and the
-service counts it in /metrics. The load is wrk (Debian `apt-get install -y wrk`) for
-`--seconds` (at most 30) or, without wrk or with `--client python`, a bounded Python client;
-each request is another member in turn. While it runs, `--reloads` hot swaps alternate between
-two model directories (`a`, and `b`: the same files under another model_version), and one of
-them, at a seeded position, points at `broken`: a copy with one byte of title_model.txt
-flipped, which the checksum check must refuse (422) while the old model keeps serving.
+this process, run by tests/servers.py's ServerThread). Its loader wraps the real engine and
+makes one ranker instance (`--ranker`, default trending_24h) raise RuntimeError on a seeded
+share of its calls (`--fail-share`, a numpy Generator seeded with `--seed`): the engine drops
+that ranker's rows (fail open) and the service counts it in /metrics. The load is wrk (Debian
+`apt-get install -y wrk`) for `--seconds` (at most 30) or, without wrk or with `--client
+python`, a bounded Python client; each request is another member in turn. While it runs,
+`--reloads` hot swaps alternate between two model directories (`a`, and `b`: the same files
+under another model_version), and one of them, at a seeded position, points at `broken`: a copy
+with one byte of title_model.txt flipped, which the checksum check must refuse (422) while the
+old model keeps serving.
 
 It prints the figures and exits 1 unless: zero failed requests (non-2xx, socket errors,
 timeouts), every reload but the broken one accepted, the broken one refused, and the ranker
@@ -47,7 +47,11 @@ import orjson
 import requests
 
 import engine
-from engine.serving.http import ServerThread, create_app
+from engine.serving.http import create_app
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path.insert(0, str(TESTS))  # tests/servers.py (ServerThread) and tests/conftest.py
+from servers import ServerThread  # noqa: E402
 
 TOKEN = "bench-faults-token"
 MAX_SECONDS = 30
@@ -407,7 +411,6 @@ def _wait_ready(url: str, timeout: float = 120.0) -> None:
 
 def _small_model(work: Path) -> Path:
     """The test suite's tiny world (300 members, 300 titles, 28 days), simulated and trained."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import TINY_DAYS, TINY_SEED, TINY_TITLES, TINY_USERS, tiny_engine_config
 
     from engine.sim.simulate import simulate

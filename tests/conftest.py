@@ -1,18 +1,25 @@
-"""Session fixtures shared by the test files.
+"""Fixtures and helpers shared by the test files: a tiny world and model, and running the CLI.
 
 - `tiny_world`: a small simulated world (dataset directory + its GroundTruth), built once.
 - `tiny_config`: the built-in engine config with a small, fast page-model section.
 - `tiny_model`: a model directory trained on `tiny_world` with `tiny_config` (a Path).
 - `movielens_files`: the MovieLens-format test files (invented lines, written by
   fixtures/movielens/make_fixtures.py), one directory per layout plus `broken/`.
+- `run_cli`: `rowrank ARGS` in this process, (exit code, stdout, stderr).
+- `rowrank_cmd(*args)` / `run_rowrank(*args)` (import them: `from conftest import ...`): the
+  argv of `rowrank ARGS` in a new process of this interpreter, and that process run to its end.
 
-Both are deterministic: the same seed gives the same files, so golden pages stay stable.
+The world and model are deterministic: the same seed gives the same files, so golden pages stay
+stable.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
+from engine.cli import main as cli_main
 from engine.config import EngineConfig, load_config, parse_config
 from engine.sim.world import GroundTruth
 
@@ -101,3 +109,41 @@ def movielens_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("movielens")
     make.write(root)
     return root
+
+
+ROWRANK = (sys.executable, "-m", "engine.cli")
+# The thread limits `rowrank precompute` sets in its own process (precompute._limit_threads).
+THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS")
+
+
+def rowrank_cmd(*args: str | os.PathLike[str]) -> list[str]:
+    """The argv of `rowrank ARGS` in a new process of this interpreter (for subprocess.Popen)."""
+    return [*ROWRANK, *map(str, args)]
+
+
+def run_rowrank(
+    *args: str | os.PathLike[str], timeout: float = 300
+) -> subprocess.CompletedProcess[bytes]:
+    """`rowrank ARGS` in a new process, run to its end: returncode, stdout, stderr (bytes). For
+    what must not share the test's process: a crash, a kill, the interpreter's start-up."""
+    return subprocess.run(rowrank_cmd(*args), capture_output=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """`run_cli(*args)`: `rowrank ARGS` in this process (engine.cli.main, no interpreter
+    start-up) -> (exit code, stdout, stderr)."""
+
+    def call(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
+        if args and args[0] == "precompute":
+            # It limits compute threads through the environment (setdefault): preset them so
+            # monkeypatch puts the environment back after the test.
+            for var in THREAD_LIMITS:
+                monkeypatch.setenv(var, os.environ.get(var, "1"))
+        code = cli_main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call

@@ -15,8 +15,6 @@ listed; docs/reliability.md shows the whole matrix."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pytest
+from conftest import run_rowrank
 from damage import (
     copy_model,
     copy_world,
@@ -37,7 +36,7 @@ from damage import (
 )
 
 import engine
-from engine.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from engine.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from engine.serving.precompute import run_precompute
 
 AT = "2030-01-07T20:00:00+00:00"
@@ -45,12 +44,7 @@ AT = "2030-01-07T20:00:00+00:00"
 OVERFLOW_TIMES = ("9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00")
 H = "userId,movieId,rating,timestamp\n"
 GOOD = H + "1,1,4.0,1000000000\n"
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
+RunCli = Callable[..., tuple[int, str, str]]  # the `run_cli` fixture (tests/conftest.py)
 
 
 def assert_error(err: str, words: list[str]) -> None:
@@ -118,12 +112,11 @@ IMPORT_CELLS: list[tuple[str, str, dict[str, str | bytes | None], list[str]]] = 
 
 
 @pytest.fixture
-def dataset_dir(movielens_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+def dataset_dir(movielens_files: Path, tmp_path: Path, run_cli: RunCli) -> Path:
     """An existing dataset directory (a good import), the target of the broken imports."""
     out = tmp_path / "data" / "ml"
     assert (
-        run(["import", "movielens", str(movielens_files / "ml-latest"), str(out)], capsys)[0]
-        == EXIT_OK
+        run_cli("import", "movielens", str(movielens_files / "ml-latest"), str(out))[0] == EXIT_OK
     )
     return out
 
@@ -140,7 +133,7 @@ def test_import(
     dataset_dir: Path,
     movielens_files: Path,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCli,
 ) -> None:
     src = tmp_path / "src"
     shutil.copytree(movielens_files / fixture, src)
@@ -152,31 +145,29 @@ def test_import(
         else:
             (src / name).write_text(content)
     before = snapshot(dataset_dir.parent)
-    code, out, err = run(["import", "movielens", str(src), str(dataset_dir)], capsys)
+    code, out, err = run_cli("import", "movielens", str(src), str(dataset_dir))
     assert code == EXIT_USAGE and out == ""
     assert_error(err, words)
     assert snapshot(dataset_dir.parent) == before  # the old dataset, no temporary leftovers
 
 
 def test_import_replaces_a_dataset_without_keeping_its_other_tables(
-    tiny_world: Any, movielens_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_world: Any, movielens_files: Path, tmp_path: Path, run_cli: RunCli
 ) -> None:
     """A dataset directory holding impressions (a simulated world) imported over: the result is
     the MovieLens dataset alone, not MovieLens plus the old world's impressions."""
     data = copy_world(tiny_world.path, tmp_path / "data")
     assert (data / "impressions.parquet").is_file()
-    code, _, err = run(
-        ["import", "movielens", str(movielens_files / "ml-latest"), str(data)], capsys
-    )
+    code, _, err = run_cli("import", "movielens", str(movielens_files / "ml-latest"), str(data))
     assert code == EXIT_OK, err
     assert not (data / "impressions.parquet").exists()
-    assert run(["validate", str(data)], capsys)[0] == EXIT_OK
+    assert run_cli("validate", str(data))[0] == EXIT_OK
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temporary sibling left
 
 
 @pytest.mark.parametrize("kind", ["not_a_dataset", "a_file"])
 def test_import_refuses_to_replace_what_is_not_a_dataset(
-    kind: str, movielens_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    kind: str, movielens_files: Path, tmp_path: Path, run_cli: RunCli
 ) -> None:
     if kind == "a_file":
         target = tmp_path / "notes.txt"
@@ -186,9 +177,7 @@ def test_import_refuses_to_replace_what_is_not_a_dataset(
         target.mkdir()
         (target / "notes.txt").write_text("keep me")
     before = snapshot(tmp_path)
-    code, _, err = run(
-        ["import", "movielens", str(movielens_files / "ml-latest"), str(target)], capsys
-    )
+    code, _, err = run_cli("import", "movielens", str(movielens_files / "ml-latest"), str(target))
     assert code == EXIT_USAGE
     assert_error(err, [str(target)])
     assert snapshot(tmp_path) == before
@@ -294,11 +283,11 @@ def test_validate(
     mutate: Callable[[Path], object],
     words: list[str],
     world_copy: Path,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCli,
 ) -> None:
     mutate(world_copy)
     before = snapshot(world_copy)
-    code, out, err = run(["validate", str(world_copy)], capsys)
+    code, out, err = run_cli("validate", str(world_copy))
     assert code == EXIT_FAILED and out == ""
     assert err.startswith("1 problem(s) in "), err
     for w in words:
@@ -307,13 +296,11 @@ def test_validate(
     assert snapshot(world_copy) == before
 
 
-def test_validate_empty_dataset_is_valid_and_says_so(
-    world_copy: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_validate_empty_dataset_is_valid_and_says_so(world_copy: Path, run_cli: RunCli) -> None:
     """Zero rows break no rule (an empty export is well-formed); the summary shows the zeros and
     `train` is the one that refuses it (test_train[empty])."""
     _empty(world_copy)
-    code, out, _ = run(["validate", str(world_copy)], capsys)
+    code, out, _ = run_cli("validate", str(world_copy))
     assert code == EXIT_OK
     assert "titles 0, users 0, plays 0, impressions 0" in out
 
@@ -340,11 +327,11 @@ def test_train_bad_data(
     words: list[str],
     world_copy: Path,
     old_model: Path,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCli,
 ) -> None:
     mutate(world_copy)
     before = snapshot(old_model.parent)
-    code, out, err = run(["train", str(world_copy), str(old_model)], capsys)
+    code, out, err = run_cli("train", str(world_copy), str(old_model))
     assert code == EXIT_FAILED and out == ""
     assert_error(err, words)
     assert snapshot(old_model.parent) == before
@@ -389,14 +376,12 @@ def test_train_bad_config(
     tiny_world: Any,
     old_model: Path,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCli,
 ) -> None:
     config = tmp_path / "engine.toml"
     config.write_text(text)
     before = snapshot(old_model.parent)
-    code, out, err = run(
-        ["train", str(tiny_world.path), str(old_model), "--config", str(config)], capsys
-    )
+    code, out, err = run_cli("train", str(tiny_world.path), str(old_model), "--config", str(config))
     assert code == EXIT_USAGE and out == ""
     assert_error(err, words)
     assert snapshot(old_model.parent) == before
@@ -416,22 +401,22 @@ def test_train_bad_until(
     words: list[str],
     tiny_world: Any,
     old_model: Path,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCli,
 ) -> None:
     before = snapshot(old_model.parent)
-    code, _, err = run(["train", str(tiny_world.path), str(old_model), "--until", until], capsys)
+    code, _, err = run_cli("train", str(tiny_world.path), str(old_model), "--until", until)
     assert code == EXIT_USAGE
     assert_error(err, words)
     assert snapshot(old_model.parent) == before
 
 
 def test_train_into_a_file_is_refused_before_fitting(
-    tiny_world: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_world: Any, tmp_path: Path, run_cli: RunCli
 ) -> None:
     target = tmp_path / "model.txt"
     target.write_text("not a model directory")
     before = snapshot(tmp_path)
-    code, _, err = run(["train", str(tiny_world.path), str(target)], capsys)
+    code, _, err = run_cli("train", str(tiny_world.path), str(target))
     assert code == EXIT_USAGE
     assert_error(err, [str(target), "not a directory"])
     assert snapshot(tmp_path) == before
@@ -469,28 +454,26 @@ def test_page_bad_request(
     words: list[str],
     tiny_model: Path,
     member: str,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCli,
 ) -> None:
     before = snapshot(tiny_model)
-    code, out, err = run(["page", str(tiny_model), "--user", member, *args], capsys)
+    code, out, err = run_cli("page", str(tiny_model), "--user", member, *args)
     assert code == EXIT_USAGE and out == ""
     assert_error(err, words)
     assert snapshot(tiny_model) == before
 
 
-def test_page_unknown_user_is_a_cold_start_page(
-    tiny_model: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_page_unknown_user_is_a_cold_start_page(tiny_model: Path, run_cli: RunCli) -> None:
     """Not an error: a page. With a country it has rows; without one only titles licensed
     everywhere may be shown (engine/request/filters.py), and every simulated title has a country
     list,
     so that page is empty but still a page."""
     argv = ["page", str(tiny_model), "--user", "nobody-knows-me", "--at", AT]
-    code, out, err = run([*argv, "--country", "US"], capsys)
+    code, out, err = run_cli(*argv, "--country", "US")
     assert code == EXIT_OK and err == ""
     page = orjson.loads(out)
     assert page["user_id"] == "nobody-knows-me" and page["rows"]
-    code, out, err = run(argv, capsys)
+    code, out, err = run_cli(*argv)
     assert code == EXIT_OK and orjson.loads(out)["rows"] == []
     assert orjson.loads(out)["user_id"] == "nobody-knows-me"
     assert "no --country was given" in err and len(err.strip().splitlines()) == 1
@@ -572,11 +555,11 @@ def test_page_bad_model(
     tiny_model: Path,
     member: str,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCli,
 ) -> None:
     model = _damaged(tiny_model, tmp_path, damage)
     before = snapshot(model)
-    code, out, err = run(["page", str(model), "--user", member, "--at", AT], capsys)
+    code, out, err = run_cli("page", str(model), "--user", member, "--at", AT)
     assert code == EXIT_USAGE and out == ""
     assert_error(err, words)
     assert snapshot(model) == before
@@ -592,20 +575,12 @@ def test_page_cut_model_text_exits_2_in_a_real_process(
     model = _damaged(
         tiny_model, tmp_path, lambda m: truncate(m, "row_model.txt", fix_checksum=True)
     )
-    argv = [sys.executable, "-m", "engine.cli", "page", str(model), "--user", member, "--at", AT]
-    done = subprocess.run(argv, capture_output=True, timeout=120, check=False)
+    done = run_rowrank("page", model, "--user", member, "--at", AT, timeout=120)
     assert done.returncode == EXIT_USAGE, (done.returncode, done.stderr[-500:])
     assert b"row_model.txt" in done.stderr and b"Traceback" not in done.stderr
 
 
 # ----- precompute ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def thread_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`rowrank precompute` sets these for its workers; keep them from leaking into the session."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS"):
-        monkeypatch.setenv(var, "1")
 
 
 @pytest.fixture(scope="module")
@@ -654,12 +629,11 @@ def test_precompute_bad_request(
     tiny_model: Path,
     users_file: Path,
     pages_out: Path,
-    thread_env: None,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCli,
 ) -> None:
     before = snapshot(pages_out)
     argv = ["precompute", str(tiny_model), str(pages_out), "--users", str(users_file)]
-    code, _, err = run([*argv, "--workers", "1", "--at", AT, *args], capsys)
+    code, _, err = run_cli(*argv, "--workers", "1", "--at", AT, *args)
     assert code == EXIT_USAGE
     assert_error(err, words)
     assert snapshot(pages_out) == before
@@ -682,26 +656,25 @@ def test_precompute_bad_model(
     users_file: Path,
     pages_out: Path,
     tmp_path: Path,
-    thread_env: None,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCli,
 ) -> None:
     model = _damaged(tiny_model, tmp_path, damage)
     before = snapshot(pages_out)
     argv = ["precompute", str(model), str(pages_out), "--users", str(users_file)]
-    code, _, err = run([*argv, "--workers", workers, "--device", "tv", "--at", AT], capsys)
+    code, _, err = run_cli(*argv, "--workers", workers, "--device", "tv", "--at", AT)
     assert code == EXIT_USAGE
     assert_error(err, words)
     assert snapshot(pages_out) == before
 
 
 def test_precompute_empty_user_list_writes_nothing(
-    tiny_model: Path, tmp_path: Path, thread_env: None, capsys: pytest.CaptureFixture[str]
+    tiny_model: Path, tmp_path: Path, run_cli: RunCli
 ) -> None:
     empty = tmp_path / "users.txt"
     empty.write_text("")
     out = tmp_path / "pages"
-    code, _, err = run(
-        ["precompute", str(tiny_model), str(out), "--users", str(empty), "--workers", "1"], capsys
+    code, _, err = run_cli(
+        "precompute", str(tiny_model), str(out), "--users", str(empty), "--workers", "1"
     )
     assert code == EXIT_FAILED
     assert "error: no users to precompute" in err
@@ -709,13 +682,13 @@ def test_precompute_empty_user_list_writes_nothing(
 
 
 def test_precompute_unknown_user_gets_a_cold_start_page(
-    tiny_model: Path, tmp_path: Path, thread_env: None, capsys: pytest.CaptureFixture[str]
+    tiny_model: Path, tmp_path: Path, run_cli: RunCli
 ) -> None:
     users = tmp_path / "users.txt"
     users.write_text("nobody-knows-me\n")
     out = tmp_path / "pages"
     argv = ["precompute", str(tiny_model), str(out), "--users", str(users), "--workers", "1"]
-    code, _, err = run([*argv, "--device", "tv", "--at", AT], capsys)
+    code, _, err = run_cli(*argv, "--device", "tv", "--at", AT)
     assert code == EXIT_OK, err
     assert "1 listed user(s) unknown to the model: cold-start pages" in err
     (line,) = (out / "shard-00000.jsonl").read_bytes().splitlines()

@@ -1,5 +1,5 @@
 """The bad-input matrix of the HTTP API, against a real uvicorn socket serving the trained
-`tiny_model` (engine.serving.http.ServerThread), with impression logging on.
+`tiny_model` (tests/servers.py's ServerThread), with impression logging on.
 
 Each cell is a request (or a reload of a damaged model directory) that must be answered with
 a 4xx JSON error whose message names the bad value, and must change nothing: the same model
@@ -26,8 +26,9 @@ from damage import (
     truncate,
     wait_ready,
 )
+from servers import ServerThread
 
-from engine.serving.http import ServerThread, create_app
+from engine.serving.http import create_app
 
 TOKEN = "t0ken-for-tests"
 AT = "2026-11-27T21:00:00+01:00"

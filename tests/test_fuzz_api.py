@@ -34,8 +34,10 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 from schemathesis import checks
 from schemathesis.generation import GenerationMode
+from servers import ServerThread
 
-from engine.serving.http import ServerThread, create_app, openapi_spec
+from engine.serving.http import create_app
+from engine.serving.static_files import openapi_spec
 
 TOKEN = "fuzz-admin-token"
 TIMEOUT = 60

@@ -34,11 +34,12 @@ from damage import (
     wait_ready,
     write_manifest,
 )
+from servers import ServerThread
 
 import engine
 from engine.config import EngineConfig
 from engine.errors import ModelLoadError
-from engine.serving.http import ServerThread, create_app
+from engine.serving.http import create_app
 from engine.training.train import trained_with
 
 TOKEN = "an-admin-token-0123456789"

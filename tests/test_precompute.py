@@ -1,19 +1,16 @@
 """Batch precompute (engine/serving/precompute.py): users-file parsing, the context grid, and,
-against the
-real trained `tiny_model`, byte equality with `rowrank page`, kill-and-resume, refusals, Dask."""
+against the real trained `tiny_model`, byte equality with `rowrank page`, kill-and-resume,
+refusals, Dask."""
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,19 +19,18 @@ import numpy as np
 import orjson
 import polars as pl
 import pytest
+from conftest import rowrank_cmd, run_rowrank
 
 import engine
 from engine.cli import main as cli_main
 from engine.errors import BadRequestError
 from engine.serving.precompute import (
-    _ENGINES,
     DONE_DIR,
     MANIFEST,
     MAX_USER_ID_LEN,
     BadLine,
     GridContext,
     PrecomputeConflictError,
-    _cached_engine,
     build_contexts,
     default_at,
     parse_users_file,
@@ -119,7 +115,6 @@ def test_context_grid_is_devices_by_times_in_order_without_repeats() -> None:
 # test_two_contexts_and_parquet_hold_the_same_pages.
 AT = "2030-01-07T20:00:00+00:00"
 ONE_CONTEXT = ("--device", "tv", "--at", AT)
-ROWRANK = (sys.executable, "-m", "engine.cli")
 
 
 def _tree(directory: Path) -> dict[str, bytes]:
@@ -141,26 +136,6 @@ def _snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
 
 def _lines(out: Path) -> list[bytes]:
     return [line for p in sorted(out.glob("shard-*.jsonl")) for line in p.read_bytes().splitlines()]
-
-
-def _rowrank(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*ROWRANK, *args], capture_output=True, timeout=300, check=False)
-
-
-@pytest.fixture
-def rowrank_here(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> Any:
-    """`rowrank ARGS` in this process (no interpreter start-up): (exit code, stdout, stderr)."""
-    # The precompute command limits compute threads through the environment (setdefault);
-    # preset them here so monkeypatch puts the environment back afterwards.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS"):
-        monkeypatch.setenv(var, os.environ.get(var, "1"))
-
-    def call(*args: str) -> tuple[int, str, str]:
-        code = cli_main(list(args))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +231,7 @@ def test_pages_are_byte_equal_to_rowrank_page(
         assert cli_main(argv) == 0
         assert capsysbinary.readouterr().out == lines[i] + b"\n"
     # Once through a real `rowrank page` process too.
-    printed = _rowrank(*argv)
+    printed = run_rowrank(*argv)
     assert printed.returncode == 0 and printed.stdout == lines[sample[-1]] + b"\n"
 
 
@@ -289,13 +264,13 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_output(
     reference: Path, tiny_model: Path, users_file: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "pages"
-    cmd = [*ROWRANK, "precompute", str(tiny_model), str(out), *ONE_CONTEXT]
-    cmd += ["--users", str(users_file), "--workers", "2", "--shard-size", str(SHARD_SIZE)]
+    args = ["precompute", str(tiny_model), str(out), *ONE_CONTEXT]
+    args += ["--users", str(users_file), "--workers", "2", "--shard-size", str(SHARD_SIZE)]
     n_shards = orjson.loads((reference / MANIFEST).read_bytes())["n_shards"]
-    killed_at = _start_and_kill(cmd, out, after_shards=2)
+    killed_at = _start_and_kill(rowrank_cmd(*args), out, after_shards=2)
     assert 2 <= killed_at < n_shards
     assert orjson.loads((out / MANIFEST).read_bytes())["completed"] is False
-    final = _rowrank(*cmd[len(ROWRANK) :])
+    final = run_rowrank(*args)
     assert final.returncode == 0, final.stderr.decode()
     assert f"{killed_at} already done, {n_shards - killed_at} run now" in final.stdout.decode()
     # Byte for byte the same files (shards, markers, manifest), no temporary file left over.
@@ -323,12 +298,12 @@ def test_two_local_workers_write_the_same_files_without_an_engine_in_the_parent(
 
 
 def test_refuses_an_out_dir_of_another_job_and_touches_nothing(
-    reference: Path, tiny_model: Path, users_file: Path, tmp_path: Path, rowrank_here: Any
+    reference: Path, tiny_model: Path, users_file: Path, tmp_path: Path, run_cli: Any
 ) -> None:
     out = tmp_path / "pages"
     shutil.copytree(reference, out)
     before = _snapshot(out)
-    code, _, err = rowrank_here(
+    code, _, err = run_cli(
         "precompute", str(tiny_model), str(out), "--device", "web", "--at", AT,
         "--users", str(users_file), "--shard-size", str(SHARD_SIZE), "--workers", "1",
     )  # fmt: skip
@@ -350,13 +325,13 @@ def test_refuses_an_out_dir_of_another_job_and_touches_nothing(
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("not ours")
-    code, _, err = rowrank_here("precompute", str(tiny_model), str(foreign), *ONE_CONTEXT)
+    code, _, err = run_cli("precompute", str(tiny_model), str(foreign), *ONE_CONTEXT)
     assert code == 2 and "holds no manifest.json" in err
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
 def test_bad_users_lines_are_reported_and_the_good_ones_run(
-    reference: Path, model_users: list[str], tiny_model: Path, tmp_path: Path, rowrank_here: Any
+    reference: Path, model_users: list[str], tiny_model: Path, tmp_path: Path, run_cli: Any
 ) -> None:
     known = model_users[:3]
     users = tmp_path / "users.txt"
@@ -376,7 +351,7 @@ def test_bad_users_lines_are_reported_and_the_good_ones_run(
     )
     out = tmp_path / "pages"
     args = ["precompute", str(tiny_model), str(out), "--users", str(users), *ONE_CONTEXT]
-    code, _, err = rowrank_here(*args, "--workers", "1")
+    code, _, err = run_cli(*args, "--workers", "1")
     assert code == 1, err
     for line in (2, 5, 6, 7):
         assert f"{users}:{line}: skipped" in err
@@ -388,7 +363,7 @@ def test_bad_users_lines_are_reported_and_the_good_ones_run(
     ref = {orjson.loads(line)["user_id"]: line for line in _lines(reference)}
     assert _lines(out)[:2] == [ref[known[0]], ref[known[1]]]
     # Rerun: still exit 1 for the same bad lines, nothing recomputed.
-    code, out_text, _ = rowrank_here(*args)
+    code, out_text, _ = run_cli(*args)
     assert code == 1 and "1 already done, 0 run now" in out_text
 
 
@@ -496,8 +471,8 @@ def test_workers_exit_when_the_parent_is_killed(
     import psutil
 
     out = tmp_path / "pages"
-    cmd = [*ROWRANK, "precompute", str(tiny_model), str(out), *ONE_CONTEXT]
-    cmd += ["--users", str(users_file), "--workers", "2", "--shard-size", str(SHARD_SIZE)]
+    cmd = rowrank_cmd("precompute", tiny_model, out, *ONE_CONTEXT, "--users", users_file)
+    cmd += ["--workers", "2", "--shard-size", str(SHARD_SIZE)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         parent = psutil.Process(proc.pid)
@@ -525,30 +500,3 @@ def _is_pool_worker(p: Any) -> bool:
         return any("spawn_main" in a for a in p.cmdline())
     except psutil.Error:
         return False
-
-
-class _CyclicEngine:
-    """A stand-in engine that, like a real one, holds reference cycles."""
-
-    def __init__(self, version: str) -> None:
-        self.model_version = version
-        self.me = self
-
-
-def test_a_worker_that_loads_a_newer_model_lets_the_old_one_be_collected() -> None:
-    """Workers freeze their loaded model out of the garbage collector; a Dask worker that drops
-    its model for a newer version (_dask_run) unfreezes first, so the old one is collected."""
-    versions = iter(["v1", "v2"])
-
-    def loader(_: Path) -> Any:
-        return _CyclicEngine(next(versions))
-
-    try:
-        old = weakref.ref(_cached_engine("m", loader))
-        assert gc.get_freeze_count() > 0
-        _ENGINES.pop(("m", loader))  # what _dask_run does on a version mismatch
-        assert _cached_engine("m", loader).model_version == "v2"
-        assert old() is None
-    finally:
-        _ENGINES.pop(("m", loader), None)
-        gc.unfreeze()

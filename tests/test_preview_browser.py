@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 import requests
+from servers import ServerThread
 
 import engine
 from engine.request.layout import DEFAULT_LAYOUTS
-from engine.serving.http import ServerThread, create_app
+from engine.serving.http import create_app
 
 CHROMIUM = os.environ.get("ROWRANK_CHROMIUM", "/usr/bin/chromium")
 FLAGS = [

@@ -1,4 +1,4 @@
-"""The HTTP service (engine/serving/http.py) through a real uvicorn socket, against the trained
+"""The HTTP service (engine/serving/) through a real uvicorn socket, against the trained
 `tiny_model`: bytes equal to `rowrank page`, batch = singles, bad input -> 4xx JSON, metrics,
 OpenAPI, hot swap (auth, root, broken dir, no failed request, in-flight on the old model),
 fail open, impressions flushed on shutdown, and `rowrank serve --workers 2` as a process.
@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -30,21 +29,20 @@ import polars as pl
 import psutil
 import pytest
 import requests
+from conftest import rowrank_cmd
 from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
+from servers import ServerThread
 
 import engine
 from engine.data.columns import IMPRESSIONS, SCHEMA
 from engine.request.layout import DEFAULT_LAYOUTS
-from engine.serving.http import (
-    ENV_WORKER_MIN_UPTIME,
-    ModelHolder,
-    ServerThread,
-    create_app,
-    openapi_spec,
-)
+from engine.serving.http import create_app
 from engine.serving.impression_log import ImpressionLogger, read_impressions
+from engine.serving.processes import load_frozen
+from engine.serving.runner import ENV_WORKER_MIN_UPTIME
+from engine.serving.static_files import openapi_spec
 
 TOKEN = "s3cret-token"
 AT = "2026-11-27T21:00:00+01:00"
@@ -583,20 +581,31 @@ class _CyclicModel:
         self.me = self
 
 
-def test_loaded_models_are_frozen_and_a_replaced_one_is_still_collected(tmp_path: Path) -> None:
-    """The holder freezes what a load leaves (no full collection walks the model), unfreezes
-    around a swap, so the model a swap replaced is collected by the next swap at the latest."""
+def test_a_loaded_model_is_frozen_out_of_the_cyclic_gc_and_a_replaced_one_is_collected(
+    tmp_path: Path,
+) -> None:
+    """load_frozen, the one loader of the server (start-up, every swap) and of precompute's
+    workers: what a load leaves is frozen (no full collection walks the model); the next load
+    unfreezes first, so a model dropped since is collected, and one still in use (requests in
+    flight on a swapped-out model) is frozen again and goes at the load after."""
     versions = iter(["a", "b", "c"])
-    holder = ModelHolder(tmp_path, tmp_path, lambda _: _CyclicModel(next(versions)))
+
+    def loader(_: Path) -> _CyclicModel:
+        return _CyclicModel(next(versions))
+
     try:
-        holder.load_initial()
-        first = weakref.ref(holder.require())
+        gc.unfreeze()
+        live = load_frozen(loader, tmp_path)
+        first = weakref.ref(live)
         assert gc.get_freeze_count() > 0
-        holder.swap(tmp_path)  # "a" may still serve requests in flight: frozen with them
-        assert first() is not None and holder.require().model_version == "b"
-        holder.swap(tmp_path)
-        assert first() is None  # "a" was collected, not kept frozen for good
-        assert holder.require().model_version == "c"
+        in_flight, live = live, load_frozen(loader, tmp_path)  # "a" still serves a request
+        assert first() is not None and live.model_version == "b"
+        del in_flight
+        gc.collect()
+        assert first() is not None  # frozen: not even a full collection frees it ...
+        live = load_frozen(loader, tmp_path)
+        assert first() is None  # ... until the next load unfreezes it
+        assert live.model_version == "c"
     finally:
         gc.unfreeze()
 
@@ -703,8 +712,8 @@ def test_cli_serve_with_two_workers_follows_a_reload_and_stops_cleanly(
     url = f"http://127.0.0.1:{port}"
     log_dir = tmp_path / "imp"
     env = {**os.environ, "ROWRANK_ADMIN_TOKEN": TOKEN, ENV_WORKER_MIN_UPTIME: "0.5"}
-    cmd = [sys.executable, "-m", "engine.cli", "serve", str(models["a"]), "--port", str(port)]
-    cmd += ["--workers", "2", "--log-impressions", str(log_dir)]
+    cmd = rowrank_cmd("serve", models["a"], "--port", str(port), "--workers", "2")
+    cmd += ["--log-impressions", str(log_dir)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_ready(url, timeout=60)
@@ -766,10 +775,8 @@ def test_cli_serve_stops_when_a_worker_dies_right_after_starting(
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, ENV_WORKER_MIN_UPTIME: "600"}  # any death counts as "soon" here
-    cmd = [sys.executable, "-m", "engine.cli", "serve", str(models["a"]), "--port", str(port)]
-    proc = subprocess.Popen(
-        [*cmd, "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    cmd = rowrank_cmd("serve", models["a"], "--port", str(port), "--workers", "2")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         pid = _wait_ready(url, timeout=60)["pid"]
         os.kill(pid, signal.SIGKILL)

@@ -196,7 +196,7 @@ COMMANDS: list[Command] = [
         "Serve pages over HTTP: JSON API, HTML preview, /metrics, model hot swap.",
         "rowrank serve models/demo --port 8000 --workers 2",
         _serve_args,
-        lambda args: import_module("engine.serving.http").run_cli(args),
+        lambda args: import_module("engine.serving.runner").run_cli(args),
     ),
 ]
 

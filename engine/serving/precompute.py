@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gc
 import hashlib
 import io
 import math
@@ -41,7 +40,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import orjson
 
 from engine.errors import BadRequestError, RowrankError
-from engine.serving.processes import exit_with_parent, freeze_loaded_objects
+from engine.serving.processes import exit_with_parent, load_frozen
 from engine.training.model_dir import read_history, sha256_file
 
 if TYPE_CHECKING:
@@ -430,12 +429,11 @@ def _limit_threads() -> None:
 
 
 def _cached_engine(model_dir: str, loader: Loader) -> PageSource:
-    """The model, loaded once per worker process (Dask tasks and pool tasks share this)."""
+    """The model, loaded once per worker process (Dask tasks and pool tasks share this), frozen
+    out of the cyclic GC; a model this process dropped (a Dask worker's older one) goes then."""
     key = (model_dir, loader)
     if key not in _ENGINES:
-        gc.unfreeze()  # a model this process dropped (a Dask worker's older one) can go now
-        _ENGINES[key] = loader(Path(model_dir))
-        freeze_loaded_objects()
+        _ENGINES[key] = load_frozen(loader, Path(model_dir))
     return _ENGINES[key]
 
 
@@ -587,11 +585,56 @@ def run_precompute(
     Raises PrecomputeConflictError when `out_dir` holds another job, BadRequestError for bad
     arguments, ModelLoadError for a bad model directory. Shard failures do not raise: they are
     listed in the result (exit code 1); finished shards are kept for the rerun.
+
+    The phases, in order: start the workers (`_start_workers`) and meanwhile read the job
+    (`_read_job`); take OUT_DIR (`_take_out_dir`) and verify the shards an earlier run finished
+    (`_verified_shards`); run the others (`_run_shards`); write the final manifest
+    (`_write_final_manifest`).
     """
     import time
 
     log = log or sys.stderr
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir)
+    n_workers = _check_arguments(fmt, engine, shard_size, workers, scheduler)
+    _check_not_foreign(out_dir)  # early, before reading the model
+    started = time.perf_counter()
+    # One stack, closed in reverse: the runner (its shards finish), the progress bar, OUT_DIR's
+    # lock, then the local pool, whose workers start loading first of all.
+    with contextlib.ExitStack() as stack:
+        makers = _start_workers(stack, engine, n_workers, model_dir, loader)
+        job = _read_job(model_dir, users_file, devices, times, shard_size, fmt)
+        spec = job.spec
+        result = PrecomputeResult(
+            out_dir, spec, job.bad_lines, job.unknown_users, 0, 0, 0, 0.0, False
+        )
+        if spec.n_users == 0:
+            result.failures.append("no users to precompute")
+            return result
+        makers.wait_loaded()  # a model the workers cannot load raises here, OUT_DIR untouched
+
+        existing = _take_out_dir(stack, out_dir, spec)
+        done = _verified_shards(out_dir, spec)
+        result.shards_resumed = len(done)
+        todo = [k for k in range(spec.n_shards) if k not in done]
+        pages_done = sum(m["pages"] for m in done.values())
+        bar = stack.enter_context(
+            _progress_bar(spec.n_users * len(spec.contexts), pages_done, progress, log)
+        )
+        tasks = _shard_tasks(job, todo, out_dir, model_dir)
+        n_workers = max(1, min(n_workers, len(todo)))
+        outcomes = (
+            _run_shards(stack, makers, tasks, n_workers, scheduler, loader) if todo else iter(())
+        )
+        _collect(outcomes, done, result, bar)
+        result.seconds = time.perf_counter() - started
+        result.completed = _write_final_manifest(out_dir, spec, done, existing)
+        return result
+
+
+def _check_arguments(
+    fmt: str, engine: str, shard_size: int, workers: int | None, scheduler: str | None
+) -> int:
+    """The number of workers (default: all cores); BadRequestError for a bad argument."""
     if fmt not in FORMATS:
         raise BadRequestError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if engine not in ENGINES:
@@ -603,101 +646,154 @@ def run_precompute(
         raise BadRequestError(f"--workers must be at least 1, got {n_workers}")
     if scheduler and engine != "dask":
         raise BadRequestError("--scheduler needs --engine dask")
+    return n_workers
 
-    _check_not_foreign(out_dir)  # early, before reading the model
-    started = time.perf_counter()
-    # One stack, closed in reverse: the runner (its shards finish), the progress bar, OUT_DIR's
-    # lock, then the local pool, whose workers start loading first of all.
-    with contextlib.ExitStack() as stack:
-        ready: list[Any] = []
-        pool = None
-        main_engine: PageSource | None = None
-        if engine == "local" and n_workers > 1:
-            # The workers spawn and load their engines while this process reads the job: it
-            # needs the model version and the member list, not an engine (docs/precompute.md).
-            pool = stack.enter_context(_local_pool(n_workers))
-            ready = [pool.submit(_pool_load, str(model_dir), loader) for _ in range(n_workers)]
-        else:
-            # --workers 1 makes its pages here. Dask workers load on their first task, after
-            # OUT_DIR is touched, so this process checks first that the model loads.
-            main_engine = loader(model_dir)
-        manifest, history = read_history(model_dir)
-        users, bad, unknown = resolve_users(history, users_file)
-        contexts = build_contexts(devices, times, int(history.cutoff_us))
-        del history
-        spec = JobSpec(
-            model_version=str(manifest["model_version"]),
-            contexts=contexts,
-            n_users=len(users),
-            users_sha256=users_digest(users),
-            shard_size=shard_size,
-            format=fmt,
+
+@dataclass
+class _PageMakers:
+    """Where the pages will be made: a local pool whose workers are loading their engines
+    (`pool`, `loading`), this process (`engine`, with --workers 1), or Dask (neither)."""
+
+    kind: str  # "local" or "dask"
+    pool: Any = None
+    loading: list[Any] = field(default_factory=list)
+    engine: PageSource | None = None
+
+    def wait_loaded(self) -> None:
+        for probe in self.loading:
+            probe.result()  # the loader's own error, raised here
+
+
+def _start_workers(
+    stack: contextlib.ExitStack, engine: str, n_workers: int, model_dir: Path, loader: Loader
+) -> _PageMakers:
+    """Phase 1: start what makes the pages, so the model loads while the job is read."""
+    if engine == "local" and n_workers > 1:
+        # The workers spawn and load their engines while this process reads the job: it
+        # needs the model version and the member list, not an engine (docs/precompute.md).
+        pool = stack.enter_context(_local_pool(n_workers))
+        loading = [pool.submit(_pool_load, str(model_dir), loader) for _ in range(n_workers)]
+        return _PageMakers(engine, pool, loading)
+    if engine == "local":
+        # --workers 1 makes its pages here, with the model frozen out of the cyclic GC as a
+        # pool worker's is.
+        return _PageMakers(engine, engine=load_frozen(loader, model_dir))
+    # Dask workers load on their first task, after OUT_DIR is touched, so this process checks
+    # first that the model loads (and drops its copy: it makes no page).
+    loader(model_dir)
+    return _PageMakers(engine)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a run computes: the job's spec and its users (with the --users file's report)."""
+
+    spec: JobSpec
+    users: np.ndarray | list[str]
+    bad_lines: list[BadLine]
+    unknown_users: int
+
+
+def _read_job(
+    model_dir: Path,
+    users_file: Path | None,
+    devices: Sequence[str] | None,
+    times: Sequence[str] | None,
+    shard_size: int,
+    fmt: str,
+) -> _Job:
+    """Phase 1 (meanwhile): the model's manifest and member list, the users, the context grid."""
+    manifest, history = read_history(model_dir)
+    users, bad, unknown = resolve_users(history, users_file)
+    contexts = build_contexts(devices, times, int(history.cutoff_us))
+    spec = JobSpec(
+        model_version=str(manifest["model_version"]),
+        contexts=contexts,
+        n_users=len(users),
+        users_sha256=users_digest(users),
+        shard_size=shard_size,
+        format=fmt,
+    )
+    return _Job(spec, users, bad, unknown)
+
+
+def _take_out_dir(
+    stack: contextlib.ExitStack, out_dir: Path, spec: JobSpec
+) -> dict[str, Any] | None:
+    """Phase 2: OUT_DIR checked (touching nothing), created, locked for this run, checked again,
+    cleared of a killed run's temporary files, and given this job's manifest when new. Returns
+    the manifest it already held (None: a new job)."""
+    _check_out_dir(out_dir, spec)  # before touching anything
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DONE_DIR).mkdir(exist_ok=True)
+    stack.enter_context(_exclusive_lock(out_dir))
+    existing = _check_out_dir(out_dir, spec)  # again, now that no one else can write
+    _remove_tmp_files(out_dir)
+    if existing is None:
+        _write_json(out_dir / MANIFEST, _manifest(spec, None))
+    return existing
+
+
+def _verified_shards(out_dir: Path, spec: JobSpec) -> dict[int, dict[str, Any]]:
+    """Phase 2 (verify): the done markers of the shards an earlier run finished, by shard,
+    each checked against its file (size and sha256); any other shard is run again."""
+    done: dict[int, dict[str, Any]] = {}
+    for k in range(spec.n_shards):
+        marker = _verified_marker(out_dir, spec, k)
+        if marker is not None:
+            done[k] = marker
+    return done
+
+
+def _shard_tasks(job: _Job, todo: list[int], out_dir: Path, model_dir: Path) -> Iterator[ShardTask]:
+    """The tasks of the shards to run, made as the runner asks for them (the parent never holds
+    the whole user list as task arguments)."""
+    spec = job.spec
+    for k in todo:
+        start, stop = spec.shard_range(k)
+        yield ShardTask(
+            shard=k,
+            users=tuple(str(u) for u in job.users[start:stop]),
+            contexts=spec.contexts,
+            format=spec.format,
+            file=spec.shard_file(k),
+            out_dir=str(out_dir.resolve()),
+            model_dir=str(model_dir),
+            model_version=spec.model_version,
+            job_id=spec.job_id,
         )
-        result = PrecomputeResult(out_dir, spec, bad, unknown, 0, 0, 0, 0.0, False)
-        if len(users) == 0:
-            result.failures.append("no users to precompute")
-            return result
-        for probe in ready:
-            probe.result()  # a model the workers cannot load raises here, OUT_DIR untouched
 
-        _check_out_dir(out_dir, spec)  # before touching anything
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / DONE_DIR).mkdir(exist_ok=True)
-        stack.enter_context(_exclusive_lock(out_dir))
-        existing = _check_out_dir(out_dir, spec)  # again, now that no one else can write
-        _remove_tmp_files(out_dir)
-        if existing is None:
-            _write_json(out_dir / MANIFEST, _manifest(spec, None))
-        done: dict[int, dict[str, Any]] = {}
-        for k in range(spec.n_shards):
-            marker = _verified_marker(out_dir, spec, k)
-            if marker is not None:
-                done[k] = marker
-        result.shards_resumed = len(done)
-        todo = [k for k in range(spec.n_shards) if k not in done]
-        pages_done = sum(m["pages"] for m in done.values())
-        n_workers = max(1, min(n_workers, len(todo)))
 
-        def tasks() -> Iterator[ShardTask]:
-            for k in todo:
-                start, stop = spec.shard_range(k)
-                yield ShardTask(
-                    shard=k,
-                    users=tuple(str(u) for u in users[start:stop]),
-                    contexts=contexts,
-                    format=fmt,
-                    file=spec.shard_file(k),
-                    out_dir=str(out_dir.resolve()),
-                    model_dir=str(model_dir),
-                    model_version=spec.model_version,
-                    job_id=spec.job_id,
-                )
+def _run_shards(
+    stack: contextlib.ExitStack,
+    makers: _PageMakers,
+    tasks: Iterator[ShardTask],
+    n_workers: int,
+    scheduler: str | None,
+    loader: Loader,
+) -> Iterator[Outcome]:
+    """Phase 3: the shards run where the pages are made; (task, marker or error) as each ends."""
+    if makers.pool is not None:
+        return stack.enter_context(
+            contextlib.closing(_run_pool(tasks, makers.pool, n_workers, loader))
+        )
+    if makers.kind == "dask":
+        return _run_dask(tasks, n_workers, scheduler, loader)
+    assert makers.engine is not None
+    return _run_inline(tasks, makers.engine)
 
-        total_pages = spec.n_users * len(contexts)
-        bar = stack.enter_context(_progress_bar(total_pages, pages_done, progress, log))
 
-        runner: Iterator[Outcome]
-        if not todo:
-            runner = iter(())
-        elif pool is not None:
-            runner = stack.enter_context(
-                contextlib.closing(_run_pool(tasks(), pool, n_workers, loader))
-            )
-        elif engine == "dask":
-            main_engine = None  # the parent does not need its copy any more
-            runner = _run_dask(tasks(), n_workers, scheduler, loader)
-        else:
-            assert main_engine is not None
-            runner = _run_inline(tasks(), main_engine)
-        _collect(runner, done, result, bar)
-        result.seconds = time.perf_counter() - started
-        if len(done) == spec.n_shards:
-            shards = [_shard_entry(spec, done[k]) for k in range(spec.n_shards)]
-            final = _manifest(spec, shards)
-            if existing != final:
-                _write_json(out_dir / MANIFEST, final)
-            result.completed = True
-        return result
+def _write_final_manifest(
+    out_dir: Path, spec: JobSpec, done: dict[int, dict[str, Any]], existing: dict[str, Any] | None
+) -> bool:
+    """Phase 4: once every shard is done, the manifest lists them (rewritten only when it
+    changes: a rerun of a finished job touches nothing). True when the job is complete."""
+    if len(done) != spec.n_shards:
+        return False
+    final = _manifest(spec, [_shard_entry(spec, done[k]) for k in range(spec.n_shards)])
+    if existing != final:
+        _write_json(out_dir / MANIFEST, final)
+    return True
 
 
 def resolve_users(
@@ -746,7 +842,6 @@ Outcome = tuple[ShardTask, dict[str, Any] | BaseException]
 
 
 def _run_inline(tasks: Iterator[ShardTask], engine: PageSource) -> Iterator[Outcome]:
-    freeze_loaded_objects()
     for task in tasks:
         try:
             yield task, run_shard(engine, task)
