@@ -299,6 +299,7 @@ def test_every_builtin_type_is_registered() -> None:
     builtin = {
         "pvr",
         "top_n",
+        "top_picks",
         "trending",
         "continue_watching",
         "because_you_watched",

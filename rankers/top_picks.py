@@ -1,0 +1,417 @@
+"""Top Picks, learned: a LightGBM lambdarank over the union of several generators' candidates.
+
+Each generator is one reason a member might play a title next: EASE on all their plays, EASE on
+their recent plays, item-kNN, the title's popularity so far, its plays in the last days
+(trending), and the match of its genres with theirs. Each proposes its best `candidates` titles;
+the union is ordered by a lambdarank model whose features are every generator's score and rank,
+the title's age, release year and popularity at the request time, and the member's activity.
+
+The model learns inside the History it is fitted on, never after its cut-off: in training window
+j every member's last j*holdout plays are removed, the generators are fitted on what is left, and
+the member's next `holdout` plays are the labels, with the request at the member's last remaining
+play. Several windows give the model more groups (training data, not model size, drove the gain
+in the prototype of shared/measured.md). The served generators are then fitted on the whole
+History. Everything a request reads is "as of" its time: plays after it are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import lightgbm as lgb
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+from engine.candidates import CandidateRow, RankerConfig
+from engine.data.history import US_PER_DAY, History
+from engine.errors import ModelLoadError
+from engine.request.context import RequestContext
+from engine.request.scorers import Forest
+from rankers._common import check_fitted, load_state, make_row, save_state
+from rankers.pvr import CFConfig, CFModel, Signals, decay, head, zscore
+
+STATE_VERSION = 1
+MODEL_FILE = "lambdarank.txt"  # LightGBM's own text format, never pickle
+_GENERATORS = ("ease", "ease_recent", "knn", "popular", "trending_short", "trending_long")
+
+
+class TopPicksConfig(RankerConfig):
+    """Keys of the learned Top Picks row."""
+
+    title: str = "Top Picks for You"
+    row_length: int = Field(default=40, ge=1)
+    candidates: int = Field(default=100, ge=1, description="titles each generator proposes")
+    # Generators
+    min_plays: int = Field(default=3, ge=1, description="players a title needs for CF scores")
+    l2: float = Field(default=500.0, gt=0, description="EASE ridge strength")
+    neighbours: int = Field(default=100, ge=1)
+    shrink: float = Field(default=10.0, ge=0)
+    recent_half_life_days: float = Field(default=30.0, gt=0)
+    trending_short_days: float = Field(default=7.0, gt=0)
+    trending_long_days: float = Field(default=90.0, gt=0)
+    # Training windows
+    windows: int = Field(default=2, ge=1)
+    holdout: int = Field(default=5, ge=1, description="plays held out per member and window")
+    min_member_plays: int = Field(default=5, ge=1, description="plays left to enter a window")
+    max_window_members: int = Field(default=3000, ge=1)
+    trees: int = Field(default=300, ge=1)
+    leaves: int = Field(default=31, ge=2)
+    learning_rate: float = Field(default=0.05, gt=0)
+    min_data_in_leaf: int = Field(default=20, ge=1)
+    early_stopping_share: float = Field(default=0.15, gt=0, lt=1)
+    seed: int = 0
+
+    def cf(self, method: str) -> CFConfig:
+        return CFConfig(
+            method=method,  # type: ignore[arg-type]
+            min_plays=self.min_plays,
+            l2=self.l2,
+            neighbours=self.neighbours,
+            shrink=self.shrink,
+            seed=self.seed,
+        )
+
+
+FEATURES = (
+    *(f"{g}_{what}" for g in _GENERATORS for what in ("score", "rank")),
+    "content",
+    "title_age_days",
+    "release_year",
+    "member_plays",
+    "member_days_since_last",
+    "member_tenure_days",
+)
+
+
+class PlayTimes:
+    """Every title's play times sorted, to count plays in any time range in O(log n): what a
+    request at time T may know of popularity (plays before T only)."""
+
+    def __init__(self, history: History) -> None:
+        n = history.n_titles
+        sec = history.play_ts // 1_000_000
+        self.t0 = int(sec.min()) if len(sec) else 0
+        self.span = int(sec.max()) - self.t0 + 2 if len(sec) else 2
+        key = history.play_title.astype(np.int64) * self.span + (sec - self.t0)
+        self.keys = np.sort(key)
+        self.starts = np.searchsorted(self.keys, np.arange(n, dtype=np.int64) * self.span)
+        self.titles = np.arange(n, dtype=np.int64) * self.span
+
+    def before(self, at_us: int) -> np.ndarray:
+        """Plays of every title strictly before `at_us`."""
+        s = min(max(at_us // 1_000_000 - self.t0, 0), self.span - 1)
+        # a play at second s counts only if strictly before at_us: second granularity, left side
+        return np.searchsorted(self.keys, self.titles + s, side="left") - self.starts
+
+
+@dataclass(frozen=True)
+class Generators:
+    """What the candidates and features are computed from, fitted on one History."""
+
+    ease: CFModel
+    knn: CFModel
+    signals: Signals
+    times: PlayTimes
+    knn_sparse: sp.csr_matrix  # item-kNN keeps `neighbours` per title: sparse rows read less
+
+    @classmethod
+    def of(cls, ease: CFModel, knn: CFModel, history: History) -> Generators:
+        signals = Signals.build(history, ease.eval_items)
+        return cls(ease, knn, signals, PlayTimes(history), sp.csr_matrix(knn.item_weights))
+
+    @classmethod
+    def fit(cls, history: History, cfg: TopPicksConfig) -> Generators:
+        ease = CFModel.fit(history, cfg.cf("ease"))
+        knn = CFModel.fit(history, cfg.cf("item_knn"))
+        return cls.of(ease, knn, history)
+
+
+def _cf(model: CFModel, n: int, pos: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
+    """z(CF score) for each weight vector in `w` (k x plays) over the titles the model scores,
+    NaN elsewhere (LightGBM: missing). One gather of the member's rows serves every vector."""
+    out = [np.full(n, np.nan) for _ in range(len(w))]
+    if len(pos):
+        block = model.item_weights[pos]
+        for o, raw in zip(out, w.astype(np.float32) @ block, strict=True):
+            o[model.eval_items] = zscore(raw.astype(np.float64))
+    return out
+
+
+def _knn(knn: sp.csr_matrix, eval_items: np.ndarray, n: int, pos: np.ndarray) -> np.ndarray:
+    out = np.full(n, np.nan)
+    if len(pos):
+        out[eval_items] = zscore(np.asarray(knn[pos].sum(axis=0)).ravel())
+    return out
+
+
+def candidates_and_features(
+    gens: Generators, history: History, user: int, at_us: int, cfg: TopPicksConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The union of the generators' candidates for a member at `at_us` (titles played before
+    it and titles not yet in the catalog excluded) and their feature matrix (FEATURES order)."""
+    n = history.n_titles
+    s = history.user_plays(user) if user >= 0 else slice(0, 0)
+    before = history.play_ts[s] < at_us  # plays after the request are not known at it
+    ts = history.play_ts[s][before]
+    # Plays are sorted by time: a title's first index in the reversed slice is its last play.
+    titles, last = np.unique(history.play_title[s][before][::-1], return_index=True)
+    titles = titles.astype(np.int64)
+    recent_w = decay(at_us - ts[::-1][last], cfg.recent_half_life_days)
+    pos = gens.signals.eval_pos[titles]
+    keep = pos >= 0
+    ease, ease_recent = _cf(
+        gens.ease, n, pos[keep], np.vstack([np.ones(int(keep.sum())), recent_w[keep]])
+    )
+    t = gens.times
+    plays_before = t.before(at_us)
+    short = plays_before - t.before(at_us - int(cfg.trending_short_days * US_PER_DAY))
+    long = plays_before - t.before(at_us - int(cfg.trending_long_days * US_PER_DAY))
+    scores = {
+        "ease": ease,
+        "ease_recent": ease_recent,
+        "knn": _knn(gens.knn_sparse, gens.knn.eval_items, n, pos[keep]),
+        "popular": np.log1p(plays_before).astype(np.float64),
+        "trending_short": np.log1p(short).astype(np.float64),
+        "trending_long": np.log1p(long).astype(np.float64),
+    }
+    banned = history.added_us > at_us
+    if len(titles):
+        banned[titles] = True
+    pools = []
+    for v in scores.values():
+        masked = np.where(banned | np.isnan(v), -np.inf, v)
+        pools.append(head(masked, cfg.candidates))
+    cand = np.unique(np.concatenate(pools)).astype(np.int64)
+    cand = cand[~banned[cand]]
+    cols = []
+    for g in _GENERATORS:
+        v = scores[g][cand]
+        order = np.argsort(-np.nan_to_num(v, nan=-np.inf), kind="stable")
+        rank = np.empty(len(cand))
+        rank[order] = np.arange(1, len(cand) + 1)
+        cols += [v, rank]
+    profile = gens.signals.genres_l1[titles].sum(axis=0) if len(titles) else None
+    content = (
+        gens.signals.content_z(profile)[cand] if profile is not None else np.full(len(cand), 0.0)
+    )
+    created = history.user_created_us[user] if user >= 0 else at_us
+    first = ts[0] if len(ts) else at_us
+    member = [
+        np.log1p(len(titles)),
+        (at_us - (ts[-1] if len(ts) else at_us)) / US_PER_DAY,
+        (at_us - min(first, created)) / US_PER_DAY,
+    ]
+    cols += [
+        content,
+        (at_us - history.added_us[cand]) / US_PER_DAY,
+        history.release_year[cand].astype(np.float64),
+        *(np.full(len(cand), m) for m in member),
+    ]
+    # float32: the served Forest reads float32, so training sees the same values
+    return cand, np.ascontiguousarray(np.column_stack(cols), dtype=np.float32)
+
+
+def window_history(history: History, drop_last: int) -> tuple[History, np.ndarray]:
+    """The History without each member's last `drop_last` plays, and a mask over the original
+    plays of what was dropped."""
+    n_u = np.diff(history.user_offsets)
+    pos = np.arange(len(history.play_user)) - history.user_offsets[history.play_user]
+    dropped = pos >= (n_u - drop_last)[history.play_user]
+    keep = ~dropped
+    offsets = np.zeros(history.n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(history.play_user[keep], minlength=history.n_users), out=offsets[1:])
+    h = replace(
+        history,
+        play_user=history.play_user[keep],
+        play_title=history.play_title[keep],
+        play_ts=history.play_ts[keep],
+        play_device=history.play_device[keep],
+        play_progress=history.play_progress[keep],
+        play_seconds=history.play_seconds[keep],
+        user_offsets=offsets,
+        _title_index={},
+        _user_index={},
+    )
+    return h, dropped
+
+
+@dataclass(frozen=True)
+class Groups:
+    X: np.ndarray
+    y: np.ndarray
+    sizes: np.ndarray
+
+
+def window_groups(
+    history: History, j: int, cfg: TopPicksConfig, rng: np.random.Generator
+) -> Groups:
+    """Training groups of window j: each eligible member's candidates labelled by whether the
+    member played them in their next `holdout` plays after the window's history."""
+    h, dropped = window_history(history, j * cfg.holdout)
+    _, next_mask = window_history(history, (j - 1) * cfg.holdout)
+    label_play = dropped & ~next_mask
+    n_left = np.diff(h.user_offsets)
+    members = np.flatnonzero(n_left >= cfg.min_member_plays)
+    members = members[np.bincount(history.play_user[label_play], minlength=h.n_users)[members] > 0]
+    if len(members) > cfg.max_window_members:
+        members = np.sort(rng.choice(members, cfg.max_window_members, replace=False))
+    gens = Generators.fit(h, cfg)
+    xs, ys, sizes = [], [], []
+    for u in members.tolist():
+        s = h.user_plays(u)
+        at = int(h.play_ts[s][-1]) + 1
+        nxt = history.play_title[history.user_plays(u)][label_play[history.user_plays(u)]]
+        cand, X = candidates_and_features(gens, h, u, at, cfg)
+        y = np.isin(cand, nxt).astype(np.float64)
+        if y.any() and len(cand) > 1:
+            xs.append(X)
+            ys.append(y)
+            sizes.append(len(cand))
+    if not xs:
+        return Groups(np.empty((0, len(FEATURES))), np.empty(0), np.empty(0, dtype=np.int64))
+    return Groups(np.vstack(xs), np.concatenate(ys), np.array(sizes, dtype=np.int64))
+
+
+class TopPicksRanker:
+    """One row: the member's Top Picks, the generators' union ordered by a learned model."""
+
+    type_name: ClassVar[str] = "top_picks"
+    Config: ClassVar[type[RankerConfig]] = TopPicksConfig
+    keeps_finished: ClassVar[bool] = False
+    uses_device: ClassVar[bool] = False
+
+    def __init__(self, name: str, config: RankerConfig | None = None) -> None:
+        self.name = name
+        cfg = TopPicksConfig() if config is None else config
+        if not isinstance(cfg, TopPicksConfig):
+            cfg = TopPicksConfig.model_validate(cfg.model_dump())
+        self.config: TopPicksConfig = cfg
+
+    def fit(self, history: History) -> Self:
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed)
+        parts = [window_groups(history, j, cfg, rng) for j in range(1, cfg.windows + 1)]
+        X = np.vstack([p.X for p in parts])
+        y = np.concatenate([p.y for p in parts])
+        sizes = np.concatenate([p.sizes for p in parts])
+        self.training_: dict[str, float] = {"groups": len(sizes), "rows": len(y)}
+        self.model_text_ = self._train(X, y, sizes, rng) if len(sizes) >= 2 else ""
+        self._set(history, Generators.fit(history, cfg))
+        return self
+
+    def _train(
+        self, X: np.ndarray, y: np.ndarray, sizes: np.ndarray, rng: np.random.Generator
+    ) -> str:
+        cfg = self.config
+        n_val = max(1, int(len(sizes) * cfg.early_stopping_share))
+        is_val = np.zeros(len(sizes), dtype=bool)
+        is_val[rng.choice(len(sizes), n_val, replace=False)] = True
+        row_val = np.repeat(is_val, sizes)
+        params = {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [10],
+            "num_leaves": cfg.leaves,
+            "learning_rate": cfg.learning_rate,
+            "min_data_in_leaf": cfg.min_data_in_leaf,
+            "feature_fraction": 0.9,
+            "num_threads": 2,
+            "deterministic": True,
+            "force_row_wise": True,
+            "seed": cfg.seed,
+            "verbosity": -1,
+        }
+        train = lgb.Dataset(X[~row_val], y[~row_val], group=sizes[~is_val])
+        valid = lgb.Dataset(X[row_val], y[row_val], group=sizes[is_val], reference=train)
+        booster = lgb.train(
+            params,
+            train,
+            num_boost_round=cfg.trees,
+            valid_sets=[valid],
+            callbacks=[lgb.early_stopping(30, verbose=False)],
+        )
+        self.training_["best_iteration"] = int(booster.best_iteration)
+        self.training_["validation_ndcg10"] = round(
+            float(booster.best_score["valid_0"]["ndcg@10"]), 5
+        )
+        return str(booster.model_to_string(num_iteration=booster.best_iteration))
+
+    def _set(self, history: History, gens: Generators) -> None:
+        self.generators_ = gens
+        self.forest_ = Forest(self.model_text_) if self.model_text_ else None
+        self.history_ = history
+
+    def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
+        check_fitted(self, "generators_")
+        user = history.user_index(request.user_id)
+        cand, X = candidates_and_features(
+            self.generators_, history, user, request.at_us, self.config
+        )
+        if len(cand) == 0:
+            return []
+        # Without a model (too little history to learn from) the EASE order stands.
+        s = self.forest_.raw(X) if self.forest_ is not None else -X[:, 1]
+        top = head(np.where(np.isfinite(s), s, -np.inf), self.config.row_length)
+        return [
+            make_row(
+                ranker=self.name,
+                kind=self.type_name,
+                title=self.config.title,
+                titles=cand[top],
+                scores=s[top],
+                evidence={"personalized": user >= 0 and history.user_plays(user).stop > 0},
+            )
+        ]
+
+    def save(self, directory: Path) -> None:
+        check_fitted(self, "generators_")
+        directory = Path(directory)
+        g = self.generators_
+        save_state(
+            directory,
+            type_name=self.type_name,
+            version=STATE_VERSION,
+            history=self.history_,
+            arrays={
+                **{f"ease_{k}": v for k, v in g.ease.arrays().items()},
+                **{f"knn_{k}": v for k, v in g.knn.arrays().items()},
+            },
+            meta={"training": self.training_, "features": list(FEATURES)},
+        )
+        (directory / MODEL_FILE).write_text(self.model_text_, encoding="utf-8")
+
+    def load(self, directory: Path, history: History) -> Self:
+        directory = Path(directory)
+        names = tuple(f"{m}_{a}" for m in ("ease", "knn") for a in CFModel.ARRAYS)
+        arrays, meta = load_state(
+            directory,
+            type_name=self.type_name,
+            version=STATE_VERSION,
+            history=history,
+            arrays=names,
+        )
+        if meta.get("features") != list(FEATURES):
+            raise ModelLoadError(
+                f"{directory}: saved with other features than this rowrank computes: retrain"
+            )
+        try:
+            self.model_text_ = (directory / MODEL_FILE).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read {directory / MODEL_FILE}: {exc}") from exc
+        ease = CFModel.from_arrays(
+            "ease", {a: arrays[f"ease_{a}"] for a in CFModel.ARRAYS}, history
+        )
+        knn = CFModel.from_arrays(
+            "item_knn", {a: arrays[f"knn_{a}"] for a in CFModel.ARRAYS}, history
+        )
+        self.training_ = dict(meta.get("training") or {})
+        self._set(history, Generators.of(ease, knn, history))
+        return self
+
+
+def describe(ranker: TopPicksRanker) -> dict[str, Any]:
+    """What training learned, for the manifest and the training summary."""
+    return dict(getattr(ranker, "training_", {}))

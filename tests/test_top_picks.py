@@ -1,0 +1,88 @@
+"""The learned Top Picks ranker: its windows hold out exactly what they say, its popularity is
+point in time, and what it learns reaches the row."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from test_ranker_contract import CUTOFF, make_dataset
+
+from engine.data.history import History
+from engine.request.context import RequestContext
+from rankers.pvr import truncate_history
+from rankers.top_picks import (
+    FEATURES,
+    Generators,
+    PlayTimes,
+    TopPicksConfig,
+    TopPicksRanker,
+    candidates_and_features,
+    window_history,
+)
+
+
+@pytest.fixture(scope="module")
+def history() -> History:
+    return History.from_dataset(make_dataset(seed=3), CUTOFF)
+
+
+def test_window_history_drops_exactly_each_members_last_plays(history: History) -> None:
+    h, dropped = window_history(history, 4)
+    n_u = np.diff(history.user_offsets)
+    assert np.array_equal(np.diff(h.user_offsets), np.maximum(n_u - 4, 0))
+    for u in range(history.n_users):
+        s = history.user_plays(u)
+        kept = history.play_ts[s][~dropped[s]]
+        gone = history.play_ts[s][dropped[s]]
+        # what is kept is the member's earliest plays; nothing kept is later than a dropped play
+        assert len(gone) == min(4, n_u[u])
+        assert len(kept) == 0 or len(gone) == 0 or kept.max() <= gone.min()
+        assert np.array_equal(h.play_title[h.user_plays(u)], history.play_title[s][~dropped[s]])
+
+
+def test_play_counts_are_as_of_the_request_time(history: History) -> None:
+    times = PlayTimes(history)
+    rng = np.random.default_rng(0)
+    for at in rng.integers(history.play_ts.min(), history.play_ts.max(), 20):
+        at = int(at) // 1_000_000 * 1_000_000  # whole seconds: the index's resolution
+        want = np.bincount(history.play_title[history.play_ts < at], minlength=history.n_titles)
+        assert np.array_equal(times.before(at), want)
+
+
+def test_features_ignore_plays_after_the_request(history: History) -> None:
+    """A page asked at T sees the member's and everyone's plays before T only: the features
+    at T equal those computed on the History cut at T."""
+    cfg = TopPicksConfig(candidates=30)
+    u = int(np.argmax(np.diff(history.user_offsets)))
+    ts = history.play_ts[history.user_plays(u)]
+    at = int(ts[len(ts) // 2]) // 1_000_000 * 1_000_000
+    gens = Generators.fit(history, cfg)
+    cand, X = candidates_and_features(gens, history, u, at, cfg)
+    truncated = truncate_history(history, at)
+    cut_gens = Generators(gens.ease, gens.knn, gens.signals, PlayTimes(truncated), gens.knn_sparse)
+    cand_cut, X_cut = candidates_and_features(cut_gens, truncated, u, at, cfg)
+    assert np.array_equal(cand, cand_cut)
+    assert np.array_equal(X, X_cut, equal_nan=True)
+    assert X.shape == (len(cand), len(FEATURES))
+
+
+def test_the_row_follows_the_learned_model(history: History) -> None:
+    ranker = TopPicksRanker("top_picks", TopPicksConfig(windows=2, holdout=3, trees=40)).fit(
+        history
+    )
+    assert ranker.training_["groups"] > 10
+    assert ranker.forest_ is not None
+    u = 5
+    at = CUTOFF + timedelta(hours=1)
+    ctx = RequestContext(str(history.user_ids[u]), "tv", at, None)
+    (row,) = ranker.propose(ctx, history)
+    cand, X = candidates_and_features(ranker.generators_, history, u, ctx.at_us, ranker.config)
+    s = ranker.forest_.raw(X)
+    best = cand[np.argsort(-s, kind="stable")][: len(row.titles)]
+    assert set(row.titles.tolist()) == set(best.tolist())
+    assert row.titles[0] == best[0]
+    # nothing the member already played is proposed
+    played = set(history.play_title[history.user_plays(u)].tolist())
+    assert not played & set(row.titles.tolist())
