@@ -10,6 +10,10 @@ touch multiplies each title by (1 + personalization x the member's share of play
 Two instances with different half-lives (e.g. 24 h and 7 d) are normal. Scores are decayed on
 to the request time, so they shrink as the model ages: the same order, but a page model sees a
 stale trend as a weaker one. Nothing at or after the cut-off is ever read.
+
+A request for a time before the cut-off (a benchmark replaying the past, a member-by-member
+evaluation) gets the trend as of that time: the plays before it, decayed to it, and the member's
+plays before it for the personal touch. What happened later is not known at that time.
 """
 
 from __future__ import annotations
@@ -81,17 +85,49 @@ class TrendingRanker:
         self.global_counts_ = self.country_counts_.sum(axis=0)
         self.history_ = history_fingerprint(history)
         self._prepare()
+        self._index_plays(history)
         return self
+
+    def _index_plays(self, history: History) -> None:
+        """Plays in time order with their country's code, for trends as of a past time."""
+        order = np.argsort(history.play_ts, kind="stable")
+        country = history.user_country[history.play_user[order]]
+        code = np.searchsorted(self.countries_, country)
+        code = np.minimum(code, max(len(self.countries_) - 1, 0))
+        self.play_ts_ = history.play_ts[order]
+        self.play_key_ = code.astype(np.int64) * history.n_titles + history.play_title[order]
+
+    def _short_list_at(
+        self, country: str, at_us: int, n_titles: int
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """`short_lists_[country]` as of `at_us` (before the cut-off): the plays before it, each
+        decayed by its age at `at_us`. Plays older than 30 half-lives weigh under 1e-9."""
+        c = self.config
+        half_life_us = c.half_life_hours * _US_PER_HOUR
+        lo = int(np.searchsorted(self.play_ts_, at_us - int(30 * half_life_us)))
+        hi = int(np.searchsorted(self.play_ts_, at_us))
+        w = np.exp2(-(at_us - self.play_ts_[lo:hi]) / half_life_us)
+        n_c = max(len(self.countries_), 1)
+        counts = np.bincount(self.play_key_[lo:hi], weights=w, minlength=n_c * n_titles)
+        counts = counts.reshape(n_c, n_titles)
+        base, trust = self._blend(country, counts.sum(axis=0), counts)
+        cand = np.flatnonzero(base >= c.min_score)
+        short = top_k(base, len(cand), cand)
+        return short.astype(np.int32), base[short], trust
 
     def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
         check_fitted(self, "global_counts_")
         c = self.config
         user = history.user_index(request.user_id)
         country = request.country or (str(history.user_country[user]) if user >= 0 else "")
-        short, base, trust = self.short_lists_.get(country) or self.short_lists_[""]
+        if request.at_us < history.cutoff_us:
+            short, base, trust = self._short_list_at(country, request.at_us, history.n_titles)
+        else:
+            short, base, trust = self.short_lists_.get(country) or self.short_lists_[""]
         if len(short) == 0:
             return []
-        score = base * (1.0 + c.personalization * _genre_affinity(history, user, short))
+        affinity = _genre_affinity(history, user, short, request.at_us)
+        score = base * (1.0 + c.personalization * affinity)
         order = top_k(score, c.max_titles)
         hours = max(request.at_us - history.cutoff_us, 0) / _US_PER_HOUR
         scores = score[order] * np.exp2(-hours / c.half_life_hours)
@@ -116,7 +152,7 @@ class TrendingRanker:
         c = self.config
         self.short_lists_: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         for country in ["", *self.countries_.tolist()]:
-            base, trust = self._blend(country)
+            base, trust = self._blend(country, self.global_counts_, self.country_counts_)
             cand = np.flatnonzero(base >= c.min_score)
             best = top_k(base, c.max_titles, cand)
             if len(best) == c.max_titles:
@@ -125,14 +161,15 @@ class TrendingRanker:
             short = top_k(base, len(cand), cand)
             self.short_lists_[country] = (short.astype(np.int32), base[short], trust)
 
-    def _blend(self, country: str) -> tuple[np.ndarray, float]:
+    def _blend(
+        self, country: str, glob: np.ndarray, per_country: np.ndarray
+    ) -> tuple[np.ndarray, float]:
         """Decayed plays: the world's, pulled toward the country's in proportion to its data."""
         c = self.config
-        glob = self.global_counts_
         pos = int(np.searchsorted(self.countries_, country))
         if not country or pos >= len(self.countries_) or self.countries_[pos] != country:
             return glob, 0.0
-        local = self.country_counts_[pos]
+        local = per_country[pos]
         mass, g_mass = float(local.sum()), float(glob.sum())
         if mass <= 0 or g_mass <= 0:
             return glob, 0.0
@@ -170,15 +207,18 @@ class TrendingRanker:
         self.global_counts_ = self.country_counts_.sum(axis=0)
         self.history_ = history_fingerprint(history)
         self._prepare()
+        self._index_plays(history)
         return self
 
 
-def _genre_affinity(history: History, user: int, titles: np.ndarray) -> np.ndarray:
-    """Per title, the member's share of plays in that title's genres, averaged over its genres
-    (so a title in many genres is not favoured for that alone); 0 for new members."""
+def _genre_affinity(history: History, user: int, titles: np.ndarray, at_us: int) -> np.ndarray:
+    """Per title, the member's share of plays (before `at_us`) in that title's genres, averaged
+    over its genres (so a title in many genres is not favoured for that alone); 0 for new
+    members."""
     if user < 0 or history.title_genres.shape[1] == 0:
         return np.zeros(len(titles))
-    played = history.play_title[history.user_plays(user)]
+    s = history.user_plays(user)
+    played = history.play_title[s][history.play_ts[s] < at_us]
     if len(played) == 0:
         return np.zeros(len(titles))
     share = history.title_genres[played].sum(axis=0) / len(played)

@@ -305,10 +305,35 @@ def test_trending_short_lists_lose_nothing_against_personalizing_every_title() -
         user = h.user_index(uid)
         row = r.propose(RequestContext(uid, "tv", CUTOFF), h)[0]
         country = str(h.user_country[user])
-        base, _ = r._blend(country)
+        base, _ = r._blend(country, r.global_counts_, r.country_counts_)
         every = np.flatnonzero(base >= cfg.min_score)
-        full = base[every] * (1 + cfg.personalization * _genre_affinity(h, user, every))
+        affinity = _genre_affinity(h, user, every, h.cutoff_us)
+        full = base[every] * (1 + cfg.personalization * affinity)
         # The row's scores are the best personalized scores over every title (ties aside, the
         # same titles): the short list dropped nothing that could make the row.
         np.testing.assert_allclose(np.sort(full)[::-1][: cfg.max_titles], row.scores, rtol=1e-5)
         assert len(row.titles) == min(cfg.max_titles, len(every))
+
+
+def test_trending_as_of_a_past_time_counts_only_the_plays_before_it() -> None:
+    """A page asked for a time before the cut-off gets the trend of that time: the same row as
+    a ranker fitted on the history cut there, and two past times give two different trends."""
+    from rankers.pvr import truncate_history
+
+    ds = make_dataset(seed=2)
+    h = History.from_dataset(ds, CUTOFF)
+    cfg = TrendingConfig(half_life_hours=48, max_titles=15)
+    r = TrendingRanker("t", cfg).fit(h)
+    rows_at = {}
+    for days_before in (20, 8):
+        at = CUTOFF - timedelta(days=days_before)
+        past = truncate_history(h, int(at.timestamp() * 1_000_000))
+        then = TrendingRanker("t", cfg).fit(past)
+        for uid in h.user_ids[:10].tolist():
+            ctx = RequestContext(uid, "tv", at)
+            got = r.propose(ctx, h)[0]
+            want = then.propose(ctx, past)[0]
+            assert np.array_equal(got.titles, want.titles)
+            np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+        rows_at[days_before] = got.titles.tolist()
+    assert rows_at[20] != rows_at[8]
