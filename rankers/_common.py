@@ -201,3 +201,36 @@ def group_bounds(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(ends):
         ends[-1] = len(sorted_keys)
     return starts, ends
+
+
+class PlayTimes:
+    """Per title, the times of its plays sorted, to count the plays before any time T in
+    O(log n): what a request at T may know of popularity. Resolution: one second (a play in
+    the same second as T is not counted)."""
+
+    def __init__(self, titles: np.ndarray, ts_us: np.ndarray, n_titles: int) -> None:
+        sec = np.asarray(ts_us) // 1_000_000
+        self.t0 = int(sec.min()) if len(sec) else 0
+        # seconds since t0 fit in 32 bits for 136 years, titles in the other 31
+        self.span = int(sec.max()) - self.t0 + 2 if len(sec) else 2
+        self.keys = np.sort(np.asarray(titles, dtype=np.int64) * self.span + (sec - self.t0))
+        self.base = np.arange(n_titles, dtype=np.int64) * self.span
+        self.starts = np.searchsorted(self.keys, self.base)
+
+    @classmethod
+    def of_plays(cls, history: History) -> PlayTimes:
+        return cls(history.play_title, history.play_ts, history.n_titles)
+
+    @classmethod
+    def of_first_plays(cls, history: History) -> PlayTimes:
+        """Each member's first play of each title: counts are distinct players."""
+        key = history.play_user.astype(np.int64) * max(history.n_titles, 1) + history.play_title
+        _, first = np.unique(key, return_index=True)  # plays are sorted by (user, time)
+        return cls(history.play_title[first], history.play_ts[first], history.n_titles)
+
+    def before(self, at_us: int, titles: np.ndarray | None = None) -> np.ndarray:
+        """Plays strictly before `at_us` of every title, or of `titles`."""
+        s = min(max(at_us // 1_000_000 - self.t0, 0), self.span - 1)
+        base = self.base if titles is None else self.base[titles]
+        start = self.starts if titles is None else self.starts[titles]
+        return np.searchsorted(self.keys, base + s, side="left") - start

@@ -3,8 +3,9 @@ first, blended with how well they have started.
 
     score = (1 - popularity_weight) * (1 - age / window) + popularity_weight * early
 
-`early` is a title's distinct players per day since it was added (counted before the cut-off),
-log-scaled and divided by the best such rate in the window, so it lies in [0, 1]. A title with no
+`early` is a title's distinct players per day since it was added (counted before the cut-off, or
+before the request for a request before the cut-off: what was known then), log-scaled and
+divided by the best such rate in the window, so it lies in [0, 1]. A title with no
 plays yet (cold start) still enters on recency alone. A series shows once, as its
 lowest-numbered new episode.
 """
@@ -21,6 +22,7 @@ from engine.candidates import CandidateRow, RankerConfig
 from engine.data.history import US_PER_DAY, History
 from engine.request.context import RequestContext
 from rankers._common import (
+    PlayTimes,
     check_fitted,
     first_per_series,
     history_fingerprint,
@@ -71,6 +73,13 @@ class NewReleasesRanker:
         # Titles by time added, so a request finds its window with two binary searches.
         self.by_added_ = np.argsort(history.added_us, kind="stable").astype(np.int32)
         self.added_sorted_ = history.added_us[self.by_added_]
+        self.players_ = PlayTimes.of_first_plays(history)
+
+    def _early_rate(self, cand: np.ndarray, at_us: int, history: History) -> np.ndarray:
+        if at_us >= history.cutoff_us:
+            return self.early_rate_[cand]
+        players = self.players_.before(at_us, cand).astype(np.float64)
+        return players / np.maximum((at_us - history.added_us[cand]) / US_PER_DAY, 1.0)
 
     def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
         check_fitted(self, "early_rate_")
@@ -84,7 +93,7 @@ class NewReleasesRanker:
         if len(cand) == 0:
             return []
         recency = 1.0 - (at - history.added_us[cand]) / window
-        early = np.log1p(self.early_rate_[cand])
+        early = np.log1p(self._early_rate(cand, at, history))
         best = float(early.max())
         early = early / best if best > 0 else early
         score = (1 - c.popularity_weight) * recency + c.popularity_weight * early

@@ -30,7 +30,7 @@ from engine.data.history import US_PER_DAY, History
 from engine.errors import ModelLoadError
 from engine.request.context import RequestContext
 from engine.request.scorers import Forest
-from rankers._common import check_fitted, load_state, make_row, save_state
+from rankers._common import PlayTimes, check_fitted, load_state, make_row, save_state
 from rankers.pvr import CFConfig, CFModel, Signals, decay, head, zscore
 
 STATE_VERSION = 1
@@ -86,27 +86,6 @@ FEATURES = (
 )
 
 
-class PlayTimes:
-    """Every title's play times sorted, to count plays in any time range in O(log n): what a
-    request at time T may know of popularity (plays before T only)."""
-
-    def __init__(self, history: History) -> None:
-        n = history.n_titles
-        sec = history.play_ts // 1_000_000
-        self.t0 = int(sec.min()) if len(sec) else 0
-        self.span = int(sec.max()) - self.t0 + 2 if len(sec) else 2
-        key = history.play_title.astype(np.int64) * self.span + (sec - self.t0)
-        self.keys = np.sort(key)
-        self.starts = np.searchsorted(self.keys, np.arange(n, dtype=np.int64) * self.span)
-        self.titles = np.arange(n, dtype=np.int64) * self.span
-
-    def before(self, at_us: int) -> np.ndarray:
-        """Plays of every title strictly before `at_us`."""
-        s = min(max(at_us // 1_000_000 - self.t0, 0), self.span - 1)
-        # a play at second s counts only if strictly before at_us: second granularity, left side
-        return np.searchsorted(self.keys, self.titles + s, side="left") - self.starts
-
-
 @dataclass(frozen=True)
 class Generators:
     """What the candidates and features are computed from, fitted on one History."""
@@ -120,7 +99,7 @@ class Generators:
     @classmethod
     def of(cls, ease: CFModel, knn: CFModel, history: History) -> Generators:
         signals = Signals.build(history, ease.eval_items)
-        return cls(ease, knn, signals, PlayTimes(history), sp.csr_matrix(knn.item_weights))
+        return cls(ease, knn, signals, PlayTimes.of_plays(history), sp.csr_matrix(knn.item_weights))
 
     @classmethod
     def fit(cls, history: History, cfg: TopPicksConfig) -> Generators:

@@ -337,3 +337,20 @@ def test_trending_as_of_a_past_time_counts_only_the_plays_before_it() -> None:
             np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
         rows_at[days_before] = got.titles.tolist()
     assert rows_at[20] != rows_at[8]
+
+
+def test_new_releases_as_of_a_past_time_count_only_the_players_before_it() -> None:
+    from rankers.new_releases import NewReleasesConfig, NewReleasesRanker
+    from rankers.pvr import truncate_history
+
+    h = History.from_dataset(make_dataset(seed=4), CUTOFF)
+    cfg = NewReleasesConfig(window_days=20, popularity_weight=0.8)
+    r = NewReleasesRanker("new", cfg).fit(h)
+    for days_before in (12, 4):
+        at = CUTOFF - timedelta(days=days_before)
+        past = truncate_history(h, int(at.timestamp() * 1_000_000))
+        then = NewReleasesRanker("new", cfg).fit(past)
+        ctx = RequestContext(str(h.user_ids[0]), "tv", at)
+        got, want = r.propose(ctx, h)[0], then.propose(ctx, past)[0]
+        assert np.array_equal(got.titles, want.titles)
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)

@@ -11,11 +11,11 @@ from test_ranker_contract import CUTOFF, make_dataset
 
 from engine.data.history import History
 from engine.request.context import RequestContext
+from rankers._common import PlayTimes
 from rankers.pvr import truncate_history
 from rankers.top_picks import (
     FEATURES,
     Generators,
-    PlayTimes,
     TopPicksConfig,
     TopPicksRanker,
     candidates_and_features,
@@ -43,7 +43,7 @@ def test_window_history_drops_exactly_each_members_last_plays(history: History) 
 
 
 def test_play_counts_are_as_of_the_request_time(history: History) -> None:
-    times = PlayTimes(history)
+    times = PlayTimes.of_plays(history)
     rng = np.random.default_rng(0)
     for at in rng.integers(history.play_ts.min(), history.play_ts.max(), 20):
         at = int(at) // 1_000_000 * 1_000_000  # whole seconds: the index's resolution
@@ -61,7 +61,9 @@ def test_features_ignore_plays_after_the_request(history: History) -> None:
     gens = Generators.fit(history, cfg)
     cand, X = candidates_and_features(gens, history, u, at, cfg)
     truncated = truncate_history(history, at)
-    cut_gens = Generators(gens.ease, gens.knn, gens.signals, PlayTimes(truncated), gens.knn_sparse)
+    cut_gens = Generators(
+        gens.ease, gens.knn, gens.signals, PlayTimes.of_plays(truncated), gens.knn_sparse
+    )
     cand_cut, X_cut = candidates_and_features(cut_gens, truncated, u, at, cfg)
     assert np.array_equal(cand, cand_cut)
     assert np.array_equal(X, X_cut, equal_nan=True)
