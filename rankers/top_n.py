@@ -116,10 +116,20 @@ class TopNRanker:
         self.model_ = model
         self.signals_ = Signals.build(history, model.eval_items)
         self.recent_z_ = recent_popularity(history, history.cutoff_us, self.blend_.recent_days)
-        self.popular_ = self._popular_order(history)
+        self.popular_ = self._popular_order(history, history.cutoff_us)
         self.history_ = history
 
-    def _popular_order(self, history: History) -> np.ndarray:
+    # Recent popularity and the popular pool as of the request: precomputed at the cut-off; a
+    # request before it (a replay of the past) counts only the plays before it.
+    def _recent_z(self, history: History, at_us: int) -> np.ndarray:
+        if at_us >= history.cutoff_us:
+            return self.recent_z_
+        return recent_popularity(history, at_us, self.blend_.recent_days)
+
+    def _popular(self, history: History, at_us: int) -> np.ndarray:
+        return self.popular_ if at_us >= history.cutoff_us else self._popular_order(history, at_us)
+
+    def _popular_order(self, history: History, now_us: int) -> np.ndarray:
         """Candidates for the popular pool, most popular first: the `popular_pool + row_length`
         most played, which fill the pool for every member who played at most `popular_pool` of
         them (the blend's part of the row holds the others it can take). Titles nobody played
@@ -127,7 +137,7 @@ class TopNRanker:
         cfg = self.config
         if cfg.popular_pool == 0 or history.n_titles == 0:
             return np.empty(0, dtype=np.int64)
-        players = recent_players(history, history.cutoff_us, cfg.popular_pool_days)
+        players = recent_players(history, now_us, cfg.popular_pool_days)
         top = head(players.astype(np.float64), cfg.popular_pool + cfg.row_length)
         return top[players[top] > 0]
 
@@ -246,7 +256,7 @@ class TopNRanker:
         at = history.cutoff_us if at_us is None else at_us
         comp = components(self.model_, self.signals_, history, user, at, self.config)
         b = self.blend_
-        extra = b.recent * self.recent_z_ if b.recent else None
+        extra = b.recent * self._recent_z(history, at) if b.recent else None
         s = blend(comp, self.signals_.pop_z, b.popularity, b.content, extra=extra)
         return s.astype(np.float32)
 
@@ -260,7 +270,8 @@ class TopNRanker:
         pool = min(cfg.popular_pool, cfg.row_length)
         idx = head(score, cfg.row_length - pool)
         if pool:
-            extra = self.popular_[np.isfinite(score[self.popular_])]
+            popular = self._popular(history, request.at_us)
+            extra = popular[np.isfinite(score[popular])]
             extra = extra[~np.isin(extra, idx)][:pool]
             idx = np.concatenate([idx, extra])
             idx = idx[np.lexsort((idx, -score[idx]))]

@@ -354,3 +354,24 @@ def test_new_releases_as_of_a_past_time_count_only_the_players_before_it() -> No
         got, want = r.propose(ctx, h)[0], then.propose(ctx, past)[0]
         assert np.array_equal(got.titles, want.titles)
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+
+
+def test_top_n_popular_pool_as_of_a_past_time() -> None:
+    """The popular pool and the recent popularity a request uses are those of its time: for a
+    past request, what a Top-N fitted on the history cut there holds; at two past times they
+    differ."""
+    from rankers.pvr import truncate_history
+    from rankers.top_n import TopNConfig, TopNRanker
+
+    h = History.from_dataset(make_dataset(seed=5), CUTOFF)
+    cfg = TopNConfig(tune=False, recent_weight=1.0, popular_pool=8, row_length=20)
+    r = TopNRanker("top", cfg).fit(h)
+    pools = []
+    for days_before in (25, 10):
+        at = int((CUTOFF - timedelta(days=days_before)).timestamp() * 1_000_000)
+        then = TopNRanker("top", cfg).fit(truncate_history(h, at))
+        assert np.array_equal(r._popular(h, at), then.popular_)
+        np.testing.assert_allclose(r._recent_z(h, at), then.recent_z_)
+        pools.append(r._popular(h, at).tolist())
+    assert pools[0] != pools[1]
+    assert np.array_equal(r._popular(h, h.cutoff_us), r.popular_)
