@@ -117,7 +117,7 @@ def _cmd_page(args: argparse.Namespace) -> int:
     device = parse_device(args.device)  # validate the request before loading anything
     at = parse_time(args.at) if args.at is not None else None
     if args.country is not None and not re.fullmatch(r"[A-Z]{2}", args.country):
-        # The same rule and words as the HTTP API (engine.serving.http.COUNTRY_RE).
+        # The same rule and words as the HTTP API (engine.serving.params.COUNTRY_RE).
         raise BadRequestError(
             f"country {args.country!r} is not a two-letter upper-case ISO 3166 code (e.g. US, DE)"
         )
