@@ -435,14 +435,18 @@ def concat_pairs(parts: Sequence[Pairs]) -> Pairs:
 
 
 def order_titles(
-    rows: Sequence[CandidateRow], scores: np.ndarray
+    rows: Sequence[CandidateRow], scores: np.ndarray, ranker_order: Sequence[bool] = ()
 ) -> tuple[list[CandidateRow], list[np.ndarray]]:
-    """Each row's titles by descending title-model score (ties: the ranker's order); the row's
+    """Each row's titles by descending title-model score (ties: the ranker's order), or in the
+    ranker's order for the rows flagged in `ranker_order` (the title-order guard); the row's
     scores become the model's. Also returns, per row, the pair indices in the new order."""
     lens = [len(r.titles) for r in rows]
     owner = np.repeat(np.arange(len(rows)), lens)
+    key = -scores
+    if any(ranker_order):
+        key = np.where(np.repeat(np.asarray(ranker_order, dtype=bool), lens), 0.0, key)
     # One sort for the page (by row, then score, then the ranker's order), not one per row.
-    order = np.lexsort((np.arange(len(scores)), -scores, owner))
+    order = np.lexsort((np.arange(len(scores)), key, owner))
     ordered_scores = scores[order].astype(np.float32)
     out: list[CandidateRow] = []
     pair_idx: list[np.ndarray] = []
@@ -603,6 +607,8 @@ class Engine:
         )
         self.pvr = PvrSource.of(self.rankers)
         self.row_scorer = row_scorer_for(page_config, model)
+        # The title-order guard training chose: rows of these kinds keep their ranker's order.
+        self.ranker_order_kinds = frozenset(self.manifest.get("ranker_order_kinds", ()))
 
     # ----- the edge: request values in, a resolved RequestContext out -------------------------
 
@@ -719,7 +725,8 @@ class Engine:
         pairs = pairs_for(store, rows, 0, pvr)
         X = store.title_matrix(req, pairs)
         s = self.model.score_titles(X)
-        ordered, pair_idx = order_titles(rows, s)
+        keep = [r.kind in self.ranker_order_kinds for r in rows]
+        ordered, pair_idx = order_titles(rows, s, keep)
         vis, owner = visible_pairs(pair_idx, layout.visible_titles)
         return Scored(ordered, X, s, row_features(store, req, rows, X, s, vis, owner))
 

@@ -118,17 +118,21 @@ class WindowData:
             pos = np.column_stack([self.position, rows]).astype(np.int32)
         return RankData(self.title_x, self.label, self.row_size, pos)
 
-    def row_data(self, title_scores: np.ndarray) -> RankData:
-        """Row-model examples given the title model's scores of this window's pairs."""
+    def row_data(
+        self, title_scores: np.ndarray, ranker_order_kinds: Sequence[str] = ()
+    ) -> RankData:
+        """Row-model examples given the title model's scores of this window's pairs; rows of
+        `ranker_order_kinds` show their titles in the ranker's order (the title-order guard)."""
         starts = np.cumsum(self.row_size) - self.row_size
         if self.logged:  # the row shows what the log says it showed, in that order
             vis = np.arange(len(self.label), dtype=np.int64)
             owner = np.repeat(np.arange(len(self.row_size)), self.row_size)
         else:  # the row would show its best titles by the title model
+            keep = np.isin(self.row_kind, [self.store.kind_code(k) for k in ranker_order_kinds])
             per_row = []
-            for s, n, v in zip(starts, self.row_size, self.row_visible, strict=True):
-                order = np.lexsort((np.arange(n), -title_scores[s : s + n]))[:v]
-                per_row.append(s + order)
+            for s, n, v, k in zip(starts, self.row_size, self.row_visible, keep, strict=True):
+                ranked = np.arange(n) if k else np.lexsort((np.arange(n), -title_scores[s : s + n]))
+                per_row.append(s + ranked[:v])
             vis, owner = visible_pairs(per_row, 10**9)
         X = self.store.row_static(
             self.reqs,
@@ -737,6 +741,8 @@ def _countries(ds: Dataset) -> list[str]:
 class Fitted:
     model: PageModel
     metrics: dict[str, Any]
+    # Row kinds whose titles keep their ranker's order: the title model did worse on them.
+    ranker_order_kinds: tuple[str, ...] = ()
 
 
 def fit_page_model(
@@ -759,9 +765,15 @@ def fit_page_model(
     s_valid = _predict_title(title_a, page_cfg, tv.X)
     metrics["title"] = _ndcg_report(s_valid, tv, _baseline_title(valid_w))
     metrics["title"]["lightgbm"] = m_a
+    by_kind = title_order_by_kind(s_valid, tv, valid_w)
+    keep = tuple(sorted(k for k, v in by_kind.items() if v["ranker_order"] > v["title_model"]))
+    metrics["title"]["by_kind"] = by_kind
+    metrics["title"]["ranker_order_kinds"] = list(keep)
     # --- row model: in-sample title scores for training windows, out-of-sample for validation
-    r_train = concat([w.row_data(_predict_title(title_a, page_cfg, w.title_x)) for w in train_w])
-    rv = valid_w.row_data(s_valid)
+    r_train = concat(
+        [w.row_data(_predict_title(title_a, page_cfg, w.title_x), keep) for w in train_w]
+    )
+    rv = valid_w.row_data(s_valid, keep)
     row_a, m_r = fit_ranker("row", page_cfg, r_train, rv)
     steps.update()
     metrics["row"] = _ndcg_report(
@@ -771,7 +783,7 @@ def fit_page_model(
     if not page_cfg.refit_all_windows:
         steps.close()
         return Fitted(
-            PageModel(title_a, row_a, context_features=page_cfg.context_features), metrics
+            PageModel(title_a, row_a, context_features=page_cfg.context_features), metrics, keep
         )
     # --- refit on every window with the validated number of rounds
     t_rounds = _best_rounds(m_a, page_cfg.title_trees)
@@ -780,12 +792,39 @@ def fit_page_model(
         "title", page_cfg, concat([w.title_data() for w in windows]), rounds=t_rounds
     )
     steps.update()
-    r_all = concat([w.row_data(_predict_title(title_f, page_cfg, w.title_x)) for w in windows])
+    r_all = concat(
+        [w.row_data(_predict_title(title_f, page_cfg, w.title_x), keep) for w in windows]
+    )
     row_f, _ = fit_ranker("row", page_cfg, r_all, rounds=r_rounds)
     steps.update()
     steps.close()
     metrics["refit"] = {"title_rounds": t_rounds, "row_rounds": r_rounds}
-    return Fitted(PageModel(title_f, row_f, context_features=page_cfg.context_features), metrics)
+    return Fitted(
+        PageModel(title_f, row_f, context_features=page_cfg.context_features), metrics, keep
+    )
+
+
+def title_order_by_kind(
+    scores: np.ndarray, d: RankData, w: WindowData
+) -> dict[str, dict[str, float]]:
+    """Per row kind on the held-out window, NDCG@10 of its rows in the title model's order and
+    in the ranker's: the guard keeps the ranker's order for the kinds where the model loses, so
+    the page model never makes a row worse than its ranker on validation."""
+    ranker = _baseline_title(w)["ranker_order"]
+    pair_kind = np.repeat(w.row_kind, w.row_size)
+    out: dict[str, dict[str, float]] = {}
+    for code in np.unique(w.row_kind).tolist():
+        rows = w.row_kind == code
+        pairs = pair_kind == code
+        sub = RankData(d.X[pairs], d.y[pairs], d.group[rows], None)
+        if _groups_with_positive(sub) == 0:
+            continue
+        out[w.store.kinds[code]] = {
+            "title_model": round(ndcg_at(scores[pairs], sub.y, sub.group, 10), 5),
+            "ranker_order": round(ndcg_at(ranker[pairs], sub.y, sub.group, 10), 5),
+            "rows_with_a_play": _groups_with_positive(sub),
+        }
+    return out
 
 
 def _best_rounds(m: dict[str, float], cap: int) -> int:
@@ -929,6 +968,7 @@ def train(
         model=fitted.model,
         metrics={**fitted.metrics, "timings": timings},
         info={
+            "ranker_order_kinds": list(fitted.ranker_order_kinds),
             "cutoff": cutoff.isoformat(),
             "data": {
                 "dir": str(data_dir),
@@ -978,6 +1018,8 @@ def write_model_dir(
         # (npz files carry zip timestamps, so they are checksummed but not part of the name).
         version_src = [files["title_model.txt"], files["row_model.txt"], files[CONFIG_FILE]]
         version_src += [info["data"]["fingerprint"], info["cutoff"]]
+        if info.get("ranker_order_kinds"):  # the guard changes pages too
+            version_src.append("ranker order: " + ",".join(info["ranker_order_kinds"]))
         model_version = hashlib.sha256("|".join(version_src).encode()).hexdigest()[:12]
         manifest = {
             "format": MODEL_DIR_FORMAT,
@@ -1030,6 +1072,12 @@ def summary(manifest: dict[str, Any]) -> str:
         f"(ranker order {t.get('ranker_order_ndcg_at_10', float('nan')):.4f}, "
         f"logged order {t.get('logged_order_ndcg_at_10') or float('nan'):.4f}, "
         f"random {t['random_ndcg_at_10']:.4f})",
+        "title order by row kind (held-out NDCG@10, title model / ranker): "
+        + ", ".join(
+            f"{k} {v['title_model']:.3f}/{v['ranker_order']:.3f}"
+            for k, v in t.get("by_kind", {}).items()
+        ),
+        f"rows kept in their ranker's order: {', '.join(manifest.get('ranker_order_kinds', []))}",
         f"row model, held-out window NDCG@10: {r['valid_ndcg_at_10']:.4f} "
         f"(logged order {r.get('logged_order_ndcg_at_10') or float('nan'):.4f}, "
         f"random {r['random_ndcg_at_10']:.4f})",
