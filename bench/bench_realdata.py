@@ -18,8 +18,8 @@ cut at the last 10% of plays):
    bootstrap 95% interval over members); the page's N2DCG ÷ each baseline's list poured into the
    same page shape; the recall of the union of rowrank's candidate rows.
 
-Models are cached under WORK/models keyed by (split, config, data fingerprint): a repeated run
-only scores. Results: WORK/<split>-<validation|test>-<overlay stem or default>.json.
+Models are cached under WORK/models keyed by (split, config, data fingerprint, rowrank's source):
+a repeated run only scores. Results: WORK/<split>-<validation|test>-<overlay stem or default>.json.
 """
 
 from __future__ import annotations
@@ -110,11 +110,24 @@ def training_data(split: RealSplit, data: Path, work: Path) -> Path:
     return out
 
 
+def code_fingerprint() -> bytes:
+    """sha256 over rowrank's own source (engine/ and rankers/, .py and .toml), so a model
+    cached before a code change is not measured as if it came from the new code (helpers edit
+    the engine while benchmarks run; trained_with checks only the format and version)."""
+    h = hashlib.sha256()
+    for pkg in ("engine", "rankers"):
+        for f in sorted([*(ROOT / pkg).rglob("*.py"), *(ROOT / pkg).rglob("*.toml")]):
+            h.update(f.relative_to(ROOT).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.digest()
+
+
 def trained(split: RealSplit, data: Path, cfg: EngineConfig, work: Path, retrain: bool) -> Any:
     """The rowrank model of `split` and `cfg`, trained unless WORK/models holds it already."""
     src = training_data(split, data, work)
     doc = orjson.dumps(cfg.to_document(), option=orjson.OPT_SORT_KEYS)
-    key = hashlib.sha256(doc + data_fingerprint(src).encode()).hexdigest()[:12]
+    key = hashlib.sha256(doc + data_fingerprint(src).encode() + code_fingerprint()).hexdigest()
+    key = key[:12]
     out = work / "models" / f"{split.name}-{key}"
     if retrain or not trained_with(out, src, cfg, split.until):
         t0 = time.perf_counter()
