@@ -22,7 +22,7 @@ def test_default_config_has_every_builtin_ranker_and_two_trending_instances() ->
     cfg = load_config(None)
     assert list(cfg.rankers) == [
         "pvr",
-        "top_n",
+        "top_picks",
         "trending_24h",
         "trending_7d",
         "continue_watching",

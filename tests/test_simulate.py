@@ -240,7 +240,7 @@ def test_impressions_inside_the_viewport(tables: dict[str, pl.DataFrame]) -> Non
     imp = tables[IMPRESSIONS]
     assert set(imp["row_kind"]) == {
         "continue_watching",
-        "top_n",
+        "top_picks",
         "trending",
         "pvr_genre",
         "because_you_watched",

@@ -8,8 +8,8 @@ All randomness flows from one `numpy.random.Generator` seeded once; children are
 (world, one per user chunk), so the same seed gives byte-identical files.
 
 Users are simulated in chunks of `WorldParams.panel_users`, each for the whole period, so memory
-stays bounded. The logging policy's popularity statistics (top_n, trending, genre rows) come from
-the plays of the first chunk (the "panel"), computed at each day start from earlier days only.
+stays bounded. The logging policy's popularity statistics (top picks, trending, genre rows) come
+from the plays of the first chunk (the "panel"), computed at each day start from earlier days only.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ YEAR_US = 365 * US_PER_DAY
 G = len(GENRES)
 N_COUNTRIES = len(COUNTRIES)
 N_MAT = len(MATURITY_LEVELS)
-# Policy list kinds inside the per-day table: top_n, trending, new_releases, then one per genre.
+# Policy list kinds inside the per-day table: top picks, trending, new_releases, then one per genre.
 L_TOP, L_TREND, L_NEW = 0, 1, 2
 N_LISTS = 3 + G
 # Candidate rows of a logged page, in the policy's default order (codes index ROW_KINDS).

@@ -46,7 +46,7 @@ GENRES: tuple[str, ...] = (
 COUNTRIES: tuple[str, ...] = ("US", "GB", "DE", "FR", "BR", "IN")
 ROW_KINDS: tuple[str, ...] = (
     "continue_watching",
-    "top_n",
+    "top_picks",
     "trending",
     "pvr_genre",
     "because_you_watched",
