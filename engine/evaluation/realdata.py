@@ -465,6 +465,16 @@ class RowrankScores:
     layout: DeviceLayout | None = None
 
 
+def top_picks_ranker(eng: Any) -> str | None:
+    """The instance behind the page's Top Picks row: the first ranker of type `top_picks`, else
+    of type `top_n`."""
+    for kind in ("top_picks", "top_n"):
+        for name, r in eng.rankers.items():
+            if getattr(r, "type_name", "") == kind:
+                return name
+    return None
+
+
 def score_rowrank(
     eng: Any,
     split: RealSplit,
@@ -481,8 +491,7 @@ def score_rowrank(
         and np.array_equal(h.user_ids, split.history.user_ids)
     ):
         raise ValueError(f"the engine was not trained on {split.name}'s training data")
-    top_names = [n for n, r in eng.rankers.items() if getattr(r, "type_name", "") == "top_n"]
-    top_name = top_names[0] if top_names else None
+    top_name = top_picks_ranker(eng)
     index = {t: i for i, t in enumerate(h.title_ids.tolist())}
     out = RowrankScores(first_rows={n: [] for n in eng.rankers}, layout=eng.layout(device))
     empty = np.empty(0, dtype=np.int64)
