@@ -12,6 +12,9 @@ precompute builds them. Reported: each side's CPU p50/p99 and
 the median over requests of the per-page ratio head/base, with a bootstrap 95% interval, and
 whether both built byte-identical pages, traces included.
 
+--base-model DIR: the base side loads another model of the same world (its pages then differ):
+what a config change (another ranker set) costs a page, code unchanged or not.
+
 --base / --head: git revisions (extracted with `git archive` into a temporary directory); the
 head defaults to this working tree. Both must load the model directory (default: the one
 bench_page_speed.py uses). --row-length N also times rows of N titles (as bench_page_speed.py
@@ -144,9 +147,16 @@ def ask(p: subprocess.Popen, i: int) -> tuple[float, str]:
 
 
 def compare(
-    base: Path, head: Path, model: Path, reqs: list, cpu: int, row_length: int, label: str
+    base: Path,
+    head: Path,
+    model: Path,
+    reqs: list,
+    cpu: int,
+    row_length: int,
+    label: str,
+    base_model: Path | None = None,
 ) -> None:
-    a = start(base, model, cpu, row_length, reqs)
+    a = start(base, base_model or model, cpu, row_length, reqs)
     b = start(head, model, cpu, row_length, reqs)
     ta, tb, same = [], [], True
     try:
@@ -177,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", required=True, help="git revision")
     ap.add_argument("--head", default=None, help="git revision (default: this working tree)")
     ap.add_argument("--model", default=str(MODEL))
+    ap.add_argument(
+        "--base-model",
+        help="the model the base side loads (default: --model): the cost of a config change, "
+        "e.g. a model trained with another ranker set on the same world",
+    )
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--row-length", type=int, default=0)
     ap.add_argument("--cpu", type=int, default=0)
@@ -207,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{' compiled with mypyc: ' + args.mypyc if args.mypyc else ''}; model {model.name}; "
             f"cpu {args.cpu}; load average {os.getloadavg()[0]:.1f}"
         )
-        compare(base, head, model, reqs, args.cpu, 0, "default config rows")
+        base_model = Path(args.base_model).resolve() if args.base_model else None
+        compare(base, head, model, reqs, args.cpu, 0, "default config rows", base_model)
         if args.row_length:
             compare(
                 base, head, model, reqs, args.cpu, args.row_length, f"rows of {args.row_length}"
