@@ -1,14 +1,13 @@
-"""Page quality of the engine against the ground truth of a simulated world (and on MovieLens).
+"""Page quality of the engine against the ground truth of a simulated world.
 
     .venv/bin/python bench/bench_page_quality.py [--work DIR] [--users N] [--seed N]
                                                  [--world-users N --world-titles N --world-days N]
-                                                 [--ml DIR | --no-ml] [--no-world]
-                                                 [--ml-validation] [--overlay FILE] [--retrain]
+                                                 [--overlay FILE] [--retrain]
 
 Simulated world (default: `rowrank simulate`'s default world, 5,000 members x 2,000 titles x
-60 days, written once under WORK/world): the engine is trained up to the dataset's clock, then
-every page is scored by the world's true model, for requests in the day after the clock whose
-(device, hour) follow the last week of logged traffic:
+60 days, written once under WORK/world-USERSxTITLESxDAYS): the engine is trained up to the
+dataset's clock, then every page is scored by the world's true model, for requests in the day
+after the clock whose (device, hour) follow the last week of logged traffic:
 
 - take-rate: GroundTruth.expected_plays, the true probability that the member plays something
   from the page under the world's browsing model (2-D cascade in the device's viewport);
@@ -16,36 +15,20 @@ every page is scored by the world's true model, for requests in the day after th
   repeated after its first appearance counts zero), divided by the same sum for the catalog's
   most attractive titles on the best slots of the device's full grid.
 
-Pages compared, for the same requests: the engine; (a) a template page from the same rankers
-(same filters, dedupe, caps and layout; rows in the fixed kind order
-PageModelConfig.row_template, titles in each ranker's own order; no model); (b) the engine
-trained without context features (`[page] context_features = false`); the oracle page
+Pages compared, for the same requests: the engine; the same engine with its rows ordered by
+the other `[page] row_order` (the title model's cascade estimate, or the row model); (a) a
+template page from the same rankers (same filters, dedupe, caps and layout; rows in the fixed
+kind order PageModelConfig.row_template, titles in each ranker's own order; no model); (b) the
+engine trained without context features (`[page] context_features = false`); the oracle page
 (GroundTruth.oracle_page). Ratios are of means; intervals are paired bootstraps over requests.
 
-MovieLens (ml-latest-small; bench/protocol.py's temporal protocol at several cuts, `--ml-cuts`,
-default 0.1,0.2,0.3: the times leaving 10%, 20% and 30% of plays after them, each window ending
-at the next later cut, because one cut leaves only 27 members with plays on both sides): at each
-cut the engine is trained as of that cut, and each test member gets one tv page at the time of
-their first play in the window. Scored with NDCG@10 against the titles they played in the
-window: the Top Picks (`top_n`) row as the page shows it (after dedupe against the rows above
-it), the same row in the title model's order before assembly, in Top-N's own order, and the
-best single ranker's own list (chosen on these pages, which favours it); page N2DCG (binary
-relevance) against that best list poured into the same page shape (row-major, same rows x
-titles). Differences come with 95% intervals from a bootstrap over members.
-
-`--ml-validation`: the same protocol on validation cuts carved from the data before the
-earliest test cut (engine.evaluation.split.validation_splits, the same fractions of that earlier
-data), so
-a change to the page can be judged without the test windows; models under WORK/models/ml-val*,
-results in WORK/results-validation.json.
-
 `--overlay FILE`: a TOML file deep-merged into the built-in engine config for every model (the
-same merge as a `rowrank bench` variant), e.g. bench/overlays/top_n_three_cuts.toml; its models
-and results are named after the file's stem (WORK/models/ml-val1@top_n_three_cuts,
-WORK/results-validation@top_n_three_cuts.json), so the default figures stay as they are.
+same merge as a `rowrank bench` variant); its models and results are named after the file's
+stem (WORK/models/full@STEM, WORK/results@STEM.json), so the default figures stay as they are.
 
-Each section of the results file ("simulated", "movielens") names the machine and commit it was
-measured on; a run with --no-ml or --no-world replaces only its own section and keeps the other.
+The results file (WORK/results.json) holds one section, "simulated", which names the machine and
+commit it was measured on. Real data (MovieLens) is measured by bench/bench_realdata.py
+(docs/realdata.md).
 """
 
 from __future__ import annotations
@@ -55,7 +38,6 @@ import os
 import sys
 import time
 import tomllib
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,16 +54,9 @@ from engine.config import EngineConfig, load_config, parse_config
 from engine.data.columns import DEVICES, Col
 from engine.data.dataset import load_dataset
 from engine.evaluation.benchmark import deep_merge
-from engine.evaluation.metrics import (
-    bootstrap_ratio_ci,
-    discounts_2d,
-    first_appearances,
-    n2dcg,
-    ndcg_at_k,
-    page_grid,
-)
+from engine.evaluation.metrics import discounts_2d, first_appearances, page_grid
 from engine.evaluation.split import machine
-from engine.pipeline import Engine, filter_rows, propose_rows, pvr_scores
+from engine.pipeline import Engine, propose_rows
 from engine.request.context import RequestContext
 from engine.request.layout import DEFAULT_LAYOUTS
 from engine.request.selectors import assemble_page, score_rows_by_template
@@ -89,7 +64,6 @@ from engine.sim.world import GroundTruth
 from engine.training.train import train, trained_with
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
 
 
 # ----- models (trained once per config and data) -------------------------------------------------
@@ -305,177 +279,6 @@ def bench_world(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-# ----- MovieLens ---------------------------------------------------------------------------------
-
-
-def bench_movielens(args: argparse.Namespace) -> dict[str, Any]:
-    from protocol import quantile_cut, rolling_splits, validation_splits  # bench/protocol.py
-
-    from engine.data.movielens import import_movielens
-
-    work = Path(args.work)
-    data = work / "ml-latest-small"
-    if not (data / "dataset.json").exists():
-        import_movielens(Path(args.ml), data)
-    ds = load_dataset(data)
-    units: dict[str, list[Any]] = {}
-    splits, train_seconds = [], {}
-    if args.ml_validation:  # nothing at or after the earliest test cut is seen
-        first_test_cut = quantile_cut(ds.plays, max(args.ml_cuts))
-        split_list = validation_splits(ds, first_test_cut, args.ml_cuts)
-    else:
-        split_list = rolling_splits(ds, args.ml_cuts)
-    for split in split_list:
-        eng, t = trained(
-            data,
-            model_dir(args, f"ml-{split.name}"),
-            config_with({}, args),
-            until=split.cutoff,
-            retrain=args.retrain,
-        )
-        splits.append(split.describe())
-        train_seconds[split.name] = t
-        for key, values in movielens_units(eng, ds, split).items():
-            units.setdefault(key, []).extend(values)
-    member = np.array(units.pop("member"))
-    lists = units.pop("lists")
-    shapes = units.pop("shape")
-    kinds_above = Counter(k for above in units.pop("kinds_above") for k in above)
-    deduped_to: Counter[str] = sum(units.pop("deduped_to"), Counter())
-    # The best single ranker is chosen on these very units, which favours it.
-    per_ranker = {
-        name: np.array([ndcg_at_k(got.get(name, _EMPTY), truth, 10) for got, truth in lists])
-        for name in sorted({n for got, _ in lists for n in got})
-    }
-    best = max(per_ranker, key=lambda n: float(per_ranker[n].mean()))
-    m = {k: np.array(v, dtype=np.float64) for k, v in units.items()}
-    best_ndcg = per_ranker[best]
-    poured = np.array(
-        [
-            poured_n2dcg(got.get(best, _EMPTY), truth, shape)
-            for (got, truth), shape in zip(lists, shapes, strict=True)
-        ]
-    )
-    rng = np.random.default_rng(args.seed)
-    return {
-        "splits": splits,
-        "train_seconds": train_seconds,
-        "units": len(member),
-        "members": len(set(member.tolist())),
-        "best_single_ranker": best,
-        "ndcg10": {
-            "top_picks_shown": float(m["top_shown"].mean()),
-            "top_picks_model_order": float(m["top_ranked"].mean()),
-            "top_n_own_order": float(m["top_own"].mean()),
-            "best_single_ranker": float(best_ndcg.mean()),
-            "every_ranker": {n: float(v.mean()) for n, v in per_ranker.items()},
-        },
-        "differences": {
-            "shown - best": member_bootstrap(m["top_shown"] - best_ndcg, member, rng),
-            "model order - best": member_bootstrap(m["top_ranked"] - best_ndcg, member, rng),
-            "model order - own order": member_bootstrap(
-                m["top_ranked"] - m["top_own"], member, rng
-            ),
-            "page n2dcg - poured": member_bootstrap(m["page_n2dcg"] - poured, member, rng),
-        },
-        "top_picks_row": {
-            "pages_without_it": int((m["top_row"] < 0).sum()),
-            "median_position": float(np.median(m["top_row"][m["top_row"] >= 0]) + 1),
-            "rows_above_by_kind": dict(kinds_above.most_common()),
-            "later_plays_deduped": int(m["truth_deduped"].sum()),
-            "later_plays_kept_by_kind": dict(deduped_to.most_common()),
-            "pages_losing_later_plays": int((m["truth_deduped"] > 0).sum()),
-        },
-        "page_n2dcg": float(m["page_n2dcg"].mean()),
-        "best_ranker_poured_n2dcg": float(poured.mean()),
-    }
-
-
-_EMPTY = np.empty(0, dtype=np.int64)
-
-
-def movielens_units(eng: Engine, ds: Any, split: Any) -> dict[str, list[Any]]:
-    """One page per test member of `split`, at their first play in its window, and what it is
-    scored against: the Top Picks (`top_n`) row as shown (after dedupe against rows above), the
-    same row in the title model's order before assembly, in Top-N's own order, and every
-    ranker's own list (its rows concatenated, first appearance kept) at the same request."""
-    h = eng.history
-    window = ds.plays.filter(pl.col(Col.TS) >= pl.lit(split.cutoff).dt.cast_time_unit("us"))
-    first = window.sort(Col.TS).group_by(Col.USER_ID, maintain_order=True).first()
-    first_at = dict(zip(first[Col.USER_ID].to_list(), first[Col.TS].to_list(), strict=True))
-    out: dict[str, list[Any]] = {}
-    for u, truth in zip(split.users.tolist(), split.truth, strict=True):
-        uid = str(h.user_ids[u])
-        ctx = eng.context(uid, "tv", first_at[uid] - timedelta(seconds=1))
-        page = eng.page_for(ctx)
-        shown = [np.array([h.title_index(i.title_id) for i in r.items]) for r in page.rows]
-        at = next((i for i, r in enumerate(page.rows) if r.ranker == "top_n"), -1)
-        top = shown[at] if at >= 0 else _EMPTY
-        # the member's later plays that dedupe took out of the Top Picks row, by the kind of
-        # the row above that kept them
-        later = set(h.title_ids[truth].tolist())
-        kind_of = {r.row_id: r.kind for r in page.rows}
-        deduped = Counter(
-            kind_of.get(d["lost_to"], "?")
-            for d in page.trace["assembly"]["duplicates"]
-            if d["row_id"] == "top_n"
-            for t in d["titles"]
-            if t in later
-        )
-        proposed = propose_rows(eng.rankers, ctx, h).rows
-        rows, _ = eng.filter(proposed, ctx)
-        pvr, _ = pvr_scores(eng.rankers, u, h, ctx.at_us)
-        ranked = eng.score(ctx, rows, pvr, eng.layout(ctx.device)).rows
-        long_rows, _ = filter_rows(proposed, ctx, h, eng.rankers, 200)
-        lists: dict[str, np.ndarray] = {}
-        for r in long_rows:
-            cat = np.concatenate([lists.get(r.ranker, _EMPTY), r.titles.astype(np.int64)])
-            lists[r.ranker] = cat[first_appearances(cat)]
-        for key, value in (
-            ("member", uid),
-            ("top_shown", ndcg_at_k(top, truth, 10)),
-            ("top_row", at),
-            ("kinds_above", [r.kind for r in page.rows[: max(at, 0)]]),
-            ("truth_deduped", sum(deduped.values())),
-            ("deduped_to", deduped),
-            ("top_ranked", ndcg_at_k(_top_n_titles(ranked), truth, 10)),
-            ("top_own", ndcg_at_k(_top_n_titles(rows), truth, 10)),
-            ("page_n2dcg", n2dcg(page_grid(shown), truth, eng.layout(ctx.device))),
-            ("shape", ([len(t) for t in shown], eng.layout(ctx.device))),
-            ("lists", (lists, truth)),
-        ):
-            out.setdefault(key, []).append(value)
-    return out
-
-
-def _top_n_titles(rows: list[Any]) -> np.ndarray:
-    return next((r.titles for r in rows if r.ranker == "top_n"), _EMPTY)
-
-
-def poured_n2dcg(ranked: np.ndarray, truth: np.ndarray, shape: tuple[list[int], Any]) -> float:
-    """A single list poured row-major into the page's shape (same rows x titles), scored
-    like the page."""
-    lengths, layout = shape
-    poured, start = [], 0
-    for n in lengths:
-        poured.append(ranked[start : start + n])
-        start += n
-    return n2dcg(page_grid(poured, max(lengths, default=0)), truth, layout)
-
-
-def member_bootstrap(
-    diff: np.ndarray, member: np.ndarray, rng: np.random.Generator
-) -> dict[str, float | int | None]:
-    """Mean of a paired difference with a 95% interval that resamples members (each with all
-    their cuts, as one member's pages at several cuts are not independent): the cluster
-    bootstrap of engine.evaluation.metrics.bootstrap_ratio_ci on per-member sums over page
-    counts."""
-    _, inverse = np.unique(member, return_inverse=True)
-    sums = np.bincount(inverse, weights=diff)
-    counts = np.bincount(inverse).astype(np.float64)
-    return bootstrap_ratio_ci(sums, counts, rng).to_dict()
-
-
 # ----- main --------------------------------------------------------------------------------------
 
 
@@ -488,80 +291,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-titles", type=int, default=2000)
     p.add_argument("--world-days", type=int, default=60)
     p.add_argument("--world-seed", type=int, default=0)
-    p.add_argument("--ml", default="/work/shared/data/ml-latest-small")
-    p.add_argument(
-        "--ml-cuts",
-        type=lambda v: tuple(float(x) for x in v.split(",")),
-        default=(0.1, 0.2, 0.3),
-        help="MovieLens test cuts as fractions of plays after each (rolling origin)",
-    )
-    p.add_argument(
-        "--ml-validation",
-        action="store_true",
-        help="MovieLens on validation cuts before the earliest test cut (for tuning)",
-    )
     p.add_argument(
         "--overlay",
-        help="TOML deep-merged into the built-in engine config for every model (e.g. "
-        "bench/overlays/*.toml); models and results are kept apart, named by its stem",
+        help="TOML deep-merged into the built-in engine config for every model; models and "
+        "results are kept apart, named by its stem",
     )
-    p.add_argument("--no-ml", action="store_true")
-    p.add_argument("--no-world", action="store_true")
     p.add_argument("--retrain", action="store_true")
     args = p.parse_args(argv)
-    results: dict[str, Any] = {}
-    if not args.no_world:
-        results["simulated"] = r = {"measured_on": machine(), **bench_world(args)}
-        print(f"\n== simulated world {r['world']}: {r['requests']} requests {r['devices']}")
-        print(f"{'page':<16}{'take-rate':>10}{'N2DCG':>9}   take-rate / oracle")
-        for n in r["take_rate"]:
-            vs = r["take_rate_vs_oracle"].get(n, "1")
-            print(f"{n:<16}{r['take_rate'][n]:>10.4f}{r['n2dcg'][n]:>9.4f}   {vs}")
-        print(f"engine / template   take-rate {r['engine_vs_template']}")
-        print(f"engine / no-context take-rate {r['engine_vs_no_context']}")
-        print(f"engine / template   N2DCG     {r['n2dcg_engine_vs_template']}")
-        print(f"engine / no-context N2DCG     {r['n2dcg_engine_vs_no_context']}")
-        print(f"held-out window NDCG@10: {r['held_out_ndcg10']}")
-        print(f"per device take-rate: {orjson.dumps(r['per_device_take_rate']).decode()}")
-        print(f"train seconds {r['train_seconds']}, eval {r['eval_seconds']:.1f} s")
-    if not args.no_ml and Path(args.ml).is_dir():
-        results["movielens"] = r = {"measured_on": machine(), **bench_movielens(args)}
-        print(f"\n== MovieLens: {r['units']} pages of {r['members']} members over these cuts:")
-        for line in r["splits"]:
-            print(f"  {line}")
-        n = r["ndcg10"]
-        print(
-            f"NDCG@10: Top Picks row as shown {n['top_picks_shown']:.4f}; the same row in the "
-            f"title model's order before assembly {n['top_picks_model_order']:.4f}; in Top-N's "
-            f"own order {n['top_n_own_order']:.4f}; best single ranker ({r['best_single_ranker']}, "
-            f"chosen on these pages) {n['best_single_ranker']:.4f}"
-        )
-        print(f"every ranker's own list: {orjson.dumps(n['every_ranker']).decode()}")
-        t = r["top_picks_row"]
-        print(
-            f"Top Picks row: missing from {t['pages_without_it']} pages, median position "
-            f"{t['median_position']:.0f}; rows above it by kind "
-            f"{orjson.dumps(t['rows_above_by_kind']).decode()}; dedupe took "
-            f"{t['later_plays_deduped']} of the members' later plays out of it, on "
-            f"{t['pages_losing_later_plays']} pages, to rows of kind "
-            f"{orjson.dumps(t['later_plays_kept_by_kind']).decode()}"
-        )
-        print(
-            f"page N2DCG {r['page_n2dcg']:.4f} vs best list poured into the page "
-            f"{r['best_ranker_poured_n2dcg']:.4f}"
-        )
-        for name, d in r["differences"].items():
-            print(f"  {name:<26} {d['value']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] (members)")
-    name = "results-validation" if args.ml_validation else "results"
-    name += f"@{Path(args.overlay).stem}.json" if args.overlay else ".json"
+    r = {"measured_on": machine(), **bench_world(args)}
+    print(f"\n== simulated world {r['world']}: {r['requests']} requests {r['devices']}")
+    print(f"{'page':<16}{'take-rate':>10}{'N2DCG':>9}   take-rate / oracle")
+    for n in r["take_rate"]:
+        vs = r["take_rate_vs_oracle"].get(n, "1")
+        print(f"{n:<16}{r['take_rate'][n]:>10.4f}{r['n2dcg'][n]:>9.4f}   {vs}")
+    print(f"engine / template   take-rate {r['engine_vs_template']}")
+    print(f"engine / no-context take-rate {r['engine_vs_no_context']}")
+    print(f"engine / template   N2DCG     {r['n2dcg_engine_vs_template']}")
+    print(f"engine / no-context N2DCG     {r['n2dcg_engine_vs_no_context']}")
+    print(f"held-out window NDCG@10: {r['held_out_ndcg10']}")
+    print(f"per device take-rate: {orjson.dumps(r['per_device_take_rate']).decode()}")
+    print(f"train seconds {r['train_seconds']}, eval {r['eval_seconds']:.1f} s")
+    name = f"results@{Path(args.overlay).stem}.json" if args.overlay else "results.json"
     out = Path(args.work) / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    # The sections not run this time keep their last figures (each names its commit).
-    kept = orjson.loads(out.read_bytes()) if out.exists() else {}
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(orjson.dumps({**kept, **results}, option=orjson.OPT_INDENT_2))
+    tmp.write_bytes(orjson.dumps({"simulated": r}, option=orjson.OPT_INDENT_2))
     tmp.replace(out)
-    print(f"-> {out} (sections written now: {', '.join(results) or 'none'})")
+    print(f"-> {out}")
     return 0
 
 
