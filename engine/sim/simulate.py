@@ -636,11 +636,81 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 # ----- one chunk of users over the whole period --------------------------------------------------
+#
+# A chunk of members is simulated day by day (`_ChunkRun`). A day's sessions (`_DaySessions`) run
+# in rounds, round k being every member's k-th session of the day, so a round holds each member
+# at most once and is simulated as whole arrays. A round's session opens either the logged
+# homepage (`_build_page`, then `_browse_page`) or search (`_search`); the titles started then
+# play out (`_watch`: `_play_outcome`, then `_next_episodes` for binge), which updates what the
+# simulator remembers of each member (`_ChunkState`) and the log (`_Log`), which `_logged_tables`
+# finally turns into the dataset's plays and impressions.
+#
+# Every unit draws from the chunk's one generator, in a fixed order: page (genre rows, row order,
+# within-row order, browse), then search batches, then watching. That order is the seed's
+# contract (the same seed gives byte-identical files), so a change in it is a change of output,
+# not a refactor; units below say which draws they make.
 
 
 @dataclass
-class _Out:
-    """Columns collected while simulating (lists of arrays, concatenated at the end)."""
+class _ChunkState:
+    """What the simulator remembers about members [u0, u0 + n) between sessions. Member indices
+    in this section are chunk-local (add `u0` for the world's index)."""
+
+    u0: int
+    n: int
+    slots: _Slots  # titles touched: progress, finished, last play (what PlayLog.state derives)
+    gcount: np.ndarray  # (n, G) genre-weighted plays: the policy's personalised genre rows
+    last_fin: np.ndarray  # last finished title, the "because you watched" seed (-1 none)
+    busy: np.ndarray  # when the member's last play ends: a new session waits for it
+    country: np.ndarray
+    mat_level: np.ndarray  # index of the member's maximum maturity in MATURITY_LEVELS
+    counts: np.ndarray | None  # panel chunk only: (days, C, T) plays feeding _policy_lists
+
+    @classmethod
+    def start(cls, world: World, u0: int, u1: int, counts: np.ndarray | None) -> _ChunkState:
+        """Members before their first simulated day: nothing played yet."""
+        n = u1 - u0
+        ug = np.arange(u0, u1)
+        return cls(
+            u0=u0,
+            n=n,
+            slots=_Slots(n, world.n_titles),
+            gcount=np.zeros((n, G), dtype=np.float32),
+            last_fin=np.full(n, -1, dtype=np.int64),
+            busy=np.zeros(n, dtype=np.int64),
+            country=world.user_country[ug].astype(np.int64),
+            mat_level=np.searchsorted(np.array(MATURITY_LEVELS), world.user_maturity_max[ug]),
+            counts=counts,
+        )
+
+    def record_plays(
+        self,
+        world: World,
+        users: np.ndarray,
+        titles: np.ndarray,
+        ts: np.ndarray,
+        play: _PlayOutcome,
+    ) -> None:
+        """Apply plays (one per member: `users` are unique) so later sessions see them."""
+        self.slots.record(users, titles, ts, play.end.astype(np.float32), play.abandoned)
+        self.gcount[users] += world.genre_weight_matrix[titles]
+        self.last_fin[users[play.done]] = titles[play.done]
+        self.busy[users] = np.maximum(self.busy[users], play.end_ts)
+        if self.counts is not None:
+            # The panel's plays are the logging policy's popularity statistics.
+            play_day = (ts - world.start_us) // US_PER_DAY
+            inside = play_day < world.days
+            np.add.at(
+                self.counts,
+                (play_day[inside], self.country[users[inside]], titles[inside]),
+                1.0,
+            )
+
+
+@dataclass
+class _Log:
+    """Columns logged while simulating (lists of arrays, concatenated once at the end, which
+    keeps appends cheap): p_* one per play, i_* one per impression."""
 
     p_user: list[np.ndarray]
     p_title: list[np.ndarray]
@@ -663,16 +733,60 @@ class _Out:
     i_played: list[np.ndarray]
 
     @classmethod
-    def empty(cls) -> _Out:
+    def empty(cls) -> _Log:
         return cls(**{f: [] for f in cls.__dataclass_fields__})
 
     def cat(self, name: str, dtype: type) -> np.ndarray:
         parts = getattr(self, name)
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
+    def add_plays(
+        self,
+        ug: np.ndarray,
+        titles: np.ndarray,
+        ts: np.ndarray,
+        device: np.ndarray,
+        source: np.ndarray,
+        play: _PlayOutcome,
+    ) -> None:
+        self.p_user.append(ug.astype(np.int32))
+        self.p_title.append(titles.astype(np.int32))
+        self.p_ts.append(ts)
+        self.p_device.append(device.astype(np.int8))
+        self.p_seconds.append(play.seconds.astype(np.float32))
+        self.p_progress.append(play.end.astype(np.float32))
+        self.p_abandoned.append(play.abandoned)
+        self.p_source.append(source.astype(np.int8))
+
+    def add_impressions(
+        self,
+        ug: np.ndarray,
+        t: np.ndarray,
+        device: np.ndarray,
+        day: int,
+        k: int,
+        page: _Page,
+        row: np.ndarray,
+        col: np.ndarray,
+    ) -> None:
+        """Log exactly what the viewport showed; `row`, `col` = the slot played (-1 none)."""
+        ii, rr, cc = np.nonzero(page.view >= 0)
+        self.i_user.append(ug[ii].astype(np.int32))
+        self.i_ts.append(t[ii])
+        self.i_device.append(device[ii].astype(np.int8))
+        self.i_day.append(np.full(len(ii), day, dtype=np.int16))
+        self.i_round.append(np.full(len(ii), k, dtype=np.int16))
+        self.i_row.append(rr.astype(np.int16))
+        self.i_kind.append(page.kind[ii, rr].astype(np.int8))
+        self.i_code.append(page.code[ii, rr])
+        self.i_pos.append(cc.astype(np.int16))
+        self.i_title.append(page.view[ii, rr, cc].astype(np.int32))
+        self.i_played.append((row[ii] == rr) & (col[ii] == cc))
+
 
 class _ChunkRun:
-    """Simulates users [u0, u1) day by day (rounds = each user's k-th session of the day)."""
+    """Simulates members [u0, u1) day by day: holds the chunk's state, log and generator and
+    runs each day's rounds through the units below."""
 
     def __init__(
         self,
@@ -682,425 +796,600 @@ class _ChunkRun:
         rng: np.random.Generator,
         counts: np.ndarray | None,
     ) -> None:
-        self.w, self.u0, self.n = world, u0, u1 - u0
-        self.p = world.params
+        self.w = world
         self.rng = rng
-        self.counts = counts  # panel: (days, C, T) plays per day, country, title
-        self.slots = _Slots(self.n, world.n_titles)
-        self.gcount = np.zeros((self.n, G), dtype=np.float32)
-        self.last_fin = np.full(self.n, -1, dtype=np.int64)
-        self.busy = np.zeros(self.n, dtype=np.int64)
-        self.out = _Out.empty()
-        ug = np.arange(u0, u1)
-        self.country = world.user_country[ug].astype(np.int64)
-        self.mat_level = np.searchsorted(np.array(MATURITY_LEVELS), world.user_maturity_max[ug])
-        self.beta = np.asarray(self.p.col_continue)
-        self.code_pvr = len(ROW_KINDS)
-        self.code_byw = len(ROW_KINDS) + G
-
-    # ----- a day -------------------------------------------------------------------------------
+        self.state = _ChunkState.start(world, u0, u1, counts)
+        self.log = _Log.empty()
 
     def run_day(self, day: int, lists: np.ndarray) -> None:
-        w, rng = self.w, self.rng
-        day_us = w.start_us + day * US_PER_DAY
+        """One day: `lists` are the policy's lists for it (`_policy_lists`)."""
+        sessions = _DaySessions.draw(self.w, self.state, day, self.rng)
+        for k in range(sessions.rounds):
+            # A round's start times depend on the plays of the rounds before it (busy).
+            users, t = sessions.members_in_round(k, self.w, self.state)
+            if len(users):
+                self._round(users, t, day, k, lists)
+
+    def _round(self, users: np.ndarray, t: np.ndarray, day: int, k: int, lists: np.ndarray) -> None:
+        """One session per member: open the homepage or search, then watch what was started."""
+        w, st, rng = self.w, self.state, self.rng
+        ug = users + st.u0
+        hour = (t // HOUR_US) % 24
+        device = _pick(rng, w.device_mix[ug] * w.device_hour[hour]).astype(np.int64)
+        search = rng.random(len(users)) < w.params.search_share
+        starts = _Starts()
+        pg = np.flatnonzero(~search)
+        if len(pg):
+            pu, pt, pd = users[pg], t[pg], device[pg]
+            ix = st.slots.index(pu)  # valid for the page: nothing is recorded until _watch
+            page = _build_page(w, st, rng, pu, ix, pt, pd, lists)
+            r, c, play_ts = _browse_page(w, st, rng, pu, ix, pt, pd, page)
+            self.log.add_impressions(ug[pg], pt, pd, day, k, page, r, c)
+            hit = np.flatnonzero(r >= 0)
+            titles = page.view[hit, r[hit], c[hit]]
+            starts.add(pu, pd, pu[hit], titles, play_ts[hit], source=0)
+        sr = np.flatnonzero(search)
+        # Searches are scored in batches so memory stays (batch x pool), whatever the round size.
+        for lo in range(0, len(sr), SEARCH_BATCH):
+            part = sr[lo : lo + SEARCH_BATCH]
+            found, titles, play_ts = _search(w, st, rng, users[part], t[part], device[part])
+            starts.add(users[part], device[part], found, titles, play_ts, source=1)
+        if starts.any():
+            _watch(w, st, self.log, rng, *starts.by_member())
+
+    def frames(self) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, np.ndarray]]:
+        """(plays, impressions) in the dataset schema, and the raw play arrays for the log."""
+        return _logged_tables(self.w, self.log)
+
+
+# ----- a day's sessions --------------------------------------------------------------------------
+
+
+@dataclass
+class _DaySessions:
+    """When each member of a chunk opens the app on one day, split into rounds (round k = every
+    member's k-th session of the day) so each round has a member at most once."""
+
+    day_us: int
+    users: np.ndarray  # chunk-local, sorted by member then time
+    ts: np.ndarray
+    rank: np.ndarray  # which of the member's sessions of the day (0 = first)
+
+    @classmethod
+    def draw(
+        cls, world: World, state: _ChunkState, day: int, rng: np.random.Generator
+    ) -> _DaySessions:
+        """Sessions per member (Poisson on activity, more at weekends), hours from the traffic
+        curve. Draws: session counts, hours, time within the hour."""
+        day_us = world.start_us + day * US_PER_DAY
         weekend = ((day_us // US_PER_DAY + 3) % 7) >= 5
-        lam = w.activity[self.u0 : self.u0 + self.n] * (self.p.weekend_activity if weekend else 1.0)
+        lam = world.activity[state.u0 : state.u0 + state.n] * (
+            world.params.weekend_activity if weekend else 1.0
+        )
         per_user = rng.poisson(lam)
-        su = np.repeat(np.arange(self.n), per_user)
-        cdf = np.cumsum(w.hour_traffic[int(weekend)])
+        su = np.repeat(np.arange(state.n), per_user)
+        cdf = np.cumsum(world.hour_traffic[int(weekend)])
         hour = np.minimum(np.searchsorted(cdf, rng.random(len(su)) * cdf[-1]), 23)
         ts = day_us + hour * HOUR_US + (rng.random(len(su)) * HOUR_US).astype(np.int64)
         order = np.lexsort((ts, su))
         su, ts = su[order], ts[order]
         starts = np.cumsum(per_user) - per_user
         rank = np.arange(len(su)) - starts[su]
-        for k in range(int(rank.max()) + 1 if len(rank) else 0):
-            sel = rank == k
-            users, t = su[sel], ts[sel]
-            t = np.maximum(t, self.busy[users] + 120 * SECOND_US)
-            ok = (t < day_us + US_PER_DAY) & (t >= w.user_created_us[users + self.u0])
-            if ok.any():
-                self._round(users[ok], t[ok], day, k, lists)
+        return cls(day_us=day_us, users=su, ts=ts, rank=rank)
 
-    def _round(self, users: np.ndarray, t: np.ndarray, day: int, k: int, lists: np.ndarray) -> None:
-        w, rng = self.w, self.rng
-        ug = users + self.u0
-        hour = (t // HOUR_US) % 24
-        device = _pick(rng, w.device_mix[ug] * w.device_hour[hour]).astype(np.int64)
-        search = rng.random(len(users)) < self.p.search_share
-        starts_u: list[np.ndarray] = []
-        starts_t: list[np.ndarray] = []
-        starts_ts: list[np.ndarray] = []
-        starts_d: list[np.ndarray] = []
-        starts_src: list[np.ndarray] = []
-        pg = np.flatnonzero(~search)
-        if len(pg):
-            su, stitle, sts = self._pages(users[pg], t[pg], device[pg], day, k, lists)
-            starts_u.append(su)
-            starts_t.append(stitle)
-            starts_ts.append(sts)
-            starts_d.append(self._dev_of(users[pg], device[pg], su))
-            starts_src.append(np.zeros(len(su), dtype=np.int8))
-        sr = np.flatnonzero(search)
-        for lo in range(0, len(sr), SEARCH_BATCH):
-            part = sr[lo : lo + SEARCH_BATCH]
-            su, stitle, sts = self._search(users[part], t[part], device[part])
-            starts_u.append(su)
-            starts_t.append(stitle)
-            starts_ts.append(sts)
-            starts_d.append(self._dev_of(users[part], device[part], su))
-            starts_src.append(np.ones(len(su), dtype=np.int8))
-        if not starts_u:
-            return
-        u_all = np.concatenate(starts_u)
-        order = np.argsort(u_all, kind="stable")
-        self._watch(
-            u_all[order],
-            np.concatenate(starts_t)[order],
-            np.concatenate(starts_ts)[order],
-            np.concatenate(starts_d)[order],
-            np.concatenate(starts_src)[order],
-        )
+    @property
+    def rounds(self) -> int:
+        return int(self.rank.max()) + 1 if len(self.rank) else 0
 
-    @staticmethod
-    def _dev_of(users: np.ndarray, device: np.ndarray, picked: np.ndarray) -> np.ndarray:
-        """Device of each picked user (users are unique within a round)."""
-        order = np.argsort(users)
-        return device[order][np.searchsorted(users[order], picked)]
+    def members_in_round(
+        self, k: int, world: World, state: _ChunkState
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Members of round k and their start times. A session waits until the member's last
+        play ended (+2 min); one pushed past midnight, or before the member joined, is dropped."""
+        sel = self.rank == k
+        users, t = self.users[sel], self.ts[sel]
+        t = np.maximum(t, state.busy[users] + 120 * SECOND_US)
+        ok = (t < self.day_us + US_PER_DAY) & (t >= world.user_created_us[users + state.u0])
+        return users[ok], t[ok]
 
-    # ----- the logged homepage -----------------------------------------------------------------
 
-    def _pages(
+class _Starts:
+    """Titles started in one round (from the page, then each search batch), merged and ordered
+    by member (a member starts at most one per round) for `_watch`: that order decides which of
+    `_watch`'s draws each play gets."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(
         self,
         users: np.ndarray,
-        t: np.ndarray,
         device: np.ndarray,
-        day: int,
-        k: int,
-        lists: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        w, p, rng = self.w, self.p, self.rng
-        n = len(users)
-        ug = users + self.u0
-        country = self.country[users]
-        length = p.list_length
-        ix = self.slots.index(users)
-        base = (country * N_MAT + self.mat_level[users]) * N_LISTS
-        cand = np.full((n, len(DEFAULT_ROWS), length), -1, dtype=np.int64)
-        cand[:, 1] = lists[base + L_TOP]
-        cand[:, 2] = lists[base + L_TREND]
-        g1, g2 = self._user_genres(users)
-        cand[:, 3] = lists[base + 3 + g1]
-        cand[:, 6] = lists[base + 3 + g2]
-        cand[:, 5] = lists[base + L_NEW]
-        lf = self.last_fin[users]
-        cand[:, 4] = np.where(lf[:, None] >= 0, w.policy_neighbors[np.maximum(lf, 0)], -1)
-        cand[:, 0] = self._continue_watching(users, ix, t, country, length)
-        cand[:, 7] = self._watch_again(users, length)
-        # Availability now, and no finished titles outside continue watching / watch again.
-        ok = w.available_mask(ug, cand.reshape(n, -1), t, country).reshape(cand.shape)
-        fin = self.slots.finished_mask(ix, cand.reshape(n, -1)).reshape(cand.shape)
-        fin[:, [0, 7]] = False
-        cand = np.where(ok & ~fin, cand, -1)
-        row_code = np.tile(np.array(DEFAULT_ROWS, dtype=np.int64), (n, 1))
-        row_code[:, 3] = self.code_pvr + g1
-        row_code[:, 6] = self.code_pvr + g2
-        row_code[:, 4] = self.code_byw + np.maximum(lf, 0)
-        # Row order: default, or uniformly random with probability eps_row_order.
-        shuffle = rng.random(n) < p.eps_row_order
-        order = np.tile(np.arange(len(DEFAULT_ROWS)), (n, 1))
-        order[shuffle] = np.argsort(rng.random((int(shuffle.sum()), len(DEFAULT_ROWS))), axis=1)
-        n_rows, n_cols = VIS_ROWS[device], VIS_COLS[device]
-        view = np.full((n, MAX_R, MAX_C), -1, dtype=np.int64)
-        view_code = np.full((n, MAX_R), -1, dtype=np.int64)
-        view_kind = np.full((n, MAX_R), -1, dtype=np.int64)
-        filled = np.zeros(n, dtype=np.int64)
-        shown = view.reshape(n, -1)  # a view of `view`: titles already on screen
-        ar = np.arange(n)
-        for j in range(len(DEFAULT_ROWS)):
-            src = order[:, j]
-            row = cand[ar, src]
-            dup = (row[:, :, None] == shown[:, None, :]).any(axis=2)
-            row = np.where(dup, -1, row)
-            row = np.take_along_axis(row, np.argsort(row < 0, axis=1, kind="stable"), axis=1)
-            row = row[:, :MAX_C]
-            row = np.where(np.arange(MAX_C)[None, :] < n_cols[:, None], row, -1)
-            place = (row[:, 0] >= 0) & (filled < n_rows)
-            idx = np.flatnonzero(place)
-            view[idx, filled[idx]] = row[idx]
-            view_code[idx, filled[idx]] = row_code[idx, src[idx]]
-            view_kind[idx, filled[idx]] = np.array(DEFAULT_ROWS)[src[idx]]
-            filled += place
-        # Within-row order: uniformly random with probability eps_title_order per row.
-        keys = np.where(view >= 0, np.arange(MAX_C)[None, None, :], MAX_C + 1).astype(np.float64)
-        flip = (rng.random((n, MAX_R)) < p.eps_title_order) & (view_code >= 0)
-        rand = rng.random((n, MAX_R, MAX_C))
-        keys = np.where(flip[:, :, None] & (view >= 0), rand, keys)
-        view = np.take_along_axis(view, np.argsort(keys, axis=2, kind="stable"), axis=2)
-
-        a = self._attraction(users, ix, view.reshape(n, -1), device, t, country)
-        a = a.reshape(view.shape)
-        r, c, looked = browse(a, self.beta[device], p.row_stop, rng)
-        # Log exactly what the viewport showed.
-        ii, rr, cc = np.nonzero(view >= 0)
-        o = self.out
-        o.i_user.append(ug[ii].astype(np.int32))
-        o.i_ts.append(t[ii])
-        o.i_device.append(device[ii].astype(np.int8))
-        o.i_day.append(np.full(len(ii), day, dtype=np.int16))
-        o.i_round.append(np.full(len(ii), k, dtype=np.int16))
-        o.i_row.append(rr.astype(np.int16))
-        o.i_kind.append(view_kind[ii, rr].astype(np.int8))
-        o.i_code.append(view_code[ii, rr])
-        o.i_pos.append(cc.astype(np.int16))
-        o.i_title.append(view[ii, rr, cc].astype(np.int32))
-        o.i_played.append((r[ii] == rr) & (c[ii] == cc))
-        hit = np.flatnonzero(r >= 0)
-        titles = view[hit, r[hit], c[hit]]
-        play_ts = t[hit] + (5 + 3 * looked[hit]) * SECOND_US
-        return users[hit], titles, play_ts
-
-    def _user_genres(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The policy's two personalised genre rows: most played genres, else random ones."""
-        gc = self.gcount[users]
-        noise = self.rng.random(gc.shape) * 1e-3
-        top = np.argsort(-(gc + noise), axis=1)[:, :2]
-        cold = gc.sum(axis=1) == 0
-        rand = np.argsort(self.rng.random((len(users), G)), axis=1)[:, :2]
-        top = np.where(cold[:, None], rand, top)
-        return top[:, 0], top[:, 1]
-
-    def _continue_watching(
-        self, users: np.ndarray, ix: _Index, t: np.ndarray, country: np.ndarray, length: int
-    ) -> np.ndarray:
-        """In-progress titles and next episodes of finished ones, most recent first."""
-        w, s = self.w, self.slots
-        k_eff = max(int(s.count[users].max()), 1)
-        title = s.title[users, :k_eff].astype(np.int64)
-        prog = s.progress[users, :k_eff]
-        last = s.last_us[users, :k_eff]
-        inprog = (title >= 0) & (prog < FINISHED_PROGRESS)
-        nxt = np.where((title >= 0) & ~inprog, w.next_episode[np.maximum(title, 0)], -1)
-        nxt = np.where(ix.find(nxt) >= 0, -1, nxt)  # already started
-        cand = np.concatenate([np.where(inprog, title, -1), nxt], axis=1)
-        score = np.concatenate([last, last], axis=1).astype(np.float64)
-        ok = w.available_mask(users + self.u0, cand, t, country)
-        cand = np.where(ok, cand, -1)
-        order = np.argsort(np.where(cand >= 0, -score, np.inf), axis=1, kind="stable")
-        out = np.take_along_axis(cand, order, axis=1)[:, :length]
-        return np.pad(out, ((0, 0), (0, length - out.shape[1])), constant_values=-1)
-
-    def _watch_again(self, users: np.ndarray, length: int) -> np.ndarray:
-        s = self.slots
-        k_eff = max(int(s.count[users].max()), 1)
-        title = s.title[users, :k_eff].astype(np.int64)
-        done = (title >= 0) & (s.progress[users, :k_eff] >= FINISHED_PROGRESS)
-        cand = np.where(done, title, -1)
-        score = np.where(done, -s.last_us[users, :k_eff].astype(np.float64), np.inf)
-        out = np.take_along_axis(cand, np.argsort(score, axis=1, kind="stable"), axis=1)[:, :length]
-        return np.pad(out, ((0, 0), (0, length - out.shape[1])), constant_values=-1)
-
-    def _attraction(
-        self,
-        users: np.ndarray,
-        ix: _Index,
-        titles: np.ndarray,
-        device: np.ndarray,
-        t: np.ndarray,
-        country: np.ndarray,
-    ) -> np.ndarray:
-        """True play probability of (n, m) titles: the same equations as GroundTruth."""
-        w = self.w
-        ug = users + self.u0
-        logit = w.static_logits(ug, titles, device, t, country)
-        prev = np.where(titles >= 0, w.prev_episode[np.maximum(titles, 0)], -1)
-        st = self.slots.state(ix, titles, prev)
-        logit += w.state_logits(titles, st, t[:, None])
-        ok = w.available_mask(ug, titles, t, country)
-        return np.where(ok, _sigmoid(logit.astype(np.float64)), 0.0)
-
-    # ----- search plays ------------------------------------------------------------------------
-
-    def _search(
-        self, users: np.ndarray, t: np.ndarray, device: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A title found by search: drawn in proportion to its true play probability among the
-        whole catalog, or, past SEARCH_POOL titles, among a uniform random pool of that many
-        (one pool per batch of searches) so a search costs the same at any catalog size."""
-        w, s = self.w, self.slots
-        n, n_t = len(users), w.n_titles
-        ug = users + self.u0
-        country = self.country[users]
-        pool = np.arange(n_t)
-        if n_t > SEARCH_POOL:
-            pool = np.sort(self.rng.choice(n_t, SEARCH_POOL, replace=False))
-        logit = w.static_logits(ug, pool, device, t, country)
-        # Default state of an untouched title: only the skip penalty for later episodes.
-        skip = np.where(w.episode > 1, np.float32(self.p.skip_episode), np.float32(0.0))
-        logit += skip[pool][None, :]
-        k_eff = max(int(s.count[users].max()), 1)
-        touched = s.title[users, :k_eff].astype(np.int64)
-        nxt = np.where(touched >= 0, w.next_episode[np.maximum(touched, 0)], -1)
-        fix = np.concatenate([touched, nxt], axis=1)
-        col = np.clip(np.searchsorted(pool, fix), 0, len(pool) - 1)
-        fix = np.where((fix >= 0) & (pool[col] == fix), fix, -1)
-        if (fix >= 0).any():
-            prev = np.where(fix >= 0, w.prev_episode[np.maximum(fix, 0)], -1)
-            exact = w.state_logits(fix, s.state(s.index(users), fix, prev), t[:, None])
-            rr, cc = np.nonzero(fix >= 0)
-            # Duplicate (row, title) pairs carry the same value, so plain assignment is exact.
-            logit[rr, col[rr, cc]] += exact[rr, cc] - skip[fix[rr, cc]]
-        ok = w.available_mask(ug, pool, t, country)
-        a = np.where(ok, 1.0 / (1.0 + np.exp(-logit)), np.float32(0.0))
-        cdf = np.cumsum(a, axis=1, dtype=np.float64)
-        total = cdf[:, -1]
-        pick = np.minimum((cdf < (self.rng.random(n) * total)[:, None]).sum(axis=1), len(pool) - 1)
-        has = total > 0
-        play_ts = t + ((20 + 40 * self.rng.random(n)) * SECOND_US).astype(np.int64)
-        return users[has], pool[pick[has]], play_ts[has]
-
-    # ----- watching ----------------------------------------------------------------------------
-
-    def _watch(
-        self,
-        users: np.ndarray,
+        picked: np.ndarray,
         titles: np.ndarray,
         ts: np.ndarray,
-        device: np.ndarray,
-        source: np.ndarray,
+        source: int,
     ) -> None:
-        """Watch the started titles; finished episodes may roll into the next (binge)."""
-        w, p, rng = self.w, self.p, self.rng
-        hour = (ts // HOUR_US) % 24
-        weekend = ((ts // US_PER_DAY + 3) % 7) >= 5
-        median = np.asarray(p.budget_median_min)[device]
-        median = median * np.where(hour < 5, p.budget_late_night, 1.0)
-        median = median * np.where(weekend, p.budget_weekend, 1.0)
-        budget = median * np.exp(rng.normal(0.0, p.budget_sigma, len(users)))
-        binge_p = _sigmoid(_logit(np.asarray(p.binge_base)[device]) + w.binge_z[users + self.u0])
-        for step in range(p.binge_max_chain + 1):
-            keep = ts < w.end_us
-            users, titles, ts, device = users[keep], titles[keep], ts[keep], device[keep]
-            source, budget, binge_p = source[keep], budget[keep], binge_p[keep]
-            if len(users) == 0:
-                return
-            ug = users + self.u0
-            st = self.slots.state(self.slots.index(users), titles[:, None], None)
-            in_prog = st.started[:, 0] & (st.last_progress[:, 0] < FINISHED_PROGRESS)
-            start = np.where(in_prog, st.last_progress[:, 0], 0.0).astype(np.float64)
-            dur = w.duration_min[titles].astype(np.float64)
-            match = w.taste(ug, titles)
-            abandon = rng.random(len(users)) < _sigmoid(p.abandon_bias - p.abandon_match * match)
-            frac = rng.beta(1.4, 2.6, len(users))
-            end_fin = np.maximum(rng.uniform(0.92, 1.0, len(users)), start + 0.01)
-            fits = budget >= (1.0 - start) * dur
-            end = np.where(
-                abandon, start + (1.0 - start) * frac, np.where(fits, end_fin, start + budget / dur)
-            )
-            end = np.clip(end, 0.0, 1.0)
-            abandoned = abandon & (end < FINISHED_PROGRESS)
-            seconds = (end - start) * dur * 60.0
-            budget = budget - (end - start) * dur
-            o = self.out
-            o.p_user.append(ug.astype(np.int32))
-            o.p_title.append(titles.astype(np.int32))
-            o.p_ts.append(ts)
-            o.p_device.append(device.astype(np.int8))
-            o.p_seconds.append(seconds.astype(np.float32))
-            o.p_progress.append(end.astype(np.float32))
-            o.p_abandoned.append(abandoned)
-            o.p_source.append(source.astype(np.int8))
-            self.slots.record(users, titles, ts, end.astype(np.float32), abandoned)
-            self.gcount[users] += w.genre_weight_matrix[titles]  # users are unique here
-            done = end >= FINISHED_PROGRESS
-            self.last_fin[users[done]] = titles[done]
-            end_ts = ts + (seconds * SECOND_US).astype(np.int64)
-            self.busy[users] = np.maximum(self.busy[users], end_ts)
-            if self.counts is not None:
-                play_day = (ts - w.start_us) // US_PER_DAY
-                inside = play_day < w.days
-                np.add.at(
-                    self.counts,
-                    (play_day[inside], self.country[users[inside]], titles[inside]),
-                    1.0,
-                )
-            # Binge: a finished episode rolls into the next one while budget remains.
-            nxt = np.where(done, w.next_episode[titles], -1)
-            nts = end_ts + 15 * SECOND_US
-            go = (nxt >= 0) & (budget >= 10.0)
-            if step == p.binge_max_chain or not go.any():
-                return
-            ok = w.available_mask(ug, nxt[:, None], nts, self.country[users])[:, 0]
-            seen = self.slots.finished_mask(self.slots.index(users), nxt[:, None])[:, 0]
-            go &= ok & ~seen & (rng.random(len(users)) < binge_p)
-            users, titles, ts, device = users[go], nxt[go], nts[go], device[go]
-            budget, binge_p = budget[go], binge_p[go]
-            source = np.full(len(users), 2, dtype=np.int8)
+        """`users`, `device`: the sessions; `picked`: the members among them who started
+        `titles` at `ts`."""
+        dev = _device_of(users, device, picked)
+        self.parts.append((picked, titles, ts, dev, np.full(len(picked), source, dtype=np.int8)))
 
-    # ----- output ------------------------------------------------------------------------------
+    def any(self) -> bool:
+        return bool(self.parts)
 
-    def frames(self) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, np.ndarray]]:
-        """(plays, impressions) in the dataset schema, and the raw play arrays for the log."""
-        w, o = self.w, self.out
-        user = o.cat("p_user", np.int32)
-        ts = o.cat("p_ts", np.int64)
-        title = o.cat("p_title", np.int32)
-        order = np.lexsort((title, ts, user))
-        raw = {
-            "user": user[order],
-            "title": title[order],
-            "ts": ts[order],
-            "progress": o.cat("p_progress", np.float32)[order],
-            "abandoned": o.cat("p_abandoned", bool)[order],
-            "source": o.cat("p_source", np.int8)[order],
+    def by_member(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(users, titles, ts, device, source), stably sorted by member."""
+        cols = [np.concatenate(c) for c in zip(*self.parts, strict=True)]
+        order = np.argsort(cols[0], kind="stable")
+        u, ti, ts, dev, src = (c[order] for c in cols)
+        return u, ti, ts, dev, src
+
+
+def _device_of(users: np.ndarray, device: np.ndarray, picked: np.ndarray) -> np.ndarray:
+    """Device of each picked member (members are unique within a round)."""
+    order = np.argsort(users)
+    return device[order][np.searchsorted(users[order], picked)]
+
+
+# ----- the logged homepage -----------------------------------------------------------------------
+
+
+@dataclass
+class _Page:
+    """Logged pages, one per session: the viewport's titles (n, MAX_R, MAX_C; -1 empty), and
+    per row its id code (index into the row ids of `_logged_tables`) and kind (ROW_KINDS)."""
+
+    view: np.ndarray
+    code: np.ndarray
+    kind: np.ndarray
+
+
+def _build_page(
+    w: World,
+    st: _ChunkState,
+    rng: np.random.Generator,
+    users: np.ndarray,
+    ix: _Index,
+    t: np.ndarray,
+    device: np.ndarray,
+    lists: np.ndarray,
+) -> _Page:
+    """The logging policy's page: its candidate rows, laid out in the device's viewport with a
+    little randomisation of row and title order (so logged data covers other orders).
+    Draws: genre rows, row order, within-row order."""
+    p = w.params
+    cand, row_code = _candidate_rows(w, st, rng, users, ix, t, lists)
+    # Row order: default, or uniformly random with probability eps_row_order.
+    n = len(users)
+    shuffle = rng.random(n) < p.eps_row_order
+    order = np.tile(np.arange(len(DEFAULT_ROWS)), (n, 1))
+    order[shuffle] = np.argsort(rng.random((int(shuffle.sum()), len(DEFAULT_ROWS))), axis=1)
+    page = _fill_viewport(cand, row_code, order, device)
+    page.view = _order_within_rows(rng, page, p.eps_title_order)
+    return page
+
+
+def _candidate_rows(
+    w: World,
+    st: _ChunkState,
+    rng: np.random.Generator,
+    users: np.ndarray,
+    ix: _Index,
+    t: np.ndarray,
+    lists: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The policy's DEFAULT_ROWS for each session, (n, rows, list_length) titles (-1 padded),
+    with each row's id code (n, rows). Unavailable titles are dropped, and finished ones too
+    except in continue watching / watch again. Draws: the genre rows."""
+    n = len(users)
+    ug = users + st.u0
+    country = st.country[users]
+    length = w.params.list_length
+    base = (country * N_MAT + st.mat_level[users]) * N_LISTS
+    cand = np.full((n, len(DEFAULT_ROWS), length), -1, dtype=np.int64)
+    cand[:, 1] = lists[base + L_TOP]
+    cand[:, 2] = lists[base + L_TREND]
+    g1, g2 = _user_genres(st, rng, users)
+    cand[:, 3] = lists[base + 3 + g1]
+    cand[:, 6] = lists[base + 3 + g2]
+    cand[:, 5] = lists[base + L_NEW]
+    lf = st.last_fin[users]
+    cand[:, 4] = np.where(lf[:, None] >= 0, w.policy_neighbors[np.maximum(lf, 0)], -1)
+    cand[:, 0] = _continue_watching(w, st, users, ix, t, country, length)
+    cand[:, 7] = _watch_again(st, users, length)
+    # Availability now, and no finished titles outside continue watching / watch again.
+    ok = w.available_mask(ug, cand.reshape(n, -1), t, country).reshape(cand.shape)
+    fin = st.slots.finished_mask(ix, cand.reshape(n, -1)).reshape(cand.shape)
+    fin[:, [0, 7]] = False
+    cand = np.where(ok & ~fin, cand, -1)
+    # Row ids: the genre rows and "because you watched" are one id per genre / seed title.
+    code_pvr = len(ROW_KINDS)
+    code_byw = len(ROW_KINDS) + G
+    row_code = np.tile(np.array(DEFAULT_ROWS, dtype=np.int64), (n, 1))
+    row_code[:, 3] = code_pvr + g1
+    row_code[:, 6] = code_pvr + g2
+    row_code[:, 4] = code_byw + np.maximum(lf, 0)
+    return cand, row_code
+
+
+def _user_genres(
+    st: _ChunkState, rng: np.random.Generator, users: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The policy's two personalised genre rows: most played genres, else random ones.
+    Draws: tie-break noise, then the random genres (both always, to keep the draw count fixed)."""
+    gc = st.gcount[users]
+    noise = rng.random(gc.shape) * 1e-3
+    top = np.argsort(-(gc + noise), axis=1)[:, :2]
+    cold = gc.sum(axis=1) == 0
+    rand = np.argsort(rng.random((len(users), G)), axis=1)[:, :2]
+    top = np.where(cold[:, None], rand, top)
+    return top[:, 0], top[:, 1]
+
+
+def _continue_watching(
+    w: World,
+    st: _ChunkState,
+    users: np.ndarray,
+    ix: _Index,
+    t: np.ndarray,
+    country: np.ndarray,
+    length: int,
+) -> np.ndarray:
+    """In-progress titles and next episodes of finished ones, most recent first."""
+    s = st.slots
+    k_eff = max(int(s.count[users].max()), 1)
+    title = s.title[users, :k_eff].astype(np.int64)
+    prog = s.progress[users, :k_eff]
+    last = s.last_us[users, :k_eff]
+    inprog = (title >= 0) & (prog < FINISHED_PROGRESS)
+    nxt = np.where((title >= 0) & ~inprog, w.next_episode[np.maximum(title, 0)], -1)
+    nxt = np.where(ix.find(nxt) >= 0, -1, nxt)  # already started
+    cand = np.concatenate([np.where(inprog, title, -1), nxt], axis=1)
+    score = np.concatenate([last, last], axis=1).astype(np.float64)
+    ok = w.available_mask(users + st.u0, cand, t, country)
+    cand = np.where(ok, cand, -1)
+    order = np.argsort(np.where(cand >= 0, -score, np.inf), axis=1, kind="stable")
+    out = np.take_along_axis(cand, order, axis=1)[:, :length]
+    return np.pad(out, ((0, 0), (0, length - out.shape[1])), constant_values=-1)
+
+
+def _watch_again(st: _ChunkState, users: np.ndarray, length: int) -> np.ndarray:
+    """Finished titles, most recently played first."""
+    s = st.slots
+    k_eff = max(int(s.count[users].max()), 1)
+    title = s.title[users, :k_eff].astype(np.int64)
+    done = (title >= 0) & (s.progress[users, :k_eff] >= FINISHED_PROGRESS)
+    cand = np.where(done, title, -1)
+    score = np.where(done, -s.last_us[users, :k_eff].astype(np.float64), np.inf)
+    out = np.take_along_axis(cand, np.argsort(score, axis=1, kind="stable"), axis=1)[:, :length]
+    return np.pad(out, ((0, 0), (0, length - out.shape[1])), constant_values=-1)
+
+
+def _fill_viewport(
+    cand: np.ndarray, row_code: np.ndarray, order: np.ndarray, device: np.ndarray
+) -> _Page:
+    """Place candidate rows in `order` into the device's visible rows x titles: a title already
+    on screen is skipped, an empty row takes no place."""
+    n = len(cand)
+    n_rows, n_cols = VIS_ROWS[device], VIS_COLS[device]
+    view = np.full((n, MAX_R, MAX_C), -1, dtype=np.int64)
+    view_code = np.full((n, MAX_R), -1, dtype=np.int64)
+    view_kind = np.full((n, MAX_R), -1, dtype=np.int64)
+    filled = np.zeros(n, dtype=np.int64)
+    shown = view.reshape(n, -1)  # a view of `view`: titles already on screen
+    ar = np.arange(n)
+    for j in range(len(DEFAULT_ROWS)):
+        src = order[:, j]
+        row = cand[ar, src]
+        dup = (row[:, :, None] == shown[:, None, :]).any(axis=2)
+        row = np.where(dup, -1, row)
+        row = np.take_along_axis(row, np.argsort(row < 0, axis=1, kind="stable"), axis=1)
+        row = row[:, :MAX_C]
+        row = np.where(np.arange(MAX_C)[None, :] < n_cols[:, None], row, -1)
+        place = (row[:, 0] >= 0) & (filled < n_rows)
+        idx = np.flatnonzero(place)
+        view[idx, filled[idx]] = row[idx]
+        view_code[idx, filled[idx]] = row_code[idx, src[idx]]
+        view_kind[idx, filled[idx]] = np.array(DEFAULT_ROWS)[src[idx]]
+        filled += place
+    return _Page(view=view, code=view_code, kind=view_kind)
+
+
+def _order_within_rows(rng: np.random.Generator, page: _Page, eps: float) -> np.ndarray:
+    """The page's titles with each shown row uniformly shuffled with probability `eps` (empty
+    slots stay last). Draws: which rows, then the shuffle keys (for every slot)."""
+    view = page.view
+    n = len(view)
+    keys = np.where(view >= 0, np.arange(MAX_C)[None, None, :], MAX_C + 1).astype(np.float64)
+    flip = (rng.random((n, MAX_R)) < eps) & (page.code >= 0)
+    rand = rng.random((n, MAX_R, MAX_C))
+    keys = np.where(flip[:, :, None] & (view >= 0), rand, keys)
+    return np.take_along_axis(view, np.argsort(keys, axis=2, kind="stable"), axis=2)
+
+
+# ----- browsing the page -------------------------------------------------------------------------
+
+
+def _browse_page(
+    w: World,
+    st: _ChunkState,
+    rng: np.random.Generator,
+    users: np.ndarray,
+    ix: _Index,
+    t: np.ndarray,
+    device: np.ndarray,
+    page: _Page,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each member browses their page (world.browse, the model GroundTruth scores): the (row,
+    col) played, -1 when none, and when the play starts (a few seconds per slot looked at).
+    Draws: browse."""
+    n = len(users)
+    a = _attraction(w, st, users, ix, page.view.reshape(n, -1), device, t)
+    a = a.reshape(page.view.shape)
+    r, c, looked = browse(a, np.asarray(w.params.col_continue)[device], w.params.row_stop, rng)
+    play_ts = t + (5 + 3 * looked) * SECOND_US
+    return r, c, play_ts
+
+
+def _attraction(
+    w: World,
+    st: _ChunkState,
+    users: np.ndarray,
+    ix: _Index,
+    titles: np.ndarray,
+    device: np.ndarray,
+    t: np.ndarray,
+) -> np.ndarray:
+    """True play probability of (n, m) titles: the same equations as GroundTruth."""
+    ug = users + st.u0
+    country = st.country[users]
+    logit = w.static_logits(ug, titles, device, t, country)
+    prev = np.where(titles >= 0, w.prev_episode[np.maximum(titles, 0)], -1)
+    state = st.slots.state(ix, titles, prev)
+    logit += w.state_logits(titles, state, t[:, None])
+    ok = w.available_mask(ug, titles, t, country)
+    return np.where(ok, _sigmoid(logit.astype(np.float64)), 0.0)
+
+
+# ----- search plays ------------------------------------------------------------------------------
+
+
+def _search(
+    w: World,
+    st: _ChunkState,
+    rng: np.random.Generator,
+    users: np.ndarray,
+    t: np.ndarray,
+    device: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A title found by search: drawn in proportion to its true play probability among the
+    whole catalog, or, past SEARCH_POOL titles, among a uniform random pool of that many
+    (one pool per batch of searches) so a search costs the same at any catalog size.
+    Returns (members who found one, title, play start). Draws: pool, pick, start delay."""
+    s = st.slots
+    n, n_t = len(users), w.n_titles
+    ug = users + st.u0
+    country = st.country[users]
+    pool = np.arange(n_t)
+    if n_t > SEARCH_POOL:
+        pool = np.sort(rng.choice(n_t, SEARCH_POOL, replace=False))
+    logit = w.static_logits(ug, pool, device, t, country)
+    # Default state of an untouched title: only the skip penalty for later episodes.
+    skip = np.where(w.episode > 1, np.float32(w.params.skip_episode), np.float32(0.0))
+    logit += skip[pool][None, :]
+    # Touched titles and their next episodes get their exact state instead.
+    k_eff = max(int(s.count[users].max()), 1)
+    touched = s.title[users, :k_eff].astype(np.int64)
+    nxt = np.where(touched >= 0, w.next_episode[np.maximum(touched, 0)], -1)
+    fix = np.concatenate([touched, nxt], axis=1)
+    col = np.clip(np.searchsorted(pool, fix), 0, len(pool) - 1)
+    fix = np.where((fix >= 0) & (pool[col] == fix), fix, -1)
+    if (fix >= 0).any():
+        prev = np.where(fix >= 0, w.prev_episode[np.maximum(fix, 0)], -1)
+        exact = w.state_logits(fix, s.state(s.index(users), fix, prev), t[:, None])
+        rr, cc = np.nonzero(fix >= 0)
+        # Duplicate (row, title) pairs carry the same value, so plain assignment is exact.
+        logit[rr, col[rr, cc]] += exact[rr, cc] - skip[fix[rr, cc]]
+    ok = w.available_mask(ug, pool, t, country)
+    a = np.where(ok, 1.0 / (1.0 + np.exp(-logit)), np.float32(0.0))
+    cdf = np.cumsum(a, axis=1, dtype=np.float64)
+    total = cdf[:, -1]
+    pick = np.minimum((cdf < (rng.random(n) * total)[:, None]).sum(axis=1), len(pool) - 1)
+    has = total > 0
+    play_ts = t + ((20 + 40 * rng.random(n)) * SECOND_US).astype(np.int64)
+    return users[has], pool[pick[has]], play_ts[has]
+
+
+# ----- watching ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _PlayOutcome:
+    """How far each play got: `end` progress (float64), abandoned, seconds watched, when it
+    ended (us), finished, and the minutes of the session's budget left after it."""
+
+    end: np.ndarray
+    abandoned: np.ndarray
+    seconds: np.ndarray
+    end_ts: np.ndarray
+    done: np.ndarray
+    budget: np.ndarray
+
+
+def _watch(
+    w: World,
+    st: _ChunkState,
+    log: _Log,
+    rng: np.random.Generator,
+    users: np.ndarray,
+    titles: np.ndarray,
+    ts: np.ndarray,
+    device: np.ndarray,
+    source: np.ndarray,
+) -> None:
+    """Watch the started titles (one per member); a finished episode may roll into the next
+    (binge) up to binge_max_chain times. Each step's plays are recorded before the next step,
+    whose state they change. Draws: budget, then per step the outcome and the binge choice."""
+    p = w.params
+    budget = _session_budget(w, rng, ts, device)
+    binge_p = _sigmoid(_logit(np.asarray(p.binge_base)[device]) + w.binge_z[users + st.u0])
+    for step in range(p.binge_max_chain + 1):
+        keep = ts < w.end_us
+        users, titles, ts, device = users[keep], titles[keep], ts[keep], device[keep]
+        source, budget, binge_p = source[keep], budget[keep], binge_p[keep]
+        if len(users) == 0:
+            return
+        play = _play_outcome(w, st, rng, users, titles, ts, budget)
+        log.add_plays(users + st.u0, titles, ts, device, source, play)
+        st.record_plays(w, users, titles, ts, play)
+        budget = play.budget
+        nxt = np.where(play.done, w.next_episode[titles], -1)
+        nts = play.end_ts + 15 * SECOND_US
+        go = (nxt >= 0) & (budget >= 10.0)
+        if step == p.binge_max_chain or not go.any():
+            return
+        go &= _next_episodes(w, st, rng, users, nxt, nts, binge_p)
+        users, titles, ts, device = users[go], nxt[go], nts[go], device[go]
+        budget, binge_p = budget[go], binge_p[go]
+        source = np.full(len(users), 2, dtype=np.int8)
+
+
+def _session_budget(
+    w: World, rng: np.random.Generator, ts: np.ndarray, device: np.ndarray
+) -> np.ndarray:
+    """Minutes a session has to watch: a lognormal around the device's median, shorter late
+    at night, longer at weekends. Draws: one normal per session."""
+    p = w.params
+    hour = (ts // HOUR_US) % 24
+    weekend = ((ts // US_PER_DAY + 3) % 7) >= 5
+    median = np.asarray(p.budget_median_min)[device]
+    median = median * np.where(hour < 5, p.budget_late_night, 1.0)
+    median = median * np.where(weekend, p.budget_weekend, 1.0)
+    return median * np.exp(rng.normal(0.0, p.budget_sigma, len(ts)))
+
+
+def _play_outcome(
+    w: World,
+    st: _ChunkState,
+    rng: np.random.Generator,
+    users: np.ndarray,
+    titles: np.ndarray,
+    ts: np.ndarray,
+    budget: np.ndarray,
+) -> _PlayOutcome:
+    """One play per member, resumed where an unfinished one stopped: abandoned part way (more
+    likely on a poor taste match), finished when the budget allows, else cut at the budget.
+    Draws: abandon, abandon point, finish point."""
+    p = w.params
+    ug = users + st.u0
+    state = st.slots.state(st.slots.index(users), titles[:, None], None)
+    in_prog = state.started[:, 0] & (state.last_progress[:, 0] < FINISHED_PROGRESS)
+    start = np.where(in_prog, state.last_progress[:, 0], 0.0).astype(np.float64)
+    dur = w.duration_min[titles].astype(np.float64)
+    match = w.taste(ug, titles)
+    abandon = rng.random(len(users)) < _sigmoid(p.abandon_bias - p.abandon_match * match)
+    frac = rng.beta(1.4, 2.6, len(users))
+    end_fin = np.maximum(rng.uniform(0.92, 1.0, len(users)), start + 0.01)
+    fits = budget >= (1.0 - start) * dur
+    end = np.where(
+        abandon, start + (1.0 - start) * frac, np.where(fits, end_fin, start + budget / dur)
+    )
+    end = np.clip(end, 0.0, 1.0)
+    seconds = (end - start) * dur * 60.0
+    return _PlayOutcome(
+        end=end,
+        abandoned=abandon & (end < FINISHED_PROGRESS),
+        seconds=seconds,
+        end_ts=ts + (seconds * SECOND_US).astype(np.int64),
+        done=end >= FINISHED_PROGRESS,
+        budget=budget - (end - start) * dur,
+    )
+
+
+def _next_episodes(
+    w: World,
+    st: _ChunkState,
+    rng: np.random.Generator,
+    users: np.ndarray,
+    nxt: np.ndarray,
+    nts: np.ndarray,
+    binge_p: np.ndarray,
+) -> np.ndarray:
+    """Which members roll into the next episode `nxt` at `nts` (post-play): it must be
+    available then and not finished before, and the member binges with probability `binge_p`.
+    Draws: one per member, whether or not `nxt` exists (keeps the draw count fixed)."""
+    ok = w.available_mask(users + st.u0, nxt[:, None], nts, st.country[users])[:, 0]
+    seen = st.slots.finished_mask(st.slots.index(users), nxt[:, None])[:, 0]
+    return ok & ~seen & (rng.random(len(users)) < binge_p)
+
+
+# ----- the logged tables -------------------------------------------------------------------------
+
+
+def _logged_tables(w: World, o: _Log) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, np.ndarray]]:
+    """(plays, impressions) in the dataset schema, and the raw play arrays for the PlayLog.
+    Rows are sorted (plays by member, time, title; impressions by member, time, row,
+    position) so the files do not depend on the order rounds logged them in."""
+    user = o.cat("p_user", np.int32)
+    ts = o.cat("p_ts", np.int64)
+    title = o.cat("p_title", np.int32)
+    order = np.lexsort((title, ts, user))
+    raw = {
+        "user": user[order],
+        "title": title[order],
+        "ts": ts[order],
+        "progress": o.cat("p_progress", np.float32)[order],
+        "abandoned": o.cat("p_abandoned", bool)[order],
+        "source": o.cat("p_source", np.int8)[order],
+    }
+    device = o.cat("p_device", np.int8)[order]
+    plays = pl.DataFrame(
+        {
+            Col.USER_ID: _gather(w.user_ids, raw["user"]),
+            Col.TITLE_ID: _gather(w.title_ids, raw["title"]),
+            Col.TS: _timestamps(raw["ts"]),
+            Col.DEVICE: _gather(np.array(DEVICES), device),
+            Col.SECONDS_WATCHED: o.cat("p_seconds", np.float32)[order],
+            Col.PROGRESS: raw["progress"],
         }
-        device = o.cat("p_device", np.int8)[order]
-        plays = pl.DataFrame(
-            {
-                Col.USER_ID: _gather(w.user_ids, raw["user"]),
-                Col.TITLE_ID: _gather(w.title_ids, raw["title"]),
-                Col.TS: _timestamps(raw["ts"]),
-                Col.DEVICE: _gather(np.array(DEVICES), device),
-                Col.SECONDS_WATCHED: o.cat("p_seconds", np.float32)[order],
-                Col.PROGRESS: raw["progress"],
-            }
-        )
-        iu = o.cat("i_user", np.int32)
-        its = o.cat("i_ts", np.int64)
-        irow = o.cat("i_row", np.int16)
-        ipos = o.cat("i_pos", np.int16)
-        order = np.lexsort((ipos, irow, its, iu))
-        iu, its, irow, ipos = iu[order], its[order], irow[order], ipos[order]
-        row_ids = np.array(
-            list(ROW_KINDS)
-            + [f"pvr_genre:{g}" for g in GENRES]
-            + [f"because_you_watched:{t}" for t in w.title_ids.tolist()]
-        )
-        users_s = _gather(w.user_ids, iu)
-        page_id = pl.DataFrame(
-            {
-                "u": users_s,
-                "d": o.cat("i_day", np.int16)[order],
-                "k": o.cat("i_round", np.int16)[order],
-            }
-        ).select(
-            pl.format("{}-{}-{}", "u", pl.col("d").cast(pl.String).str.zfill(3), "k").alias("p")
-        )["p"]
-        impressions = pl.DataFrame(
-            {
-                Col.PAGE_ID: page_id,
-                Col.USER_ID: users_s,
-                Col.TS: _timestamps(its),
-                Col.DEVICE: _gather(np.array(DEVICES), o.cat("i_device", np.int8)[order]),
-                Col.ROW_INDEX: irow,
-                Col.ROW_KIND: _gather(np.array(ROW_KINDS), o.cat("i_kind", np.int8)[order]),
-                Col.ROW_ID: _gather(row_ids, o.cat("i_code", np.int64)[order]),
-                Col.POSITION: ipos,
-                Col.TITLE_ID: _gather(w.title_ids, o.cat("i_title", np.int32)[order]),
-                Col.PLAYED: o.cat("i_played", bool)[order],
-            }
-        )
-        return _conform(PLAYS, plays), _conform(IMPRESSIONS, impressions), raw
+    )
+    iu = o.cat("i_user", np.int32)
+    its = o.cat("i_ts", np.int64)
+    irow = o.cat("i_row", np.int16)
+    ipos = o.cat("i_pos", np.int16)
+    order = np.lexsort((ipos, irow, its, iu))
+    iu, its, irow, ipos = iu[order], its[order], irow[order], ipos[order]
+    row_ids = np.array(
+        list(ROW_KINDS)
+        + [f"pvr_genre:{g}" for g in GENRES]
+        + [f"because_you_watched:{t}" for t in w.title_ids.tolist()]
+    )
+    users_s = _gather(w.user_ids, iu)
+    page_id = pl.DataFrame(
+        {
+            "u": users_s,
+            "d": o.cat("i_day", np.int16)[order],
+            "k": o.cat("i_round", np.int16)[order],
+        }
+    ).select(pl.format("{}-{}-{}", "u", pl.col("d").cast(pl.String).str.zfill(3), "k").alias("p"))[
+        "p"
+    ]
+    impressions = pl.DataFrame(
+        {
+            Col.PAGE_ID: page_id,
+            Col.USER_ID: users_s,
+            Col.TS: _timestamps(its),
+            Col.DEVICE: _gather(np.array(DEVICES), o.cat("i_device", np.int8)[order]),
+            Col.ROW_INDEX: irow,
+            Col.ROW_KIND: _gather(np.array(ROW_KINDS), o.cat("i_kind", np.int8)[order]),
+            Col.ROW_ID: _gather(row_ids, o.cat("i_code", np.int64)[order]),
+            Col.POSITION: ipos,
+            Col.TITLE_ID: _gather(w.title_ids, o.cat("i_title", np.int32)[order]),
+            Col.PLAYED: o.cat("i_played", bool)[order],
+        }
+    )
+    return _conform(PLAYS, plays), _conform(IMPRESSIONS, impressions), raw
 
 
 def _gather(values: np.ndarray, idx: np.ndarray) -> pl.Series:
