@@ -216,6 +216,8 @@ class PlayTimes:
         self.keys = np.sort(np.asarray(titles, dtype=np.int64) * self.span + (sec - self.t0))
         self.base = np.arange(n_titles, dtype=np.int64) * self.span
         self.starts = np.searchsorted(self.keys, self.base)
+        # every play: the answer for any time after the last play, i.e. most served requests
+        self.totals = np.diff(np.append(self.starts, len(self.keys)))
 
     @classmethod
     def of_plays(cls, history: History) -> PlayTimes:
@@ -231,6 +233,8 @@ class PlayTimes:
     def before(self, at_us: int, titles: np.ndarray | None = None) -> np.ndarray:
         """Plays strictly before `at_us` of every title, or of `titles`."""
         s = min(max(at_us // 1_000_000 - self.t0, 0), self.span - 1)
+        if s == self.span - 1:
+            return self.totals if titles is None else self.totals[titles]
         base = self.base if titles is None else self.base[titles]
         start = self.starts if titles is None else self.starts[titles]
         return np.searchsorted(self.keys, base + s, side="left") - start
