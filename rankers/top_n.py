@@ -52,8 +52,8 @@ class TopNConfig(CFConfig):
     # members) in the `popular_pool_days` before the cut-off that the blend ranked lower, still
     # in the blend's order. The blend is one compromise for every member; the page model, which
     # orders the row, sees popularity and trend per request and can lift them for the members
-    # whose next plays follow what is popular now. The built-in engine config gives 10 of 40
-    # places (docs/rankers_cf.md; measured in docs/page_model.md, "Top Picks pinned").
+    # whose next plays follow what is popular now. 10 of 40 places did best on MovieLens when
+    # Top-N was the built-in Top Picks (docs/results/2026-11-27-page-quality.md).
     popular_pool: int = Field(default=0, ge=0)
     popular_pool_days: float = Field(default=7.0, gt=0)
     # Used as they are when tune = false (with popularity_weight and content_weight).
