@@ -268,16 +268,63 @@ def logged_window(
     `max_pages_per_window` pages; each logged row is matched to the rebuilt row of the same
     kind and key (the part of the row id after ":", e.g. the genre), whose score and rank of
     each logged title become features. Everything after the replay is vectorized."""
-    cfg = rp.page_cfg
     assert ds.impressions is not None
-    h, store = rp.history, rp.store
+    imp = _window_impressions(ds, ds.impressions, t0, t1, rng, rp.page_cfg)
+    if imp is None:
+        return None
+    rebuilt = _rebuild_member_rows(rp, imp, name, progress)
+    j = _join_rebuilt(imp, rebuilt, rp.history)
+    if j.height == 0:
+        return None
+    layout = _LoggedLayout.of(j)
+    reqs = _page_requests(rp, j, layout)
+    pairs = _logged_pairs(rp.store, j, layout, rebuilt.pvr)
+    return _logged_window_data(
+        name,
+        rp.store,
+        reqs,
+        pairs,
+        j,
+        layout,
+        members=len(rebuilt.users),
+        unknown_titles=imp.height - j.height,
+        ranker_failures=rp.failures,
+    )
+
+
+def _window_impressions(
+    ds: Dataset,
+    impressions: pl.DataFrame,
+    t0: datetime,
+    t1: datetime,
+    rng: np.random.Generator,
+    cfg: PageModelConfig,
+) -> pl.DataFrame | None:
+    """The sampled pages' impressions in [t0, t1), each with its `label`; None when the window
+    logged nothing."""
     lo, hi = pl.lit(t0).dt.cast_time_unit("us"), pl.lit(t1).dt.cast_time_unit("us")
-    imp = ds.impressions.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi))
+    imp = impressions.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi))
     if imp.height == 0:
         return None
     imp = imp.filter(pl.col(Col.PAGE_ID).is_in(_sample_pages(imp, cfg.max_pages_per_window, rng)))
-    imp = imp.with_columns(_labels(ds, imp, t1, cfg))
-    # --- replay: each sampled member's rows, as of t0, at their first page of the window
+    return imp.with_columns(_labels(ds, imp, t1, cfg))
+
+
+@dataclass(frozen=True)
+class _RebuiltRows:
+    """The rows the rankers propose to each sampled member (member `m` indexes `users`)."""
+
+    users: list[str]
+    rows: pl.DataFrame  # _ROW_SCHEMA: one rebuilt row per (m, r)
+    pairs: pl.DataFrame  # _PAIR_SCHEMA: one rebuilt (row, title) per (m, r, t)
+    pvr: np.ndarray  # float32 (members, titles), NaN where the member has no PVR scores
+
+
+def _rebuild_member_rows(
+    rp: _Replayer, imp: pl.DataFrame, name: str, progress: bool
+) -> _RebuiltRows:
+    """Replays each sampled member's rows, as of t0, at their first page of the window."""
+    h, store = rp.history, rp.store
     firsts = (
         imp.sort(Col.TS, Col.PAGE_ID)
         .group_by(Col.USER_ID, maintain_order=True)
@@ -301,22 +348,35 @@ def logged_window(
             rt, pt = _rebuilt_tables(store, rows, m, pvr)
             row_parts.append(rt)
             pair_parts.append(pt)
-    member = pl.DataFrame({Col.USER_ID: users, "m": np.arange(len(users), dtype=np.int64)})
-    rows_df = _frame(row_parts, _ROW_SCHEMA)
-    pairs_df = _frame(pair_parts, _PAIR_SCHEMA)
+    return _RebuiltRows(
+        users=users,
+        rows=_frame(row_parts, _ROW_SCHEMA),
+        pairs=_frame(pair_parts, _PAIR_SCHEMA),
+        pvr=np.stack(pvr_rows) if pvr_rows else np.zeros((0, h.n_titles), np.float32),
+    )
+
+
+def _join_rebuilt(imp: pl.DataFrame, rebuilt: _RebuiltRows, h: History) -> pl.DataFrame:
+    """Each logged impression of a known title with its member `m`, title `t`, the rebuilt row
+    it matches (`ranker`, `row_len`, `top`; null when none) and the title's place in that row
+    (`score`, `rel`, `rank`; null when the row did not propose it), sorted by page, row index
+    and position."""
     # The first rebuilt row per (member, kind, key) is the match (config order breaks ties).
-    rows_df = rows_df.unique(["m", "kind", "key"], keep="first", maintain_order=True)
+    rows_df = rebuilt.rows.unique(["m", "kind", "key"], keep="first", maintain_order=True)
+    # A logged row that matches no rebuilt row still gets its kind's ranker as a feature.
     kind_ranker = (
         rows_df.group_by("kind", maintain_order=True)
         .agg(pl.col("ranker").first())
         .rename({"ranker": "kind_ranker"})
     )
+    member = pl.DataFrame(
+        {Col.USER_ID: rebuilt.users, "m": np.arange(len(rebuilt.users), dtype=np.int64)}
+    )
     tindex = pl.DataFrame(
         {Col.TITLE_ID: h.title_ids, "t": np.arange(h.n_titles, dtype=np.int64)},
         schema={Col.TITLE_ID: pl.String, "t": pl.Int64},
     )
-    n_logged = imp.height
-    j = (
+    return (
         imp.join(member, on=Col.USER_ID, how="left")
         .join(tindex, on=Col.TITLE_ID, how="left")
         .with_columns(
@@ -329,80 +389,124 @@ def logged_window(
         .filter(pl.col("t").is_not_null())
         .join(rows_df, on=["m", "kind", "key"], how="left")
         .join(kind_ranker, on="kind", how="left")
-        .join(pairs_df, on=["m", "r", "t"], how="left")
+        .join(rebuilt.pairs, on=["m", "r", "t"], how="left")
         .sort(Col.PAGE_ID, Col.ROW_INDEX, Col.POSITION)
     )
-    if j.height == 0:
-        return None
-    # --- requests (one per page) and row groups
-    page_key = j[Col.PAGE_ID]
-    page_start = np.flatnonzero(np.r_[True, (page_key[1:] != page_key[:-1]).to_numpy()])
-    row_idx = j[Col.ROW_INDEX].to_numpy().astype(np.int64)
-    page_of = np.cumsum(np.r_[True, (page_key[1:] != page_key[:-1]).to_numpy()]) - 1
-    new_row = np.r_[True, (page_of[1:] != page_of[:-1]) | (row_idx[1:] != row_idx[:-1])]
-    row_start = np.flatnonzero(new_row)
-    row_of = np.cumsum(new_row) - 1
-    n_rows = len(row_start)
+
+
+@dataclass(frozen=True)
+class _LoggedLayout:
+    """Pages and rows of the joined impressions: sorted by (page, row index, position), each
+    page and each row is a run of consecutive pairs."""
+
+    page_start: np.ndarray  # first pair of each page
+    page_of: np.ndarray  # page of each pair
+    row_start: np.ndarray  # first pair of each row
+    row_of: np.ndarray  # row of each pair
+    row_index: np.ndarray  # int64, the row index each pair was shown at
+
+    @classmethod
+    def of(cls, j: pl.DataFrame) -> _LoggedLayout:
+        page_key = j[Col.PAGE_ID]
+        new_page = np.r_[True, (page_key[1:] != page_key[:-1]).to_numpy()]
+        page_of = np.cumsum(new_page) - 1
+        row_index = j[Col.ROW_INDEX].to_numpy().astype(np.int64)
+        new_row = np.r_[True, (page_of[1:] != page_of[:-1]) | (row_index[1:] != row_index[:-1])]
+        return cls(
+            page_start=np.flatnonzero(new_page),
+            page_of=page_of,
+            row_start=np.flatnonzero(new_row),
+            row_of=np.cumsum(new_row) - 1,
+            row_index=row_index,
+        )
+
+    @property
+    def row_page(self) -> np.ndarray:
+        return self.page_of[self.row_start]
+
+
+def _page_requests(rp: _Replayer, j: pl.DataFrame, layout: _LoggedLayout) -> Requests:
+    """One request per logged page, as the member, device and time it was served at."""
+    first = layout.page_start
     ctxs = [
         rp.resolve(uid, dev if dev in DEVICES else "tv", int(ts))
         for uid, dev, ts in zip(
-            j[Col.USER_ID].gather(page_start).to_list(),
-            j[Col.DEVICE].gather(page_start).fill_null("tv").to_list(),
-            j[Col.TS].dt.epoch("us").gather(page_start).to_list(),
+            j[Col.USER_ID].gather(first).to_list(),
+            j[Col.DEVICE].gather(first).fill_null("tv").to_list(),
+            j[Col.TS].dt.epoch("us").gather(first).to_list(),
             strict=True,
         )
     ]
-    reqs = request_arrays(store, h, ctxs)
+    return request_arrays(rp.store, rp.history, ctxs)
+
+
+def _logged_pairs(
+    store: FeatureStore, j: pl.DataFrame, layout: _LoggedLayout, pvr: np.ndarray
+) -> Pairs:
+    """The title-model inputs of each logged (row, title): ranker score, rank and row length
+    from the matched rebuilt row (NaN when unmatched), the member's PVR score and percentile."""
     t = j["t"].to_numpy().astype(np.int32)
-    m_col = j["m"].to_numpy().astype(np.int64)
-    pvr_mat = np.stack(pvr_rows) if pvr_rows else np.zeros((0, h.n_titles), np.float32)
-    pvr_pct = _percentiles(pvr_mat)
-    kind_code = np.array([store.kind_code(k) for k in j["kind"].to_list()], dtype=np.int16)
-    ranker_code = j["ranker"].fill_null(j["kind_ranker"]).fill_null(-1).to_numpy().astype(np.int16)
-    pairs = Pairs(
-        req=page_of.astype(np.int32),
+    m = j["m"].to_numpy().astype(np.int64)
+    pvr_pct = _percentiles(pvr)
+    return Pairs(
+        req=layout.page_of.astype(np.int32),
         title=t,
-        kind=kind_code,
-        ranker=ranker_code,
+        kind=np.array([store.kind_code(k) for k in j["kind"].to_list()], dtype=np.int16),
+        ranker=j["ranker"].fill_null(j["kind_ranker"]).fill_null(-1).to_numpy().astype(np.int16),
         score=_f32(j["score"]),
         score_rel=_f32(j["rel"]),
         rank=_f32(j["rank"]),
         row_len=_f32(j["row_len"]),
-        pvr=pvr_mat[m_col, t].astype(np.float32),
-        pvr_rel=pvr_pct[m_col, t].astype(np.float32),
+        pvr=pvr[m, t].astype(np.float32),
+        pvr_rel=pvr_pct[m, t].astype(np.float32),
     )
-    X = store.title_matrix(reqs, pairs)
+
+
+def _logged_window_data(
+    name: str,
+    store: FeatureStore,
+    reqs: Requests,
+    pairs: Pairs,
+    j: pl.DataFrame,
+    layout: _LoggedLayout,
+    *,
+    members: int,
+    unknown_titles: int,
+    ranker_failures: int,
+) -> WindowData:
+    """The window's examples: title features and labels per logged pair, row groups in the
+    order shown, placement from the rows logged above."""
+    row_start, row_page = layout.row_start, layout.row_page
+    n_rows = len(row_start)
     label = j["label"].to_numpy().astype(np.int8)
-    row_size = np.diff(np.r_[row_start, len(t)]).astype(np.int64)
-    row_page = page_of[row_start]
-    page_size = np.bincount(row_page, minlength=len(page_start)).astype(np.int64)
-    placement = _logged_placement(store, t, row_of, row_page, kind_code[row_start], n_rows)
+    row_size = np.diff(np.r_[row_start, len(pairs.title)]).astype(np.int64)
+    row_kind = pairs.kind[row_start]
     return WindowData(
         name=name,
         logged=True,
         store=store,
         reqs=reqs,
-        title_x=X,
+        title_x=store.title_matrix(reqs, pairs),
         label=label,
         position=j[Col.POSITION].to_numpy().astype(np.int32),
         row_size=row_size,
         row_req=row_page.astype(np.int64),
-        row_kind=kind_code[row_start].astype(np.int64),
-        row_ranker=ranker_code[row_start].astype(np.int64),
+        row_kind=row_kind.astype(np.int64),
+        row_ranker=pairs.ranker[row_start].astype(np.int64),
         row_len=j["row_len"].gather(row_start).cast(pl.Float64).fill_null(np.nan).to_numpy(),
         row_top=j["top"].gather(row_start).cast(pl.Float64).fill_null(np.nan).to_numpy(),
-        row_position=row_idx[row_start].astype(np.int32),
+        row_position=layout.row_index[row_start].astype(np.int32),
         row_visible=row_size.copy(),
-        placement=placement,
-        page_size=page_size,
+        placement=_logged_placement(store, pairs.title, layout.row_of, row_page, row_kind, n_rows),
+        page_size=np.bincount(row_page, minlength=len(layout.page_start)).astype(np.int64),
         stats={
-            "pages": float(len(page_start)),
-            "members": float(len(users)),
+            "pages": float(len(layout.page_start)),
+            "members": float(members),
             "examples": float(len(label)),
             "positives": float((label > 0).sum()),
-            "unknown_title_impressions": float(n_logged - j.height),
+            "unknown_title_impressions": float(unknown_titles),
             "pairs_matched": float(j["score"].is_not_null().sum()),
-            "ranker_failures": float(rp.failures),
+            "ranker_failures": float(ranker_failures),
         },
     )
 
