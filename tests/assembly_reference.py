@@ -1,6 +1,6 @@
-"""The page assembly's rules as a plain Python loop: the reference that tests/test_assembly.py
-holds engine.request.selectors.assemble_page (one compiled loop) equal to, and that takes any
-Python row scorer, so tests can give it scores by hand.
+"""The page assembly's rules as a plain Python loop: the reference that
+tests/request/test_assembly.py holds engine.request.selectors.assemble_page (one compiled loop)
+equal to, and that takes any Python row scorer, so tests can give it scores by hand.
 
 Same rules, same order, same trace as the compiled loop (engine.request.selectors' docstring);
 written for reading, not speed: rows are rebuilt as dedupe removes their titles.

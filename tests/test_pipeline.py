@@ -257,8 +257,10 @@ def test_pages_follow_the_layout_and_never_repeat_a_title(
         assert all(
             layout.min_row_length <= len(r.items) <= layout.titles_per_row for r in page.rows
         )
-        for r in page.rows:  # within a row, the title model's order, unless the guard kept the
-            if r.kind in eng.ranker_order_kinds:  # ranker's (tests/test_title_order_guard.py)
+        # within a row, the title model's order, unless the guard kept the ranker's
+        # (tests/training/test_title_order_guard.py)
+        for r in page.rows:
+            if r.kind in eng.ranker_order_kinds:
                 continue
             s = [i.score for i in r.items]
             assert s == sorted(s, reverse=True)

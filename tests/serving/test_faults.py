@@ -6,8 +6,8 @@
   failure counted in /metrics, pages from both model versions served.
 - bench/bench_precompute_kills.py: a real `rowrank precompute` SIGKILLed at 3 seeded moments and
   rerun: no page lost, none duplicated, every file byte-identical to an uninterrupted run.
-  (tests/test_precompute.py kills once after a fixed number of shards; these moments are drawn
-  anywhere in the job, start-up and model loading included.)
+  (tests/serving/test_precompute.py kills once after a fixed number of shards; these moments are
+  drawn anywhere in the job, start-up and model loading included.)
 
 The bench scripts print the same figures for longer runs (docs/reliability.md)."""
 
@@ -23,7 +23,7 @@ import pytest
 import engine
 from engine.serving.precompute import run_precompute
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _bench(name: str) -> ModuleType:

@@ -17,7 +17,7 @@ from engine.data.movielens import detect_format, import_movielens
 from engine.data.validate import validate_directory
 from engine.errors import ImportFormatError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def real_movielens_dir() -> Path:

@@ -24,7 +24,7 @@ from engine.data.validate import (
 )
 from engine.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_make_tiny() -> ModuleType:

@@ -15,7 +15,7 @@ from engine.cli import main
 from engine.errors import ConfigError
 from engine.evaluation.benchmark import load_variants, stable_bucket, team_draft
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "bench" / "variants" / "tiny.toml"
 
 

@@ -4,7 +4,7 @@ The tiny world and model are deterministic (seeded simulation, one-thread determ
 LightGBM), so any difference is a behaviour change. When it is intended, regenerate and review
 the diff:
 
-    ROWRANK_REGEN_GOLDEN=1 .venv/bin/pytest tests/test_golden_pages.py
+    ROWRANK_REGEN_GOLDEN=1 .venv/bin/pytest tests/request/test_golden_pages.py
 """
 
 from __future__ import annotations
