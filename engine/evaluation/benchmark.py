@@ -34,7 +34,8 @@ import math
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,7 +71,7 @@ from engine.evaluation.metrics import (
     visible,
     visible_recall,
 )
-from engine.evaluation.split import machine, make_split, quantile_cut
+from engine.evaluation.split import Split, machine, make_split, quantile_cut
 from engine.request.context import RequestContext
 from engine.request.layout import DEFAULT_LAYOUTS, DeviceLayout
 from engine.sim.world import GroundTruth, WorldParams
@@ -1055,49 +1056,155 @@ def run_bench(
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
 ) -> dict[str, Any]:
     """The whole benchmark; writes REPORT_DIR/{results.json, report.md, report.html}."""
-    import engine as engine_pkg
     from engine.evaluation.report import write_reports
 
     t_start = time.perf_counter()
     plan = load_variants(variants_file)
-    spec = plan.spec
+    spec = _with_users(plan.spec, users)
     seed = spec.seed if seed is None else seed
-    if users is not None:
-        spec = spec.model_copy(
-            update={
-                "eval": spec.eval.model_copy(update={"users": users}),
-                "ab": spec.ab.model_copy(update={"users": max(users, 2)}),
-            }
-        )
     out_dir = Path(out_dir) if out_dir is not None else Path("bench/results") / plan.path.stem
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
+    with _timed(timings, "data_s"):
+        data = load_bench_data(spec, data_dir, out_dir, seed, progress)
+        log(
+            f"data {data.dir} ({data.ds.source}): cut {data.cut.isoformat()}, "
+            + data.split.describe()
+        )
+    with _timed(timings, "train_s"):
+        model_dirs, train_s = train_variants(plan, data.dir, data.cut, out_dir / "models", progress)
+    engines, sources = load_page_sources(plan, model_dirs, data, seed)
+
+    ablated = spec.ablation.variant or plan.baseline
+    with _timed(timings, "offline_s"):
+        offline = evaluate_offline(
+            sources,
+            data.requests,
+            data.history,
+            spec.eval,
+            data.gt,
+            progress=progress,
+            desc="offline pages",
+            keep_pages=[ablated],
+        )
+        offline_summary = summarize_offline(
+            offline,
+            data.requests,
+            plan.baseline,
+            data.history,
+            spec.eval,
+            data.gt is not None,
+            seed,
+        )
+
+    ab: dict[str, Any] | None = None
+    interleaving: dict[str, Any] | None = None
+    if data.gt is not None and spec.ab.enabled:
+        with _timed(timings, "ab_s"):
+            sched = ab_schedule(
+                data.gt, data.history, data.cut, spec.ab, np.random.default_rng([seed, _P_AB])
+            )
+            ab = _ab_section(sources, data.gt, sched, spec.ab, seed, progress)
+        if spec.interleaving.enabled:
+            with _timed(timings, "interleaving_s"):
+                interleaving = _interleaving_section(
+                    sources, plan.baseline, data.gt, sched, spec.interleaving, seed, progress
+                )
+
+    ablation: dict[str, Any] | None = None
+    if spec.ablation.enabled:
+        with _timed(timings, "ablation_s"):
+            ablation = _ablation_section(
+                engines[ablated], offline[ablated], ablated, data, spec, seed, progress
+            )
+
+    timings["total_s"] = time.perf_counter() - t_start
+    results: dict[str, Any] = {
+        "format": 1,
+        "bench": _bench_section(plan, spec, seed, timings),
+        "data": _data_section(data),
+        "baseline": plan.baseline,
+        "variants": _variants_section(plan, engines, train_s),
+        "offline": offline_summary,
+        "ab": ab,
+        "interleaving": interleaving,
+        "ablation": ablation,
+    }
+    write_reports(results, out_dir)
+    return results
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Records the wall time of the block as `timings[key]` (seconds)."""
     t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
+
+
+def _with_users(spec: BenchSpec, users: int | None) -> BenchSpec:
+    """The spec with `--users` applied: members evaluated offline and in the A/B test (at least
+    two, one per arm)."""
+    if users is None:
+        return spec
+    return spec.model_copy(
+        update={
+            "eval": spec.eval.model_copy(update={"users": users}),
+            "ab": spec.ab.model_copy(update={"users": max(users, 2)}),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class BenchData:
+    """The dataset of a run, split at the cut, and the test members evaluated offline."""
+
+    dir: Path
+    ds: Dataset
+    gt: GroundTruth | None  # None: not a simulated world
+    cut: datetime
+    split: Split
+    requests: list[EvalRequest]
+    title_index: dict[str, int]  # title id -> History index
+
+    @property
+    def history(self) -> History:
+        return self.split.history
+
+
+def load_bench_data(
+    spec: BenchSpec, data_dir: Path | None, out_dir: Path, seed: int, progress: bool
+) -> BenchData:
+    """The run's dataset (given, or simulated into `out_dir`), its temporal split and the sampled
+    test members; ConfigError when nobody has plays on both sides of the cut."""
     data = prepare_data(spec, data_dir, out_dir, seed, progress)
     ds = load_dataset(data)
     gt = GroundTruth.load(data / GROUND_TRUTH_DIR) if (data / GROUND_TRUTH_DIR).is_dir() else None
     cut = cut_time(ds, spec.split)
     split = make_split(ds, cut, name="test")
-    history: History = split.history
-    title_index = {t: i for i, t in enumerate(history.title_ids.tolist())}
     requests = eval_requests(ds, split, spec.eval.users, np.random.default_rng([seed, _P_SAMPLE]))
     if not requests:
         raise ConfigError(
             f"no test members: nobody has plays both before and after the cut {cut.isoformat()}; "
             "move the cut ([bench.split])"
         )
-    log(f"data {data} ({ds.source}): cut {cut.isoformat()}, {split.describe()}")
-    timings["data_s"] = time.perf_counter() - t0
+    title_index = {t: i for i, t in enumerate(split.history.title_ids.tolist())}
+    return BenchData(data, ds, gt, cut, split, requests, title_index)
 
-    t0 = time.perf_counter()
-    model_dirs, train_s = train_variants(plan, data, cut, out_dir / "models", progress)
-    timings["train_s"] = time.perf_counter() - t0
+
+def load_page_sources(
+    plan: Plan, model_dirs: Mapping[str, Path], data: BenchData, seed: int
+) -> tuple[dict[str, Engine], dict[str, PageSource]]:
+    """Each variant's trained engine and the page source that serves it (shuffled for
+    `shuffle` variants), warmed up."""
+    import engine as engine_pkg
+
     engines = {n: engine_pkg.load(d) for n, d in model_dirs.items()}
     sources = {
         n: PageSource(
             engines[n],
-            title_index,
+            data.title_index,
             np.random.default_rng([seed, _P_SHUFFLE, stable_bucket(n, 2**31)])
             if v.shuffle
             else None,
@@ -1106,119 +1213,121 @@ def run_bench(
     }
     # Warm-up: the first page of a loaded engine pays one-off costs that are not latency.
     for src in sources.values():
-        src.engine.page_for(requests[0].ctx)
+        src.engine.page_for(data.requests[0].ctx)
+    return engines, sources
 
-    t0 = time.perf_counter()
-    ablated = spec.ablation.variant or plan.baseline
-    offline = evaluate_offline(
-        sources,
-        requests,
-        history,
+
+def _ab_section(
+    sources: Mapping[str, PageSource],
+    gt: GroundTruth,
+    sched: Sequence[Session],
+    spec: ABSpec,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """The simulated A/B test of every variant over the sessions `sched`."""
+    ab = run_ab(sources, gt, sched, spec, seed, progress=progress)
+    ab.update({"days": spec.days, "sessions_per_day": spec.sessions_per_day, "name": spec.name})
+    return ab
+
+
+def _interleaving_section(
+    sources: Mapping[str, PageSource],
+    baseline: str,
+    gt: GroundTruth,
+    sched: Sequence[Session],
+    spec: InterleavingSpec,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Team-draft interleaving on the baseline's pages, in a sample of the A/B sessions."""
+    pick_rng = np.random.default_rng([seed, _P_TDI, 2])
+    n_tdi = min(spec.sessions, len(sched))
+    idx = np.sort(pick_rng.choice(len(sched), n_tdi, replace=False))
+    interleaving = run_interleaving(
+        sources[baseline], gt, [sched[i] for i in idx], seed, progress=progress
+    )
+    interleaving["variant"] = baseline
+    return interleaving
+
+
+def _ablation_section(
+    engine: Engine,
+    full: OfflineResult,
+    variant: str,
+    data: BenchData,
+    spec: BenchSpec,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Remove-one ablation of `variant`'s rankers on a sample of the test members."""
+    n_abl = min(spec.ablation.users or len(data.requests), len(data.requests))
+    pick = np.sort(
+        np.random.default_rng([seed, _P_LEAVE]).choice(len(data.requests), n_abl, replace=False)
+    )
+    ablation = run_ablation(
+        engine,
+        full,
+        pick,
+        data.requests,
+        data.history,
         spec.eval,
-        gt,
+        data.gt,
+        data.title_index,
+        seed,
         progress=progress,
-        desc="offline pages",
-        keep_pages=[ablated],
     )
-    offline_summary = summarize_offline(
-        offline, requests, plan.baseline, history, spec.eval, gt is not None, seed
-    )
-    timings["offline_s"] = time.perf_counter() - t0
+    ablation["variant"] = variant
+    ablation["members"] = n_abl
+    return ablation
 
-    ab: dict[str, Any] | None = None
-    interleaving: dict[str, Any] | None = None
-    if gt is not None and spec.ab.enabled:
-        t0 = time.perf_counter()
-        sched = ab_schedule(gt, history, cut, spec.ab, np.random.default_rng([seed, _P_AB]))
-        ab = run_ab(sources, gt, sched, spec.ab, seed, progress=progress)
-        ab.update(
-            {
-                "days": spec.ab.days,
-                "sessions_per_day": spec.ab.sessions_per_day,
-                "name": spec.ab.name,
-            }
-        )
-        timings["ab_s"] = time.perf_counter() - t0
-        if spec.interleaving.enabled:
-            t0 = time.perf_counter()
-            pick_rng = np.random.default_rng([seed, _P_TDI, 2])
-            n_tdi = min(spec.interleaving.sessions, len(sched))
-            idx = np.sort(pick_rng.choice(len(sched), n_tdi, replace=False))
-            interleaving = run_interleaving(
-                sources[plan.baseline], gt, [sched[i] for i in idx], seed, progress=progress
-            )
-            interleaving["variant"] = plan.baseline
-            timings["interleaving_s"] = time.perf_counter() - t0
 
-    ablation: dict[str, Any] | None = None
-    if spec.ablation.enabled:
-        t0 = time.perf_counter()
-        target = ablated
-        n_abl = min(spec.ablation.users or len(requests), len(requests))
-        pick = np.sort(
-            np.random.default_rng([seed, _P_LEAVE]).choice(len(requests), n_abl, replace=False)
-        )
-        ablation = run_ablation(
-            engines[target],
-            offline[target],
-            pick,
-            requests,
-            history,
-            spec.eval,
-            gt,
-            title_index,
-            seed,
-            progress=progress,
-        )
-        ablation["variant"] = target
-        ablation["members"] = n_abl
-        timings["ablation_s"] = time.perf_counter() - t0
-
-    timings["total_s"] = time.perf_counter() - t_start
-    results: dict[str, Any] = {
-        "format": 1,
-        "bench": {
-            "name": spec.name,
-            "description": spec.description,
-            "variants_file": str(plan.path),
-            "seed": seed,
-            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": _machine(),
-            "timings_s": {k: round(v, 2) for k, v in timings.items()},
-            "settings": spec.model_dump(mode="json"),
-        },
-        "data": {
-            "dir": str(data),
-            "source": ds.source,
-            "clock": to_utc(ds.clock).isoformat(),
-            "cut": cut.isoformat(),
-            "simulated": gt is not None,
-            "titles": history.n_titles,
-            "users_at_cut": history.n_users,
-            "training_plays": len(history.play_user),
-            "test_users": len(split.users),
-            "evaluated_users": len(requests),
-            "dropped_unknown_truth": int(split.dropped_unknown),
-        },
-        "baseline": plan.baseline,
-        "variants": {
-            n: {
-                "description": v.description,
-                "shuffle": v.shuffle,
-                "model_version": engines[n].model_version,
-                "train_s": round(train_s[n], 2),
-                "rankers": list(v.config.rankers),
-                "config": v.config.to_document(),
-            }
-            for n, v in plan.variants.items()
-        },
-        "offline": offline_summary,
-        "ab": ab,
-        "interleaving": interleaving,
-        "ablation": ablation,
+def _bench_section(
+    plan: Plan, spec: BenchSpec, seed: int, timings: Mapping[str, float]
+) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "variants_file": str(plan.path),
+        "seed": seed,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "settings": spec.model_dump(mode="json"),
     }
-    write_reports(results, out_dir)
-    return results
+
+
+def _data_section(data: BenchData) -> dict[str, Any]:
+    history = data.history
+    return {
+        "dir": str(data.dir),
+        "source": data.ds.source,
+        "clock": to_utc(data.ds.clock).isoformat(),
+        "cut": data.cut.isoformat(),
+        "simulated": data.gt is not None,
+        "titles": history.n_titles,
+        "users_at_cut": history.n_users,
+        "training_plays": len(history.play_user),
+        "test_users": len(data.split.users),
+        "evaluated_users": len(data.requests),
+        "dropped_unknown_truth": int(data.split.dropped_unknown),
+    }
+
+
+def _variants_section(
+    plan: Plan, engines: Mapping[str, Engine], train_s: Mapping[str, float]
+) -> dict[str, Any]:
+    return {
+        n: {
+            "description": v.description,
+            "shuffle": v.shuffle,
+            "model_version": engines[n].model_version,
+            "train_s": round(train_s[n], 2),
+            "rankers": list(v.config.rankers),
+            "config": v.config.to_document(),
+        }
+        for n, v in plan.variants.items()
+    }
 
 
 def _machine() -> str:
