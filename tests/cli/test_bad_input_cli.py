@@ -480,7 +480,7 @@ def test_page_unknown_user_is_a_cold_start_page(tiny_model: Path, run_cli: RunCl
 
 
 def _ranker_npz(model: Path) -> None:
-    truncate(model, f"rankers/{first_ranker(model, 'top_n')}/state.npz", fix_checksum=True)
+    truncate(model, f"rankers/{first_ranker(model, 'top_picks')}/state.npz", fix_checksum=True)
 
 
 # (cell, damage to a copy of tiny_model, words of the message)
@@ -497,7 +497,7 @@ MODEL_CELLS: list[tuple[str, Callable[[Path], object], list[str]]] = [
     ),
     (
         "unknown_config_key",
-        lambda m: edit_config(m, lambda c: c["rankers"]["top_n"].update(colour="red")),
+        lambda m: edit_config(m, lambda c: c["rankers"]["top_picks"].update(colour="red")),
         ["config.json", "unknown key 'colour'"],
     ),
     (

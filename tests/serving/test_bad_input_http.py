@@ -43,7 +43,7 @@ DAMAGED: dict[str, Callable[[Path], None]] = {
     # abort the whole server on it, lightgbm-org/LightGBM#3733).
     "truncated_matching_checksum": lambda m: truncate(m, "title_model.txt", fix_checksum=True),
     "unknown_config_key": lambda m: edit_config(
-        m, lambda c: c["rankers"]["top_n"].update(colour="red")
+        m, lambda c: c["rankers"]["top_picks"].update(colour="red")
     ),
     "config_wrong_type": lambda m: edit_config(
         m, lambda c: c["rankers"][first_ranker(m, "trending")].update(half_life_hours="soon")

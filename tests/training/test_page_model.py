@@ -36,7 +36,7 @@ def test_training_writes_both_models_and_a_manifest(tiny_model: Path) -> None:
     manifest = orjson.loads((tiny_model / "manifest.json").read_bytes())
     for name in ("title_model.txt", "row_model.txt", "config.json", "history/history.npz"):
         assert name in manifest["files"], name
-    assert any(f.startswith("rankers/top_n/") for f in manifest["files"])
+    assert any(f.startswith("rankers/top_picks/") for f in manifest["files"])
     assert manifest["rowrank_version"] == engine.__version__
     assert len(manifest["model_version"]) == 12
     assert len(manifest["data"]["fingerprint"]) == 64
