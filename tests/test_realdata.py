@@ -237,7 +237,7 @@ def test_whole_protocol_on_a_generated_release(release: Path, tmp_path: Path) ->
         for b in BASELINES:
             assert b.name in names
             assert r["tuning"][b.name]["chosen"] in [p for p, _ in r["tuning"][b.name]["grid"]]
-        for ranker in ("pvr", "top_n", "trending_24h", "because_you_watched"):
+        for ranker in ("pvr", "top_picks", "trending_24h", "because_you_watched"):
             assert f"rowrank {ranker}" in names
         assert "rowrank Top Picks as shown" in names
         assert {p["baseline"] for p in r["page"]} == {b.name for b in BASELINES}
