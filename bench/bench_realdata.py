@@ -242,7 +242,7 @@ def run_split(kind: str, args: argparse.Namespace, data: Path, ds: Dataset) -> d
         out["rowrank_seconds"] = round(time.perf_counter() - t0, 1)
         for name, values in rr.first_rows.items():
             add(f"rowrank {name}", "first row, ranker order", values)
-        add("rowrank Top Picks as shown", "the top_n row on the page", rr.top_picks)
+        add("rowrank Top Picks as shown", "the Top Picks row on the page", rr.top_picks)
         page = np.array(rr.page_n2dcg)
         assert rr.layout is not None
         pages: list[dict[str, Any]] = []
