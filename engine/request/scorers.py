@@ -102,6 +102,11 @@ class PageModelConfig(BaseModel):
     # The title model's objective: "binary" (P(play), calibrated enough for the row cascade
     # estimate) or "lambdarank" (groups = rows). Chosen by bench/bench_page_quality.py.
     title_objective: Literal["binary", "lambdarank"] = "binary"
+    # The title-order guard (engine.training.train.title_order_by_kind): a row kind keeps its
+    # ranker's order unless the title model beat it on at least this many held-out rows with a
+    # play. On MovieLens the held-out window held 23 Top Picks rows with a play, on which the
+    # title model won, while on the members' own next plays it lost a fifth of the row.
+    guard_min_rows: int = Field(100, ge=0)
     # binary objective: share of rows without any play kept (weighted back up); such rows
     # carry little signal and most of the training cost.
     negative_row_sample: float = Field(0.3, gt=0, le=1)

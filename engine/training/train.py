@@ -870,7 +870,15 @@ def fit_page_model(
     metrics["title"] = _ndcg_report(s_valid, tv, _baseline_title(valid_w))
     metrics["title"]["lightgbm"] = m_a
     by_kind = title_order_by_kind(s_valid, tv, valid_w)
-    keep = tuple(sorted(k for k, v in by_kind.items() if v["ranker_order"] > v["title_model"]))
+    # Every kind the model has not shown it orders better keeps its ranker's order, including
+    # kinds with no held-out row with a play.
+    keep = tuple(
+        sorted(
+            k
+            for k in valid_w.store.kinds
+            if k not in by_kind or not title_model_wins(by_kind[k], page_cfg)
+        )
+    )
     metrics["title"]["by_kind"] = by_kind
     metrics["title"]["ranker_order_kinds"] = list(keep)
     # --- row model: in-sample title scores for training windows, out-of-sample for validation
@@ -906,6 +914,13 @@ def fit_page_model(
     return Fitted(
         PageModel(title_f, row_f, context_features=page_cfg.context_features), metrics, keep
     )
+
+
+def title_model_wins(by_kind: dict[str, float], page_cfg: PageModelConfig) -> bool:
+    """The guard's rule: the title model orders a kind's rows only where it beat the ranker's
+    order on enough held-out rows to show it."""
+    enough = by_kind["rows_with_a_play"] >= page_cfg.guard_min_rows
+    return enough and by_kind["title_model"] > by_kind["ranker_order"]
 
 
 def title_order_by_kind(

@@ -9,8 +9,8 @@ import numpy as np
 
 from engine.pipeline import order_titles
 from engine.request.features import feature_names
-from engine.request.scorers import RankData
-from engine.training.train import title_order_by_kind
+from engine.request.scorers import PageModelConfig, RankData
+from engine.training.train import title_model_wins, title_order_by_kind
 from rankers._common import make_row
 
 
@@ -48,6 +48,10 @@ def test_the_guard_keeps_the_ranker_order_only_where_the_model_loses() -> None:
     assert got["top_picks"]["ranker_order"] > got["top_picks"]["title_model"]
     assert got["trending"]["title_model"] > got["trending"]["ranker_order"]
     assert got["top_picks"]["rows_with_a_play"] == 20
+    # the model orders trending only where it has shown it on enough rows with a play
+    assert title_model_wins(got["trending"], PageModelConfig(guard_min_rows=20))
+    assert not title_model_wins(got["trending"], PageModelConfig(guard_min_rows=21))
+    assert not title_model_wins(got["top_picks"], PageModelConfig(guard_min_rows=0))
 
 
 def test_a_guarded_row_keeps_its_ranker_order_on_the_page() -> None:
