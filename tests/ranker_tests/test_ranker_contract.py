@@ -5,7 +5,8 @@ installed as a plug-in) is covered without editing this file. Each ranker is bui
 Config's defaults on a small seeded world: ~100 members, ~80 titles including a ten-episode
 series, ~3,000 plays with devices and progress.
 
-`check_contract` is reused by tests/rankers/test_plugin.py for a ranker defined outside the package.
+`check_contract` is reused by tests/ranker_tests/test_plugin.py for a ranker defined outside the
+package.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Checks specific to the collaborative-filtering rankers (PVR, Top-N, Because you watched) on
-small seeded worlds; the shared protocol checks live in tests/rankers/test_ranker_contract.py."""
+small seeded worlds; the shared protocol checks live in
+tests/ranker_tests/test_ranker_contract.py."""
 
 from __future__ import annotations
 
