@@ -19,7 +19,7 @@ old model keeps serving.
 It prints the figures and exits 1 unless: zero failed requests (non-2xx, socket errors,
 timeouts), every reload but the broken one accepted, the broken one refused, and the ranker
 failures in /metrics equal to the failures injected (and more than zero).
-tests/test_faults.py runs the same scenario for a few seconds.
+tests/serving/test_faults.py runs the same scenario for a few seconds.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Printed: where each kill landed (seconds into the run, shards done before and af
 work lost to the kills (shards recomputed), the total time against the uninterrupted run, and
 the checks: pages lost (users of the job missing from the output), pages duplicated, and
 whether every output file is byte-identical to the uninterrupted run's. Exit 1 if any check
-fails. tests/test_faults.py runs the same scenario with 3 kills on 24 users.
+fails. tests/serving/test_faults.py runs the same scenario with 3 kills on 24 users.
 """
 
 from __future__ import annotations

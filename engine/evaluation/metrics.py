@@ -1,6 +1,7 @@
 """Row and page metrics, bootstrap confidence intervals and paired comparisons (`rowrank bench`).
 
-Every metric takes plain numpy arrays so it can be checked by hand (tests/test_metrics.py).
+Every metric takes plain numpy arrays so it can be checked by hand
+(tests/evaluation/test_metrics.py).
 Titles are integer indices (History positions); a page is a 2-D grid, one row per page row,
 padded with -1. Relevance is binary: a title is relevant when it is in the member's ground truth
 (the titles they went on to play, bench/protocol.py). docs/benchmark.md defines each metric.

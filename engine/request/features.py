@@ -535,7 +535,7 @@ class FeatureStore:
         One compiled pass over the rows and their visible pairs (`_row_columns`): on a page's
         dozen rows, the two dozen numpy calls this took cost more than their arithmetic. The
         transcendental parts (exp, power, log1p) stay numpy's, so the kernel gives the bits the
-        models were trained with on any CPU (tests/test_features.py holds the numpy formulas
+        models were trained with on any CPU (tests/request/test_features.py holds the numpy formulas
         and compares)."""
         n_rows = len(row_req)
         X = np.full((n_rows, len(ROW_FEATURES)), np.nan, dtype=np.float32)

@@ -482,7 +482,8 @@ class Forest:
     (`_forest_raw`, numba). LightGBM's rules (c_api.cpp's dense rows, tree.h's
     NumericalDecision and CategoricalDecision) are resolved per node when the model loads:
     where a missing or zero value goes, and which words of the category bitset a node reads.
-    `raw(X)` equals `Booster.predict(X, raw_score=True)` bit for bit (tests/test_page_model.py:
+    `raw(X)` equals `Booster.predict(X, raw_score=True)` bit for bit
+    (tests/training/test_page_model.py:
     NaN, zeros, tiny values, negative, fractional, unseen and out-of-range category codes,
     single-leaf trees). Through LightGBM's C API every call pays a setup, and a page calls the
     row model once per row it places (bench/bench_page_speed.py times one call both ways)."""

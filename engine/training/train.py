@@ -5,8 +5,8 @@ Training data come from several windows [t_k, t_k+1) before the cut-off. For eac
 rankers and the feature store are fitted on `History.from_dataset(ds, t_k)` only, the requests
 inside the window are replayed through the same pipeline stages the page uses (engine.pipeline:
 candidate_rows -> features), and labels come from what happened
-after each request. Nothing at or after t_k reaches a feature of window k (tests/test_features.py
-plants data after t_k to prove it).
+after each request. Nothing at or after t_k reaches a feature of window k
+(tests/request/test_features.py plants data after t_k to prove it).
 
 - With logged impressions: every shown (row, title) is an example, labelled 0 (not played),
   1 (played briefly) or 2 (watched substantially) from the play it led to; titles the device
