@@ -622,13 +622,18 @@ def check_cf_meta(meta: dict[str, Any], cfg: CFConfig, directory: Path) -> None:
 def truncate_history(history: History, cut_us: int) -> History:
     """The same History with only the plays strictly before `cut_us` (titles and users kept):
     used to carve a validation period out of the training period."""
-    keep = history.play_ts < cut_us
+    return keep_plays(history, history.play_ts < cut_us, int(cut_us))
+
+
+def keep_plays(history: History, keep: np.ndarray, cutoff_us: int | None = None) -> History:
+    """The same History (titles and users kept) with only the plays where `keep` is True; the
+    cut-off stays unless `cutoff_us` is given."""
     play_user = history.play_user[keep]
     offsets = np.zeros(history.n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(play_user, minlength=history.n_users), out=offsets[1:])
     return replace(
         history,
-        cutoff_us=int(cut_us),
+        cutoff_us=history.cutoff_us if cutoff_us is None else cutoff_us,
         play_user=play_user,
         play_title=history.play_title[keep],
         play_ts=history.play_ts[keep],

@@ -16,7 +16,7 @@ History. Everything a request reads is "as of" its time: plays after it are not 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -31,7 +31,7 @@ from engine.errors import ModelLoadError
 from engine.request.context import RequestContext
 from engine.request.scorers import Forest
 from rankers._common import PlayTimes, check_fitted, load_state, make_row, save_state
-from rankers.pvr import CFConfig, CFModel, Signals, decay, head, zscore
+from rankers.pvr import CFConfig, CFModel, Signals, decay, head, keep_plays, zscore
 
 STATE_VERSION = 1
 MODEL_FILE = "lambdarank.txt"  # LightGBM's own text format, never pickle
@@ -200,22 +200,7 @@ def window_history(history: History, drop_last: int) -> tuple[History, np.ndarra
     n_u = np.diff(history.user_offsets)
     pos = np.arange(len(history.play_user)) - history.user_offsets[history.play_user]
     dropped = pos >= (n_u - drop_last)[history.play_user]
-    keep = ~dropped
-    offsets = np.zeros(history.n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(history.play_user[keep], minlength=history.n_users), out=offsets[1:])
-    h = replace(
-        history,
-        play_user=history.play_user[keep],
-        play_title=history.play_title[keep],
-        play_ts=history.play_ts[keep],
-        play_device=history.play_device[keep],
-        play_progress=history.play_progress[keep],
-        play_seconds=history.play_seconds[keep],
-        user_offsets=offsets,
-        _title_index={},
-        _user_index={},
-    )
-    return h, dropped
+    return keep_plays(history, ~dropped), dropped
 
 
 @dataclass(frozen=True)
