@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import lightgbm as lgb
 import numpy as np
@@ -164,8 +164,8 @@ def candidates_and_features(
     for v in scores.values():
         masked = np.where(banned | np.isnan(v), -np.inf, v)
         pools.append(head(masked, cfg.candidates))
+    # head keeps finite scores only, so nothing banned is a candidate
     cand = np.unique(np.concatenate(pools)).astype(np.int64)
-    cand = cand[~banned[cand]]
     cols = []
     for g in _GENERATORS:
         v = scores[g][cand]
@@ -376,8 +376,3 @@ class TopPicksRanker:
         self.training_ = dict(meta.get("training") or {})
         self._set(history, Generators.of(ease, knn, history))
         return self
-
-
-def describe(ranker: TopPicksRanker) -> dict[str, Any]:
-    """What training learned, for the manifest and the training summary."""
-    return dict(getattr(ranker, "training_", {}))
