@@ -606,6 +606,9 @@ class Engine:
             pinned=tuple(a.pinned), max_rows_per_kind=dict(a.max_rows_per_kind), dedupe=a.dedupe
         )
         self.pvr = PvrSource.of(self.rankers)
+        # The row-order guard training chose: the template where the row model did not beat it.
+        if page_config.row_order == "learned" and self.manifest.get("row_order") == "template":
+            page_config = page_config.model_copy(update={"row_order": "template"})
         self.row_scorer = row_scorer_for(page_config, model)
         # The title-order guard training chose: rows of these kinds keep their ranker's order.
         self.ranker_order_kinds = frozenset(self.manifest.get("ranker_order_kinds", ()))

@@ -847,6 +847,8 @@ class Fitted:
     metrics: dict[str, Any]
     # Row kinds whose titles keep their ranker's order: the title model did worse on them.
     ranker_order_kinds: tuple[str, ...] = ()
+    # "template" when the row model did not beat the editorial template on the held-out window.
+    row_order: str = "learned"
 
 
 def fit_page_model(
@@ -888,14 +890,22 @@ def fit_page_model(
     rv = valid_w.row_data(s_valid, keep)
     row_a, m_r = fit_ranker("row", page_cfg, r_train, rv)
     steps.update()
+    template = template_row_scores(valid_w, s_valid, page_cfg.row_template)
     metrics["row"] = _ndcg_report(
-        _predict_row(row_a, page_cfg, rv.X), rv, _baseline_row(valid_w, rv)
+        _predict_row(row_a, page_cfg, rv.X),
+        rv,
+        {**_baseline_row(valid_w, rv), "template": template},
     )
     metrics["row"]["lightgbm"] = m_r
+    row_order = "learned" if row_model_wins(metrics["row"], page_cfg) else "template"
+    metrics["row"]["row_order"] = row_order
     if not page_cfg.refit_all_windows:
         steps.close()
         return Fitted(
-            PageModel(title_a, row_a, context_features=page_cfg.context_features), metrics, keep
+            PageModel(title_a, row_a, context_features=page_cfg.context_features),
+            metrics,
+            keep,
+            row_order,
         )
     # --- refit on every window with the validated number of rounds
     t_rounds = _best_rounds(m_a, page_cfg.title_trees)
@@ -912,8 +922,45 @@ def fit_page_model(
     steps.close()
     metrics["refit"] = {"title_rounds": t_rounds, "row_rounds": r_rounds}
     return Fitted(
-        PageModel(title_f, row_f, context_features=page_cfg.context_features), metrics, keep
+        PageModel(title_f, row_f, context_features=page_cfg.context_features),
+        metrics,
+        keep,
+        row_order,
     )
+
+
+def row_model_wins(report: dict[str, Any], page_cfg: PageModelConfig) -> bool:
+    """The row-order guard: the row model orders the rows only where it beat the editorial
+    template (`[page] row_template`) on enough held-out pages with a play to show it."""
+    enough = report["valid_groups_with_positive"] >= page_cfg.guard_min_rows
+    return enough and report["valid_ndcg_at_10"] > report["template_ndcg_at_10"]
+
+
+def template_row_scores(
+    w: WindowData, title_scores: np.ndarray, template: Sequence[str]
+) -> np.ndarray:
+    """Scores that order each held-out page's rows as the template scorer would: by the
+    template slot each row takes (rows of a kind take its slots best row first, by the mean of
+    their visible titles' scores; kinds without a slot come last)."""
+    starts = np.cumsum(w.row_size) - w.row_size
+    quality = np.array(
+        [
+            np.sort(title_scores[s : s + n])[::-1][:v].mean() if n else 0.0
+            for s, n, v in zip(starts, w.row_size, w.row_visible, strict=True)
+        ]
+    )
+    kinds = [w.store.kinds[c] for c in w.row_kind.tolist()]
+    out = np.empty(len(kinds))
+    first = 0
+    for size in w.page_size.tolist():
+        rows = np.arange(first, first + size)
+        free = {k: [i for i, t in enumerate(template) if t == k] for k in set(template)}
+        for r in rows[np.argsort(-quality[rows], kind="stable")].tolist():
+            slots = free.get(kinds[r], [])
+            slot = slots.pop(0) if slots else len(template)
+            out[r] = -slot + 0.5 * np.tanh(quality[r])
+        first += size
+    return out
 
 
 def title_model_wins(by_kind: dict[str, float], page_cfg: PageModelConfig) -> bool:
@@ -1088,6 +1135,7 @@ def train(
         metrics={**fitted.metrics, "timings": timings},
         info={
             "ranker_order_kinds": list(fitted.ranker_order_kinds),
+            "row_order": fitted.row_order,
             "cutoff": cutoff.isoformat(),
             "data": {
                 "dir": str(data_dir),
@@ -1137,8 +1185,10 @@ def write_model_dir(
         # (npz files carry zip timestamps, so they are checksummed but not part of the name).
         version_src = [files["title_model.txt"], files["row_model.txt"], files[CONFIG_FILE]]
         version_src += [info["data"]["fingerprint"], info["cutoff"]]
-        if info.get("ranker_order_kinds"):  # the guard changes pages too
+        if info.get("ranker_order_kinds"):  # the guards change pages too
             version_src.append("ranker order: " + ",".join(info["ranker_order_kinds"]))
+        if info.get("row_order", "learned") != "learned":
+            version_src.append("row order: " + info["row_order"])
         model_version = hashlib.sha256("|".join(version_src).encode()).hexdigest()[:12]
         manifest = {
             "format": MODEL_DIR_FORMAT,
@@ -1197,6 +1247,8 @@ def summary(manifest: dict[str, Any]) -> str:
             for k, v in t.get("by_kind", {}).items()
         ),
         f"rows kept in their ranker's order: {', '.join(manifest.get('ranker_order_kinds', []))}",
+        f"rows ordered by: {manifest.get('row_order', 'learned')} (template on the held-out "
+        f"window: {r.get('template_ndcg_at_10', float('nan')):.4f})",
         f"row model, held-out window NDCG@10: {r['valid_ndcg_at_10']:.4f} "
         f"(logged order {r.get('logged_order_ndcg_at_10') or float('nan'):.4f}, "
         f"random {r['random_ndcg_at_10']:.4f})",

@@ -1,5 +1,6 @@
-"""The title-order guard: a row kind keeps its ranker's order where the title model ordered
-that kind's rows worse on the held-out window, and the page then shows the ranker's order."""
+"""The guards: a row kind keeps its ranker's order where the title model ordered that kind's
+rows worse on the held-out window (and the page then shows the ranker's order); the rows keep
+the editorial template's order where the row model did not beat it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import numpy as np
 from engine.pipeline import order_titles
 from engine.request.features import feature_names
 from engine.request.scorers import PageModelConfig, RankData
-from engine.training.train import title_model_wins, title_order_by_kind
+from engine.training.train import (
+    row_model_wins,
+    template_row_scores,
+    title_model_wins,
+    title_order_by_kind,
+)
 from rankers._common import make_row
 
 
@@ -65,3 +71,52 @@ def test_a_guarded_row_keeps_its_ranker_order_on_the_page() -> None:
     assert guarded[1].titles.tolist() == free[1].titles.tolist() == [6, 7, 8, 5]
     # the row's scores are still the title model's, title by title
     assert np.allclose(guarded[0].scores, model[idx[0]])
+
+
+def test_template_scores_give_each_row_its_template_slot() -> None:
+    w = SimpleNamespace(
+        row_size=np.array([2, 2, 2, 2]),
+        row_visible=np.array([2, 2, 2, 2]),
+        row_kind=np.array([1, 0, 1, 1]),
+        store=SimpleNamespace(kinds=("top_picks", "trending")),
+        page_size=np.array([3, 1]),
+    )
+    title_scores = np.array([0.1, 0.2, 0.9, 0.8, 0.5, 0.6, 0.3, 0.3])
+    got = template_row_scores(w, title_scores, ("top_picks", "trending", "pvr_genre"))  # type: ignore[arg-type]
+    # page 1: Top Picks takes slot 0, the better trending row slot 1, the other trending row
+    # finds no slot left and comes last; page 2's lone trending row takes slot 1
+    assert np.argsort(-got[:3]).tolist() == [1, 2, 0]
+    assert -1.5 < got[3] < -0.5
+
+
+def test_the_row_model_orders_rows_only_with_evidence_that_it_beats_the_template() -> None:
+    report = {
+        "valid_groups_with_positive": 120,
+        "valid_ndcg_at_10": 0.8,
+        "template_ndcg_at_10": 0.7,
+    }
+    assert row_model_wins(report, PageModelConfig(guard_min_rows=100))
+    assert not row_model_wins(report, PageModelConfig(guard_min_rows=121))
+    assert not row_model_wins({**report, "template_ndcg_at_10": 0.8}, PageModelConfig())
+
+
+def test_a_template_guard_in_the_manifest_orders_rows_by_the_template(tiny_model) -> None:
+    import engine
+    from engine.pipeline import Engine
+
+    eng = engine.load(tiny_model)
+
+    def with_row_order(row_order: str) -> Engine:
+        return Engine(
+            config=eng.config,
+            page_config=eng.page_config,
+            history=eng.history,
+            rankers=eng.rankers,
+            store=eng.store,
+            model=eng.model,
+            model_version=eng.model_version,
+            manifest={**eng.manifest, "row_order": row_order},
+        )
+
+    assert with_row_order("learned").row_scorer.method == "learned"
+    assert with_row_order("template").row_scorer.method == "template"
