@@ -1201,6 +1201,10 @@ def write_model_dir(
             "context_features": page_cfg.context_features,
             "config": doc,
             "metrics": _plain(metrics),
+            # What rankers that learn inside their fit chose (e.g. Top Picks' lambdarank).
+            "rankers_learned": _plain(
+                {n: r.training_ for n, r in rankers.items() if hasattr(r, "training_")}
+            ),
             "files": files,
         }
         (tmp / MANIFEST).write_bytes(
@@ -1248,6 +1252,7 @@ def summary(manifest: dict[str, Any]) -> str:
             for k, v in t.get("by_kind", {}).items()
         ),
         f"rows kept in their ranker's order: {', '.join(manifest.get('ranker_order_kinds', []))}",
+        *(f"ranker {n} learned: {v}" for n, v in manifest.get("rankers_learned", {}).items()),
         f"rows ordered by: {manifest.get('row_order', 'learned')} (template on the held-out "
         f"window: {r.get('template_ndcg_at_10', float('nan')):.4f})",
         f"row model, held-out window NDCG@10: {r['valid_ndcg_at_10']:.4f} "

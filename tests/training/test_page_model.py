@@ -37,6 +37,8 @@ def test_training_writes_both_models_and_a_manifest(tiny_model: Path) -> None:
     for name in ("title_model.txt", "row_model.txt", "config.json", "history/history.npz"):
         assert name in manifest["files"], name
     assert any(f.startswith("rankers/top_picks/") for f in manifest["files"])
+    # what Top Picks learned inside its fit is reported (and printed by `rowrank train`)
+    assert manifest["rankers_learned"]["top_picks"]["groups"] > 0
     assert manifest["rowrank_version"] == engine.__version__
     assert len(manifest["model_version"]) == 12
     assert len(manifest["data"]["fingerprint"]) == 64
