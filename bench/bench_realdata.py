@@ -42,7 +42,7 @@ from tqdm import tqdm
 import engine
 from engine.config import EngineConfig
 from engine.data.dataset import Dataset, load_dataset, save_dataset
-from engine.evaluation.metrics import Interval, bootstrap_ci
+from engine.evaluation.metrics import Interval, bootstrap_ci, bootstrap_ratio_ci
 from engine.evaluation.realdata import (
     BASELINES,
     LIST_LENGTH,
@@ -55,7 +55,6 @@ from engine.evaluation.realdata import (
     list_scores,
     make_realdata_split,
     poured_n2dcg,
-    ratio_to,
     score_rowrank,
     tune,
     union_recall,
@@ -216,7 +215,7 @@ def run_split(kind: str, args: argparse.Namespace, data: Path, ds: Dataset) -> d
                 "what": what,
                 "ndcg10": bootstrap_ci(s.ndcg, rng).to_dict(),
                 "recall10": bootstrap_ci(s.recall, rng).to_dict(),
-                "ndcg10_vs_best": ratio_to(s.ndcg, base[best].ndcg, rng).to_dict(),
+                "ndcg10_vs_best": bootstrap_ratio_ci(s.ndcg, base[best].ndcg, rng).to_dict(),
             }
         )
 
@@ -258,7 +257,7 @@ def run_split(kind: str, args: argparse.Namespace, data: Path, ds: Dataset) -> d
                     "baseline": n,
                     "poured_n2dcg": float(poured.mean()),
                     "page_n2dcg": float(page.mean()),
-                    "page_vs_poured": ratio_to(page, poured, rng).to_dict(),
+                    "page_vs_poured": bootstrap_ratio_ci(page, poured, rng).to_dict(),
                 }
             )
         out["page"] = pages

@@ -592,6 +592,11 @@ class Engine:
         model_version: str,
         manifest: Mapping[str, Any] | None = None,
     ) -> None:
+        self.manifest = dict(manifest or {})
+        # The row-order guard training chose: the template where the row model did not beat it
+        # (kept in page_config too, so what the engine reports is what it serves).
+        if page_config.row_order == "learned" and self.manifest.get("row_order") == "template":
+            page_config = page_config.model_copy(update={"row_order": "template"})
         self.config = config
         self.page_config = page_config
         self.history = history
@@ -599,16 +604,12 @@ class Engine:
         self.store = store
         self.model = model
         self.model_version = model_version
-        self.manifest = dict(manifest or {})
         self.last_proposals = LastProposals()
         a = config.assembly
         self.rules = AssemblyRules(
             pinned=tuple(a.pinned), max_rows_per_kind=dict(a.max_rows_per_kind), dedupe=a.dedupe
         )
         self.pvr = PvrSource.of(self.rankers)
-        # The row-order guard training chose: the template where the row model did not beat it.
-        if page_config.row_order == "learned" and self.manifest.get("row_order") == "template":
-            page_config = page_config.model_copy(update={"row_order": "template"})
         self.row_scorer = row_scorer_for(page_config, model)
         # The title-order guard training chose: rows of these kinds keep their ranker's order.
         self.ranker_order_kinds = frozenset(self.manifest.get("ranker_order_kinds", ()))

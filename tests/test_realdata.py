@@ -20,6 +20,7 @@ from engine.data.columns import Col
 from engine.data.dataset import Dataset, load_dataset
 from engine.data.history import to_us
 from engine.data.movielens import import_movielens
+from engine.evaluation.metrics import bootstrap_ratio_ci
 from engine.evaluation.realdata import (
     BASELINES,
     HOLD_OUT,
@@ -31,7 +32,6 @@ from engine.evaluation.realdata import (
     list_scores,
     make_realdata_split,
     poured_n2dcg,
-    ratio_to,
     top_unplayed,
     union_recall,
 )
@@ -207,11 +207,11 @@ def test_bootstrap_ratio_interval_contains_the_estimate() -> None:
     rng = np.random.default_rng(7)
     base = rng.random(200)
     better = base * 1.2 + rng.random(200) * 0.05
-    r = ratio_to(better, base, np.random.default_rng(1))
+    r = bootstrap_ratio_ci(better, base, np.random.default_rng(1))
     assert r.lo <= r.value <= r.hi
     assert r.value == pytest.approx(better.sum() / base.sum())
     assert r.lo > 1.0  # a 20% better list over 200 paired members is clearly better
-    same = ratio_to(base, base, np.random.default_rng(1))
+    same = bootstrap_ratio_ci(base, base, np.random.default_rng(1))
     assert same.value == same.lo == same.hi == pytest.approx(1.0)
 
 

@@ -44,8 +44,6 @@ from engine.data.columns import Col
 from engine.data.dataset import Dataset
 from engine.data.history import History, to_us
 from engine.evaluation.metrics import (
-    Interval,
-    bootstrap_ratio_ci,
     n2dcg,
     ndcg_at_k,
     page_grid,
@@ -225,12 +223,6 @@ def poured_n2dcg(
 ) -> float:
     """N2DCG of `ranked` poured into a page of row `lengths` (bench_page_quality's comparison)."""
     return n2dcg(pour(ranked, lengths), truth, layout)
-
-
-def ratio_to(values: np.ndarray, base: np.ndarray, rng: np.random.Generator) -> Interval:
-    """mean(values) / mean(base) over the same members with a paired bootstrap 95% interval
-    (members resampled jointly: engine.evaluation.metrics.bootstrap_ratio_ci)."""
-    return bootstrap_ratio_ci(values, base, rng)
 
 
 # ----- baselines ----------------------------------------------------------------------------------
@@ -543,7 +535,6 @@ __all__ = [
     "make_realdata_split",
     "pour",
     "poured_n2dcg",
-    "ratio_to",
     "score_rowrank",
     "top_unplayed",
     "tune",

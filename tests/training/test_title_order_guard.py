@@ -104,7 +104,7 @@ def test_a_template_guard_in_the_manifest_orders_rows_by_the_template(tiny_model
     def with_row_order(row_order: str) -> Engine:
         return Engine(
             config=eng.config,
-            page_config=eng.page_config,
+            page_config=eng.page_config.model_copy(update={"row_order": "learned"}),
             history=eng.history,
             rankers=eng.rankers,
             store=eng.store,
@@ -115,3 +115,5 @@ def test_a_template_guard_in_the_manifest_orders_rows_by_the_template(tiny_model
 
     assert with_row_order("learned").row_scorer.method == "learned"
     assert with_row_order("template").row_scorer.method == "template"
+    # and the engine reports the order it serves
+    assert with_row_order("template").page_config.row_order == "template"
