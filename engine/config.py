@@ -12,13 +12,23 @@
 
     [page]                      # page-model settings (typed by the page-model code)
 
-A typo anywhere fails at start-up with the section and key named (ConfigError).
+    [serving]                   # how requests are answered (ServingConfig)
+    default_country = "US"
+
+A user's file layers over the built-in config (`load_config(path)`): tables merge key by key,
+any other value replaces, and a ranker instance leaves only when the file says so
+(`[rankers.trending_7d] enabled = false`). A typo anywhere fails at start-up with the section
+and key named, and the closest allowed name when one is close (ConfigError).
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import math
 import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, replace
 from importlib import resources
 from os import PathLike
@@ -30,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from engine.candidates import Ranker, RankerConfig
 from engine.data.columns import DEVICES
 from engine.errors import ConfigError
-from engine.registry import ranker_type
+from engine.registry import ranker_entry_points, ranker_type
 from engine.request.layout import DEFAULT_LAYOUTS, DeviceLayout
 from engine.request.selectors import (
     DEFAULT_MAX_ROWS_OTHER_KINDS,
@@ -97,6 +107,19 @@ class AssemblyConfig(_Section):
         )
 
 
+class ServingConfig(_Section):
+    """How requests are answered: the `[serving]` table."""
+
+    # The country of a request that names none, for a member without one (an unknown member, a
+    # mistyped id). Without it such a request is refused when titles are licensed per country:
+    # only titles licensed everywhere could be shown, and an empty homepage is never right.
+    default_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    # A request this many days past the model's data cut-off gets a warning (page trace, the
+    # CLI's stderr, an HTTP header): rows that depend on recent plays (Continue Watching, New
+    # Releases) quietly thin out as the data ages. 0 turns the warning off.
+    stale_after_days: float = Field(default=7.0, ge=0)
+
+
 class EngineConfig(_Section):
     """The whole engine config. Build with `load_config` / `parse_config`."""
 
@@ -105,6 +128,7 @@ class EngineConfig(_Section):
     layouts: dict[str, LayoutOverride] = Field(default_factory=dict)
     # Page-model settings: left open here, typed by the page-model code that reads them.
     page: dict[str, Any] = Field(default_factory=dict)
+    serving: ServingConfig = Field(default_factory=lambda: ServingConfig())
 
     def layout(self, device: str) -> DeviceLayout:
         """The device layout with this config's overrides applied."""
@@ -126,50 +150,113 @@ class EngineConfig(_Section):
                 d: o.model_dump(mode="json", exclude_none=True) for d, o in self.layouts.items()
             },
             "page": dict(self.page),
+            "serving": self.serving.model_dump(mode="json", exclude_none=True),
         }
 
+    def to_toml(self) -> str:
+        """The config as a TOML document `load_config` reads back to an equal config."""
+        return to_toml(self.to_document())
 
-_SECTIONS = ("rankers", "assembly", "layouts", "page")
+
+_SECTIONS = ("rankers", "assembly", "layouts", "page", "serving")
+
+
+def builtin_document() -> dict[str, Any]:
+    """The built-in config (default_config.toml) as a TOML-shaped dict."""
+    text = resources.files("engine").joinpath(DEFAULT_CONFIG).read_text(encoding="utf-8")
+    return tomllib.loads(text)
 
 
 def load_config(path: str | PathLike[str] | None = None) -> EngineConfig:
-    """Read an engine config TOML file; None gives the built-in default config."""
+    """The built-in config, with the TOML file at `path` layered over it (`layer_config`);
+    None gives the built-in config alone."""
+    doc = builtin_document()
     if path is None:
-        text = resources.files("engine").joinpath(DEFAULT_CONFIG).read_text(encoding="utf-8")
-        source = f"built-in {DEFAULT_CONFIG}"
-    else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read engine config {path}: {exc}") from exc
-        source = str(path)
+        return parse_config(doc, source=f"built-in {DEFAULT_CONFIG}")
     try:
-        doc = tomllib.loads(text)
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read engine config {path}: {exc}") from exc
+    try:
+        over = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
-    return parse_config(doc, source=source)
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    _check_sections(over, str(path))
+    return parse_config(layer_config(doc, over), source=f"{path} (over the built-in config)")
 
 
-def parse_config(doc: dict[str, Any], *, source: str = "engine config") -> EngineConfig:
-    """Validate a TOML-shaped dict: every ranker instance against its type's Config."""
+def layer_config(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` layered on `base` (TOML-shaped dicts; neither is changed): tables merge key by
+    key and any other value replaces, except a `[rankers.<name>]` table naming another `type`,
+    which replaces that instance whole (the old type's keys would not fit the new one)."""
+    out = deep_merge(base, over)
+    base_rankers, over_rankers = base.get("rankers"), over.get("rankers")
+    if isinstance(base_rankers, Mapping) and isinstance(over_rankers, Mapping):
+        for name, table in over_rankers.items():
+            old = base_rankers.get(name)
+            if (
+                isinstance(table, Mapping)
+                and isinstance(old, Mapping)
+                and "type" in table
+                and table["type"] != old.get("type")
+            ):
+                out["rankers"][name] = dict(table)
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `over` merged in: tables key by key, any other value replaces."""
+    out = {k: deep_merge(v, {}) if isinstance(v, Mapping) else v for k, v in base.items()}
+    for key, value in over.items():
+        if isinstance(value, Mapping):
+            old = out.get(key)
+            out[key] = deep_merge(old if isinstance(old, Mapping) else {}, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _check_sections(doc: Mapping[str, Any], source: str) -> None:
     unknown = sorted(set(doc) - set(_SECTIONS))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(_SECTIONS)}"
+            f"{source}: unknown section(s) {', '.join(unknown)}"
+            f"{_did_you_mean(unknown[0], _SECTIONS)}; allowed: {', '.join(_SECTIONS)}"
         )
+
+
+def parse_config(doc: dict[str, Any], *, source: str = "engine config") -> EngineConfig:
+    """Validate a TOML-shaped dict: every ranker instance against its type's Config. A ranker
+    table with `enabled = false` is left out (and out of `[assembly] pinned`)."""
+    _check_sections(doc, source)
     raw_rankers = doc.get("rankers")
-    if not isinstance(raw_rankers, dict) or not raw_rankers:
+    if not isinstance(raw_rankers, dict):
         raise ConfigError(f"{source}: needs at least one [rankers.<name>] table with a `type`")
-    rankers = {name: _parse_ranker(name, table, source) for name, table in raw_rankers.items()}
+    disabled = {name for name, table in raw_rankers.items() if _disabled(name, table, source)}
+    rankers = {
+        name: _parse_ranker(name, table, source)
+        for name, table in raw_rankers.items()
+        if name not in disabled
+    }
+    if not rankers:
+        raise ConfigError(
+            f"{source}: needs at least one enabled [rankers.<name>] table with a `type`"
+        )
     layouts = doc.get("layouts", {})
     if not isinstance(layouts, dict):
         raise ConfigError(f"{source}: [layouts] must be tables named by device")
     bad_devices = sorted(set(layouts) - set(DEVICES))
     if bad_devices:
         raise ConfigError(
-            f"{source}: [layouts.{bad_devices[0]}] is not a device; use one of {', '.join(DEVICES)}"
+            f"{source}: [layouts.{bad_devices[0]}] is not a device"
+            f"{_did_you_mean(bad_devices[0], DEVICES)}; use one of {', '.join(DEVICES)}"
         )
-    assembly = _section(AssemblyConfig, doc.get("assembly", {}), f"{source}: [assembly]")
+    assembly_doc = doc.get("assembly", {})
+    if isinstance(assembly_doc, dict) and isinstance(assembly_doc.get("pinned"), list):
+        # A disabled ranker never has a row, so a pin of it has nothing to pin.
+        pinned = [p for p in assembly_doc["pinned"] if p not in disabled]
+        assembly_doc = {**assembly_doc, "pinned": pinned}
+    assembly = _section(AssemblyConfig, assembly_doc, f"{source}: [assembly]")
     parsed_layouts = {
         device: _section(LayoutOverride, table, f"{source}: [layouts.{device}]")
         for device, table in layouts.items()
@@ -177,12 +264,15 @@ def parse_config(doc: dict[str, Any], *, source: str = "engine config") -> Engin
     page = doc.get("page", {})
     if not isinstance(page, dict):
         raise ConfigError(f"{source}: [page] must be a table")
-    cfg = EngineConfig(rankers=rankers, assembly=assembly, layouts=parsed_layouts, page=page)
+    serving = _section(ServingConfig, doc.get("serving", {}), f"{source}: [serving]")
+    cfg = EngineConfig(
+        rankers=rankers, assembly=assembly, layouts=parsed_layouts, page=page, serving=serving
+    )
     missing = [p for p in cfg.assembly.pinned if p not in cfg.rankers]
     if missing:
         raise ConfigError(
             f"{source}: [assembly] pinned names {', '.join(missing)}, which is not a configured "
-            f"ranker; configured: {', '.join(cfg.rankers)}"
+            f"ranker{_did_you_mean(missing[0], cfg.rankers)}; configured: {', '.join(cfg.rankers)}"
         )
     for device in cfg.layouts:
         _check_layout(cfg.layout(device), device, source)
@@ -198,6 +288,18 @@ def build_rankers(cfg: EngineConfig) -> dict[str, Ranker]:
     return out
 
 
+def _disabled(name: str, table: Any, source: str) -> bool:
+    """True for a ranker table saying `enabled = false`."""
+    if not isinstance(table, dict) or "enabled" not in table:
+        return False
+    enabled = table["enabled"]
+    if not isinstance(enabled, bool):
+        raise ConfigError(
+            f"{source}: [rankers.{name}]: key 'enabled' must be true or false, got {enabled!r}"
+        )
+    return not enabled
+
+
 def _parse_ranker(name: str, table: Any, source: str) -> RankerSpec:
     where = f"{source}: [rankers.{name}]"
     if not _INSTANCE_NAME.match(name):
@@ -208,18 +310,20 @@ def _parse_ranker(name: str, table: Any, source: str) -> RankerSpec:
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     keys = dict(table)
+    keys.pop("enabled", None)
     type_name = keys.pop("type", None)
     if not isinstance(type_name, str):
         raise ConfigError(f'{where} needs `type = "<ranker type>"`')
     try:
         cls = ranker_type(type_name)
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        hint = _did_you_mean(type_name, ranker_entry_points())
+        raise ConfigError(f"{where}: {exc}{hint}") from None
     config_cls: type[RankerConfig] = cls.Config
     try:
         config = config_cls.model_validate(keys)
     except ValidationError as exc:
-        allowed = ["type", *config_cls.model_fields]
+        allowed = ["type", "enabled", *config_cls.model_fields]
         raise ConfigError(_explain(exc, f"{where} (type {type_name})", allowed)) from None
     return RankerSpec(type=type_name, config=config)
 
@@ -239,10 +343,17 @@ def _explain(exc: ValidationError, where: str, allowed: list[str]) -> str:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(table)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+            hint = _did_you_mean(str(err["loc"][-1]), allowed)
+            lines.append(f"{where}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}")
         else:
             lines.append(f"{where}: key {key!r}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+def _did_you_mean(name: str, allowed: Iterable[str]) -> str:
+    """ "; did you mean 'x'?" for the closest allowed name, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(allowed), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _check_layout(layout: DeviceLayout, device: str, source: str) -> None:
@@ -255,3 +366,55 @@ def _check_layout(layout: DeviceLayout, device: str, source: str) -> None:
             f"{source}: [layouts.{device}] min_row_length {layout.min_row_length} exceeds "
             f"titles_per_row {layout.titles_per_row}"
         )
+
+
+# ----- writing TOML (the standard library reads it, but does not write it) ---------------------
+
+
+def to_toml(doc: Mapping[str, Any]) -> str:
+    """A TOML-shaped dict as TOML text: the sections and their named tables ([rankers.pvr]) as
+    tables, deeper tables inline; None values are left out (TOML has no null)."""
+    lines: list[str] = []
+    _toml_table(doc, (), lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_table(table: Mapping[str, Any], path: tuple[str, ...], lines: list[str]) -> None:
+    # The document, its sections and the sections' named tables get [headers]; deeper inline.
+    as_tables = len(path) < 2
+    direct = [v for v in table.values() if not (as_tables and isinstance(v, Mapping))]
+    if path and (direct or not table):  # a table holding only tables needs no header
+        lines.append(f"\n[{'.'.join(_toml_key(p) for p in path)}]")
+    for key, value in table.items():
+        if value is not None and not (as_tables and isinstance(value, Mapping)):
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in table.items():
+        if as_tables and isinstance(value, Mapping):
+            _toml_table(value, (*path, key), lines)
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Mapping):
+        items = ", ".join(
+            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
+        )
+        return "{ " + items + " }" if items else "{}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {type(value).__name__} {value!r} as TOML")

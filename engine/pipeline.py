@@ -31,6 +31,9 @@ Failure policy (docs/page_model.md):
   wrong, which a retry cannot fix and a silently thinner page would hide.
 - An unknown member gets a cold-start page (every feature of theirs at its default), not an
   error. When no ranker has a row left, the page is the fallback page (popular + trending).
+- A request without a country, for a member without one, takes `[serving] default_country`;
+  with none configured it is a BadRequestError when titles are licensed per country (the page
+  could hold only the titles licensed everywhere: thin or empty, and looking like an answer).
 """
 
 from __future__ import annotations
@@ -611,6 +614,11 @@ class Engine:
         )
         self.pvr = PvrSource.of(self.rankers)
         self.row_scorer = row_scorer_for(page_config, model)
+        # Titles licensed everywhere: all a request without a country may be shown.
+        self.titles_everywhere = int(history.available_in(None).sum())
+        # The page's data_cutoff, to the second: the history's bound is exclusive, one
+        # microsecond past the dataset's clock, and "00:00:00.000001" would only puzzle.
+        self.data_cutoff = datetime.fromtimestamp(history.cutoff_us // 1_000_000, UTC)
         # The title-order guard training chose: rows of these kinds keep their ranker's order.
         self.ranker_order_kinds = frozenset(self.manifest.get("ranker_order_kinds", ()))
 
@@ -637,8 +645,42 @@ class Engine:
         return self.resolve(RequestContext(user_id, device, when, country))
 
     def resolve(self, ctx: RequestContext) -> RequestContext:
-        """`ctx` with its country filled in from the member's when the request gave none."""
-        return resolve_country(ctx, self.history)
+        """`ctx` with its country: the request's, else the member's, else `[serving]
+        default_country`. With none of them, and titles licensed per country, BadRequestError:
+        only the titles licensed everywhere could be shown, a thin or empty page that would look
+        like an answer."""
+        ctx = resolve_country(ctx, self.history)
+        if ctx.country is not None:
+            return ctx
+        default = self.config.serving.default_country
+        if default is not None:
+            return replace(ctx, country=default)
+        if self.titles_everywhere < self.history.n_titles:
+            known = self.history.user_index(ctx.user_id) >= 0
+            raise BadRequestError(
+                f"a country is needed: user {ctx.user_id!r} "
+                + ("has no country in the data" if known else "is not in the model")
+                + " and the request names none, and only "
+                f"{self.titles_everywhere} of {self.history.n_titles} titles are licensed in "
+                "every country; pass a country (--country US, ?country=US) or set [serving] "
+                "default_country in the engine config"
+            )
+        return ctx
+
+    def staleness(self, ctx: RequestContext) -> str | None:
+        """A warning when the request is more than `[serving] stale_after_days` past the data
+        cut-off: rows built on recent plays (Continue Watching, New Releases) thin out as the
+        data ages, and nothing else on the page says so."""
+        limit = self.config.serving.stale_after_days
+        days = (ctx.at_us - self.history.cutoff_us) / US_PER_DAY
+        if limit <= 0 or days <= limit:
+            return None
+        return (
+            f"the request is {days:.0f} days past the model's data cut-off "
+            f"({self.data_cutoff:%Y-%m-%d %H:%M} UTC; [serving] stale_after_days = {limit:g}): "
+            "rows built on recent plays (Continue Watching, New Releases) may be missing; "
+            "retrain on newer data or ask for a time nearer the cut-off"
+        )
 
     def layout(self, device: str) -> DeviceLayout:
         return self.config.layout(device)
@@ -661,7 +703,9 @@ class Engine:
         """Popular and trending rows from the history's counts alone (no ranker, no model),
         filtered like any row; `fallback=True`. For when the ranked page cannot be built."""
         ctx = self.resolve(ctx)
-        return self._fallback(ctx, self._fallback_assembly(ctx), None)
+        assembled = self._fallback_assembly(ctx)
+        trace = PageTrace(assembled.trace, self.history.title_ids, warnings=self._warnings(ctx))
+        return self._fallback(ctx, assembled, trace)
 
     # ----- the pipeline, stage by stage (the context is resolved) -----------------------------
 
@@ -682,6 +726,7 @@ class Engine:
                 filters=cand.removed,
                 pvr_features=pvr_error,
                 reason="no candidate rows",
+                warnings=self._warnings(ctx),
             )
             return self._fallback(ctx, assembled, trace)
         scored = self.score(ctx, cand.rows, pvr, layout)
@@ -704,10 +749,21 @@ class Engine:
             pvr_features=pvr_error,
             continuation_mode=cont,
             scored=(len(cand.rows), len(scored.title_scores)),
+            warnings=self._warnings(ctx),
         )
         return build_page(
-            assembled, h, ctx, model_version=self.model_version, generated_at=ctx.at, trace=trace
+            assembled,
+            h,
+            ctx,
+            model_version=self.model_version,
+            data_cutoff=self.data_cutoff,
+            generated_at=ctx.at,
+            trace=trace,
         )
+
+    def _warnings(self, ctx: RequestContext) -> tuple[str, ...] | None:
+        stale = self.staleness(ctx)
+        return None if stale is None else (stale,)
 
     def filter(
         self, rows: Sequence[CandidateRow], ctx: RequestContext
@@ -778,14 +834,13 @@ class Engine:
             AssemblyRules(pinned=(), pin_continue_watching=False),
         )
 
-    def _fallback(
-        self, ctx: RequestContext, assembled: AssembledPage, trace: PageTrace | None
-    ) -> Page:
+    def _fallback(self, ctx: RequestContext, assembled: AssembledPage, trace: PageTrace) -> Page:
         return build_page(
             assembled,
             self.history,
             ctx,
             model_version=self.model_version,
+            data_cutoff=self.data_cutoff,
             generated_at=ctx.at,
             fallback=True,
             trace=trace,

@@ -231,10 +231,89 @@ def test_unknown_member_gets_a_cold_start_page(eng: Engine, at: str) -> None:
     assert len(page.rows) >= 3
     assert page.context.country == country
     assert page.user_id == "nobody-ever"
-    # Without any country only titles licensed everywhere may show (engine.request.filters): the
-    # page
-    # may be thin or the fallback, but it is never an error.
-    assert eng.page("nobody-ever", "mobile", at).context.country is None
+
+
+def _serving(eng: Engine, **serving: Any) -> Engine:
+    """`eng` with its config's [serving] table changed."""
+    config = eng.config.model_copy(
+        update={"serving": eng.config.serving.model_copy(update=serving)}
+    )
+    return Engine(
+        config=config,
+        page_config=eng.page_config,
+        history=eng.history,
+        rankers=eng.rankers,
+        store=eng.store,
+        model=eng.model,
+        model_version=eng.model_version,
+        manifest=eng.manifest,
+    )
+
+
+def test_no_country_anywhere_is_a_bad_request_not_an_empty_page(eng: Engine, at: str) -> None:
+    # Every simulated title lists its countries: without one, no title may be shown.
+    assert eng.titles_everywhere < eng.history.n_titles
+    with pytest.raises(BadRequestError, match="a country is needed") as err:
+        eng.page("nobody-ever", "mobile", at)
+    assert "is not in the model" in str(err.value)
+    assert "[serving] default_country" in str(err.value)
+    with pytest.raises(BadRequestError, match="a country is needed"):
+        eng.fallback_page(RequestContext("nobody-ever", "tv", datetime.fromisoformat(at)))
+
+
+def test_a_member_without_a_country_in_the_data_is_refused_too(eng: Engine, at: str) -> None:
+    h = eng.history
+    blank = replace(h, user_country=np.where(np.arange(len(h.user_ids)) == 0, "", h.user_country))
+    bare = Engine(
+        config=eng.config,
+        page_config=eng.page_config,
+        history=blank,
+        rankers=eng.rankers,
+        store=eng.store,
+        model=eng.model,
+        model_version=eng.model_version,
+        manifest=eng.manifest,
+    )
+    with pytest.raises(BadRequestError, match="has no country in the data"):
+        bare.page(str(h.user_ids[0]), "tv", at)
+
+
+def test_default_country_is_used_and_recorded(eng: Engine, at: str) -> None:
+    country = eng.store.countries[0]
+    served = _serving(eng, default_country=country)
+    page = served.page("nobody-ever", "mobile", at)
+    assert page.context.country == country  # recorded in the page's context
+    assert page.rows and page == eng.page("nobody-ever", "mobile", at, country=country)
+    # The request's country and the member's come first.
+    other = next(c for c in eng.store.countries if c != country)
+    assert served.page("nobody-ever", "mobile", at, country=other).context.country == other
+
+
+def test_page_carries_the_data_cut_off_and_warns_when_stale(
+    eng: Engine, member: str, at: str
+) -> None:
+    cutoff = datetime.fromtimestamp(eng.history.cutoff_us // 1_000_000, UTC)
+    fresh = eng.page(member, "tv", at)
+    assert fresh.data_cutoff == cutoff
+    assert orjson.loads(fresh.to_json())["data_cutoff"] == cutoff.isoformat()
+    assert fresh.warnings == () and "warnings" not in fresh.trace
+    late = eng.page(member, "tv", cutoff + timedelta(days=30))
+    (warning,) = late.warnings
+    assert "30 days past the model's data cut-off" in warning
+    assert f"{cutoff:%Y-%m-%d}" in warning
+    assert list(late.trace["warnings"]) == [warning]
+    fallback = eng.fallback_page(eng.context(member, "tv", cutoff + timedelta(days=30)))
+    assert fallback.warnings == (warning,) and fallback.data_cutoff == cutoff
+    # Within the configured age, or with the warning off: none.
+    assert eng.page(member, "tv", cutoff + timedelta(days=6)).warnings == ()
+    assert (
+        _serving(eng, stale_after_days=60).page(member, "tv", cutoff + timedelta(days=30)).warnings
+        == ()
+    )
+    assert (
+        _serving(eng, stale_after_days=0).page(member, "tv", cutoff + timedelta(days=900)).warnings
+        == ()
+    )
 
 
 def test_country_is_the_request_else_the_member(eng: Engine, member: str, at: str) -> None:
@@ -269,7 +348,7 @@ def test_pages_follow_the_layout_and_never_repeat_a_title(
 def test_page_json_validates_against_the_schema(eng: Engine, member: str, at: str) -> None:
     schema = page_schema()
     for user in (member, "nobody-ever"):
-        doc = orjson.loads(eng.page(user, "tv", at).to_json())
+        doc = orjson.loads(eng.page(user, "tv", at, eng.store.countries[0]).to_json())
         jsonschema.validate(doc, schema)
     jsonschema.validate(orjson.loads(eng.fallback_page(eng.context(member)).to_json()), schema)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import polars as pl
 
 from engine.candidates import CandidateRow
 from engine.data.history import History
@@ -27,6 +28,27 @@ from engine.request.selectors import AssembledPage, AssemblyTrace
 
 SCHEMA_FILE = "page.schema.json"
 SIGNIFICANT_DIGITS = 6
+# Page.to_frame's columns, in order.
+PAGE_FRAME_SCHEMA = pl.Schema(
+    {
+        "user_id": pl.String,
+        "device": pl.String,
+        "country": pl.String,
+        "hour": pl.Int8,
+        "weekday": pl.Int8,
+        "row_index": pl.Int32,
+        "row_id": pl.String,
+        "kind": pl.String,
+        "ranker": pl.String,
+        "row_title": pl.String,
+        "row_score": pl.Float64,
+        "position": pl.Int32,
+        "title_id": pl.String,
+        "name": pl.String,
+        "score": pl.Float64,
+        "progress": pl.Float64,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -73,14 +95,22 @@ class Page:
     rows: tuple[PageRow, ...]
     fallback: bool = False
     trace: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    data_cutoff: datetime | None = None  # aware: the end of the model's data; written in UTC
 
     def __post_init__(self) -> None:
         for name, ts in (
             ("generated_at", self.generated_at),
             ("local_time", self.context.local_time),
+            ("data_cutoff", self.data_cutoff),
         ):
-            if ts.tzinfo is None:
+            if ts is not None and ts.tzinfo is None:
                 raise ValueError(f"page for {self.user_id}: {name} must be timezone-aware")
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the engine warns about this page (the trace's "warnings"): e.g. a request long
+        past the model's data cut-off."""
+        return tuple(self.trace.get("warnings", ()))
 
     def to_dict(self, *, include_trace: bool = False) -> dict[str, Any]:
         """The JSON document as Python values (rounded, checked), keys in contract order."""
@@ -89,6 +119,11 @@ class Page:
             "user_id": self.user_id,
             "generated_at": self.generated_at.astimezone(UTC).isoformat(),
             "model_version": self.model_version,
+            **(
+                {"data_cutoff": self.data_cutoff.astimezone(UTC).isoformat()}
+                if self.data_cutoff is not None
+                else {}
+            ),
             "context": {
                 "device": ctx.device,
                 "local_time": ctx.local_time.isoformat(),
@@ -106,6 +141,36 @@ class Page:
     def to_json(self, *, include_trace: bool = False) -> bytes:
         """The page as JSON bytes (schema: engine/request/page.schema.json)."""
         return orjson.dumps(self.to_dict(include_trace=include_trace))
+
+    def to_frame(self) -> pl.DataFrame:
+        """One row per title shown, top row first, in row order (polars; PAGE_FRAME_SCHEMA):
+        the request (user_id, device, country, the member's local hour and weekday), the row
+        (row_index, row_id, kind, ranker, row_title, row_score) and the title in it (position,
+        title_id, name, score, progress)."""
+        n = [len(r.items) for r in self.rows]
+        items = [i for r in self.rows for i in r.items]
+        ctx = self.context
+        return pl.DataFrame(
+            {
+                "user_id": [self.user_id] * len(items),
+                "device": [ctx.device] * len(items),
+                "country": [ctx.country] * len(items),
+                "hour": [ctx.hour] * len(items),
+                "weekday": [ctx.weekday] * len(items),
+                "row_index": [r for r, k in enumerate(n) for _ in range(k)],
+                "row_id": [r.row_id for r in self.rows for _ in r.items],
+                "kind": [r.kind for r in self.rows for _ in r.items],
+                "ranker": [r.ranker for r in self.rows for _ in r.items],
+                "row_title": [r.title for r in self.rows for _ in r.items],
+                "row_score": [r.score for r in self.rows for _ in r.items],
+                "position": [p for k in n for p in range(k)],
+                "title_id": [i.title_id for i in items],
+                "name": [i.name for i in items],
+                "score": [i.score for i in items],
+                "progress": [i.progress for i in items],
+            },
+            schema=PAGE_FRAME_SCHEMA,
+        )
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Page:
@@ -135,6 +200,7 @@ class Page:
                 )
                 for r in doc["rows"]
             )
+            cutoff = doc.get("data_cutoff")
             return cls(
                 doc["user_id"],
                 datetime.fromisoformat(doc["generated_at"]),
@@ -143,6 +209,7 @@ class Page:
                 rows,
                 doc["fallback"],
                 doc.get("trace", {}),
+                None if cutoff is None else datetime.fromisoformat(cutoff),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a rowrank page document ({exc!r}); see docs/page.md") from exc
@@ -165,6 +232,7 @@ class PageTrace(Mapping[str, Any]):
     reason: str | None = None  # why the page is a fallback page
     continuation_mode: bool | None = None
     scored: tuple[int, int] | None = None  # (rows, pairs) the title model scored
+    warnings: tuple[str, ...] | None = None  # for the caller: the CLI's stderr, an HTTP header
 
     @cached_property
     def _doc(self) -> dict[str, Any]:
@@ -187,6 +255,8 @@ class PageTrace(Mapping[str, Any]):
             doc["continuation_mode"] = self.continuation_mode
         if self.scored is not None:
             doc["scored"] = {"rows": self.scored[0], "pairs": self.scored[1]}
+        if self.warnings:
+            doc["warnings"] = list(self.warnings)
         doc["assembly"] = self.assembly.to_dict(self.title_ids)
         return doc
 
@@ -206,6 +276,7 @@ def build_page(
     request: RequestContext,
     *,
     model_version: str,
+    data_cutoff: datetime | None = None,
     generated_at: datetime | None = None,
     fallback: bool = False,
     trace: PageTrace | None = None,
@@ -224,6 +295,7 @@ def build_page(
         rows=rows,
         fallback=fallback,
         trace=PageTrace(assembled.trace, history.title_ids) if trace is None else trace,
+        data_cutoff=data_cutoff,
     )
 
 

@@ -463,20 +463,30 @@ def test_page_bad_request(
     assert snapshot(tiny_model) == before
 
 
-def test_page_unknown_user_is_a_cold_start_page(tiny_model: Path, run_cli: RunCli) -> None:
-    """Not an error: a page. With a country it has rows; without one only titles licensed
-    everywhere may be shown (engine/request/filters.py), and every simulated title has a country
-    list,
-    so that page is empty but still a page."""
+def test_page_unknown_user_is_a_cold_start_page(
+    tiny_model: Path, tmp_path: Path, run_cli: RunCli
+) -> None:
+    """Not an error: a page, with the request's country or the config's default_country.
+    Without either, only titles licensed everywhere could be shown, and every simulated title
+    has a country list: that empty page would look like an answer, so it is exit 2 instead."""
     argv = ["page", str(tiny_model), "--user", "nobody-knows-me", "--at", AT]
     code, out, err = run_cli(*argv, "--country", "US")
-    assert code == EXIT_OK and err == ""
+    assert code == EXIT_OK and err.startswith("warning: ")  # AT is years past the data
     page = orjson.loads(out)
     assert page["user_id"] == "nobody-knows-me" and page["rows"]
+    before = snapshot(tiny_model)
     code, out, err = run_cli(*argv)
-    assert code == EXIT_OK and orjson.loads(out)["rows"] == []
-    assert orjson.loads(out)["user_id"] == "nobody-knows-me"
-    assert "no --country was given" in err and len(err.strip().splitlines()) == 1
+    assert code == EXIT_USAGE and out == ""
+    assert_error(err, ["a country is needed", "'nobody-knows-me'", "--country", "default_country"])
+    assert len(err.strip().splitlines()) == 1
+    assert snapshot(tiny_model) == before
+    model = copy_model(tiny_model, tmp_path / "model")
+    edit_config(model, lambda doc: doc.setdefault("serving", {}).update(default_country="US"))
+    code, out, _ = run_cli("page", str(model), "--user", "nobody-knows-me", "--at", AT)
+    assert code == EXIT_OK
+    defaulted = orjson.loads(out)
+    assert defaulted["context"]["country"] == "US"
+    assert defaulted["rows"] == page["rows"]
 
 
 def _ranker_npz(model: Path) -> None:
@@ -681,16 +691,25 @@ def test_precompute_empty_user_list_writes_nothing(
     assert not out.exists()
 
 
-def test_precompute_unknown_user_gets_a_cold_start_page(
+def test_precompute_unknown_user_without_a_country_fails_saying_so(
     tiny_model: Path, tmp_path: Path, run_cli: RunCli
 ) -> None:
+    """An unknown member needs a country (precompute takes none): the job fails naming it,
+    rather than writing an empty page; with [serving] default_country it is a page."""
     users = tmp_path / "users.txt"
     users.write_text("nobody-knows-me\n")
     out = tmp_path / "pages"
     argv = ["precompute", str(tiny_model), str(out), "--users", str(users), "--workers", "1"]
     code, _, err = run_cli(*argv, "--device", "tv", "--at", AT)
+    assert code == EXIT_FAILED
+    assert "a country is needed" in err and "default_country" in err
+    model = copy_model(tiny_model, tmp_path / "model")
+    edit_config(model, lambda doc: doc.setdefault("serving", {}).update(default_country="US"))
+    argv = ["precompute", str(model), str(out), "--users", str(users), "--workers", "1"]
+    code, _, err = run_cli(*argv, "--device", "tv", "--at", AT)
     assert code == EXIT_OK, err
     assert "1 listed user(s) unknown to the model: cold-start pages" in err
     (line,) = (out / "shard-00000.jsonl").read_bytes().splitlines()
     page = orjson.loads(line)
-    assert page["user_id"] == "nobody-knows-me" and "rows" in page  # no country: see above
+    assert page["user_id"] == "nobody-knows-me" and page["rows"]
+    assert page["context"]["country"] == "US"

@@ -21,6 +21,7 @@ from engine.data.history import History
 from engine.request.context import RequestContext
 from engine.request.layout import DEFAULT_LAYOUTS
 from engine.request.page import (
+    PAGE_FRAME_SCHEMA,
     Page,
     PageItem,
     PageTrace,
@@ -34,6 +35,7 @@ from engine.request.selectors import AssemblyRules, assemble_page, score_rows_by
 CLOCK = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
 GENERATED = datetime(2026, 11, 27, 20, 0, 1, 250_000, tzinfo=UTC)
 LOCAL = datetime(2026, 11, 27, 21, 0, tzinfo=timezone(timedelta(hours=1)))
+CUTOFF = datetime(2026, 11, 20, tzinfo=UTC)
 N_TITLES = 60
 
 
@@ -123,6 +125,7 @@ def make_page(history: History, **kw: object) -> Page:
         history,
         request,
         model_version="test-model-1",
+        data_cutoff=CUTOFF,
         generated_at=GENERATED,
         trace=PageTrace(
             assembled.trace,
@@ -151,6 +154,7 @@ def test_page_json_validates_with_keys_in_contract_order(history: History) -> No
     validate(doc)
     schema = page_schema()
     assert list(doc) == list(schema["properties"])[:-1]  # all but the optional trace
+    assert doc["data_cutoff"] == "2026-11-20T00:00:00+00:00"
     assert list(doc["context"]) == list(schema["$defs"]["context"]["properties"])
     for row in doc["rows"]:
         assert list(row) == list(schema["$defs"]["row"]["properties"])
@@ -209,6 +213,7 @@ def test_round_trip_keeps_the_content(history: History) -> None:
     assert back.to_json() == raw
     assert back.user_id == page.user_id and back.model_version == page.model_version
     assert back.generated_at == page.generated_at
+    assert back.data_cutoff == page.data_cutoff == CUTOFF
     assert back.context == page.context
     assert back.fallback is page.fallback
     assert len(back.rows) == len(page.rows)
@@ -244,6 +249,45 @@ def test_trace_only_when_asked(history: History) -> None:
         "titles": ["t004", "t005"],
     }
     assert Page.from_json(orjson.dumps(doc)).trace == doc["trace"]
+
+
+def test_a_page_without_a_cut_off_leaves_the_key_out(history: History) -> None:
+    page = replace(make_page(history), data_cutoff=None)
+    doc = orjson.loads(page.to_json())
+    validate(doc)
+    assert "data_cutoff" not in doc
+    assert Page.from_json(page.to_json()).data_cutoff is None
+
+
+def test_warnings_are_in_the_trace_and_on_the_page(history: History) -> None:
+    assembled = make_page(history).trace
+    assert isinstance(assembled, PageTrace)
+    warned = replace(make_page(history), trace=replace(assembled, warnings=("stale data",)))
+    assert warned.warnings == ("stale data",)
+    doc = orjson.loads(warned.to_json(include_trace=True))
+    assert doc["trace"]["warnings"] == ["stale data"]
+    assert "warnings" not in orjson.loads(warned.to_json())  # the page itself is unchanged
+    assert make_page(history).warnings == ()
+
+
+def test_to_frame_has_a_row_per_item_in_page_order(history: History) -> None:
+    page = make_page(history)
+    frame = page.to_frame()
+    items = [(r, row, p, it) for r, row in enumerate(page.rows) for p, it in enumerate(row.items)]
+    assert frame.height == len(items) > 0
+    assert frame.schema == PAGE_FRAME_SCHEMA
+    assert frame["row_index"].to_list() == [r for r, *_ in items]
+    assert frame["position"].to_list() == [p for _, _, p, _ in items]
+    assert frame["row_id"].to_list() == [row.row_id for _, row, _, _ in items]
+    assert frame["title_id"].to_list() == [it.title_id for *_, it in items]
+    assert frame["score"].to_list() == [it.score for *_, it in items]
+    assert frame["progress"].to_list() == [it.progress for *_, it in items]
+    assert set(frame["user_id"]) == {"u1"} and set(frame["device"]) == {"tv"}
+    assert set(frame["country"]) == {"FR"} and set(frame["hour"]) == {21}
+    # The Continue Watching row carries progress; the frame keeps it per item.
+    assert frame.filter(pl.col("kind") == "continue_watching")["progress"].null_count() == 0
+    empty = replace(page, rows=())
+    assert empty.to_frame().height == 0 and empty.to_frame().schema == PAGE_FRAME_SCHEMA
 
 
 def test_fallback_flag_is_written(history: History) -> None:
