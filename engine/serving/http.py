@@ -276,6 +276,7 @@ def create_app(
     )
     state = SharedModelState(Path(state_dir)) if state_dir is not None else None
     svc = Service(holder, token, max_batch, logger, state)
+    svc.metrics.attach(holder, logger)  # every worker mirrors its model and impression log
     page_threads = int(os.environ.get(ENV_PAGE_THREADS) or PAGE_THREADS)
 
     routes = [
