@@ -1,133 +1,207 @@
 """The service's Prometheus metrics: requests, page latency, ranker failures, reloads, model.
 
-Counters written by hand in the text format 0.0.4 (no client library), one set per worker
-process, rendered by GET /metrics.
+prometheus-client, in its multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set: `rowrank
+serve --workers N` sets it (a fresh directory per server, engine.serving.runner) before the
+workers start, every worker writes its values to its own files there, and any worker's GET
+/metrics reads them all, so one scrape sums the workers whichever worker answers it. Without
+the variable (one process, or the app embedded in tests) each `Metrics` has its own registry.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import disable_created_metrics
 
 if TYPE_CHECKING:
     from engine.serving.impression_log import ImpressionLogger
     from engine.serving.model_holder import ModelHolder
 
+ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
+
 # Page build + serialization, seconds. The target is p99 < 50 ms, so resolution sits below it.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
+# The `_created` series would differ between one process and several (the multiprocess
+# collector has none): leave them out everywhere.
+disable_created_metrics()
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+def multiprocess_dir() -> str | None:
+    """The directory workers share their values in, or None in single-process mode."""
+    return os.environ.get(ENV_MULTIPROC_DIR) or None
 
 
 class Metrics:
-    """Prometheus counters, written by hand (text format 0.0.4). One set per worker process."""
+    """One worker's Prometheus metrics. `attach` gives it the worker's model holder and impression
+    logger, whose state (model loaded and its version, impressions logged) it mirrors at every
+    request the worker answers and at every scrape."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests: Counter[tuple[str, str, int]] = Counter()
-        self.ranker_failures: Counter[str] = Counter()
-        self.reloads: Counter[str] = Counter()
-        self.fallback_pages = 0
-        self.failed_pages = 0  # neither the page nor the fallback could be built: 503
-        self.pages = 0
-        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "rowrank_http_requests_total",
+            "HTTP requests by route and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.page_seconds = Histogram(
+            "rowrank_page_seconds",
+            "Time to build and serialize one page (engine + JSON), fallbacks included.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ranker_failures = Counter(
+            "rowrank_ranker_failures_total",
+            "Rankers that raised while building a page (their rows were dropped).",
+            ["ranker"],
+            registry=r,
+        )
+        self.fallback_pages = Counter(
+            "rowrank_fallback_pages_total",
+            "Fallback pages served (the ranked page failed, or no ranker had a row).",
+            registry=r,
+        )
+        self.failed_pages = Counter(
+            "rowrank_page_failures_total",
+            "Requests answered 503 because neither the page nor the fallback could be built.",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "rowrank_model_reloads_total", "Model reloads by result.", ["result"], registry=r
+        )
+        # Per worker (a `pid` label in multiprocess mode; a dead worker's series go with it).
+        self.model_info = Gauge(
+            "rowrank_model_info",
+            "The model a worker serves (value 1; one series per worker with several workers).",
+            ["model_version", "model_dir"],
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "rowrank_model_ready",
+            "Workers with a model loaded and serving pages (1 for one process).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self._holder: ModelHolder | None = None
+        self._logger: ImpressionLogger | None = None
+        self._model: tuple[str, str] | None = None
+        self._impressions: tuple[Counter, Counter, Counter] | None = None
+        self._logged = (0, 0, 0, 0)  # logged, dropped, rows, write errors: as last counted
+
+    def attach(self, holder: ModelHolder, logger: ImpressionLogger | None) -> None:
+        """Mirror this worker's model and impression logger in the metrics from now on."""
+        self._holder, self._logger = holder, logger
+        if logger is not None and self._impressions is None:
+            r = self.registry
+            self._impressions = (
+                Counter(
+                    "rowrank_impression_pages_total",
+                    "Served pages by impression outcome.",
+                    ["outcome"],
+                    registry=r,
+                ),
+                Counter(
+                    "rowrank_impression_rows_total",
+                    "Impression rows written to Parquet.",
+                    registry=r,
+                ),
+                Counter(
+                    "rowrank_impression_write_errors_total",
+                    "Part files not written.",
+                    registry=r,
+                ),
+            )
+            for outcome in ("logged", "dropped"):  # both series from the start, at 0
+                self._impressions[0].labels(outcome)
+        self.sync()
+
+    def sync(self) -> None:
+        """Copy the attached holder's and logger's state into the metrics (cheap: a few reads,
+        a write only when something changed)."""
+        with self._lock:
+            holder = self._holder
+            if holder is not None:
+                eng = holder.engine
+                model = None if eng is None else (str(eng.model_version), str(holder.model_dir))
+                if model != self._model:
+                    if self._model is not None:
+                        self.model_info.labels(*self._model).set(0)
+                    if model is not None:
+                        self.model_info.labels(*model).set(1)
+                    self.model_ready.set(int(model is not None))
+                    self._model = model
+            logger = self._logger
+            if logger is not None and self._impressions is not None:
+                now = (
+                    logger.pages_logged,
+                    logger.pages_dropped,
+                    logger.rows_written,
+                    logger.write_errors,
+                )
+                if now != self._logged:
+                    pages, rows, errors = self._impressions
+                    d = [a - b for a, b in zip(now, self._logged, strict=True)]
+                    if d[0] > 0:
+                        pages.labels("logged").inc(d[0])
+                    if d[1] > 0:
+                        pages.labels("dropped").inc(d[1])
+                    if d[2] > 0:
+                        rows.inc(d[2])
+                    if d[3] > 0:
+                        errors.inc(d[3])
+                    self._logged = now
 
     def count_request(self, route: str, method: str, status: int) -> None:
-        with self._lock:
-            self.requests[(route, method, status)] += 1
+        self.requests.labels(route, method, str(status)).inc()
+        self.sync()
 
     def observe_page(self, seconds: float, failed_rankers: Iterable[str], fallback: bool) -> None:
-        i = 0
-        while i < len(LATENCY_BUCKETS) and seconds > LATENCY_BUCKETS[i]:
-            i += 1
-        with self._lock:
-            self.pages += 1
-            self.latency_counts[i] += 1
-            self.latency_sum += seconds
-            self.fallback_pages += fallback
-            for name in failed_rankers:
-                self.ranker_failures[name] += 1
+        self.page_seconds.observe(seconds)
+        if fallback:
+            self.fallback_pages.inc()
+        for name in failed_rankers:
+            self.ranker_failures.labels(name).inc()
 
     def count_failed_page(self) -> None:
-        with self._lock:
-            self.failed_pages += 1
+        self.failed_pages.inc()
 
     def count_reload(self, result: str) -> None:
-        with self._lock:
-            self.reloads[result] += 1
+        self.reloads.labels(result).inc()
 
-    def render(self, holder: ModelHolder, logger: ImpressionLogger | None) -> str:
-        out: list[str] = []
+    def render(
+        self, holder: ModelHolder | None = None, logger: ImpressionLogger | None = None
+    ) -> str:
+        """The exposition (text format 0.0.4): every worker's values summed in multiprocess
+        mode, this process's otherwise. `holder` / `logger` attach them if not attached yet."""
+        if holder is not None and self._holder is None:
+            self.attach(holder, logger)
+        self.sync()
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry).decode()
+        from prometheus_client import multiprocess
 
-        def head(name: str, kind: str, text: str) -> None:
-            out.append(f"# HELP {name} {text}")
-            out.append(f"# TYPE {name} {kind}")
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=path)
+        return generate_latest(merged).decode()
 
-        with self._lock:
-            head("rowrank_http_requests_total", "counter", "HTTP requests by route and status.")
-            for (route, method, status), n in sorted(self.requests.items()):
-                out.append(
-                    f'rowrank_http_requests_total{{route="{_label(route)}",method="{method}",'
-                    f'status="{status}"}} {n}'
-                )
-            head(
-                "rowrank_page_seconds",
-                "histogram",
-                "Time to build and serialize one page (engine + JSON), fallbacks included.",
-            )
-            cumulative = 0
-            for le, n in zip((*LATENCY_BUCKETS, "+Inf"), self.latency_counts, strict=True):
-                cumulative += n
-                out.append(f'rowrank_page_seconds_bucket{{le="{le}"}} {cumulative}')
-            out.append(f"rowrank_page_seconds_sum {self.latency_sum:.6f}")
-            out.append(f"rowrank_page_seconds_count {self.pages}")
-            head(
-                "rowrank_ranker_failures_total",
-                "counter",
-                "Rankers that raised while building a page (their rows were dropped).",
-            )
-            for name, n in sorted(self.ranker_failures.items()):
-                out.append(f'rowrank_ranker_failures_total{{ranker="{_label(name)}"}} {n}')
-            head(
-                "rowrank_fallback_pages_total",
-                "counter",
-                "Fallback pages served (the ranked page failed, or no ranker had a row).",
-            )
-            out.append(f"rowrank_fallback_pages_total {self.fallback_pages}")
-            head(
-                "rowrank_page_failures_total",
-                "counter",
-                "Requests answered 503 because neither the page nor the fallback could be built.",
-            )
-            out.append(f"rowrank_page_failures_total {self.failed_pages}")
-            head("rowrank_model_reloads_total", "counter", "Model reloads by result.")
-            for result, n in sorted(self.reloads.items()):
-                out.append(f'rowrank_model_reloads_total{{result="{result}"}} {n}')
-        head("rowrank_model_info", "gauge", "The model this worker serves (value always 1).")
-        eng = holder.engine
-        if eng is not None:
-            out.append(
-                f'rowrank_model_info{{model_version="{_label(str(eng.model_version))}",'
-                f'model_dir="{_label(str(holder.model_dir))}"}} 1'
-            )
-        head("rowrank_model_ready", "gauge", "1 when a model is loaded and pages are served.")
-        out.append(f"rowrank_model_ready {int(eng is not None)}")
-        if logger is not None:
-            head("rowrank_impression_pages_total", "counter", "Served pages by impression outcome.")
-            out.append(f'rowrank_impression_pages_total{{outcome="logged"}} {logger.pages_logged}')
-            out.append(
-                f'rowrank_impression_pages_total{{outcome="dropped"}} {logger.pages_dropped}'
-            )
-            head("rowrank_impression_rows_total", "counter", "Impression rows written to Parquet.")
-            out.append(f"rowrank_impression_rows_total {logger.rows_written}")
-            head("rowrank_impression_write_errors_total", "counter", "Part files not written.")
-            out.append(f"rowrank_impression_write_errors_total {logger.write_errors}")
-        return "\n".join(out) + "\n"
+
+def mark_worker_dead(pid: int) -> None:
+    """The supervisor's bookkeeping when a worker exits: its per-worker series (model info,
+    ready) leave the exposition; its counters stay in the sums, so totals never go back."""
+    path = multiprocess_dir()
+    if path is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, path)
 
 
 def failed_rankers(page: Any) -> list[str]:

@@ -166,10 +166,15 @@ class Faulty:
 
 
 def _metric(text: str, name: str) -> float:
-    """The value of one sample line `name value` (name includes labels)."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
+    """The value of the sample `name` (which may hold labels, `n{a="x",b="y"}`, in any order:
+    the exposition sorts them), 0 when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    want = next(iter(text_string_to_metric_families(f"{name} 0\n"))).samples[0]
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == want.name and sample.labels == want.labels:
+                return float(sample.value)
     return 0.0
 
 
@@ -350,7 +355,8 @@ def test_metrics_count_requests_latency_and_model(
     assert _metric(text, 'rowrank_page_seconds_bucket{le="+Inf"}') == 3 + len(users)
     assert 0 < _metric(text, "rowrank_page_seconds_sum") < 30
     version = requests.get(f"{url}/readyz").json()["model_version"]
-    assert f'rowrank_model_info{{model_version="{version}"' in text
+    assert f'model_version="{version}"' in text
+    assert 'rowrank_model_info{model_dir="' in text
     assert "# TYPE rowrank_page_seconds histogram" in text
 
 
