@@ -121,16 +121,27 @@ def code_fingerprint() -> bytes:
     return h.digest()
 
 
-def trained(split: RealSplit, data: Path, cfg: EngineConfig, work: Path, retrain: bool) -> Any:
-    """The rowrank model of `split` and `cfg`, trained unless WORK/models holds it already."""
+def trained(
+    split: RealSplit, data: Path, cfg: EngineConfig, work: Path, args: argparse.Namespace
+) -> Any:
+    """The rowrank model of `split` and `cfg`, trained unless WORK/models holds it already.
+    With --tune-budget, `rowrank train` chooses ranker keys inside the split's training data."""
     src = training_data(split, data, work)
     doc = orjson.dumps(cfg.to_document(), option=orjson.OPT_SORT_KEYS)
-    key = hashlib.sha256(doc + data_fingerprint(src).encode() + code_fingerprint()).hexdigest()
-    key = key[:12]
-    out = work / "models" / f"{split.name}-{key}"
-    if retrain or not trained_with(out, src, cfg, split.until):
+    tuning = f"|tune {args.tune_budget} seed {args.seed}".encode()
+    key = hashlib.sha256(doc + data_fingerprint(src).encode() + code_fingerprint() + tuning)
+    out = work / "models" / f"{split.name}-{key.hexdigest()[:12]}"
+    if args.retrain or not trained_with(out, src, cfg, split.until, args.tune_budget):
         t0 = time.perf_counter()
-        train(src, out, engine_config=cfg, until=split.until, progress=sys.stderr.isatty())
+        train(
+            src,
+            out,
+            engine_config=cfg,
+            until=split.until,
+            progress=sys.stderr.isatty(),
+            tune_budget=args.tune_budget,
+            seed=args.seed,
+        )
         print(f"  trained {out.name} in {time.perf_counter() - t0:.0f} s", flush=True)
     return engine.load(out)
 
@@ -236,7 +247,7 @@ def run_split(kind: str, args: argparse.Namespace, data: Path, ds: Dataset) -> d
     }
     if not args.no_rowrank:
         t0 = time.perf_counter()
-        eng = trained(scored, data, config(args.overlay), work, args.retrain)
+        eng = trained(scored, data, config(args.overlay), work, args)
         rr = score_rowrank(eng, scored, progress=lambda x: bar(x, f"pages {scored.name}"))
         out["rowrank_seconds"] = round(time.perf_counter() - t0, 1)
         for name, values in rr.first_rows.items():
@@ -346,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=0, help="score a seeded sample of N members")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="retrain cached rowrank models")
+    p.add_argument(
+        "--tune-budget",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="rowrank train's tuning budget for each model (default 0: the config's keys)",
+    )
     p.add_argument("--no-rowrank", action="store_true", help="baselines only")
     args = p.parse_args(argv)
     t_start = time.perf_counter()

@@ -23,6 +23,13 @@ class RankerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def tune_space(self) -> dict[str, tuple[Any, ...]]:
+        """Keys `rowrank train --tune-budget` may choose on validation data, each with the values
+        to try (engine/training/tune.py), in the order they are searched. None by default: a key
+        belongs here when the best value depends on the data (a ridge strength, a blend weight),
+        not when it names what the row is (a trending row's half-life is its label's promise)."""
+        return {}
+
 
 @dataclass(frozen=True)
 class CandidateRow:

@@ -15,7 +15,7 @@ neighbours) picks at most `max_rows` seeds, one per series.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 from pydantic import Field
@@ -49,6 +49,14 @@ class BecauseYouWatchedConfig(RankerConfig):
     min_seed_progress: float = Field(default=0.25, ge=0, le=1)
     quality_top: int = Field(default=10, ge=1, description="neighbours averaged for seed quality")
     exclude_played: bool = True
+
+    def tune_space(self) -> dict[str, tuple[Any, ...]]:
+        return {
+            "neighbours": (20, 100),
+            "shrink": (0.0, 50.0),
+            "content_weight": (0.0, 0.3),
+            "year_weight": (0.0, 0.6),
+        }
 
 
 class BecauseYouWatchedRanker:

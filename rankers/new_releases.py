@@ -13,7 +13,7 @@ lowest-numbered new episode.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 from pydantic import Field
@@ -42,6 +42,9 @@ class NewReleasesConfig(RankerConfig):
     popularity_weight: float = Field(default=0.4, ge=0, le=1, description="early plays vs recency")
     max_titles: int = Field(default=40, ge=1)
     label: str = "New Releases"
+
+    def tune_space(self) -> dict[str, tuple[Any, ...]]:
+        return {"popularity_weight": (0.0, 0.8)}
 
 
 class NewReleasesRanker:

@@ -21,7 +21,7 @@ weights), so the CF maths lives in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
@@ -80,6 +80,20 @@ class CFConfig(RankerConfig):
             "seed",
         )
         return {k: getattr(self, k) for k in keys}
+
+    def tune_space(self) -> dict[str, tuple[Any, ...]]:
+        # The method's own regularisation first (it moves NDCG most), then the blend.
+        by_method: dict[str, dict[str, tuple[Any, ...]]] = {
+            "ease": {"l2": (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)},
+            "als": {"factors": (32, 64, 128), "als_reg": (0.01, 0.1, 1.0)},
+            "item_knn": {"neighbours": (20, 50, 100, 200), "shrink": (0.0, 10.0, 50.0)},
+        }
+        return {
+            **by_method[self.method],
+            "popularity_weight": (0.0, 0.1, 0.3),
+            "content_weight": (0.0, 0.3, 0.6),
+            "user_half_life_days": (0.0, 30.0, 180.0),
+        }
 
 
 class PVRConfig(CFConfig):
@@ -617,30 +631,3 @@ def check_cf_meta(meta: dict[str, Any], cfg: CFConfig, directory: Path) -> None:
             f"{directory}: the saved model was fitted with different CF keys ({', '.join(diff)}) "
             "than the config has now: retrain with `rowrank train`."
         )
-
-
-def truncate_history(history: History, cut_us: int) -> History:
-    """The same History with only the plays strictly before `cut_us` (titles and users kept):
-    used to carve a validation period out of the training period."""
-    return keep_plays(history, history.play_ts < cut_us, int(cut_us))
-
-
-def keep_plays(history: History, keep: np.ndarray, cutoff_us: int | None = None) -> History:
-    """The same History (titles and users kept) with only the plays where `keep` is True; the
-    cut-off stays unless `cutoff_us` is given."""
-    play_user = history.play_user[keep]
-    offsets = np.zeros(history.n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(play_user, minlength=history.n_users), out=offsets[1:])
-    return replace(
-        history,
-        cutoff_us=history.cutoff_us if cutoff_us is None else cutoff_us,
-        play_user=play_user,
-        play_title=history.play_title[keep],
-        play_ts=history.play_ts[keep],
-        play_device=history.play_device[keep],
-        play_progress=history.play_progress[keep],
-        play_seconds=history.play_seconds[keep],
-        user_offsets=offsets,
-        _title_index={},
-        _user_index={},
-    )

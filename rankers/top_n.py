@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from engine.candidates import CandidateRow, RankerConfig
-from engine.data.history import US_PER_DAY, History
+from engine.data.history import US_PER_DAY, History, truncate_history
 from engine.errors import ModelLoadError
 from engine.request.context import RequestContext
 from rankers._common import check_fitted, make_row, save_state
@@ -33,7 +33,6 @@ from rankers.pvr import (
     head,
     load_cf_state,
     sorted_unique,
-    truncate_history,
     zscore,
 )
 

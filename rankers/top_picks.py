@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import lightgbm as lgb
 import numpy as np
@@ -26,12 +26,12 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from engine.candidates import CandidateRow, RankerConfig
-from engine.data.history import US_PER_DAY, History
+from engine.data.history import US_PER_DAY, History, drop_last_plays
 from engine.errors import ModelLoadError
 from engine.request.context import RequestContext
 from engine.request.scorers import Forest
 from rankers._common import PlayTimes, check_fitted, load_state, make_row, save_state
-from rankers.pvr import CFConfig, CFModel, Signals, decay, head, keep_plays, zscore
+from rankers.pvr import CFConfig, CFModel, Signals, decay, head, zscore
 
 STATE_VERSION = 1
 MODEL_FILE = "lambdarank.txt"  # LightGBM's own text format, never pickle
@@ -64,6 +64,14 @@ class TopPicksConfig(RankerConfig):
     min_data_in_leaf: int = Field(default=20, ge=1)
     early_stopping_share: float = Field(default=0.15, gt=0, lt=1)
     seed: int = 0
+
+    def tune_space(self) -> dict[str, tuple[Any, ...]]:
+        # The generators' keys: each trial refits the whole ranker (its windows and lambdarank).
+        return {
+            "l2": (100.0, 200.0, 1000.0, 2000.0),
+            "neighbours": (20, 50, 200),
+            "recent_half_life_days": (7.0, 90.0),
+        }
 
     def cf(self, method: str) -> CFConfig:
         return CFConfig(
@@ -194,15 +202,6 @@ def candidates_and_features(
     return cand, np.ascontiguousarray(np.column_stack(cols), dtype=np.float32)
 
 
-def window_history(history: History, drop_last: int) -> tuple[History, np.ndarray]:
-    """The History without each member's last `drop_last` plays, and a mask over the original
-    plays of what was dropped."""
-    n_u = np.diff(history.user_offsets)
-    pos = np.arange(len(history.play_user)) - history.user_offsets[history.play_user]
-    dropped = pos >= (n_u - drop_last)[history.play_user]
-    return keep_plays(history, ~dropped), dropped
-
-
 @dataclass(frozen=True)
 class Groups:
     X: np.ndarray
@@ -215,8 +214,8 @@ def window_groups(
 ) -> Groups:
     """Training groups of window j: each eligible member's candidates labelled by whether the
     member played them in their next `holdout` plays after the window's history."""
-    h, dropped = window_history(history, j * cfg.holdout)
-    _, next_mask = window_history(history, (j - 1) * cfg.holdout)
+    h, dropped = drop_last_plays(history, j * cfg.holdout)
+    _, next_mask = drop_last_plays(history, (j - 1) * cfg.holdout)
     label_play = dropped & ~next_mask
     n_left = np.diff(h.user_offsets)
     members = np.flatnonzero(n_left >= cfg.min_member_plays)

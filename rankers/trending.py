@@ -19,7 +19,7 @@ plays before it for the personal touch. What happened later is not known at that
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 from pydantic import Field
@@ -57,6 +57,10 @@ class TrendingConfig(RankerConfig):
     # Decayed plays below which a title is not trending at all.
     min_score: float = Field(default=0.05, ge=0)
     label: str = "Trending Now"
+
+    def tune_space(self) -> dict[str, tuple[Any, ...]]:
+        # Not the half-life: it is what the row's label promises ("Trending Now", "This Week").
+        return {"personalization": (0.0, 1.0), "country_weight": (0.0, 0.9)}
 
 
 class TrendingRanker:

@@ -8,7 +8,7 @@ handed to every ranker, so no ranker keeps its own copy of anyone's plays.
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -265,6 +265,42 @@ class History:
             title_countries=tuple(tuple(c) for c in meta["title_countries"]),
             **arrays,
         )
+
+
+def keep_plays(history: History, keep: np.ndarray, cutoff_us: int | None = None) -> History:
+    """The same History (titles and users kept) with only the plays where `keep` is True; the
+    cut-off stays unless `cutoff_us` is given."""
+    play_user = history.play_user[keep]
+    offsets = np.zeros(history.n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(play_user, minlength=history.n_users), out=offsets[1:])
+    return replace(
+        history,
+        cutoff_us=history.cutoff_us if cutoff_us is None else cutoff_us,
+        play_user=play_user,
+        play_title=history.play_title[keep],
+        play_ts=history.play_ts[keep],
+        play_device=history.play_device[keep],
+        play_progress=history.play_progress[keep],
+        play_seconds=history.play_seconds[keep],
+        user_offsets=offsets,
+        _title_index={},
+        _user_index={},
+    )
+
+
+def truncate_history(history: History, cut_us: int) -> History:
+    """The same History with only the plays strictly before `cut_us` (titles and users kept):
+    used to carve a validation period out of the training period."""
+    return keep_plays(history, history.play_ts < cut_us, int(cut_us))
+
+
+def drop_last_plays(history: History, drop_last: int) -> tuple[History, np.ndarray]:
+    """The History without each member's last `drop_last` plays, and a mask over the original
+    plays of what was dropped: a member-held-out split inside the training data."""
+    n_u = np.diff(history.user_offsets)
+    pos = np.arange(len(history.play_user)) - history.user_offsets[history.play_user]
+    dropped = pos >= (n_u - drop_last)[history.play_user]
+    return keep_plays(history, ~dropped), dropped
 
 
 def _us(series: pl.Series) -> np.ndarray:

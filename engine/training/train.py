@@ -79,6 +79,7 @@ from engine.training.model_dir import (
     read_manifest,
     sha256_file,
 )
+from engine.training.tune import print_trial, tune, tuning_lines
 
 _US_PER_HOUR = 3_600_000_000
 
@@ -1060,7 +1061,11 @@ def data_fingerprint(data_dir: Path) -> str:
 
 
 def trained_with(
-    model_dir: Path, data_dir: Path, cfg: EngineConfig, until: datetime | None = None
+    model_dir: Path,
+    data_dir: Path,
+    cfg: EngineConfig,
+    until: datetime | None = None,
+    tune_budget: float = 0.0,
 ) -> bool:
     """True when MODEL_DIR is a model this rowrank loads (engine.training.model_dir.read_manifest:
     format, rowrank version, every file's sha256) trained with `cfg` on DATA_DIR's files as they
@@ -1071,8 +1076,10 @@ def trained_with(
         m = read_manifest(Path(model_dir))
     except ModelLoadError:
         return False
+    given = m.get("tuning", {}).get("config_given", m.get("config"))
     return (
-        m.get("config") == cfg.to_document()
+        given == cfg.to_document()
+        and m.get("tuning", {}).get("budget_s", 0.0) == tune_budget
         and m.get("data", {}).get("fingerprint") == data_fingerprint(Path(data_dir))
         and (until is None or m.get("cutoff") == until.isoformat())
     )
@@ -1086,8 +1093,14 @@ def train(
     until: datetime | None = None,
     progress: bool = True,
     engine_config: EngineConfig | None = None,
+    tune_budget: float = 0.0,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Fit everything and write `model_dir` (replaced atomically); returns the manifest."""
+    """Fit everything and write `model_dir` (replaced atomically); returns the manifest.
+
+    `tune_budget` seconds (0: the config's keys as given) go to choosing ranker keys on
+    validation data cut from the training data (engine.training.tune); the chosen keys are then
+    used everywhere, in the training windows and the served rankers alike."""
     t_start = time.perf_counter()
     data_dir, model_dir = Path(data_dir), Path(model_dir)
     cfg = engine_config if engine_config is not None else load_config(config)
@@ -1101,6 +1114,12 @@ def train(
         )
     if until is not None:
         ds = ds.as_of(cutoff)
+    history = History.from_dataset(ds) if until is None else History.from_dataset(ds, cutoff)
+    given = cfg
+    t_loaded = time.perf_counter()
+    tuning = tune(cfg, history, budget_s=tune_budget, seed=seed, on_trial=print_trial(progress))
+    cfg = tuning.apply(cfg)
+    t_tuned = time.perf_counter()
     bounds = window_bounds(ds, cutoff, page_cfg)
     kinds = row_kinds(cfg, build_rankers(cfg), ds)
     w_cfg = window_config(cfg, page_cfg)
@@ -1115,13 +1134,14 @@ def train(
     fitted = fit_page_model(windows, page_cfg, progress=progress)
     t_models = time.perf_counter()
     # The serving side: rankers and features as of the cut-off itself.
-    history = History.from_dataset(ds) if until is None else History.from_dataset(ds, cutoff)
     rankers = fit_window_rankers(cfg, history)
     store = fit_feature_store(
         history, ds.impressions, rankers=list(cfg.rankers), kinds=kinds, countries=_countries(ds)
     )
     timings = {
-        "windows_s": round(t_data - t_start, 2),
+        "load_s": round(t_loaded - t_start, 2),
+        "tuning_s": round(t_tuned - t_loaded, 2),
+        "windows_s": round(t_data - t_tuned, 2),
         "models_s": round(t_models - t_data, 2),
         "serving_fit_s": round(time.perf_counter() - t_models, 2),
     }
@@ -1137,6 +1157,7 @@ def train(
         info={
             "ranker_order_kinds": list(fitted.ranker_order_kinds),
             "row_order": fitted.row_order,
+            "tuning": {**tuning.to_dict(), "config_given": given.to_document()},
             "cutoff": cutoff.isoformat(),
             "data": {
                 "dir": str(data_dir),
@@ -1237,33 +1258,67 @@ def _plain(x: Any) -> Any:
 
 
 def summary(manifest: dict[str, Any]) -> str:
-    """A few lines for the terminal."""
+    """What training chose and why, for a person: every figure is NDCG@10 on the held-out
+    window (the last training window, which neither model was fitted on)."""
     m = manifest["metrics"]
     t, r = m["title"], m["row"]
-    lines = [
-        f"model {manifest['model_version']} (cut-off {manifest['cutoff']})",
-        f"title model, held-out window NDCG@10: {t['valid_ndcg_at_10']:.4f} "
-        f"(ranker order {t.get('ranker_order_ndcg_at_10', float('nan')):.4f}, "
-        f"logged order {t.get('logged_order_ndcg_at_10') or float('nan'):.4f}, "
-        f"random {t['random_ndcg_at_10']:.4f})",
-        "title order by row kind (held-out NDCG@10, title model / ranker): "
-        + ", ".join(
-            f"{k} {v['title_model']:.3f}/{v['ranker_order']:.3f}"
-            for k, v in t.get("by_kind", {}).items()
-        ),
-        f"rows kept in their ranker's order: {', '.join(manifest.get('ranker_order_kinds', []))}",
-        *(f"ranker {n} learned: {v}" for n, v in manifest.get("rankers_learned", {}).items()),
-        f"rows ordered by: {manifest.get('row_order', 'learned')} (template on the held-out "
-        f"window: {r.get('template_ndcg_at_10', float('nan')):.4f})",
-        f"row model, held-out window NDCG@10: {r['valid_ndcg_at_10']:.4f} "
-        f"(logged order {r.get('logged_order_ndcg_at_10') or float('nan'):.4f}, "
-        f"random {r['random_ndcg_at_10']:.4f})",
-        f"time: {m['timings']}",
+    lines = [f"model {manifest['model_version']} (data up to {manifest['cutoff']})", ""]
+    lines += tuning_lines(manifest.get("tuning") or {})
+    for name, learned in manifest.get("rankers_learned", {}).items():
+        if learned.get("groups"):
+            lines.append(
+                f"ranker {name}: learned on {learned['groups']:,} member groups, "
+                f"{learned.get('best_iteration', '?')} trees, validation NDCG@10 "
+                f"{learned.get('validation_ndcg10', float('nan')):.4f}"
+            )
+    ranker_kinds = set(manifest.get("ranker_order_kinds", []))
+    lines += [
+        "",
+        "titles within each row (held-out window NDCG@10; the better order is served):",
+        f"  {'row kind':<22} {'title model':>11} {'ranker order':>12} {'rows':>6}  served",
+    ]
+    for kind, v in t.get("by_kind", {}).items():
+        served = "ranker order" if kind in ranker_kinds else "title model"
+        lines.append(
+            f"  {kind:<22} {v['title_model']:>11.3f} {v['ranker_order']:>12.3f} "
+            f"{v.get('rows_with_a_play', 0):>6,}  {served}"
+        )
+    lines.append(
+        f"  {'all rows':<22} {t['valid_ndcg_at_10']:>11.3f} "
+        f"{t.get('ranker_order_ndcg_at_10', float('nan')):>12.3f}        "
+        f"(random order {t['random_ndcg_at_10']:.3f})"
+    )
+    row_order = manifest.get("row_order", "learned")
+    lines += [
+        "",
+        "rows on the page: "
+        + ("the row model" if row_order == "learned" else "the template")
+        + f" (row model {r['valid_ndcg_at_10']:.3f}, template "
+        f"{r.get('template_ndcg_at_10', float('nan')):.3f}, random {r['random_ndcg_at_10']:.3f})",
+    ]
+    logged = [(k, x["logged_order_ndcg_at_10"]) for k, x in (("titles", t), ("rows", r))]
+    if all(v is not None for _, v in logged):
+        # Only with impressions: the order the logging policy (the app that was live) showed.
+        lines.append(
+            "the live app's own order on the same pages, for reference (it chose what was "
+            "shown, so it is hard to beat): " + ", ".join(f"{k} {v:.3f}" for k, v in logged)
+        )
+    timings = m.get("timings", {})
+    lines += [
+        "",
+        "time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in timings.items()),
     ]
     return "\n".join(lines)
 
 
-def main_train(data_dir: str, model_dir: str, config: str | None, until: str | None) -> int:
+def main_train(
+    data_dir: str,
+    model_dir: str,
+    config: str | None,
+    until: str | None,
+    tune_budget: float = 0.0,
+    seed: int = 0,
+) -> int:
     from engine.request.context import parse_time
 
     manifest = train(
@@ -1272,6 +1327,8 @@ def main_train(data_dir: str, model_dir: str, config: str | None, until: str | N
         config=Path(config) if config else None,
         until=parse_time(until) if until else None,
         progress=sys.stderr.isatty(),
+        tune_budget=tune_budget,
+        seed=seed,
     )
     print(summary(manifest))
     print(f"-> {model_dir}")

@@ -15,11 +15,11 @@ from pydantic import ValidationError
 
 from engine.data.columns import STR_LIST, TIMESTAMP, Col
 from engine.data.dataset import Dataset
-from engine.data.history import History
+from engine.data.history import History, truncate_history
 from engine.errors import ModelLoadError
 from engine.request.context import RequestContext
 from rankers.because_you_watched import BecauseYouWatchedConfig, BecauseYouWatchedRanker
-from rankers.pvr import PVRConfig, PVRRanker, truncate_history
+from rankers.pvr import PVRConfig, PVRRanker
 from rankers.top_n import Blend, TopNConfig, TopNRanker
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

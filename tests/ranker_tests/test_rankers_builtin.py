@@ -318,7 +318,7 @@ def test_trending_short_lists_lose_nothing_against_personalizing_every_title() -
 def test_trending_as_of_a_past_time_counts_only_the_plays_before_it() -> None:
     """A page asked for a time before the cut-off gets the trend of that time: the same row as
     a ranker fitted on the history cut there, and two past times give two different trends."""
-    from rankers.pvr import truncate_history
+    from engine.data.history import truncate_history
 
     ds = make_dataset(seed=2)
     h = History.from_dataset(ds, CUTOFF)
@@ -340,8 +340,8 @@ def test_trending_as_of_a_past_time_counts_only_the_plays_before_it() -> None:
 
 
 def test_new_releases_as_of_a_past_time_count_only_the_players_before_it() -> None:
+    from engine.data.history import truncate_history
     from rankers.new_releases import NewReleasesConfig, NewReleasesRanker
-    from rankers.pvr import truncate_history
 
     h = History.from_dataset(make_dataset(seed=4), CUTOFF)
     cfg = NewReleasesConfig(window_days=20, popularity_weight=0.8)
@@ -360,7 +360,7 @@ def test_top_n_popular_pool_as_of_a_past_time() -> None:
     """The popular pool and the recent popularity a request uses are those of its time: for a
     past request, what a Top-N fitted on the history cut there holds; at two past times they
     differ."""
-    from rankers.pvr import truncate_history
+    from engine.data.history import truncate_history
     from rankers.top_n import TopNConfig, TopNRanker
 
     h = History.from_dataset(make_dataset(seed=5), CUTOFF)

@@ -9,17 +9,15 @@ import numpy as np
 import pytest
 from test_ranker_contract import CUTOFF, make_dataset
 
-from engine.data.history import History
+from engine.data.history import History, drop_last_plays, truncate_history
 from engine.request.context import RequestContext
 from rankers._common import PlayTimes
-from rankers.pvr import truncate_history
 from rankers.top_picks import (
     FEATURES,
     Generators,
     TopPicksConfig,
     TopPicksRanker,
     candidates_and_features,
-    window_history,
 )
 
 
@@ -28,8 +26,8 @@ def history() -> History:
     return History.from_dataset(make_dataset(seed=3), CUTOFF)
 
 
-def test_window_history_drops_exactly_each_members_last_plays(history: History) -> None:
-    h, dropped = window_history(history, 4)
+def test_drop_last_plays_drops_exactly_each_members_last_plays(history: History) -> None:
+    h, dropped = drop_last_plays(history, 4)
     n_u = np.diff(history.user_offsets)
     assert np.array_equal(np.diff(h.user_offsets), np.maximum(n_u - 4, 0))
     for u in range(history.n_users):
