@@ -19,9 +19,12 @@ train`'s
    variant's page and responds through the ground-truth browsing model; take-rate, watch time
    and the ratio to the oracle page are compared with bootstrap intervals.
 5. Team-draft interleaving (simulated worlds): inside each row of the baseline page, the
-   page model's title order against the ranker's own order, credited by the simulated plays.
+   page model's title order against the ranker's own order, credited by the simulated plays;
+   an exact binomial test of the wins.
 6. Ablation: each ranker instance of the baseline silenced in turn (its rows removed at serving
    time, the trained models kept): what its rows add given the others.
+7. Significance marks: every comparison above, corrected together for their number
+   (Benjamini-Hochberg, `correct_for_multiple_comparisons`).
 
 Randomness: one seed; each purpose draws from its own `np.random.default_rng([seed, purpose])`
 so adding a variant does not change another's draws.
@@ -981,19 +984,82 @@ def run_interleaving(
         if played is not None:
             sessions_with_play += 1
             wins[teams[played[0]][played[1]]] += 1
-    n = int(wins.sum())
-    # Two-sided sign test, normal approximation with continuity correction.
-    z = (abs(wins[0] - wins[1]) - 1.0) / math.sqrt(n) if n else float("nan")
-    p = math.erfc(max(z, 0.0) / math.sqrt(2.0)) if n else float("nan")
-    delta = (wins[0] - wins[1]) / n if n else float("nan")
+    return interleaving_result(len(sessions), sessions_with_play, int(wins[0]), int(wins[1]))
+
+
+def interleaving_result(
+    sessions: int, sessions_with_play: int, wins_a: int, wins_b: int
+) -> dict[str, Any]:
+    """The interleaving section: wins per side and an exact two-sided binomial (sign) test of
+    "each side wins a session with probability 1/2" (`scipy.stats.binomtest`)."""
+    from scipy.stats import binomtest
+
+    n = wins_a + wins_b
+    p = float(binomtest(wins_a, n, 0.5).pvalue) if n else float("nan")
     return {
-        "sessions": len(sessions),
+        "sessions": sessions,
         "sessions_with_play": sessions_with_play,
-        "wins_model_order": int(wins[0]),
-        "wins_ranker_order": int(wins[1]),
-        "delta": delta,
+        "wins_model_order": wins_a,
+        "wins_ranker_order": wins_b,
+        "delta": (wins_a - wins_b) / n if n else float("nan"),
+        "test": "exact binomial (sign) test, two-sided",
         "p_value": p,
-        "significant": bool(n and p < 0.05),
+        "significant": bool(n and p < FDR_ALPHA),
+    }
+
+
+# ----- multiple comparisons ---------------------------------------------------------------------
+
+FDR_ALPHA = 0.05  # false discovery rate of the report's significance marks
+FDR_METHOD = "Benjamini-Hochberg"
+
+
+def report_comparisons(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every comparison the report marks as significant or not, as the dicts it reads (offline
+    and A/B against the baseline, the ablation's marginal values, the interleaving test)."""
+    out: list[dict[str, Any]] = []
+    for section in (results.get("offline"), results.get("ab")):
+        for by_metric in ((section or {}).get("vs_baseline") or {}).values():
+            out.extend(by_metric.values())
+    for ranker in ((results.get("ablation") or {}).get("rankers") or {}).values():
+        out.extend(ranker["marginal"].values())
+    if results.get("interleaving"):
+        out.append(results["interleaving"])
+    return out
+
+
+def correct_for_multiple_comparisons(results: dict[str, Any], alpha: float = FDR_ALPHA) -> None:
+    """Benjamini-Hochberg over all the report's comparisons at once (`scipy.stats.
+    false_discovery_control`): each gets `p_adjusted` and keeps its uncorrected verdict in
+    `significant_uncorrected`; `significant` (what the report marks) becomes "significant
+    before and adjusted p <= alpha", so the correction only ever removes marks. A report with
+    dozens of metrics × variants otherwise shows a few `*` by chance alone. The method and
+    counts go to results["multiple_comparisons"]."""
+    from scipy.stats import false_discovery_control
+
+    tests = [
+        c
+        for c in report_comparisons(results)
+        if c.get("p_value") is not None and math.isfinite(c["p_value"])
+    ]
+    adjusted = (
+        false_discovery_control(np.array([c["p_value"] for c in tests]), method="bh")
+        if tests
+        else np.empty(0)
+    )
+    removed = 0
+    for c, q in zip(tests, adjusted.tolist(), strict=True):
+        before = bool(c["significant"])
+        c["p_adjusted"] = float(q)
+        c["significant_uncorrected"] = before
+        c["significant"] = before and q <= alpha
+        removed += before and not c["significant"]
+    results["multiple_comparisons"] = {
+        "method": FDR_METHOD,
+        "function": "scipy.stats.false_discovery_control(method='bh')",
+        "false_discovery_rate": alpha,
+        "comparisons": len(tests),
+        "marks_removed": removed,
     }
 
 
@@ -1131,6 +1197,7 @@ def run_bench(
         "interleaving": interleaving,
         "ablation": ablation,
     }
+    correct_for_multiple_comparisons(results)
     write_reports(results, out_dir)
     return results
 

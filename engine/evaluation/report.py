@@ -27,12 +27,24 @@ PALETTE = (
     "#F0E442",
     "#000000",
 )
-SIG_NOTE = (
-    "Δ: difference with the baseline; `*` marks a 95% bootstrap interval of the difference that "
-    "excludes 0 (offline: paired over the same members; A/B: the two arms resampled "
-    "independently). No correction for multiple comparisons: read a lone `*` among many "
-    "metrics with care."
-)
+
+
+def sig_note(results: Mapping[str, Any]) -> str:
+    """What a `*` means in this report, naming the multiple-comparison correction applied."""
+    mc = results.get("multiple_comparisons")
+    what = (
+        "Δ: difference with the baseline; `*` marks a difference whose 95% bootstrap interval "
+        "excludes 0 (offline: paired over the same members; A/B: the two arms resampled "
+        "independently)"
+    )
+    if not mc:
+        return what + ". No correction for multiple comparisons."
+    return (
+        f"{what} and that stays significant after the {mc['method']} correction over all "
+        f"{mc['comparisons']} comparisons of this report (false discovery rate "
+        f"{mc['false_discovery_rate']:g}, adjusted p ≤ {mc['false_discovery_rate']:g}; "
+        f"{mc['marks_removed']} mark(s) removed by it)."
+    )
 
 
 # ----- numbers ---------------------------------------------------------------------------------
@@ -63,6 +75,12 @@ def _delta(c: Mapping[str, Any] | None) -> str:
     rel = c.get("relative")
     body = f"{rel * 100:+.1f}%" if rel is not None else f"{c['diff']:+.4g}"
     return body + ("*" if c.get("significant") else "")
+
+
+def _adjusted(c: Mapping[str, Any]) -> str:
+    """ ", adjusted p = …" when the comparison was corrected for multiple comparisons."""
+    q = c.get("p_adjusted")
+    return "" if q is None else f", adjusted p = {_num(q, 3)}"
 
 
 def _cell(value: Mapping[str, Any] | None, cmp: Mapping[str, Any] | None, digits: int = 4) -> str:
@@ -176,7 +194,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
         comparison_table(results),
         "",
-        SIG_NOTE,
+        sig_note(results),
         "",
         "## Offline metrics (mean [95% bootstrap interval over members])",
         "",
@@ -294,8 +312,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             "the ranker's own order of the same titles (Radlinski et al. 2008). "
             f"{tdi['sessions']:,} sessions, {tdi['sessions_with_play']:,} with a play: "
             f"model order won {tdi['wins_model_order']:,}, ranker order won "
-            f"{tdi['wins_ranker_order']:,} (Δ = {_num(tdi['delta'], 3)}, sign test p = "
-            f"{_num(tdi['p_value'], 3)}{', significant' if tdi['significant'] else ''}).",
+            f"{tdi['wins_ranker_order']:,} (Δ = {_num(tdi['delta'], 3)}, exact binomial test "
+            f"p = {_num(tdi['p_value'], 3)}{_adjusted(tdi)}"
+            f"{', significant' if tdi['significant'] else ''}).",
             "",
         ]
     abl = results.get("ablation")
@@ -305,7 +324,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             "",
             "Each ranker instance silenced in turn (its rows withheld at serving time; the "
             "trained models and the PVR features kept). Marginal value = full page − page "
-            "without it, paired over the same members; `*` = the interval excludes 0.",
+            "without it, paired over the same members; `*` as above (the interval excludes 0, "
+            "after the correction for multiple comparisons).",
             "",
         ]
         header = ["ranker", "rows / page", *(label.get(m, m) for m in abl["metrics"])]
@@ -583,7 +603,7 @@ def render_html(results: Mapping[str, Any]) -> str:
         f"<b>{_esc(base)}</b>. Seed {b['seed']}. Wall time {_esc(_timings(b['timings_s']))}.</p>",
         "<h2>Headline</h2>",
         _md_to_html_table(comparison_table(results)),
-        f"<p class='note'>{_esc(SIG_NOTE)}</p>",
+        f"<p class='note'>{_esc(sig_note(results))}</p>",
         "<h2>Offline metrics (95% bootstrap intervals over members)</h2><div class='grid'>",
     ]
     for m in off["metrics"]:
@@ -670,7 +690,8 @@ def render_html(results: Mapping[str, Any]) -> str:
         out.append(
             f"<h2>Ablation: marginal value of each ranker (variant {_esc(abl['variant'])})</h2>"
             "<p class='note'>Full page minus the page without the ranker's rows, paired over the "
-            "same members; * = interval excludes 0.</p><div class='grid'>"
+            "same members; * = interval excludes 0, after the correction for multiple "
+            "comparisons.</p><div class='grid'>"
         )
         rankers = list(abl["rankers"])
         for m in abl["metrics"]:
