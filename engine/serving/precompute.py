@@ -2,7 +2,7 @@
 
     rowrank precompute MODEL_DIR OUT_DIR [--users FILE] [--device D ...] [--at T ...]
                        [--workers N] [--engine local|dask] [--scheduler ADDR]
-                       [--format jsonl|parquet] [--shard-size N]
+                       [--format jsonl|parquet] [--shard-size N] [--limit N | --sample N]
 
 Shard k holds users [k * shard_size, (k + 1) * shard_size) of the user list, each with every
 context of the grid (devices x times), user-major. A shard is computed by one worker, written
@@ -17,6 +17,12 @@ Workers (local processes or Dask tasks) get shard indices and the shard's user i
 model once each and return a small per-shard summary; pages never travel back to the parent, so
 memory stays bounded by one shard per worker however many users there are.
 
+Progress is counted per page: local workers add to a shared counter the parent shows (a bar on a
+terminal, a plain line every few seconds otherwise). SIGINT (Ctrl-C) sets a shared stop flag
+that local workers check before every page: a shard in progress is dropped (its temporary file
+removed), the manifest lists the shards that are complete, and the run exits 130 within about a
+page's time; the same command resumes it.
+
 This module imports nothing heavy at the top: a spawned worker sets its thread limits before
 numpy, polars or LightGBM are imported (see `_limit_threads`).
 """
@@ -29,8 +35,10 @@ import hashlib
 import io
 import math
 import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,14 +63,25 @@ FORMATS: tuple[str, ...] = ("jsonl", "parquet")
 ENGINES: tuple[str, ...] = ("local", "dask")
 # 1,000 users x 2 contexts is ~2,000 pages (~4 s of one worker at ~500 pages/s, a few MB):
 # small enough that a kill loses little work, large enough that per-shard costs (fsync,
-# checksum, task overhead) stay well under 1% of the time.
+# checksum, task overhead) stay well under 1% of the time. The default shard size
+# (`auto_shard_size`) is this, or smaller when there are too few users to give every worker
+# several shards.
 DEFAULT_SHARD_SIZE = 1_000
+MIN_AUTO_SHARD_SIZE = 10
+SHARDS_PER_WORKER = 4  # with fewer, one slow shard at the end leaves the other workers idle
+PROGRESS_LINE_SECONDS = 10.0  # a plain progress line this often when the log is not a terminal
+ENV_PROGRESS_SECONDS = "ROWRANK_PROGRESS_SECONDS"  # overrides PROGRESS_LINE_SECONDS
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 DEFAULT_DEVICES: tuple[str, ...] = ("tv", "mobile")
 DEFAULT_HOUR = 20  # prime time: the default `at` is the first 20:00 UTC after the cut-off
 MAX_USER_ID_LEN = 128
 # Tasks queued per worker: enough to keep workers busy, few enough that the parent never holds
 # the whole user list as task arguments.
 _IN_FLIGHT_PER_WORKER = 2
+
+
+class PrecomputeInterrupted(Exception):
+    """A shard stopped before its end because the run was interrupted (SIGINT)."""
 
 
 class PrecomputeConflictError(RowrankError):
@@ -180,9 +199,12 @@ class PrecomputeResult:
     seconds: float
     completed: bool
     failures: list[str] = field(default_factory=list)
+    interrupted: bool = False  # stopped by SIGINT; the manifest lists the shards complete
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         return 1 if (self.bad_lines or self.failures or not self.completed) else 0
 
 
@@ -318,6 +340,8 @@ class _HashingWriter(io.RawIOBase):
 def _pages(engine: PageSource, task: ShardTask) -> Iterator[tuple[str, GridContext, Any, bytes]]:
     for user in task.users:
         for ctx in task.contexts:
+            if _STOP is not None and _STOP.is_set():
+                raise PrecomputeInterrupted(f"shard {task.shard}: interrupted")
             try:
                 page = engine.page(user, device=ctx.device, at=ctx.at)
                 data = page.to_json()
@@ -326,6 +350,9 @@ def _pages(engine: PageSource, task: ShardTask) -> Iterator[tuple[str, GridConte
                     f"shard {task.shard}: page for user {user!r} on {ctx.device} at {ctx.at} "
                     f"failed: {type(exc).__name__}: {exc}"
                 ) from exc
+            if _PROGRESS is not None:
+                with _PROGRESS.get_lock():
+                    _PROGRESS.value += 1
             yield user, ctx, page, data
 
 
@@ -419,6 +446,15 @@ def _parquet_frame(pages: list[tuple[str, GridContext, Any, bytes]]) -> Any:
 _ENGINES: dict[tuple[str, Loader], PageSource] = {}
 # Several threads of one Dask worker may start at once: load the model once per process.
 _DASK_LOCK = threading.Lock()
+# Set in local workers (and in the parent with --workers 1): the run's shared page counter
+# (multiprocessing Value "q") and stop flag (multiprocessing Event). None on Dask workers.
+_PROGRESS: Any = None
+_STOP: Any = None
+
+
+def _share_run_state(progress: Any, stop: Any) -> None:
+    global _PROGRESS, _STOP
+    _PROGRESS, _STOP = progress, stop
 
 
 def _limit_threads() -> None:
@@ -437,9 +473,13 @@ def _cached_engine(model_dir: str, loader: Loader) -> PageSource:
     return _ENGINES[key]
 
 
-def _pool_init() -> None:
+def _pool_init(progress: Any = None, stop: Any = None) -> None:
     exit_with_parent()  # a killed `rowrank precompute` leaves no idle workers behind
+    # A Ctrl-C in a terminal reaches the whole process group: the parent alone decides (it sets
+    # the stop flag), so a worker never dies mid-task and breaks the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads()
+    _share_run_state(progress, stop)
 
 
 def _pool_load(model_dir: str, loader: Loader) -> str:
@@ -575,34 +615,54 @@ def run_precompute(
     engine: str = "local",
     scheduler: str | None = None,
     fmt: str = "jsonl",
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int | None = None,
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
     loader: Loader = load_engine,
     progress: bool = True,
     log: IO[str] | None = None,
+    progress_seconds: float | None = None,
 ) -> PrecomputeResult:
     """Precompute every page of the job into `out_dir`, resuming a previous run of the same job.
 
     Raises PrecomputeConflictError when `out_dir` holds another job, BadRequestError for bad
     arguments, ModelLoadError for a bad model directory. Shard failures do not raise: they are
-    listed in the result (exit code 1); finished shards are kept for the rerun.
+    listed in the result (exit code 1); finished shards are kept for the rerun. SIGINT (when
+    called from the main thread) stops the run within about a page: `result.interrupted`.
+
+    `shard_size` None: the shard size of the run being resumed, else `auto_shard_size`.
+    `limit` keeps the first N users, `sample` N users drawn with `seed` (in list order), for a
+    quick run; either is part of the job (its users), so a rerun must repeat it.
 
     The phases, in order: start the workers (`_start_workers`) and meanwhile read the job
     (`_read_job`); take OUT_DIR (`_take_out_dir`) and verify the shards an earlier run finished
     (`_verified_shards`); run the others (`_run_shards`); write the final manifest
-    (`_write_final_manifest`).
+    (`_write_manifest`).
     """
-    import time
+    import multiprocessing
 
     log = log or sys.stderr
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir)
-    n_workers = _check_arguments(fmt, engine, shard_size, workers, scheduler)
+    n_workers = _check_arguments(fmt, engine, shard_size, workers, scheduler, limit, sample)
     _check_not_foreign(out_dir)  # early, before reading the model
     started = time.perf_counter()
-    # One stack, closed in reverse: the runner (its shards finish), the progress bar, OUT_DIR's
-    # lock, then the local pool, whose workers start loading first of all.
+    spawn = multiprocessing.get_context("spawn")
+    counter, stop = spawn.Value("q", 0), spawn.Event()
+    # One stack, closed in reverse: the runner (shards in progress stop at the stop flag), the
+    # progress display, OUT_DIR's lock, the local pool (its workers start loading first of
+    # all), then SIGINT's handler.
     with contextlib.ExitStack() as stack:
-        makers = _start_workers(stack, engine, n_workers, model_dir, loader)
-        job = _read_job(model_dir, users_file, devices, times, shard_size, fmt)
+        stack.enter_context(_stop_on_sigint(stop))
+        makers = _start_workers(stack, engine, n_workers, model_dir, loader, counter, stop)
+        job = _read_job(
+            model_dir,
+            users_file,
+            devices,
+            times,
+            fmt,
+            _Sizing(shard_size, n_workers, out_dir, limit, sample, seed),
+        )
         spec = job.spec
         result = PrecomputeResult(
             out_dir, spec, job.bad_lines, job.unknown_users, 0, 0, 0, 0.0, False
@@ -617,30 +677,84 @@ def run_precompute(
         result.shards_resumed = len(done)
         todo = [k for k in range(spec.n_shards) if k not in done]
         pages_done = sum(m["pages"] for m in done.values())
-        bar = stack.enter_context(
-            _progress_bar(spec.n_users * len(spec.contexts), pages_done, progress, log)
+        if progress_seconds is None:
+            progress_seconds = float(os.environ.get(ENV_PROGRESS_SECONDS) or PROGRESS_LINE_SECONDS)
+        shown = stack.enter_context(
+            _Progress(
+                spec.n_users * len(spec.contexts),
+                pages_done,
+                counter,
+                enabled=progress,
+                log=log,
+                interval=progress_seconds,
+            )
         )
         tasks = _shard_tasks(job, todo, out_dir, model_dir)
         n_workers = max(1, min(n_workers, len(todo)))
         outcomes = (
-            _run_shards(stack, makers, tasks, n_workers, scheduler, loader) if todo else iter(())
+            _run_shards(stack, makers, tasks, n_workers, scheduler, loader, stop)
+            if todo
+            else iter(())
         )
-        _collect(outcomes, done, result, bar)
+        _collect(outcomes, done, result, shown)
+        result.interrupted = stop.is_set() and len(done) < spec.n_shards
         result.seconds = time.perf_counter() - started
-        result.completed = _write_final_manifest(out_dir, spec, done, existing)
+        result.completed = _write_manifest(out_dir, spec, done, existing)
         return result
 
 
+@contextlib.contextmanager
+def _stop_on_sigint(stop: Any) -> Iterator[None]:
+    """While the run goes, SIGINT sets `stop` (the workers finish the page in hand and drop
+    their shard); a second SIGINT raises KeyboardInterrupt as usual. Only in the main thread
+    (signals cannot be handled elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def auto_shard_size(n_users: int, n_workers: int) -> int:
+    """The default shard size: DEFAULT_SHARD_SIZE, or less so that every worker gets about
+    SHARDS_PER_WORKER shards (300 users on 2 workers: 38-user shards, 8 of them, where one
+    1,000-user shard left a worker idle), never under MIN_AUTO_SHARD_SIZE users."""
+    if n_workers <= 1:
+        return DEFAULT_SHARD_SIZE
+    even = math.ceil(n_users / (n_workers * SHARDS_PER_WORKER))
+    return max(MIN_AUTO_SHARD_SIZE, min(DEFAULT_SHARD_SIZE, even))
+
+
 def _check_arguments(
-    fmt: str, engine: str, shard_size: int, workers: int | None, scheduler: str | None
+    fmt: str,
+    engine: str,
+    shard_size: int | None,
+    workers: int | None,
+    scheduler: str | None,
+    limit: int | None = None,
+    sample: int | None = None,
 ) -> int:
     """The number of workers (default: all cores); BadRequestError for a bad argument."""
     if fmt not in FORMATS:
         raise BadRequestError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if engine not in ENGINES:
         raise BadRequestError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    if shard_size < 1:
+    if shard_size is not None and shard_size < 1:
         raise BadRequestError(f"--shard-size must be at least 1, got {shard_size}")
+    for name, n in (("--limit", limit), ("--sample", sample)):
+        if n is not None and n < 1:
+            raise BadRequestError(f"{name} must be at least 1, got {n}")
+    if limit is not None and sample is not None:
+        raise BadRequestError("--limit and --sample: give one of them, not both")
     n_workers = (os.cpu_count() or 1) if workers is None else workers
     if n_workers < 1:
         raise BadRequestError(f"--workers must be at least 1, got {n_workers}")
@@ -665,18 +779,27 @@ class _PageMakers:
 
 
 def _start_workers(
-    stack: contextlib.ExitStack, engine: str, n_workers: int, model_dir: Path, loader: Loader
+    stack: contextlib.ExitStack,
+    engine: str,
+    n_workers: int,
+    model_dir: Path,
+    loader: Loader,
+    counter: Any,
+    stop: Any,
 ) -> _PageMakers:
-    """Phase 1: start what makes the pages, so the model loads while the job is read."""
+    """Phase 1: start what makes the pages, so the model loads while the job is read. Local
+    workers get the run's page counter and stop flag."""
     if engine == "local" and n_workers > 1:
         # The workers spawn and load their engines while this process reads the job: it
         # needs the model version and the member list, not an engine (docs/precompute.md).
-        pool = stack.enter_context(_local_pool(n_workers))
+        pool = stack.enter_context(_local_pool(n_workers, counter, stop))
         loading = [pool.submit(_pool_load, str(model_dir), loader) for _ in range(n_workers)]
         return _PageMakers(engine, pool, loading)
     if engine == "local":
         # --workers 1 makes its pages here, with the model frozen out of the cyclic GC as a
         # pool worker's is.
+        _share_run_state(counter, stop)
+        stack.callback(_share_run_state, None, None)
         return _PageMakers(engine, engine=load_frozen(loader, model_dir))
     # Dask workers load on their first task, after OUT_DIR is touched, so this process checks
     # first that the model loads (and drops its copy: it makes no page).
@@ -694,27 +817,70 @@ class _Job:
     unknown_users: int
 
 
+@dataclass(frozen=True)
+class _Sizing:
+    """How many users, and in which shards: --shard-size (None: the resumed run's, else
+    auto_shard_size), the workers, OUT_DIR, --limit / --sample and its seed."""
+
+    shard_size: int | None
+    n_workers: int
+    out_dir: Path
+    limit: int | None = None
+    sample: int | None = None
+    seed: int = 0
+
+
 def _read_job(
     model_dir: Path,
     users_file: Path | None,
     devices: Sequence[str] | None,
     times: Sequence[str] | None,
-    shard_size: int,
     fmt: str,
+    sizing: _Sizing,
 ) -> _Job:
     """Phase 1 (meanwhile): the model's manifest and member list, the users, the context grid."""
     manifest, history = read_history(model_dir)
     users, bad, unknown = resolve_users(history, users_file)
+    users = pick_users(users, sizing.limit, sizing.sample, sizing.seed)
     contexts = build_contexts(devices, times, int(history.cutoff_us))
+    shard_size = sizing.shard_size or _resumed_shard_size(sizing.out_dir)
     spec = JobSpec(
         model_version=str(manifest["model_version"]),
         contexts=contexts,
         n_users=len(users),
         users_sha256=users_digest(users),
-        shard_size=shard_size,
+        shard_size=shard_size or auto_shard_size(len(users), sizing.n_workers),
         format=fmt,
     )
     return _Job(spec, users, bad, unknown)
+
+
+def pick_users(
+    users: np.ndarray | list[str], limit: int | None, sample: int | None, seed: int
+) -> np.ndarray | list[str]:
+    """`limit`: the first N users; `sample`: N users drawn without replacement by a generator
+    seeded with `seed`, kept in the list's order (so shards stay user slices of the list)."""
+    import numpy as np
+
+    if limit is not None:
+        return users[:limit]
+    if sample is not None and sample < len(users):
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(users), size=sample, replace=False))
+        if isinstance(users, np.ndarray):
+            return users[keep]
+        return [users[i] for i in keep.tolist()]
+    return users
+
+
+def _resumed_shard_size(out_dir: Path) -> int | None:
+    """The shard size of the run OUT_DIR holds (a resume keeps it whatever the workers now), or
+    None; whether the rest of the job matches is checked later (_take_out_dir)."""
+    try:
+        size = orjson.loads((out_dir / MANIFEST).read_bytes()).get("shard_size")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return None
+    return size if isinstance(size, int) and size >= 1 else None
 
 
 def _take_out_dir(
@@ -771,29 +937,30 @@ def _run_shards(
     n_workers: int,
     scheduler: str | None,
     loader: Loader,
+    stop: Any,
 ) -> Iterator[Outcome]:
-    """Phase 3: the shards run where the pages are made; (task, marker or error) as each ends."""
+    """Phase 3: the shards run where the pages are made; (task, marker or error) as each ends.
+    Once `stop` is set no shard starts, and local shards in progress stop at their next page."""
     if makers.pool is not None:
         return stack.enter_context(
-            contextlib.closing(_run_pool(tasks, makers.pool, n_workers, loader))
+            contextlib.closing(_run_pool(tasks, makers.pool, n_workers, loader, stop))
         )
     if makers.kind == "dask":
-        return _run_dask(tasks, n_workers, scheduler, loader)
+        return _run_dask(tasks, n_workers, scheduler, loader, stop)
     assert makers.engine is not None
-    return _run_inline(tasks, makers.engine)
+    return _run_inline(tasks, makers.engine, stop)
 
 
-def _write_final_manifest(
+def _write_manifest(
     out_dir: Path, spec: JobSpec, done: dict[int, dict[str, Any]], existing: dict[str, Any] | None
 ) -> bool:
-    """Phase 4: once every shard is done, the manifest lists them (rewritten only when it
-    changes: a rerun of a finished job touches nothing). True when the job is complete."""
-    if len(done) != spec.n_shards:
-        return False
-    final = _manifest(spec, [_shard_entry(spec, done[k]) for k in range(spec.n_shards)])
-    if existing != final:
-        _write_json(out_dir / MANIFEST, final)
-    return True
+    """Phase 4: the manifest lists the shards that are complete, `completed` true once they all
+    are (rewritten only when it changes: a rerun of a finished job touches nothing). An
+    interrupted or failed run leaves a manifest saying what it finished. True when complete."""
+    manifest = _manifest(spec, [_shard_entry(spec, done[k]) for k in sorted(done)])
+    if existing != manifest and (done or existing is not None):
+        _write_json(out_dir / MANIFEST, manifest)
+    return len(done) == spec.n_shards
 
 
 def resolve_users(
@@ -841,8 +1008,10 @@ def _remove_tmp_files(out: Path) -> None:
 Outcome = tuple[ShardTask, dict[str, Any] | BaseException]
 
 
-def _run_inline(tasks: Iterator[ShardTask], engine: PageSource) -> Iterator[Outcome]:
+def _run_inline(tasks: Iterator[ShardTask], engine: PageSource, stop: Any) -> Iterator[Outcome]:
     for task in tasks:
+        if stop.is_set():
+            return
         try:
             yield task, run_shard(engine, task)
         except Exception as exc:
@@ -851,13 +1020,16 @@ def _run_inline(tasks: Iterator[ShardTask], engine: PageSource) -> Iterator[Outc
 
 
 @contextlib.contextmanager
-def _local_pool(n_workers: int) -> Iterator[Any]:
-    """Local worker processes (spawn: nothing inherited but arguments, safe with threads)."""
+def _local_pool(n_workers: int, counter: Any = None, stop: Any = None) -> Iterator[Any]:
+    """Local worker processes (spawn: nothing inherited but arguments, safe with threads),
+    sharing the run's page counter and stop flag."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_pool_init)
+    pool = ProcessPoolExecutor(
+        max_workers=n_workers, mp_context=ctx, initializer=_pool_init, initargs=(counter, stop)
+    )
     try:
         yield pool
     finally:
@@ -865,28 +1037,37 @@ def _local_pool(n_workers: int) -> Iterator[Any]:
 
 
 def _run_pool(
-    tasks: Iterator[ShardTask], pool: Any, n_workers: int, loader: Loader
+    tasks: Iterator[ShardTask], pool: Any, n_workers: int, loader: Loader, stop: Any
 ) -> Generator[Outcome, None, None]:
-    """Shard tasks on the local pool, at most _IN_FLIGHT_PER_WORKER queued per worker."""
+    """Shard tasks on the local pool, at most _IN_FLIGHT_PER_WORKER queued per worker. Once
+    `stop` is set, queued shards are cancelled and running ones end at their next page."""
     from concurrent.futures import FIRST_COMPLETED, Future, wait
 
     pending: dict[Future[dict[str, Any]], ShardTask] = {}
-    stop = False
+    failed = False
     try:
         while True:
-            while not stop and len(pending) < n_workers * _IN_FLIGHT_PER_WORKER:
+            while (
+                not (failed or stop.is_set()) and len(pending) < n_workers * _IN_FLIGHT_PER_WORKER
+            ):
                 task = next(tasks, None)
                 if task is None:
                     break
                 pending[pool.submit(_pool_run, task, loader)] = task
+            if stop.is_set():
+                for fut in pending:
+                    fut.cancel()  # not started yet: never starts
             if not pending:
                 break
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            # A short timeout: the stop flag is looked at every 0.1 s.
+            finished, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
             for fut in finished:
                 task = pending.pop(fut)
+                if fut.cancelled():
+                    continue
                 exc = fut.exception()
                 if exc is not None:
-                    stop = True  # fail closed: let in-flight shards finish, start no new ones
+                    failed = True  # fail closed: let in-flight shards finish, start no new ones
                     yield task, exc
                 else:
                     yield task, fut.result()
@@ -899,9 +1080,11 @@ def _run_pool(
 
 
 def _run_dask(
-    tasks: Iterator[ShardTask], n_workers: int, scheduler: str | None, loader: Loader
+    tasks: Iterator[ShardTask], n_workers: int, scheduler: str | None, loader: Loader, stop: Any
 ) -> Iterator[Outcome]:
-    """One Dask task per shard, on a LocalCluster (processes, 1 thread each) or a scheduler."""
+    """One Dask task per shard, on a LocalCluster (processes, 1 thread each) or a scheduler.
+    Dask workers see no stop flag: once it is set no shard is submitted, and those in progress
+    finish."""
     import logging
 
     from distributed import Client, LocalCluster, as_completed
@@ -927,10 +1110,10 @@ def _run_dask(
         limit = n_slots * _IN_FLIGHT_PER_WORKER
         by_key: dict[str, ShardTask] = {}
         queue = as_completed()
-        stop = False
+        failed = False
 
         def submit_more() -> None:
-            while not stop and len(by_key) < limit:
+            while not (failed or stop.is_set()) and len(by_key) < limit:
                 task = next(tasks, None)
                 if task is None:
                     return
@@ -944,38 +1127,110 @@ def _run_dask(
             try:
                 outcome: dict[str, Any] | BaseException = fut.result()
             except Exception as exc:  # the task's own exception, re-raised here by Dask
-                stop = True
+                failed = True
                 outcome = exc
             yield task, outcome
             submit_more()
 
 
 def _collect(
-    outcomes: Iterator[Outcome], done: dict[int, dict[str, Any]], result: PrecomputeResult, bar: Any
+    outcomes: Iterator[Outcome],
+    done: dict[int, dict[str, Any]],
+    result: PrecomputeResult,
+    shown: _Progress,
 ) -> None:
     for task, outcome in outcomes:
+        if isinstance(outcome, PrecomputeInterrupted):
+            continue  # dropped by the stop flag: not done, not a failure
         if isinstance(outcome, BaseException):
             result.failures.append(f"shard {task.shard} ({task.file}): {outcome}")
             continue
         done[task.shard] = outcome
         result.shards_run += 1
         result.pages_run += outcome["pages"]
-        bar.update(outcome["pages"])
+        shown.shard_pages += outcome["pages"]
 
 
-def _progress_bar(total: int, initial: int, enabled: bool, log: IO[str]) -> Any:
-    from tqdm import tqdm
+class _Progress:
+    """Pages made so far, on `log` while the run goes: a tqdm bar on a terminal; elsewhere (a
+    log file, a CI job) a plain line every `interval` seconds and one at the end, no `\r`.
+    Local workers count every page in the shared `counter`, read here every 0.2 s; Dask
+    workers do not, so their progress moves a shard at a time (`shard_pages`)."""
 
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="page",
-        unit_scale=True,
-        desc="precompute",
-        file=log,
-        disable=not enabled,
-        dynamic_ncols=True,
-    )
+    def __init__(
+        self,
+        total: int,
+        initial: int,
+        counter: Any,
+        *,
+        enabled: bool,
+        log: IO[str],
+        interval: float,
+    ) -> None:
+        self.total, self.initial, self.counter = total, initial, counter
+        self.enabled, self.log, self.interval = enabled, log, interval
+        self.shard_pages = 0
+        self._bar: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="precompute-progress", daemon=True)
+        self._started = self._last_line = time.monotonic()
+
+    def done(self) -> int:
+        return min(self.total, self.initial + max(int(self.counter.value), self.shard_pages))
+
+    def __enter__(self) -> _Progress:
+        if not self.enabled:
+            return self
+        isatty = getattr(self.log, "isatty", None)
+        if callable(isatty) and isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.total,
+                initial=self.initial,
+                unit="page",
+                unit_scale=True,
+                desc="precompute",
+                file=self.log,
+                dynamic_ncols=True,
+            )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.enabled:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._show(final=True)
+        if self._bar is not None:
+            self._bar.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(0.2, self.interval)):
+            self._show(final=False)
+
+    def _show(self, *, final: bool) -> None:
+        n = self.done()
+        if self._bar is not None:
+            if n > self._bar.n:
+                self._bar.update(n - self._bar.n)
+            return
+        now = time.monotonic()
+        if not final and now - self._last_line < self.interval:
+            return
+        self._last_line = now
+        made, seconds = n - self.initial, now - self._started
+        rate = made / seconds if seconds > 0 else 0.0
+        pct = 100.0 * n / self.total if self.total else 100.0
+        left = (
+            f", about {(self.total - n) / rate:,.0f} s left" if rate > 0 and n < self.total else ""
+        )
+        print(
+            f"precompute: {n:,}/{self.total:,} pages ({pct:.0f}%), {rate:,.0f} pages/s{left}",
+            file=self.log,
+            flush=True,
+        )
 
 
 # ----- CLI --------------------------------------------------------------------------------------
@@ -1002,8 +1257,15 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--scheduler", help="Dask scheduler address (default: a local cluster)")
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="shard file format")
     p.add_argument(
-        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="users per shard file"
+        "--shard-size",
+        type=int,
+        help=f"users per shard file (default: at most {DEFAULT_SHARD_SIZE:,}, fewer so that "
+        f"each worker gets about {SHARDS_PER_WORKER} shards; a resume keeps its run's)",
     )
+    quick = p.add_mutually_exclusive_group()
+    quick.add_argument("--limit", type=int, help="only the first N users (a quick run)")
+    quick.add_argument("--sample", type=int, help="N users drawn at random (seeded: --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample (default: 0)")
 
 
 def cli(args: Any) -> int:
@@ -1022,6 +1284,9 @@ def cli(args: Any) -> int:
         scheduler=args.scheduler,
         fmt=args.format,
         shard_size=args.shard_size,
+        limit=args.limit,
+        sample=args.sample,
+        seed=args.seed,
     )
     for b in result.bad_lines:
         print(f"{users_file}:{b.line}: skipped: {b.reason}", file=sys.stderr)
@@ -1035,7 +1300,16 @@ def cli(args: Any) -> int:
             f"{result.unknown_users:,} listed user(s) unknown to the model: cold-start pages",
             file=sys.stderr,
         )
-    state = "complete" if result.completed else "INCOMPLETE (rerun the same command to resume)"
+    if result.interrupted:
+        state = (
+            f"interrupted: {result.shards_resumed + result.shards_run} of {spec.n_shards} "
+            f"shard(s) complete, listed in {result.out_dir / MANIFEST} (rerun the same command "
+            "to resume)"
+        )
+    elif result.completed:
+        state = "complete"
+    else:
+        state = "INCOMPLETE (rerun the same command to resume)"
     rate = result.pages_run / result.seconds if result.seconds > 0 else 0.0
     print(
         f"{state}: {spec.n_users:,} users x {len(spec.contexts)} context(s) in {spec.n_shards} "

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,14 +28,17 @@ from engine.cli import main as cli_main
 from engine.errors import BadRequestError
 from engine.serving.precompute import (
     DONE_DIR,
+    EXIT_INTERRUPTED,
     MANIFEST,
     MAX_USER_ID_LEN,
     BadLine,
     GridContext,
     PrecomputeConflictError,
+    auto_shard_size,
     build_contexts,
     default_at,
     parse_users_file,
+    pick_users,
     resolve_users,
     run_precompute,
 )
@@ -500,3 +505,126 @@ def _is_pool_worker(p: Any) -> bool:
         return any("spawn_main" in a for a in p.cmdline())
     except psutil.Error:
         return False
+
+
+# ----- progress, interrupt, shard size, quick runs ---------------------------------------------
+
+
+def test_default_shard_size_gives_every_worker_several_shards() -> None:
+    assert auto_shard_size(300, 2) == 38  # 8 shards: no worker idles on a few hundred members
+    assert auto_shard_size(300, 1) == 1_000  # one worker: shards only bound a resume's loss
+    assert auto_shard_size(100_000, 2) == 1_000
+    assert auto_shard_size(30, 2) == 10  # never tiny shards
+
+
+def test_a_resume_keeps_the_shard_size_of_the_run_it_resumes(
+    tiny_model: Path, users_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pages"
+    kw: dict[str, Any] = {"users_file": users_file, "devices": ["tv"], "times": [AT]}
+    first = run_precompute(tiny_model, out, workers=2, progress=False, **kw)
+    assert first.spec.shard_size == auto_shard_size(N_USERS, 2) == 10
+    assert first.spec.n_shards == 3
+    # With another number of workers the default would differ; the resume keeps 10.
+    again = run_precompute(tiny_model, out, workers=1, progress=False, **kw)
+    assert again.exit_code == 0 and again.spec.shard_size == 10 and again.shards_resumed == 3
+
+
+def test_limit_and_sample_pick_users_for_a_quick_run(
+    tiny_model: Path, model_users: list[str], tmp_path: Path
+) -> None:
+    users = np.array(model_users)
+    assert list(pick_users(users, 5, None, 0)) == model_users[:5]
+    drawn = list(pick_users(users, None, 5, seed=3))
+    assert drawn == list(pick_users(model_users, None, 5, seed=3))  # array or list alike
+    assert len(set(drawn)) == 5 and drawn == sorted(drawn, key=model_users.index)
+    assert drawn != list(pick_users(users, None, 5, seed=4))
+    assert list(pick_users(users, None, 10**6, seed=3)) == model_users  # more than there are
+    out = tmp_path / "sample"
+    result = run_precompute(
+        tiny_model, out, devices=["tv"], times=[AT], workers=1, sample=5, seed=3, progress=False
+    )
+    assert result.exit_code == 0 and result.spec.n_users == 5
+    assert [orjson.loads(line)["user_id"] for line in _lines(out)] == drawn
+    with pytest.raises(BadRequestError, match="not both"):
+        run_precompute(tiny_model, tmp_path / "x", limit=2, sample=2, progress=False)
+    with pytest.raises(BadRequestError, match="--limit must be at least 1"):
+        run_precompute(tiny_model, tmp_path / "x", limit=0, progress=False)
+    code = cli_main(["precompute", str(tiny_model), str(tmp_path / "cli"), *ONE_CONTEXT,
+                     "--limit", "3", "--workers", "1"])  # fmt: skip
+    assert code == 0
+    assert orjson.loads((tmp_path / "cli" / MANIFEST).read_bytes())["users"]["count"] == 3
+
+
+def test_progress_off_a_terminal_is_plain_lines_that_move_per_page(
+    tiny_model: Path, users_file: Path, tmp_path: Path
+) -> None:
+    """One shard of 24 pages: the progress still moves page by page (not a shard at a time),
+    as plain lines without a carriage return, the last one at 100%."""
+    log = io.StringIO()  # not a terminal
+    result = run_precompute(
+        tiny_model,
+        tmp_path / "pages",
+        users_file=users_file,
+        devices=["tv"],
+        times=[AT],
+        workers=1,
+        shard_size=N_USERS,
+        log=log,
+        progress_seconds=0.001,
+    )
+    assert result.exit_code == 0
+    text = log.getvalue()
+    assert "\r" not in text
+    counts = [int(n) for n in re.findall(r"^precompute: (\d+)/24 pages", text, re.M)]
+    assert counts and counts[-1] == 24 and text.rstrip().splitlines()[-1].count("(100%)") == 1
+    assert any(0 < n < N_USERS for n in counts), text  # inside the only shard
+    assert counts == sorted(counts)
+
+
+@pytest.mark.slow
+def test_sigint_stops_within_seconds_and_the_resume_is_identical(
+    reference: Path, tiny_model: Path, users_file: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C as a terminal sends it (SIGINT to the whole process group, workers included):
+    the run stops within a few seconds, exit 130, the manifest lists exactly the shards that
+    are complete, no temporary file is left, and the same command then finishes the job with
+    the bytes of an uninterrupted run."""
+    out = tmp_path / "pages"
+    args = ["precompute", str(tiny_model), str(out), *ONE_CONTEXT]
+    args += ["--users", str(users_file), "--workers", "2", "--shard-size", str(SHARD_SIZE)]
+    n_shards = orjson.loads((reference / MANIFEST).read_bytes())["n_shards"]
+    proc = subprocess.Popen(
+        rowrank_cmd(*args),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while _count_done(out) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "precompute made no progress"
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr.decode()[-2000:]
+    assert took < 5, f"took {took:.1f} s to stop"
+    manifest = orjson.loads((out / MANIFEST).read_bytes())
+    assert manifest["completed"] is False
+    listed = {s["shard"] for s in manifest["shards"]}
+    assert 2 <= len(listed) < n_shards, "the run finished before the interrupt: add shards"
+    assert listed == {int(p.stem.split("-")[1]) for p in (out / DONE_DIR).glob("*.json")}
+    for s in manifest["shards"]:
+        assert hashlib.sha256((out / s["file"]).read_bytes()).hexdigest() == s["sha256"]
+    assert len(list(out.glob("shard-*"))) == len(listed)  # no shard file beyond the listed
+    assert not [p for p in out.rglob("*") if ".tmp." in p.name]
+    assert f"interrupted: {len(listed)} of {n_shards} shard(s) complete" in stdout.decode()
+    final = run_rowrank(*args)
+    assert final.returncode == 0, final.stderr.decode()
+    assert f"{len(listed)} already done" in final.stdout.decode()
+    assert _tree(out) == _tree(reference)
