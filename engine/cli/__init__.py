@@ -10,15 +10,26 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 from pathlib import Path
 
+import orjson
+
 from engine.errors import BadRequestError, DataError, RowrankError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEMO_DIR = "rowrank-demo"  # `rowrank demo` keeps its world and model here
+# The paths the README's quickstart creates, so every --help example can be run as it reads.
+EXAMPLE_DATA, EXAMPLE_MODEL = "data/sim", "models/sim"
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from engine.data.movielens import import_movielens
+    if args.format == "table":
+        from engine.data.table import import_table
 
-    ds = import_movielens(Path(args.src), Path(args.out))
+        users = Path(args.users) if args.users else None
+        ds = import_table(Path(args.plays), Path(args.titles), Path(args.out), users)
+    else:
+        from engine.data.movielens import import_movielens
+
+        ds = import_movielens(Path(args.src), Path(args.out))
     print(
         f"imported {ds.source}: {ds.plays.height:,} plays, {ds.users.height:,} users, "
         f"{ds.titles.height:,} titles -> {args.out}"
@@ -43,18 +54,53 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from engine.cli.demo import run_demo
 
-    return run_demo(out=Path(args.out) if args.out else None, quick=args.quick)
+    return run_demo(out=Path(args.out), quick=args.quick)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from engine.config import DEFAULT_CONFIG, load_config
+
+    layers = f"built-in {DEFAULT_CONFIG}" + (f" + {args.config}" if args.config else "")
+    print(f"# the effective engine config: {layers}")
+    sys.stdout.write(load_config(args.config).to_toml())
+    return EXIT_OK
+
+
+def _cmd_users(args: argparse.Namespace) -> int:
+    from engine.data.history import History
+    from engine.training.model_dir import HISTORY_DIR, read_manifest
+
+    model_dir = Path(args.model_dir)
+    read_manifest(model_dir)  # a missing or damaged model directory, said as such
+    ids = History.load(model_dir / HISTORY_DIR).user_ids
+    shown = ids if args.limit is None else ids[: args.limit]
+    sys.stdout.write("".join(f"{u}\n" for u in shown.tolist()))
+    return EXIT_OK
 
 
 Command = tuple[str, str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("format", choices=["movielens"], help="source format")
-    p.add_argument(
-        "src", help="directory with the MovieLens files (ml-100k, ml-1m/10m, ml-latest*)"
+    formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    ml = formats.add_parser(
+        "movielens",
+        help="the public MovieLens files (ml-100k, ml-1m/10m, ml-latest*, ml-20m/25m/32m)",
+        epilog=f"Example: rowrank import movielens ~/ml-latest-small {EXAMPLE_DATA}",
     )
-    p.add_argument("out", help="dataset directory to write (Parquet + dataset.json)")
+    ml.add_argument("src", help="directory with the MovieLens files")
+    ml.add_argument("out", help="dataset directory to write (Parquet + dataset.json)")
+    table = formats.add_parser(
+        "table",
+        help="your own plays and titles, CSV or Parquet (columns: engine/data/table.py)",
+        description="Plays need user_id, title_id, ts (ISO 8601 or Unix seconds); titles need "
+        "title_id, name; every other column is optional (docs/data.md).",
+        epilog="Example: rowrank import table plays.csv titles.csv data/mine",
+    )
+    table.add_argument("plays", help="plays file: user_id, title_id, ts [, device, progress, ...]")
+    table.add_argument("titles", help="titles file: title_id, name [, genres, countries, ...]")
+    table.add_argument("out", help="dataset directory to write (Parquet + dataset.json)")
+    table.add_argument("--users", help="users file: user_id [, country, maturity_max, created_at]")
 
 
 def _validate_args(p: argparse.ArgumentParser) -> None:
@@ -62,8 +108,33 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", help="keep the demo's files here instead of a temporary directory")
+    p.add_argument(
+        "--out",
+        default=DEMO_DIR,
+        help=f"where the demo keeps its world and model (default ./{DEMO_DIR}; a second run "
+        "reuses them)",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny world and small models (seconds)")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["show"], help="show: print the effective config as TOML")
+    p.add_argument("--config", help="engine config TOML layered over the built-in one")
+
+
+def _users_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", help="model directory written by `rowrank train`")
+    p.add_argument("--limit", type=_count, help="print at most N ids")
+
+
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 0")
+    return n
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -107,7 +178,16 @@ def _page_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", required=True, help="user id (unknown ids get a cold-start page)")
     p.add_argument("--device", default="tv", help="tv, mobile, tablet or web (default tv)")
     p.add_argument("--at", help="request time, ISO 8601 (default: now)")
-    p.add_argument("--country", help="country code (default: the member's)")
+    p.add_argument(
+        "--country",
+        help="country code (default: the member's, else the config's [serving] default_country)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["json", "pretty", "table"],
+        default="json",
+        help="json: the page's bytes (default); pretty: indented JSON; table: a row a line",
+    )
 
 
 def _cmd_page(args: argparse.Namespace) -> int:
@@ -122,14 +202,16 @@ def _cmd_page(args: argparse.Namespace) -> int:
             f"country {args.country!r} is not a two-letter upper-case ISO 3166 code (e.g. US, DE)"
         )
     page = engine.load(Path(args.model_dir)).page(args.user, device, at, args.country)
-    sys.stdout.buffer.write(page.to_json() + b"\n")
-    if not page.rows and page.context.country is None and page.trace.get("cold_start"):
-        # A valid answer, but an empty one for a reason the JSON cannot say.
-        print(
-            f"note: {args.user!r} is not in the model and no --country was given, so only titles "
-            "licensed in every country may be shown and none is; pass --country",
-            file=sys.stderr,
-        )
+    if args.format == "table":
+        from engine.cli.show import page_table
+
+        sys.stdout.write(page_table(page))
+    elif args.format == "pretty":
+        sys.stdout.buffer.write(orjson.dumps(page.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        sys.stdout.buffer.write(page.to_json() + b"\n")
+    for warning in page.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -137,50 +219,50 @@ def _cmd_page(args: argparse.Namespace) -> int:
 COMMANDS: list[Command] = [
     (
         "import",
-        "Convert public data (MovieLens 100k/1m/10m/latest) into a rowrank dataset.",
-        "rowrank import movielens ~/ml-latest-small data/ml",
+        "Convert MovieLens files, or your own plays and titles (CSV/Parquet), into a dataset.",
+        f"rowrank import movielens ~/ml-latest-small {EXAMPLE_DATA}",
         _import_args,
         _cmd_import,
     ),
     (
         "validate",
         "Check a dataset against the schema; print every problem, or a summary.",
-        "rowrank validate data/ml",
+        f"rowrank validate {EXAMPLE_DATA}",
         _validate_args,
         _cmd_validate,
     ),
     (
         "demo",
         "Simulate a world, train the engine, print one member's pages in four contexts.",
-        "rowrank demo",
+        f"rowrank demo   (keeps ./{DEMO_DIR}/world and ./{DEMO_DIR}/model)",
         _demo_args,
         _cmd_demo,
     ),
     (
         "simulate",
         "Generate a simulated streaming world: a dataset plus its ground truth.",
-        "rowrank simulate data/sim --users 5000 --titles 2000 --days 60 --seed 0",
+        f"rowrank simulate {EXAMPLE_DATA} --users 300 --titles 200 --days 20",
         lambda p: import_module("engine.sim.simulate").add_arguments(p),
         lambda args: import_module("engine.sim.simulate").cli(args),
     ),
     (
         "train",
         "Fit the rankers and the page model on a dataset; write a model directory.",
-        "rowrank train data/sim models/demo",
+        f"rowrank train {EXAMPLE_DATA} {EXAMPLE_MODEL}",
         _train_args,
         _cmd_train,
     ),
     (
         "page",
         "Print one member's homepage as JSON (the bytes engine.load(d).page(...) gives).",
-        "rowrank page models/demo --user u000042 --device mobile --at 2025-03-06T22:00:00",
+        f"rowrank page {EXAMPLE_MODEL} --user u000042 --device mobile --at 2025-01-26T21:00:00",
         _page_args,
         _cmd_page,
     ),
     (
         "precompute",
         "Precompute every user's pages into sharded files (local cores or Dask); resumable.",
-        "rowrank precompute models/demo out/pages --device tv --device mobile --workers 2",
+        f"rowrank precompute {EXAMPLE_MODEL} out/pages --device tv --device mobile --workers 2",
         lambda p: import_module("engine.serving.precompute").add_arguments(p),
         lambda args: import_module("engine.serving.precompute").cli(args),
     ),
@@ -194,9 +276,23 @@ COMMANDS: list[Command] = [
     (
         "serve",
         "Serve pages over HTTP: JSON API, HTML preview, /metrics, model hot swap.",
-        "rowrank serve models/demo --port 8000 --workers 2",
+        f"rowrank serve {EXAMPLE_MODEL} --port 8000 --workers 2",
         _serve_args,
         lambda args: import_module("engine.serving.runner").run_cli(args),
+    ),
+    (
+        "users",
+        "List the member ids a model knows, one a line.",
+        f"rowrank users {EXAMPLE_MODEL} --limit 5",
+        _users_args,
+        _cmd_users,
+    ),
+    (
+        "config",
+        "Print the effective engine config (the built-in one, with --config FILE over it).",
+        "rowrank config show --config engine.toml",
+        _config_args,
+        _cmd_config,
     ),
 ]
 
@@ -207,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Homepage row ranking: rankers propose rows, a page model orders them.",
         epilog="Example: rowrank demo",
     )
+    parser.add_argument("--version", action="version", version=f"rowrank {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_line, example, add_args, run in COMMANDS:
         p = sub.add_parser(
@@ -215,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_args(p)
         p.set_defaults(run=run)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rowrank")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,9 @@ The clock is the moment the data was exported: nothing in the tables may be late
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +16,7 @@ import orjson
 import polars as pl
 
 from engine.data.columns import IMPRESSIONS, PLAYS, SCHEMA, TITLES, USERS, Col
-from engine.errors import DataError
+from engine.errors import ConfigError, DataError
 
 MANIFEST = "dataset.json"
 SCHEMA_VERSION = 1
@@ -70,6 +73,34 @@ def save_dataset(ds: Dataset, directory: Path) -> None:
         "source": ds.source,
     }
     (directory / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+
+
+def save_replacing(ds: Dataset, out: Path) -> None:
+    """Write the dataset beside `out`, then swap it in: a failed import leaves `out` as it was,
+    and no file of a dataset `out` held before (its impressions, say) survives into this one."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory: choose a dataset directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ConfigError(
+            f"{out} is not empty and is not a rowrank dataset directory (no {MANIFEST}): "
+            "refusing to replace it; choose a new or empty directory"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkdtemp: its mode 0700 would become the dataset directory's.
+    tmp = out.with_name(f".{out.name}.import-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        save_dataset(ds, tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def load_dataset(directory: Path, *, validate: bool = True) -> Dataset:

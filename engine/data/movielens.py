@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +22,8 @@ from typing import NoReturn
 import polars as pl
 
 from engine.data.columns import STR_LIST, TIMESTAMP, Col
-from engine.data.dataset import MANIFEST as DATASET_MANIFEST
-from engine.data.dataset import Dataset, save_dataset
-from engine.errors import ConfigError, DataError, ImportFormatError
+from engine.data.dataset import Dataset, save_replacing
+from engine.errors import DataError, ImportFormatError
 
 DOWNLOAD = "https://grouplens.org/datasets/movielens/"
 # ml-100k's u.item genre flags, in file order (the same list as its u.genre).
@@ -182,36 +178,8 @@ def import_movielens(src: Path, out: Path) -> Dataset:
     problems = validate_dataset(ds)
     if problems:
         raise DataError(problems)
-    _save_replacing(ds, Path(out))
+    save_replacing(ds, Path(out))
     return ds
-
-
-def _save_replacing(ds: Dataset, out: Path) -> None:
-    """Write the dataset beside `out`, then swap it in: a failed import leaves `out` as it was,
-    and no file of a dataset `out` held before (its impressions, say) survives into this one."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a directory: choose a dataset directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / DATASET_MANIFEST).is_file():
-        raise ConfigError(
-            f"{out} is not empty and is not a rowrank dataset directory (no {DATASET_MANIFEST}): "
-            "refusing to replace it; choose a new or empty directory"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkdtemp: its mode 0700 would become the dataset directory's.
-    tmp = out.with_name(f".{out.name}.import-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        save_dataset(ds, tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ----- reading -----------------------------------------------------------------------------------

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+from importlib.metadata import version
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from engine.cli import COMMANDS, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from engine.cli import (
+    COMMANDS,
+    DEMO_DIR,
+    EXAMPLE_DATA,
+    EXAMPLE_MODEL,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    main,
+)
 from engine.data.columns import Col
 
 
@@ -73,17 +85,69 @@ def test_import_broken_source_names_file_and_line(
     assert err.startswith(f"error: {src / 'ratings.csv'}: line 4: movieId 'abc' is not an integer")
 
 
-def test_demo_runs_offline_and_keeps_files_with_out(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_demo_keeps_its_files_and_every_printed_command_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # `--quick`: the tiny world and small models (the full demo takes about a minute).
-    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == EXIT_OK
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quick"]) == EXIT_OK
     printed = capsys.readouterr().out
     assert "homepages of member" in printed
     assert printed.count("visible (") == 4  # two devices x two times of day
-    assert (tmp_path / "demo" / "world" / "plays.parquet").is_file()
-    assert (tmp_path / "demo" / "model" / "manifest.json").is_file()
-    assert main(["validate", str(tmp_path / "demo" / "world")]) == EXIT_OK
+    demo = Path(DEMO_DIR)
+    assert (demo / "world" / "plays.parquet").is_file()
+    assert (demo / "model" / "manifest.json").is_file()
+    assert f"files in {DEMO_DIR} (kept" in printed
+    commands = [line.strip() for line in printed.split("Next:\n", 1)[1].splitlines()]
+    commands = [c.split("   #")[0] for c in commands if c.startswith("rowrank ")]
+    assert len(commands) == 4 and commands[-1].startswith(f"rowrank serve {demo / 'model'}")
+    for command in commands[:-1]:  # serving is tested in tests/serving
+        assert main(shlex.split(command)[1:]) == EXIT_OK, command
+        out = capsys.readouterr().out
+        assert out.strip(), command
+    member = re.search(r"--user (\S+)", commands[0])
+    assert member is not None and member[1] in printed.split("homepages of member ")[1]
+    assert main(["validate", str(demo / "world")]) == EXIT_OK
+    capsys.readouterr()
+
+    # A second run reuses the world and the model: no simulation, no training.
+    model_files = sorted(p.name for p in (demo / "model").iterdir())
+    assert main(["demo", "--quick"]) == EXIT_OK
+    again = capsys.readouterr().out
+    assert f"reusing the world in {demo / 'world'}" in again
+    assert f"reusing the model in {demo / 'model'}" in again
+    pages = again.split("homepages of member")[1].split("\ndone in")[0]
+    assert pages == printed.split("homepages of member")[1].split("\ndone in")[0]
+    assert sorted(p.name for p in (demo / "model").iterdir()) == model_files
+
+    # Another demo's settings, or a directory that is not a demo's, are never overwritten.
+    assert main(["demo"]) == EXIT_USAGE
+    assert "holds another demo world" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["demo", "--quick", "--out", "mine"]) == EXIT_USAGE
+    assert "is not a rowrank demo directory" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"rowrank {version('rowrank')}\n"
+
+
+def test_help_examples_use_the_paths_the_readme_creates() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert f"rowrank simulate {EXAMPLE_DATA} " in readme
+    assert f"rowrank train {EXAMPLE_DATA} {EXAMPLE_MODEL}" in readme
+    for name, _, example, *_ in COMMANDS:
+        words = example.split()
+        # Every model directory an example names is the README's, or the demo's.
+        for word in words:
+            if word.startswith(("models/", "data/")):
+                assert word in (EXAMPLE_DATA, EXAMPLE_MODEL), (name, example)
+        assert "models/demo" not in example and "data/ml " not in example + " "
 
 
 @pytest.mark.parametrize("argv", [["--help"], *[[name, "--help"] for name, *_ in COMMANDS]])
@@ -92,3 +156,10 @@ def test_help_shows_an_example(argv: list[str], capsys: pytest.CaptureFixture[st
         main(argv)
     assert info.value.code == 0
     assert "Example: rowrank" in capsys.readouterr().out
+
+
+def test_make_test_says_why_tests_were_skipped() -> None:
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text(encoding="utf-8")
+    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    (pytest_line,) = [line for line in recipe.splitlines() if "/pytest" in line]
+    assert "-rs" in pytest_line.split("#")[0].split()
