@@ -15,6 +15,10 @@ Routes (docs/serve.md, engine/serving/static/openapi.json):
     GET  /preview/{user_id}?device=&at=&country=         the page as HTML (engine.serving.preview)
     POST /v1/admin/reload                                hot swap (Bearer ROWRANK_ADMIN_TOKEN)
     GET  /healthz  /readyz  /metrics  /openapi.json
+    GET  /                                               links to all of the above
+
+A page built more than `[serving] stale_after_days` past the model's data cut-off carries the
+warning in the header x-rowrank-warning (engine.pipeline.Engine.staleness).
 
 Where the rest lives, in engine/serving/: `params` parses requests at the edge, `model_holder`
 holds the live model and swaps it, `service` builds a page with its fallback, `metrics` counts,
@@ -29,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import html
 import logging
 import os
 import threading
@@ -37,6 +42,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio.to_thread
 import orjson
@@ -86,6 +92,7 @@ ROUTE_PAGE = "/v1/users/{user_id}/page"
 ROUTE_BATCH = "/v1/pages"
 ROUTE_RELOAD = "/v1/admin/reload"
 ROUTE_PREVIEW = "/preview/{user_id}"
+WARNING_HEADER = "x-rowrank-warning"  # a page's warnings (Page.warnings), e.g. stale data
 
 
 @dataclass
@@ -120,10 +127,21 @@ async def get_page(request: Request) -> Response:
     req = parse_fields(request.path_params["user_id"], parse_query(request), "query")
     eng = svc.holder.require()
     built: Built = await build_in_thread(svc, svc.build, eng, req)
-    headers = {"x-model-version": str(eng.model_version)}
+    headers = {"x-model-version": str(eng.model_version), **warning_header([built])}
     if built.page_id is not None:
         headers["x-page-id"] = built.page_id
     return Response(built.body, headers=headers, media_type=JSON)
+
+
+def warning_header(built: list[Built]) -> dict[str, str]:
+    """{WARNING_HEADER: text} when a page has warnings: the first one, and for a batch how many
+    pages have any (they differ only in the numbers, e.g. days past the cut-off)."""
+    warned = [w for b in built for w in getattr(b.page, "warnings", ())[:1]]
+    if not warned:
+        return {}
+    text = warned[0] if len(built) == 1 else f"{len(warned)} of {len(built)} pages: {warned[0]}"
+    # Header values are Latin-1: anything else is replaced rather than failing the page.
+    return {WARNING_HEADER: text.encode("latin-1", "replace").decode("latin-1")}
 
 
 async def post_pages(request: Request) -> Response:
@@ -132,10 +150,40 @@ async def post_pages(request: Request) -> Response:
     eng = svc.holder.require()
     built: list[Built] = await build_in_thread(svc, svc.build_many, eng, reqs)
     body = b'{"pages":[' + b",".join(b.body for b in built) + b"]}"
-    headers = {"x-model-version": str(eng.model_version)}
+    headers = {"x-model-version": str(eng.model_version), **warning_header(built)}
     if svc.logger is not None:
         headers["x-page-ids"] = ",".join(b.page_id or "" for b in built)
     return Response(body, headers=headers, media_type=JSON)
+
+
+async def index(request: Request) -> Response:
+    """Links to what the server offers, with a real member's preview once a model is loaded."""
+    eng = service_of(request).holder.engine
+    example = ""
+    history = getattr(eng, "history", None)
+    if history is not None and len(history.user_ids):
+        user = str(history.user_ids[0])
+        example = (
+            f' (e.g. <a href="/preview/{quote(user, safe="")}">{html.escape(user)}</a>, '
+            f"at a time near the data cut-off: add <code>?at=...</code>)"
+        )
+    model = f"model {html.escape(str(eng.model_version))}" if eng is not None else "no model yet"
+    links = "".join(
+        f'<li><a href="{href}">{html.escape(href)}</a>: {text}</li>'
+        for href, text in (
+            ("/preview", f"a member's page as HTML{example}"),
+            ("/openapi.json", "the API (OpenAPI 3.1): pages as JSON, batches, model reload"),
+            ("/healthz", "liveness"),
+            ("/readyz", "readiness: which model is loaded"),
+            ("/metrics", "Prometheus metrics"),
+        )
+    )
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>rowrank</title>'
+        '<link rel="stylesheet" href="/preview.css"></head><body><header><h1>rowrank</h1>'
+        f"<p>{model}</p></header><main><ul>{links}</ul></main></body></html>"
+    )
+    return Response(body.encode(), media_type="text/html; charset=utf-8")
 
 
 async def healthz(request: Request) -> Response:
@@ -290,6 +338,7 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/", index, methods=["GET"]),
     ]
 
     @contextlib.asynccontextmanager

@@ -100,8 +100,13 @@ def _render_preview_page(
         summary = (
             f'<p class="summary">{len(page.rows)} rows for <b>{e(page.user_id)}</b> on '
             f"<b>{e(ctx.device)}</b> at <b>{e(ctx.local_time.isoformat())}</b> "
-            f"(weekday {ctx.weekday}, hour {ctx.hour}), model {e(str(page.model_version))}"
+            f"(weekday {ctx.weekday}, hour {ctx.hour})"
+            f"{'' if ctx.country is None else f' in <b>{e(ctx.country)}</b>'}, "
+            f"model {e(str(page.model_version))}"
             f"{' — <b>fallback page</b>' if page.fallback else ''}</p>"
+        )
+        summary += "".join(
+            f'<p class="warning" role="status">{e(w)}</p>' for w in getattr(page, "warnings", ())
         )
     return Template(static_file("preview.html").decode()).substitute(
         title=e(f"rowrank preview — {user_id}" if user_id else "rowrank preview"),

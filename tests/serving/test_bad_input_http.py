@@ -325,7 +325,8 @@ def test_reload_of_a_bad_model_is_refused_and_the_old_one_serves(
     check_error(r, 422, "model_load_failed", [*words, "the previous model keeps serving"])
     assert metric(server, 'rowrank_model_reloads_total{result="failed"}') == failed + 1
     # Pages still build (the preview: not logged as impressions, so `unchanged` holds).
-    page = requests.get(f"{server}/preview/u1", params={"at": AT}, timeout=TIMEOUT)
+    params = {"at": AT, "country": "US"}
+    page = requests.get(f"{server}/preview/u1", params=params, timeout=TIMEOUT)
     assert page.status_code == 200
 
 

@@ -321,7 +321,7 @@ def test_health_ready_and_openapi_cover_every_route(live: str) -> None:
     from engine.serving.http import ROUTE_BATCH, ROUTE_PAGE, ROUTE_PREVIEW, ROUTE_RELOAD
 
     served = {ROUTE_PAGE, ROUTE_BATCH, ROUTE_PREVIEW, ROUTE_RELOAD, "/preview", "/preview.css"}
-    served |= {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+    served |= {"/healthz", "/readyz", "/metrics", "/openapi.json", "/"}
     assert set(spec["paths"]) == served
     for path in served:  # each documented route answers (none is a 404)
         method = "post" if path in (ROUTE_BATCH, ROUTE_RELOAD) else "get"
@@ -341,7 +341,9 @@ def test_metrics_count_requests_latency_and_model(
     for _ in range(3):
         assert requests.get(f"{url}/v1/users/{users[0]}/page?device=tv").status_code == 200
     assert requests.get(f"{url}/v1/users/{users[0]}/page?device=vcr").status_code == 400
-    r = requests.post(f"{url}/v1/pages", json={"requests": [{"user_id": u} for u in users]})
+    # A country for the cold-start member (it has none of its own: engine.pipeline resolve).
+    batch = [{"user_id": u, "country": "US"} for u in users]
+    r = requests.post(f"{url}/v1/pages", json={"requests": batch})
     assert r.status_code == 200
     text = requests.get(f"{url}/metrics").text
     page_route = 'route="/v1/users/{user_id}/page",method="GET"'
@@ -631,11 +633,13 @@ def test_served_pages_are_logged_once_on_clean_shutdown(
     try:
         for i, user in enumerate(users):
             device = ("tv", "mobile", "tablet", "web")[i % 4]
-            r = requests.get(f"{url}/v1/users/{user}/page", params={"device": device, "at": AT})
+            params = {"device": device, "at": AT, "country": "US"}
+            r = requests.get(f"{url}/v1/users/{user}/page", params=params)
             ids.append(r.headers["x-page-id"])
             pages.append(r.json())
         r = requests.post(
-            f"{url}/v1/pages", json={"requests": [{"user_id": u, "at": AT} for u in users]}
+            f"{url}/v1/pages",
+            json={"requests": [{"user_id": u, "at": AT, "country": "US"} for u in users]},
         )
         ids += r.headers["x-page-ids"].split(",")
         pages += r.json()["pages"]
