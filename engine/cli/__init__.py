@@ -86,7 +86,7 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     ml = formats.add_parser(
         "movielens",
         help="the public MovieLens files (ml-100k, ml-1m/10m, ml-latest*, ml-20m/25m/32m)",
-        epilog=f"Example: rowrank import movielens ~/ml-latest-small {EXAMPLE_DATA}",
+        epilog="Example: rowrank import movielens ~/ml-latest-small data/ml",
     )
     ml.add_argument("src", help="directory with the MovieLens files")
     ml.add_argument("out", help="dataset directory to write (Parquet + dataset.json)")
@@ -220,7 +220,7 @@ COMMANDS: list[Command] = [
     (
         "import",
         "Convert MovieLens files, or your own plays and titles (CSV/Parquet), into a dataset.",
-        f"rowrank import movielens ~/ml-latest-small {EXAMPLE_DATA}",
+        "rowrank import movielens ~/ml-latest-small data/ml",
         _import_args,
         _cmd_import,
     ),
