@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -167,3 +168,17 @@ def test_make_test_says_why_tests_were_skipped() -> None:
     recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
     (pytest_line,) = [line for line in recipe.splitlines() if "/pytest" in line]
     assert "-rs" in pytest_line.split("#")[0].split()
+
+
+def test_demo_says_how_to_run_rowrank_when_it_is_not_on_the_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from engine.cli.demo import _rowrank_hint
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing named rowrank on it
+    hint = _rowrank_hint()
+    script = Path(sys.executable).parent / "rowrank"
+    assert script.exists()  # the test runs in the project's virtualenv
+    assert "is not on your PATH" in hint and "bin/activate" in hint and "bin/rowrank" in hint
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert _rowrank_hint() == ""
