@@ -234,7 +234,7 @@ def parse_config(doc: dict[str, Any], *, source: str = "engine config") -> Engin
         raise ConfigError(f"{source}: needs at least one [rankers.<name>] table with a `type`")
     disabled = {name for name, table in raw_rankers.items() if _disabled(name, table, source)}
     rankers = {
-        name: _parse_ranker(name, table, source)
+        name: _parse_ranker(name, table, source, [n for n in raw_rankers if n != name])
         for name, table in raw_rankers.items()
         if name not in disabled
     }
@@ -300,7 +300,7 @@ def _disabled(name: str, table: Any, source: str) -> bool:
     return not enabled
 
 
-def _parse_ranker(name: str, table: Any, source: str) -> RankerSpec:
+def _parse_ranker(name: str, table: Any, source: str, others: list[str]) -> RankerSpec:
     where = f"{source}: [rankers.{name}]"
     if not _INSTANCE_NAME.match(name):
         raise ConfigError(
@@ -313,7 +313,8 @@ def _parse_ranker(name: str, table: Any, source: str) -> RankerSpec:
     keys.pop("enabled", None)
     type_name = keys.pop("type", None)
     if not isinstance(type_name, str):
-        raise ConfigError(f'{where} needs `type = "<ranker type>"`')
+        # Most often a misspelt instance: `[rankers.top_pick] row_length = 30` is a new one.
+        raise ConfigError(f'{where} needs `type = "<ranker type>"`{_did_you_mean(name, others)}')
     try:
         cls = ranker_type(type_name)
     except ConfigError as exc:

@@ -80,6 +80,7 @@ def test_wrong_type_names_instance_and_key(tmp_path: Path) -> None:
         ("[rankers.x]\nmax_titles = 3\n", r"\[rankers\.x\] needs `type"),
         ('[rankers."Bad:Name"]\ntype = "trending"\n', r"lower_snake_case"),
         ('[ranker.x]\ntype = "trending"\n', r"unknown section\(s\) ranker; did you mean 'rankers'"),
+        ("[rankers.top_pick]\nrow_length = 30\n", r"needs `type.*did you mean 'top_picks'"),
         (
             '[rankers.x]\ntype = "trendng"\n',
             r"unknown ranker type 'trendng'.*did you mean 'trending'",
