@@ -6,8 +6,10 @@ required; the others take a documented default (docs/data.md describes every col
     plays   user_id, title_id, ts        ts: ISO 8601 (UTC when it has no offset) or Unix seconds
             [device, seconds_watched, progress, rating]   progress defaults to 1.0 (watched)
     titles  title_id, name
-            [kind, genres, release_year, duration_min, maturity, countries, added_at]
-            genres / countries: lists in Parquet, "|"-separated in CSV ("Comedy|Drama");
+            [kind, genres, release_year, duration_min, maturity, countries, added_at,
+             series_id, episode, cast, directors, tags]
+            genres, countries, cast, directors, tags: lists in Parquet, "|"-separated in CSV
+            ("Comedy|Drama");
             no countries = licensed everywhere; added_at defaults to the title's first play
     users   user_id [country, maturity_max, created_at]   (the file is optional: without it
             every member of the plays is a user, country unknown, created at their first play)
@@ -43,7 +45,21 @@ TITLES_OPTIONAL = (
     Col.MATURITY,
     Col.COUNTRIES,
     Col.ADDED_AT,
+    Col.SERIES_ID,
+    Col.EPISODE,
+    Col.CAST,
+    Col.DIRECTORS,
+    Col.TAGS,
 )
+# Optional title columns, kept only when the file has them (nullable in the schema); None marks
+# a list column.
+TITLES_IF_GIVEN: dict[str, type[pl.DataType] | None] = {
+    Col.SERIES_ID: pl.String,
+    Col.EPISODE: pl.Int32,
+    Col.CAST: None,
+    Col.DIRECTORS: None,
+    Col.TAGS: None,
+}
 USERS_REQUIRED = (Col.USER_ID,)
 USERS_OPTIONAL = (Col.COUNTRY, Col.MATURITY_MAX, Col.CREATED_AT)
 
@@ -161,6 +177,11 @@ def _titles(raw: pl.DataFrame, first_play: pl.DataFrame, clock: datetime) -> pl.
         _or(frame, Col.MATURITY, pl.Int8, 0),
         _list(frame, Col.COUNTRIES),
         added,
+        *[
+            _list(frame, c) if dtype is None else _or(frame, c, dtype, None)
+            for c, dtype in TITLES_IF_GIVEN.items()
+            if c in frame.columns
+        ],
     )
 
 

@@ -196,3 +196,24 @@ def test_rule_breaking_values_are_data_problems(tmp_path: Path, run_cli: RunCli)
     )
     assert code == EXIT_FAILED and "progress" in err
     assert not (tmp_path / "d").exists()
+
+
+def test_optional_title_columns_are_kept(tmp_path: Path, run_cli: RunCli) -> None:
+    write_tables(tmp_path, users=10, titles=10, days=3)
+    titles = pl.read_csv(tmp_path / "titles.csv", infer_schema=False).with_columns(
+        pl.when(pl.int_range(pl.len()) < 2).then(pl.lit("s1")).alias("series_id"),
+        pl.when(pl.int_range(pl.len()) < 2).then(pl.int_range(pl.len()) + 1).alias("episode"),
+        pl.lit("quiet| slow burn |").alias("tags"),
+        pl.lit("US|DE").alias("countries"),
+        pl.lit("series").alias("kind"),
+    )
+    titles.write_csv(tmp_path / "titles.csv")
+    argv = ["import", "table", tmp_path / "plays.csv", tmp_path / "titles.csv", tmp_path / "d"]
+    code, _, err = run_cli(*argv)
+    assert code == EXIT_OK, err
+    ds = load_dataset(tmp_path / "d")
+    assert ds.titles["series_id"].to_list()[:3] == ["s1", "s1", None]
+    assert ds.titles["episode"].to_list()[:3] == [1, 2, None]
+    assert ds.titles["tags"][0].to_list() == ["quiet", "slow burn"]
+    assert ds.titles["countries"][0].to_list() == ["US", "DE"]
+    assert "cast" not in ds.titles.columns  # not given: left out, as the schema allows
