@@ -90,6 +90,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        # Pages by worker (all series kept, dead workers' too): how the kernel spread the load.
+        self.worker_pages = Gauge(
+            "rowrank_worker_pages",
+            "Pages built by each worker process (a pid label with several workers).",
+            multiprocess_mode="all",
+            registry=r,
+        )
         self._holder: ModelHolder | None = None
         self._logger: ImpressionLogger | None = None
         self._model: tuple[str, str] | None = None
@@ -165,6 +172,7 @@ class Metrics:
 
     def observe_page(self, seconds: float, failed_rankers: Iterable[str], fallback: bool) -> None:
         self.page_seconds.observe(seconds)
+        self.worker_pages.inc()
         if fallback:
             self.fallback_pages.inc()
         for name in failed_rankers:

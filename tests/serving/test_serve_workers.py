@@ -177,6 +177,13 @@ def test_metrics_sum_both_workers_from_any_scrape(tiny_model: Path) -> None:
             assert total(text, requests_total, route=page_route, status="200") == gets
             assert total(text, requests_total, route="/v1/pages", status="200") == posts
             assert total(text, "rowrank_model_ready") == 2  # two workers with a model
+            per_worker = {
+                int(dict(lab)["pid"]): v
+                for (n, lab), v in samples(text).items()
+                if n == "rowrank_worker_pages"
+            }
+            assert per_worker[min(pids)] + per_worker[max(pids)] == pages
+            assert all(per_worker[p] >= 3 for p in pids)
             info = [lab for (n, lab), v in samples(text).items() if n == "rowrank_model_info" and v]
             assert {dict(lab)["pid"] for lab in info} == {str(p) for p in pids}
 
