@@ -346,7 +346,7 @@ def test_bad_users_lines_are_reported_and_the_good_ones_run(
                 known[0].encode(),  # 1
                 b"",  # 2 bad: empty
                 known[1].encode(),  # 3
-                b"never-seen-user",  # 4 good: unknown users get a cold-start page
+                b"never-seen-user",  # 4 good: a user id the model does not know
                 known[0].encode(),  # 5 bad: duplicate of line 1
                 b"\xc3\x28",  # 6 bad: not UTF-8
                 known[2].encode() + b" extra",  # 7 bad: whitespace
@@ -356,18 +356,22 @@ def test_bad_users_lines_are_reported_and_the_good_ones_run(
     )
     out = tmp_path / "pages"
     args = ["precompute", str(tiny_model), str(out), "--users", str(users), *ONE_CONTEXT]
+    args += ["--shard-size", "2"]  # the known users in shard 0, the unknown one in shard 1
     code, _, err = run_cli(*args, "--workers", "1")
     assert code == 1, err
     for line in (2, 5, 6, 7):
         assert f"{users}:{line}: skipped" in err
     assert f"{users}:1:" not in err and f"{users}:4:" not in err
     assert "repeats line 1" in err and "1 listed user(s) unknown to the model" in err
+    # The tiny model's config names no default country and the member has none: their page
+    # is refused (a country is needed, not an empty page), which fails their shard only.
+    assert "shard 1" in err and "a country is needed" in err and "never-seen-user" in err
     pages = [orjson.loads(line) for line in _lines(out)]
-    assert [p["user_id"] for p in pages] == [known[0], known[1], "never-seen-user"]
+    assert [p["user_id"] for p in pages] == [known[0], known[1]]
     # The known users' pages are the ones the full run wrote.
     ref = {orjson.loads(line)["user_id"]: line for line in _lines(reference)}
-    assert _lines(out)[:2] == [ref[known[0]], ref[known[1]]]
-    # Rerun: still exit 1 for the same bad lines, nothing recomputed.
+    assert _lines(out) == [ref[known[0]], ref[known[1]]]
+    # Rerun: still exit 1, the finished shard not recomputed.
     code, out_text, _ = run_cli(*args)
     assert code == 1 and "1 already done, 0 run now" in out_text
 
