@@ -99,14 +99,15 @@ def _base_url(host: str, port: int) -> str:
 
 
 def preview_url(model_dir: Path, host: str, port: int) -> str | None:
-    """The preview URL of a real member of the model (the first with the most plays) at the
-    model's data cut-off, so the page has its Continue Watching and New Releases rows. None
-    when the model's history cannot be read (the workers then say why)."""
-    from datetime import UTC, datetime
+    """The preview URL of a real member of the model (the one with the most plays, among those
+    with a country when any has one) at prime time just after the model's data cut-off
+    (precompute's default time), so the page has its Continue Watching and New Releases rows.
+    None when the model's history cannot be read (the workers then say why)."""
     from urllib.parse import quote, urlencode
 
     import numpy as np
 
+    from engine.serving.precompute import default_at
     from engine.training.model_dir import read_history
 
     try:
@@ -115,8 +116,12 @@ def preview_url(model_dir: Path, host: str, port: int) -> str | None:
         return None
     if history.n_users == 0:
         return None
-    user = str(history.user_ids[int(np.argmax(np.diff(history.user_offsets)))])
-    at = datetime.fromtimestamp(history.cutoff_us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    plays = np.diff(history.user_offsets)
+    has_country = history.user_country != ""
+    if has_country.any():
+        plays = np.where(has_country, plays, -1)
+    user = str(history.user_ids[int(np.argmax(plays))])
+    at = default_at(int(history.cutoff_us)).strftime("%Y-%m-%dT%H:%M:%S")
     query = urlencode({"device": "tv", "at": at})
     return f"{_base_url(host, port)}/preview/{quote(user, safe='')}?{query}"
 
