@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +39,8 @@ def multiprocess_dir() -> str | None:
 
 class Metrics:
     """One worker's Prometheus metrics. `attach` gives it the worker's model holder and impression
-    logger, whose state (model loaded and its version, impressions logged) it mirrors at every
-    request the worker answers and at every scrape."""
+    logger, whose state (model loaded and its version, impressions logged) it mirrors when the
+    first model is loaded, at every reload, request the worker answers and scrape."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -129,6 +130,20 @@ class Metrics:
             for outcome in ("logged", "dropped"):  # both series from the start, at 0
                 self._impressions[0].labels(outcome)
         self.sync()
+        if holder.engine is None:  # the model loads in the background: mark it ready then
+            threading.Thread(
+                target=self._sync_once_loaded, args=(holder,), name="metrics-ready", daemon=True
+            ).start()
+
+    def _sync_once_loaded(self, holder: ModelHolder, poll: float = 0.2) -> None:
+        """Wait (bounded) for the initial load to end, then sync: a worker that has answered no
+        request yet still shows as ready."""
+        deadline = time.monotonic() + 3600
+        while holder.engine is None and holder.load_error is None:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(poll)
+        self.sync()
 
     def sync(self) -> None:
         """Copy the attached holder's and logger's state into the metrics (cheap: a few reads,
@@ -183,6 +198,7 @@ class Metrics:
 
     def count_reload(self, result: str) -> None:
         self.reloads.labels(result).inc()
+        self.sync()  # a reload (this worker's, or one it followed) changes the model
 
     def render(
         self, holder: ModelHolder | None = None, logger: ImpressionLogger | None = None

@@ -223,3 +223,29 @@ def test_a_hung_worker_is_killed_and_replaced(tiny_model: Path) -> None:
     assert server.proc.returncode == 0, "".join(server.lines)[-3000:]
     out = "".join(server.lines)
     assert f"worker {hung} has not answered for" in out
+
+
+def test_a_worker_shows_ready_once_its_model_loads_before_any_request() -> None:
+    """The model loads in a background thread: the metrics see it without waiting for a
+    request (one process here; the series are the same in each worker)."""
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+
+    from engine.serving.metrics import Metrics
+
+    holder = SimpleNamespace(engine=None, load_error=None, model_dir="/models/a")
+    metrics = Metrics()
+    metrics.attach(holder, None)  # type: ignore[arg-type]
+
+    def ready() -> float:  # the registry as is, without the sync a scrape does
+        return total(generate_latest(metrics.registry).decode(), "rowrank_model_ready")
+
+    assert ready() == 0
+    holder.engine = SimpleNamespace(model_version="v1")
+    deadline = time.monotonic() + 10
+    while ready() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready() == 1
+    text = metrics.render()
+    assert total(text, "rowrank_model_info", model_version="v1", model_dir="/models/a") == 1
