@@ -95,7 +95,7 @@ class BecauseYouWatchedRanker:
     def seeds(self, user: int, history: History, at_us: int) -> np.ndarray:
         """Candidate seed titles for a member, best first (one per series)."""
         cfg = self.config
-        s = history.user_plays(user)
+        s = history.user_plays_before(user, at_us)
         titles = history.play_title[s]
         if len(titles) == 0:
             return np.empty(0, dtype=np.int64)
@@ -136,7 +136,7 @@ class BecauseYouWatchedRanker:
             return []
         played = np.zeros(history.n_titles + 1, dtype=bool)  # the extra slot absorbs -1 pads
         if cfg.exclude_played:
-            played[history.play_title[history.user_plays(user)]] = True
+            played[history.play_title[history.user_plays_before(user, request.at_us)]] = True
         played[-1] = True
         rows: list[CandidateRow] = []
         for seed in self.seeds(user, history, request.at_us).tolist():

@@ -341,8 +341,8 @@ def member_titles(
     play_weight: str = "binary",
     half_life_days: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The member's distinct titles (int64, ascending) and one weight each."""
-    s = history.user_plays(user)
+    """The member's distinct titles played before `at_us` (int64, ascending), one weight each."""
+    s = history.user_plays_before(user, at_us)
     titles = history.play_title[s]
     if len(titles) == 0:
         return np.empty(0, dtype=np.int64), np.empty(0)
@@ -417,7 +417,7 @@ class Signals:
 
     def genre_share(self, history: History, user: int, at_us: int, half_life: float) -> np.ndarray:
         """The member's decayed play share per genre (sums to 1, or all zeros)."""
-        s = history.user_plays(user)
+        s = history.user_plays_before(user, at_us)
         if s.stop == s.start or self.genres_l1.shape[1] == 0:
             return np.zeros(self.genres_l1.shape[1])
         w = decay(at_us - history.play_ts[s], half_life)
@@ -550,7 +550,7 @@ class PVRRanker:
         # Rounded through float32 so a row's scores are exactly what `scores()` returns.
         score = self._score(user, history, at).astype(np.float32).astype(np.float64)
         if cfg.exclude_played and user >= 0:
-            score[history.play_title[history.user_plays(user)]] = -np.inf
+            score[history.play_title[history.user_plays_before(user, at)]] = -np.inf
         share = self.signals_.genre_share(history, user, at, cfg.genre_half_life_days)
         if not share.any():
             # Cold start: the genres everyone plays most, ordered by popularity.

@@ -264,7 +264,7 @@ class TopNRanker:
         user = history.user_index(request.user_id)
         score = self.scores(user, history, request.at_us).astype(np.float64)
         if self.config.exclude_played and user >= 0:
-            score[history.play_title[history.user_plays(user)]] = -np.inf
+            score[history.play_title[history.user_plays_before(user, request.at_us)]] = -np.inf
         cfg = self.config
         pool = min(cfg.popular_pool, cfg.row_length)
         idx = head(score, cfg.row_length - pool)

@@ -97,6 +97,12 @@ class History:
             return slice(0, 0)
         return slice(int(self.user_offsets[user]), int(self.user_offsets[user + 1]))
 
+    def user_plays_before(self, user: int, at_us: int) -> slice:
+        """The user's plays strictly before `at_us` (a request at a past time must not see the
+        member's later plays; a user's plays are sorted by time)."""
+        s = self.user_plays(user)
+        return slice(s.start, s.start + int(np.searchsorted(self.play_ts[s], at_us, side="left")))
+
     def finished(self, user: int) -> np.ndarray:
         """Title indices the user has watched to FINISHED_PROGRESS or beyond."""
         s = self.user_plays(user)

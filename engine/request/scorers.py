@@ -82,6 +82,12 @@ class PageModelConfig(BaseModel):
     rebuilt_pages_per_window: int = Field(
         3_000, ge=1, description="without impressions: members whose page is rebuilt per window"
     )
+    # Without impressions, what a window is: "time" = the [t_k, t_k+1) above, one page per member
+    # active in it (on MovieLens a week held 17-34 pages); "members" = every member's page just
+    # after their last plays but k x window_holdout_plays, labelled by the next
+    # window_holdout_plays (engine.training.train.held_out_window).
+    rebuilt_windows: Literal["time", "members"] = "members"
+    window_holdout_plays: int = Field(5, ge=1)
     # --- models (latency scales with trees x depth; measured in bench/bench_page_speed.py)
     title_trees: int = Field(100, ge=1)
     title_leaves: int = Field(31, ge=2)

@@ -56,7 +56,7 @@ from engine.candidates import CandidateRow, Ranker
 from engine.config import EngineConfig, build_rankers, load_config, parse_config
 from engine.data.columns import DEVICES, Col
 from engine.data.dataset import Dataset, load_dataset, to_utc
-from engine.data.history import US_PER_DAY, History, to_us
+from engine.data.history import US_PER_DAY, History, drop_last_plays, to_us
 from engine.errors import ConfigError, DataError, ModelLoadError
 from engine.pipeline import (
     CONFIG_FILE,
@@ -707,8 +707,8 @@ def rebuilt_window(
     name: str,
     progress: bool,
 ) -> WindowData | None:
-    """Without impressions: one rebuilt page per sampled member, at their first play in
-    [t0, t1); a candidate is labelled by the member's plays from then to t1."""
+    """Without impressions, a time window: one rebuilt page per sampled member, just before
+    their first play in [t0, t1); a candidate is labelled by the member's plays from then to t1."""
     cfg = rp.page_cfg
     lo, hi = pl.lit(t0).dt.cast_time_unit("us"), pl.lit(t1).dt.cast_time_unit("us")
     plays = ds.plays.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi)).with_columns(
@@ -720,40 +720,100 @@ def rebuilt_window(
     if firsts.height > cfg.rebuilt_pages_per_window:
         keep = np.sort(rng.choice(firsts.height, cfg.rebuilt_pages_per_window, replace=False))
         firsts = firsts[keep]
-    h, store = rp.history, rp.store
-    tindex = {t: i for i, t in enumerate(h.title_ids.tolist())}
-    # every play of the sampled members in the window, as (user, ts, title, grade)
+    tindex = {t: i for i, t in enumerate(rp.history.title_ids.tolist())}
+    # every play of the sampled members in the window, as (ts, title, grade): all of them come
+    # at or after the member's first play in the window, so all follow the rebuilt page
     wanted = plays.filter(pl.col(Col.USER_ID).is_in(firsts[Col.USER_ID].to_list()))
-    by_user: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    plays_of: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for (uid,), g in wanted.group_by([Col.USER_ID]):
-        by_user[str(uid)] = (
-            g[Col.TS].dt.epoch("us").to_numpy(),
+        plays_of[str(uid)] = (
             np.array([tindex.get(t, -1) for t in g[Col.TITLE_ID].to_list()], dtype=np.int64),
             g["grade"].to_numpy().astype(np.int8),
         )
+    devices = firsts[Col.DEVICE].fill_null("tv").to_list()
+    requests = [
+        # The page is requested just before the first play, which it should have offered.
+        (str(uid), device if device in DEVICES else "tv", int(at_us) - 1_000_000)
+        for uid, device, at_us in zip(
+            firsts[Col.USER_ID].to_list(),
+            devices,
+            firsts[Col.TS].dt.epoch("us").to_list(),
+            strict=True,
+        )
+    ]
+    return _rebuilt_pages(rp, requests, plays_of, name, progress)
+
+
+def held_out_window(
+    ds: Dataset,
+    cfg: EngineConfig,
+    page_cfg: PageModelConfig,
+    kinds: Sequence[str],
+    history: History,
+    k: int,
+    *,
+    progress: bool = False,
+) -> WindowData | None:
+    """Without impressions, a members window (`[page] rebuilt_windows = "members"`): every
+    member's last k x n plays are removed (n = `window_holdout_plays`), the rankers and features
+    are fitted on what is left, and each member's page is rebuilt just after their last kept
+    play, labelled by their next n plays: the per-member evaluation's question, asked of every
+    member instead of the few a week holds on sparse data."""
+    n = page_cfg.window_holdout_plays
+    h, dropped = drop_last_plays(history, k * n)
+    _, later = drop_last_plays(history, (k - 1) * n)
+    label = dropped & ~later
+    n_label = np.bincount(history.play_user[label], minlength=history.n_users)
+    members = np.flatnonzero((np.diff(h.user_offsets) >= n) & (n_label > 0))
+    if len(members) == 0:
+        return None
+    rng = np.random.default_rng([page_cfg.seed, k])
+    if len(members) > page_cfg.rebuilt_pages_per_window:
+        members = np.sort(rng.choice(members, page_cfg.rebuilt_pages_per_window, replace=False))
+    rankers = fit_window_rankers(cfg, h)
+    store = fit_feature_store(
+        h, None, rankers=list(cfg.rankers), kinds=kinds, countries=_countries(ds)
+    )
+    rp = _Replayer(cfg, page_cfg, h, rankers, store)
+    substantial = (history.play_progress >= page_cfg.substantial_progress) | (
+        history.play_seconds >= page_cfg.substantial_minutes * 60
+    )
+    grade = np.where(substantial, 2, 1).astype(np.int8)
+    requests, plays_of = [], {}
+    for u in members.tolist():
+        s = history.user_plays(u)
+        mine = label[s]
+        uid = str(history.user_ids[u])
+        device = int(history.play_device[s][mine][0])
+        at_us = int(h.play_ts[h.user_plays(u).stop - 1]) + 1
+        requests.append((uid, DEVICES[device] if device >= 0 else "tv", at_us))
+        plays_of[uid] = (history.play_title[s][mine].astype(np.int64), grade[s][mine])
+    return _rebuilt_pages(rp, requests, plays_of, f"members' held-out plays {k}", progress)
+
+
+def _rebuilt_pages(
+    rp: _Replayer,
+    requests: Sequence[tuple[str, str, int]],
+    plays_of: dict[str, tuple[np.ndarray, np.ndarray]],
+    name: str,
+    progress: bool,
+) -> WindowData | None:
+    """The pages of `requests` (user id, device, time) rebuilt through the pipeline's stages; a
+    candidate's label is the best grade among the member's plays in `plays_of` (title, grade)."""
+    h, store = rp.history, rp.store
     ctxs: list[RequestContext] = []
     parts: list[Pairs] = []
     labels: list[np.ndarray] = []
     row_size, row_req, row_kind, row_ranker, row_len, row_top, row_vis = [], [], [], [], [], [], []
     page_size: list[int] = []
-    users = firsts[Col.USER_ID].to_list()
-    devices = firsts[Col.DEVICE].fill_null("tv").to_list()
-    at_col = firsts[Col.TS].dt.epoch("us").to_numpy()
-    for uid, device, at_us in tqdm(
-        zip(users, devices, at_col.tolist(), strict=True),
-        total=len(users),
-        desc=f"{name} pages",
-        disable=not progress,
-    ):
-        device = device if device in DEVICES else "tv"
-        # The page is requested just before the first play, which it should have offered.
-        ctx = rp.resolve(uid, device, int(at_us) - 1_000_000)
+    for uid, device, at_us in tqdm(requests, desc=f"{name} pages", disable=not progress):
+        ctx = rp.resolve(uid, device, at_us)
         rows, pvr = rp.rows(ctx)
         if not rows:
             continue
-        ts, tt, gg = by_user[uid]
+        tt, gg = plays_of[uid]
         grade = np.zeros(h.n_titles, dtype=np.int8)
-        ok = (ts >= ctx.at_us) & (tt >= 0)
+        ok = tt >= 0
         np.maximum.at(grade, tt[ok], gg[ok])
         r_idx = len(ctxs)
         p = pairs_for(store, rows, r_idx, pvr)
@@ -1120,16 +1180,29 @@ def train(
     tuning = tune(cfg, history, budget_s=tune_budget, seed=seed, on_trial=print_trial(progress))
     cfg = tuning.apply(cfg)
     t_tuned = time.perf_counter()
-    bounds = window_bounds(ds, cutoff, page_cfg)
     kinds = row_kinds(cfg, build_rankers(cfg), ds)
     w_cfg = window_config(cfg, page_cfg)
     windows: list[WindowData] = []
-    for k in tqdm(range(page_cfg.windows), desc="training windows", disable=not progress):
-        w = build_window(
-            ds, w_cfg, page_cfg, kinds, bounds[k], bounds[k + 1], index=k, progress=progress
-        )
-        if w is not None:
-            windows.append(w)
+    bar = tqdm(range(page_cfg.windows), desc="training windows", disable=not progress)
+    if page_cfg.rebuilt_windows == "members" and (
+        ds.impressions is None or not ds.impressions.height
+    ):
+        # The most recent held-out plays come last: they are the window the models validate on.
+        for k in bar:
+            k_back = page_cfg.windows - k
+            w = held_out_window(ds, w_cfg, page_cfg, kinds, history, k_back, progress=progress)
+            if w is not None:
+                windows.append(w)
+        window_names = [w.name for w in windows]
+    else:
+        bounds = window_bounds(ds, cutoff, page_cfg)
+        for k in bar:
+            w = build_window(
+                ds, w_cfg, page_cfg, kinds, bounds[k], bounds[k + 1], index=k, progress=progress
+            )
+            if w is not None:
+                windows.append(w)
+        window_names = [b.isoformat() for b in bounds]
     t_data = time.perf_counter()
     fitted = fit_page_model(windows, page_cfg, progress=progress)
     t_models = time.perf_counter()
@@ -1164,7 +1237,7 @@ def train(
                 "source": ds.source,
                 "fingerprint": data_fingerprint(data_dir),
             },
-            "windows": [b.isoformat() for b in bounds],
+            "windows": window_names,
         },
     )
 

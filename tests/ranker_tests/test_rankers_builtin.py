@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -375,3 +375,36 @@ def test_top_n_popular_pool_as_of_a_past_time() -> None:
         pools.append(r._popular(h, at).tolist())
     assert pools[0] != pools[1]
     assert np.array_equal(r._popular(h, h.cutoff_us), r.popular_)
+
+
+def test_a_past_request_reads_none_of_the_members_later_plays() -> None:
+    """Every built-in ranker, asked for a time T before the cut-off, proposes the same rows
+    whether or not the History passed to it holds the member's plays after T (what it learned
+    at fit time aside: that is the model's, not the member's state at T)."""
+    from engine.config import build_rankers, load_config
+    from engine.data.history import keep_plays
+
+    h = History.from_dataset(make_dataset(seed=6), CUTOFF)
+    rankers = build_rankers(load_config(None))
+    for r in rankers.values():
+        r.fit(h)
+    n_checked = 0
+    for u in range(h.n_users):
+        s = h.user_plays(u)
+        if s.stop - s.start < 6:
+            continue
+        at_us = int(h.play_ts[s][(s.stop - s.start) // 2]) + 1
+        later = np.zeros(len(h.play_user), dtype=bool)
+        later[s] = h.play_ts[s] >= at_us
+        if not later.any():
+            continue
+        without = keep_plays(h, ~later)
+        ctx = RequestContext(str(h.user_ids[u]), "tv", datetime.fromtimestamp(at_us / 1e6, UTC))
+        for name, r in rankers.items():
+            got = [(x.row_id, x.titles.tolist()) for x in r.propose(ctx, h)]
+            want = [(x.row_id, x.titles.tolist()) for x in r.propose(ctx, without)]
+            assert got == want, f"{name} read member {u}'s plays after the request"
+        n_checked += 1
+        if n_checked == 15:
+            break
+    assert n_checked == 15

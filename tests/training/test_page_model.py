@@ -24,7 +24,7 @@ from engine.request.scorers import (
     fit_ranker,
     ndcg_at,
 )
-from engine.training.train import train
+from engine.training.train import held_out_window, row_kinds, train
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -157,6 +157,36 @@ def test_training_without_impressions_rebuilds_pages(tiny_world: TinyWorld, tmp_
     member = str(eng.history.user_ids[0])
     page = eng.page(member, "tv", "2025-02-04T20:00:00", country=eng.store.countries[0])
     assert page.rows and not page.fallback
+
+
+def test_members_window_asks_each_member_just_after_their_kept_plays(
+    tiny_world: TinyWorld,
+) -> None:
+    """A members window k: every member's last k x n plays are unknown to its rankers and
+    features; the page is requested just after the last kept play and labelled by the next n."""
+    from engine.config import build_rankers
+    from engine.data.history import History, drop_last_plays
+    from engine.request.scorers import PageModelConfig
+
+    ds = replace(load_dataset(tiny_world.path), impressions=None)
+    history = History.from_dataset(ds)
+    cfg = tiny_engine_config()
+    page_cfg = PageModelConfig(window_holdout_plays=3, rebuilt_pages_per_window=10_000)
+    kinds = row_kinds(cfg, build_rankers(cfg), ds)
+    w = held_out_window(ds, cfg, page_cfg, kinds, history, 2)
+    assert w is not None and not w.logged
+    kept, dropped = drop_last_plays(history, 6)
+    _, later = drop_last_plays(history, 3)
+    label_plays = dropped & ~later
+    asked = w.reqs.user.tolist()
+    assert len(asked) == len(set(asked)) > 50  # one page per member
+    for u, at in zip(asked, w.reqs.at_us.tolist(), strict=True):
+        s, k = history.user_plays(u), kept.user_plays(u)
+        assert k.stop - k.start == s.stop - s.start - 6 >= 3
+        assert at == kept.play_ts[k.stop - 1] + 1
+        assert label_plays[s].sum() == 3
+        assert (history.play_ts[s][label_plays[s]] >= at - 1).all()
+    assert (w.label > 0).any()
 
 
 def test_compiled_trees_equal_booster_predict(tiny_model: Path) -> None:
