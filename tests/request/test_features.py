@@ -301,10 +301,12 @@ def test_the_compiled_row_matrix_equals_the_numpy_formulas(
     monkeypatch.setattr(FeatureStore, "row_static", spy)
     eng = engine.load(tiny_model)
     at = datetime.fromtimestamp(eng.history.cutoff_us / 1e6, UTC)
+    # The unknown member names a country: without one the engine refuses the page.
     for user in [*(str(u) for u in eng.history.user_ids[:5]), "someone-new"]:
+        country = eng.store.countries[0] if user == "someone-new" else None
         for device in DEVICES:
             for hours in (2, 13):
-                eng.page(user, device, at=at + timedelta(hours=hours))
+                eng.page(user, device, at=at + timedelta(hours=hours), country=country)
     ds = load_dataset(tiny_world.path)
     w = _window_data(ds, _bounds(ds), 1)
     scores = np.random.default_rng(1).normal(size=len(w.label))
