@@ -1,7 +1,7 @@
 """Precompute throughput and memory: prints pages/s and peak memory (docs/precompute.md).
 
-    .venv/bin/python bench/bench_precompute.py [--work DIR] [--repeats 3]
-        [--limit-users N] [--memory-users 100000] [--skip-memory]
+    .venv/bin/python bench/bench_precompute.py [--work DIR] [--repeats 3] [--model DIR]
+        [--limit-users N] [--memory-users 100000] [--skip-memory] [--interrupt]
 
 1. Builds the default simulated world (`rowrank simulate`: 5,000 users) and trains a model on it
    (`rowrank train`) under --work (default bench/results/precompute); both are kept between
@@ -27,6 +27,9 @@
    (Every member is known to the model: cold-start ids without a country get empty pages, which
    would flatter both memory and speed.)
 5. A paper estimate for 100M users x 4 contexts at the measured per-core rate.
+
+--interrupt measures only Ctrl-C instead (measure_interrupt): seconds from SIGINT to exit, what
+the manifest lists, and that the resume ends with the uninterrupted run's shards.
 """
 
 from __future__ import annotations
@@ -175,6 +178,45 @@ def fresh_interpreter_seconds(import_f: str, model: Path) -> float:
     return float(run([sys.executable, "-c", code]).stdout)
 
 
+def measure_interrupt(model: Path, work: Path, repeats: int, limit: int | None) -> None:
+    """Ctrl-C as a terminal sends it (SIGINT to the process group) to `rowrank precompute
+    --workers 2` (default shard size) once a shard is done: seconds to exit, exit code, shards
+    the manifest lists against the done markers; then the same command resumes to the end and
+    its shards must equal an uninterrupted run's (sha256 of the manifest's shard list)."""
+    import signal
+
+    out, ref = work / "interrupt-out", work / "interrupt-ref"
+    extra = ["--workers", "2"] + (["--limit", str(limit)] if limit else [])
+    reference = precompute(model, ref, *extra)
+    print(f"uninterrupted: {reference.pages:,} pages in {reference.wall:.1f} s")
+    for i in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [*ROWRANK, "precompute", str(model), str(out), *extra]
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        while proc.poll() is None and not list((out / "done").glob("*.json")):
+            time.sleep(0.005)
+        time.sleep(0.5)  # mid-shard
+        os.killpg(proc.pid, signal.SIGINT)
+        t = time.perf_counter()
+        proc.wait(timeout=120)
+        took = time.perf_counter() - t
+        manifest = orjson.loads((out / "manifest.json").read_bytes())
+        listed = len(manifest["shards"])
+        markers = len(list((out / "done").glob("*.json")))
+        run(cmd)  # the same command resumes
+        final = orjson.loads((out / "manifest.json").read_bytes())
+        same = final["shards"] == orjson.loads((ref / "manifest.json").read_bytes())["shards"]
+        print(
+            f"run {i + 1}: exit {proc.returncode} {took:.2f} s after SIGINT; manifest lists "
+            f"{listed} of {manifest['n_shards']} shards ({markers} done markers); resumed: "
+            f"{'identical to' if same and final['completed'] else 'DIFFERENT FROM'} the "
+            f"uninterrupted run; load avg {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "precompute")
@@ -184,11 +226,20 @@ def main() -> None:
     ap.add_argument(
         "--limit-users", type=int, help="throughput on the first N users only (a quick check)"
     )
+    ap.add_argument(
+        "--interrupt",
+        action="store_true",
+        help="only measure Ctrl-C: seconds from SIGINT to exit, then the resume (--repeats runs)",
+    )
+    ap.add_argument("--model", type=Path, help="use this model instead of building one")
     args = ap.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
-    model = build_model(work)
+    model = args.model.resolve() if args.model else build_model(work)
+    if args.interrupt:
+        measure_interrupt(model, work, args.repeats, args.limit_users)
+        return
     import engine
 
     known = [str(u) for u in engine.load(model).history.user_ids.tolist()]
