@@ -15,6 +15,9 @@ import orjson
 from engine.errors import BadRequestError, DataError, RowrankError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# `rowrank train`'s default tuning budget: on the default world the whole training stays
+# within 3 minutes on 2 cores (docs/rankers.md, "Keys chosen on your data").
+TUNE_BUDGET_S = 60.0
 DEMO_DIR = "rowrank-demo"  # `rowrank demo` keeps its world and model here
 # The paths the README's quickstart creates, so every --help example can be run as it reads.
 EXAMPLE_DATA, EXAMPLE_MODEL = "data/sim", "models/sim"
@@ -161,6 +164,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", help="model directory to write (replaced if it is one)")
     p.add_argument("--config", help="engine config TOML (default: the built-in one)")
     p.add_argument("--until", help="cut-off, ISO 8601 (default: the dataset's clock)")
+    p.add_argument(
+        "--tune-budget",
+        type=float,
+        default=TUNE_BUDGET_S,
+        metavar="SECONDS",
+        help="time to choose ranker keys on validation data cut from the training data "
+        f"(default {TUNE_BUDGET_S:.0f}; 0 keeps the config's keys)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation members (default 0)")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -169,7 +181,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if Path(args.model_dir).exists() and not Path(args.model_dir).is_dir():
         # Checked before minutes of fitting (engine.training.train would fail only when writing).
         raise BadRequestError(f"{args.model_dir} exists and is not a directory: choose a model dir")
-    return main_train(args.data_dir, args.model_dir, args.config, args.until)
+    if args.tune_budget < 0:
+        raise BadRequestError(f"--tune-budget {args.tune_budget:g}: seconds, 0 or more")
+    return main_train(
+        args.data_dir, args.model_dir, args.config, args.until, args.tune_budget, args.seed
+    )
 
 
 def _page_args(p: argparse.ArgumentParser) -> None:

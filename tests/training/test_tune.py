@@ -105,3 +105,12 @@ def test_train_serves_the_chosen_keys_and_says_what_it_chose(
     text = summary(manifest)
     assert "pvr" in text and f"popularity_weight={chosen['popularity_weight']}" in text
     assert np.isfinite(manifest["metrics"]["timings"]["tuning_s"])
+
+
+def test_cli_refuses_a_negative_budget(tiny_world: TinyWorld, tmp_path: Path) -> None:
+    from engine.cli import EXIT_USAGE, TUNE_BUDGET_S, build_parser, main
+
+    args = build_parser().parse_args(["train", str(tiny_world.path), str(tmp_path / "m")])
+    assert args.tune_budget == TUNE_BUDGET_S > 0 and args.seed == 0
+    code = main(["train", str(tiny_world.path), str(tmp_path / "m"), "--tune-budget", "-1"])
+    assert code == EXIT_USAGE and not (tmp_path / "m").exists()
