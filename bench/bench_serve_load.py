@@ -10,9 +10,10 @@ loop of --connections connections, each request a different member and device in
 client is pinned to the last core with taskset and a 1-worker server to the others, so with 2
 cores a 1-worker run has client and server apart; a 2-worker run shares a core with the client
 (said in the output). wrk exits 0 even when every answer is an error, so its "Non-2xx" line and
-socket errors are read and reported; any of them fails the run. After each run every worker's
-/metrics is read (workers share the port: fresh connections until each pid has answered), which
-prints the pages each worker built and the mean page build time inside the server.
+socket errors are read and reported; any of them fails the run. After each run one /metrics
+scrape (with several workers it sums them all, whichever worker answers) gives the pages each
+worker built (`rowrank_worker_pages{pid}`), the mean page build time inside the server and the
+fallback pages.
 
 Targets (the task): >= 300 pages/s at 2 workers with p99 < 50 ms and zero non-2xx.
 Every run is bounded: wrk stops after --duration (at most 30 s), the server is stopped after.
@@ -55,7 +56,7 @@ class Result:
     non_2xx: int
     socket_errors: int
     pinning: str
-    page_ms: float  # mean build time of a page inside the server (all workers' /metrics)
+    page_ms: float  # mean build time of a page inside the server (/metrics, all workers)
 
 
 def free_port() -> int:
@@ -106,29 +107,33 @@ def wait_ready(url: str, workers: int, timeout: float = 120) -> None:
     raise SystemExit(f"server at {url} not ready with {workers} worker(s) after {timeout} s")
 
 
-def worker_metrics(port: int, workers: int, attempts: int = 200) -> dict[int, str]:
-    """Each worker's /metrics text by its pid. Workers share the port, so each attempt opens a
-    new connection (the kernel picks the worker) and asks /readyz, then /metrics, on it."""
-    out: dict[int, str] = {}
-    for _ in range(attempts):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        try:
-            conn.request("GET", "/readyz")
-            pid = json.loads(conn.getresponse().read())["pid"]
-            if pid not in out:
-                conn.request("GET", "/metrics")
-                out[pid] = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        if len(out) >= workers:
-            break
-    return out
+def scrape(port: int) -> tuple[int, str]:
+    """(pid of the worker that answered, its /metrics text), both asked on one connection. With
+    several workers the text already sums every worker, so one scrape is the whole server."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/readyz")
+        pid = int(json.loads(conn.getresponse().read())["pid"])
+        conn.request("GET", "/metrics")
+        return pid, conn.getresponse().read().decode()
+    finally:
+        conn.close()
 
 
 def sample(metrics: str, name: str) -> float:
     """One unlabelled sample of a Prometheus text page (NaN when absent)."""
     m = re.search(rf"^{name} ([\d.e+-]+)$", metrics, re.M)
     return float(m.group(1)) if m else float("nan")
+
+
+def pages_by_worker(metrics: str, answered: int) -> dict[int, float]:
+    """`rowrank_worker_pages` by pid: one series per worker with a `pid` label (several
+    workers), or one unlabelled series for a single process, which is then `answered`'s."""
+    out: dict[int, float] = {}
+    for m in re.finditer(r"^rowrank_worker_pages(?:\{([^}]*)\})? (\S+)$", metrics, re.M):
+        pid = re.search(r'pid="(\d+)"', m.group(1) or "")
+        out[int(pid.group(1)) if pid else answered] = float(m.group(2))
+    return out
 
 
 def lua_script(path: Path, users: list[str], at: str) -> None:
@@ -211,17 +216,17 @@ def run(
             f"/readyz (no page), same server: {r_rps:.0f} req/s, p50 {r_p50:.2f} ms, "
             f"p99 {r_p99:.2f} ms, {r_bad} non-2xx"
         )
-        per_worker = worker_metrics(port, workers)
-        counts = {
-            pid: sample(text, "rowrank_page_seconds_count") for pid, text in per_worker.items()
-        }
-        build_s = sum(sample(text, "rowrank_page_seconds_sum") for text in per_worker.values())
-        page_ms = 1000 * build_s / sum(counts.values()) if sum(counts.values()) else float("nan")
-        fallback = sum(sample(text, "rowrank_fallback_pages_total") for text in per_worker.values())
+        answered, metrics = scrape(port)
+        counts = pages_by_worker(metrics, answered)
+        pages = sample(metrics, "rowrank_page_seconds_count")  # every worker's, summed
+        build_s = sample(metrics, "rowrank_page_seconds_sum")
+        page_ms = 1000 * build_s / pages if pages else float("nan")
+        fallback = sample(metrics, "rowrank_fallback_pages_total")
         print(
             "pages per worker (warm-up included): "
             + ", ".join(f"pid {pid} {n:.0f}" for pid, n in sorted(counts.items()))
-            + f"; mean page build {page_ms:.1f} ms; {fallback:.0f} fallback pages"
+            + f" (total {pages:.0f}); mean page build {page_ms:.1f} ms; "
+            f"{fallback:.0f} fallback pages"
         )
         return Result(workers, rps, p50, p99, total, non_2xx, sock, pinning, page_ms)
     finally:
