@@ -1297,7 +1297,10 @@ def cli(args: Any) -> int:
     spec = result.spec
     if result.unknown_users:
         print(
-            f"{result.unknown_users:,} listed user(s) unknown to the model: cold-start pages",
+            f"{result.unknown_users:,} listed user(s) unknown to the model: a cold-start page "
+            "each in the model's [serving] default_country; without one, when titles are "
+            "licensed per country, their pages are refused (a country is needed) and fail "
+            "their shards",
             file=sys.stderr,
         )
     if result.interrupted:
