@@ -87,7 +87,8 @@ def test_own_data_quickstart(tmp_path: Path, run_cli: RunCli) -> None:
     assert [len(g) for g in ds.titles["genres"].to_list()[:3]] == [2, 1, 1]
     config = tmp_path / "quick.toml"
     config.write_text(QUICK_CONFIG, encoding="utf-8")
-    code, out, err = run_cli("train", data, model, "--config", config)
+    # --tune-budget 0: the config's keys as given (tuning is tested in tests/training).
+    code, out, err = run_cli("train", data, model, "--config", config, "--tune-budget", "0")
     assert code == EXIT_OK, err
     code, out, _ = run_cli("users", model, "--limit", "3")
     member = out.splitlines()[0]
