@@ -50,10 +50,9 @@ import orjson
 import polars as pl
 
 import engine
-from engine.config import EngineConfig, load_config, parse_config
+from engine.config import EngineConfig, deep_merge, load_config, parse_config
 from engine.data.columns import DEVICES, Col
 from engine.data.dataset import load_dataset
-from engine.evaluation.benchmark import deep_merge
 from engine.evaluation.metrics import discounts_2d, first_appearances, page_grid
 from engine.evaluation.split import machine
 from engine.pipeline import Engine, propose_rows
@@ -78,7 +77,7 @@ def config_with(page: dict[str, Any], args: argparse.Namespace) -> EngineConfig:
             overlay = tomllib.loads(Path(args.overlay).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SystemExit(f"--overlay {args.overlay}: {exc}") from None
-        deep_merge(doc, overlay)
+        doc = deep_merge(doc, overlay)
         source = f"built-in config + {args.overlay}"
     doc["page"] = {**doc.get("page", {}), **page}
     return parse_config(doc, source=source)

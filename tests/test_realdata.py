@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
+from engine.cli import main
 from engine.data.columns import Col
 from engine.data.dataset import Dataset, load_dataset
 from engine.data.history import to_us
@@ -225,7 +226,9 @@ def test_whole_protocol_on_a_generated_release(release: Path, tmp_path: Path) ->
     try:
         bench = _load(ROOT / "bench" / "bench_realdata.py", "bench_realdata")
         work = tmp_path / "work"
-        assert bench.main(["--data", str(release), "--work", str(work), "--split", "both"]) == 0
+        # `rowrank bench --realdata` and the bench script are one protocol
+        cli = ["bench", "--realdata", "--data", str(release), "--out", str(work)]
+        assert main([*cli, "--split", "both"]) == 0
         assert bench.main(["--data", str(release), "--work", str(work), "--validation",
                            "--split", "member"]) == 0  # fmt: skip
     finally:

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
 from engine.candidates import CandidateRow, Ranker
-from engine.config import EngineConfig, load_config, parse_config
+from engine.config import EngineConfig, deep_merge, load_config, parse_config
 from engine.data.columns import DEVICES, Col
 from engine.data.dataset import Dataset, load_dataset, to_utc
 from engine.data.history import FINISHED_PROGRESS, History
@@ -254,7 +254,7 @@ def _resolve(name: str, defaults: VariantSpec, spec: VariantSpec, path: Path) ->
     base = load_config(None if config_file is None else path.parent / config_file).to_document()
     for layer in (defaults, spec):
         for section in ("rankers", "assembly", "layouts", "page"):
-            deep_merge(base.setdefault(section, {}), getattr(layer, section))
+            base[section] = deep_merge(base.get(section, {}), getattr(layer, section))
     for ranker in [*defaults.remove_rankers, *spec.remove_rankers]:
         if ranker not in base["rankers"]:
             raise ConfigError(f"{where}: remove_rankers names {ranker!r}, which is not configured")
@@ -273,15 +273,6 @@ def _check_page_section(cfg: EngineConfig, where: str) -> None:
     from engine.request.scorers import PageModelConfig
 
     PageModelConfig.from_section(cfg.page, where)
-
-
-def deep_merge(into: dict[str, Any], over: Mapping[str, Any]) -> None:
-    """Merge the TOML-shaped `over` into `into`: tables key by key, any other value replaces."""
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            deep_merge(into[key], value)
-        else:
-            into[key] = dict(value) if isinstance(value, Mapping) else value
 
 
 # ----- data and split --------------------------------------------------------------------------
@@ -1406,7 +1397,13 @@ def _machine() -> str:
 
 def add_arguments(p: Any) -> None:
     """`rowrank bench` arguments (argparse)."""
-    p.add_argument("variants_file", help="variants TOML (bench/variants/*.toml)")
+    from engine.evaluation.realdata_run import add_protocol_arguments
+
+    p.add_argument(
+        "variants_file",
+        nargs="?",
+        help="variants TOML (bench/variants/*.toml); not with --realdata",
+    )
     p.add_argument(
         "--data",
         help="dataset directory or raw MovieLens directory (default: simulate a world into --out)",
@@ -1414,11 +1411,29 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--out", help="report directory (default bench/results/<variants file name>)")
     p.add_argument("--seed", type=int, help="seed of everything random (default: the file's)")
     p.add_argument("--users", type=int, help="members evaluated offline and in the A/B test")
+    real = p.add_argument_group(
+        "real-data protocol",
+        "--realdata --data DIR: rowrank against library baselines (EASE, implicit's ALS and "
+        "item-kNN, MostPopular, Trending) on a MovieLens release, per-member and global splits "
+        "(docs/realdata.md); results under --out (default bench/results/realdata)",
+    )
+    real.add_argument("--realdata", action="store_true", help="run the real-data protocol")
+    add_protocol_arguments(real)
 
 
 def cli(args: Any) -> int:
     from engine.evaluation.report import comparison_table
 
+    if args.realdata:
+        from engine.evaluation.realdata_run import run
+
+        if args.variants_file:
+            raise ConfigError("--realdata runs the real-data protocol: give no variants file")
+        args.work = args.out or str(Path("bench") / "results" / "realdata")
+        args.seed = 0 if args.seed is None else args.seed
+        return run(args)
+    if not args.variants_file:
+        raise ConfigError("give a variants TOML (e.g. bench/variants/simulated.toml) or --realdata")
     results = run_bench(
         Path(args.variants_file),
         data_dir=Path(args.data) if args.data else None,
