@@ -90,13 +90,26 @@ def model_dir(args: argparse.Namespace, name: str) -> Path:
 
 
 def trained(
-    data: Path, out: Path, cfg: EngineConfig, *, until: datetime | None = None, retrain: bool
+    data: Path,
+    out: Path,
+    cfg: EngineConfig,
+    *,
+    until: datetime | None = None,
+    retrain: bool,
+    tune_budget: float = 0.0,
 ) -> tuple[Engine, float]:
-    """Train unless `out` already holds a model of this config, data and cut-off."""
-    if not retrain and trained_with(out, data, cfg, until):
+    """Train unless `out` already holds a model of this config, data, cut-off and budget."""
+    if not retrain and trained_with(out, data, cfg, until, tune_budget):
         return engine.load(out), float("nan")
     t0 = time.perf_counter()
-    train(data, out, engine_config=cfg, until=until, progress=sys.stderr.isatty())
+    train(
+        data,
+        out,
+        engine_config=cfg,
+        until=until,
+        progress=sys.stderr.isatty(),
+        tune_budget=tune_budget,
+    )
     return engine.load(out), time.perf_counter() - t0
 
 
@@ -215,13 +228,18 @@ def bench_world(args: argparse.Namespace) -> dict[str, Any]:
         print(s.describe(), flush=True)
     gt = GroundTruth.load(world / GROUND_TRUTH_DIR)
     full, t_full = trained(
-        world, model_dir(args, "full"), config_with({}, args), retrain=args.retrain
+        world,
+        model_dir(args, "full"),
+        config_with({}, args),
+        retrain=args.retrain,
+        tune_budget=args.tune_budget,
     )
     noctx, t_noctx = trained(
         world,
         model_dir(args, "no_context"),
         config_with({"context_features": False}, args),
         retrain=args.retrain,
+        tune_budget=args.tune_budget,
     )
     rng = np.random.default_rng(args.seed)
     reqs = requests(world, full, args.users, rng)
@@ -296,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
         "results are kept apart, named by its stem",
     )
     p.add_argument("--retrain", action="store_true")
+    p.add_argument(
+        "--tune-budget",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="rowrank train's tuning budget for both models (the CLI's default is 60)",
+    )
     args = p.parse_args(argv)
     r = {"measured_on": machine(), **bench_world(args)}
     print(f"\n== simulated world {r['world']}: {r['requests']} requests {r['devices']}")
