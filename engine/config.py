@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
 from engine.candidates import Ranker, RankerConfig
-from engine.data.columns import DEVICES
+from engine.data.columns import COUNTRY_CODE, DEVICES
 from engine.errors import ConfigError
 from engine.registry import ranker_entry_points, ranker_type
 from engine.request.layout import DEFAULT_LAYOUTS, DeviceLayout
@@ -113,7 +113,7 @@ class ServingConfig(_Section):
     # The country of a request that names none, for a member without one (an unknown member, a
     # mistyped id). Without it such a request is refused when titles are licensed per country:
     # only titles licensed everywhere could be shown, and an empty homepage is never right.
-    default_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    default_country: str | None = Field(default=None, pattern=COUNTRY_CODE)
     # A request this many days past the model's data cut-off gets a warning (page trace, the
     # CLI's stderr, an HTTP header): rows that depend on recent plays (Continue Watching, New
     # Releases) quietly thin out as the data ages. 0 turns the warning off.

@@ -4,7 +4,6 @@ lazy so `rowrank --help` stays fast."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
@@ -208,15 +207,12 @@ def _page_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_page(args: argparse.Namespace) -> int:
     import engine
-    from engine.request.context import parse_device, parse_time
+    from engine.request.context import parse_country, parse_device, parse_time
 
     device = parse_device(args.device)  # validate the request before loading anything
     at = parse_time(args.at) if args.at is not None else None
-    if args.country is not None and not re.fullmatch(r"[A-Z]{2}", args.country):
-        # The same rule and words as the HTTP API (engine.serving.params.COUNTRY_RE).
-        raise BadRequestError(
-            f"country {args.country!r} is not a two-letter upper-case ISO 3166 code (e.g. US, DE)"
-        )
+    if args.country is not None:
+        parse_country(args.country)
     page = engine.load(Path(args.model_dir)).page(args.user, device, at, args.country)
     if args.format == "table":
         from engine.cli.show import page_table

@@ -12,6 +12,8 @@ TITLE_KINDS: tuple[str, ...] = ("movie", "series")
 # Age ratings (minimum viewer age): titles.maturity and users.maturity_max take these values.
 MATURITY_LEVELS: tuple[int, ...] = (0, 7, 13, 16, 18)
 TIMESTAMP = pl.Datetime("us", "UTC")
+# Countries (titles.countries, users.country, a request's country): ISO 3166 alpha-2 codes.
+COUNTRY_CODE = r"^[A-Z]{2}$"
 
 # Table names = Parquet file stems inside a dataset directory.
 TITLES, USERS, PLAYS, IMPRESSIONS = "titles", "users", "plays", "impressions"

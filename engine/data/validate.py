@@ -25,6 +25,7 @@ import orjson
 import polars as pl
 
 from engine.data.columns import (
+    COUNTRY_CODE,
     DEVICES,
     IMPRESSIONS,
     MATURITY_LEVELS,
@@ -44,7 +45,6 @@ from engine.data.dataset import MANIFEST, SCHEMA_VERSION, Dataset, to_utc
 MAX_EXAMPLES = 5
 # Time zones taken as UTC without conversion doubts.
 UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
-ISO_COUNTRY = r"^[A-Z]{2}$"
 # Earliest plausible release year (the first films date from the late 1880s).
 MIN_RELEASE_YEAR = 1870
 # A title may be announced before release; beyond this many years past the clock is a typo.
@@ -410,7 +410,7 @@ def validate_dataset(ds: Dataset) -> list[str]:
     t.rule(
         Col.COUNTRIES,
         "must hold two-letter upper-case ISO 3166 codes like US, FR (empty list = everywhere)",
-        pl.col(Col.COUNTRIES).list.eval(~pl.element().str.contains(ISO_COUNTRY)).list.any(),
+        pl.col(Col.COUNTRIES).list.eval(~pl.element().str.contains(COUNTRY_CODE)).list.any(),
     )
     t.rule(Col.ADDED_AT, after_clock, pl.col(Col.ADDED_AT) > clock_lit)
     if t.has(Col.SERIES_ID):
@@ -426,7 +426,7 @@ def validate_dataset(ds: Dataset) -> list[str]:
     u.rule(
         Col.COUNTRY,
         "must be a two-letter upper-case ISO 3166 code like US, FR, or null",
-        ~pl.col(Col.COUNTRY).str.contains(ISO_COUNTRY),
+        ~pl.col(Col.COUNTRY).str.contains(COUNTRY_CODE),
     )
     u.rule(
         Col.MATURITY_MAX, _one_of(MATURITY_LEVELS), ~pl.col(Col.MATURITY_MAX).is_in(MATURITY_LEVELS)

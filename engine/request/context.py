@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from engine.data.columns import DEVICES
+from engine.data.columns import COUNTRY_CODE, DEVICES
 from engine.errors import BadRequestError
 
 
@@ -43,6 +44,16 @@ class RequestContext:
 def parse_device(value: str) -> str:
     if value not in DEVICES:
         raise BadRequestError(f"unknown device {value!r}: use one of {', '.join(DEVICES)}")
+    return value
+
+
+def parse_country(value: str) -> str:
+    """A request's country: a two-letter upper-case ISO 3166 code (the CLI's and the HTTP API's
+    rule and words)."""
+    if not re.fullmatch(COUNTRY_CODE, value):
+        raise BadRequestError(
+            f"country {value!r} is not a two-letter upper-case ISO 3166 code (e.g. US, DE)"
+        )
     return value
 
 

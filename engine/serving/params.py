@@ -6,7 +6,6 @@ model or builds a page.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,14 +16,13 @@ from starlette.requests import Request
 
 from engine.data.columns import DEVICES
 from engine.errors import BadRequestError
-from engine.request.context import parse_device, parse_time
+from engine.request.context import parse_country, parse_device, parse_time
 from engine.serving.api_errors import ApiError
 
 MAX_BATCH = 100  # pages per POST /v1/pages; more is 413
 MAX_BODY_BYTES = 1 << 20  # a batch of 100 requests is ~15 KB; anything near 1 MB is abuse
 MAX_USER_ID_CHARS = 256
 QUERY_FIELDS = ("device", "at", "country")
-COUNTRY_RE = re.compile(r"[A-Z]{2}")
 
 
 @dataclass(frozen=True)
@@ -79,13 +77,10 @@ def parse_fields(
     except BadRequestError as exc:
         code = "bad_device" if device not in DEVICES else "bad_time"
         raise ApiError(400, code, f"{where}: {exc}") from None
-    if country is not None and not COUNTRY_RE.fullmatch(country):
-        raise ApiError(
-            400,
-            "bad_country",
-            f"{where}: country {country!r} is not a two-letter upper-case ISO 3166 code "
-            "(e.g. US, DE)",
-        )
+    try:
+        country = None if country is None else parse_country(country)
+    except BadRequestError as exc:
+        raise ApiError(400, "bad_country", f"{where}: {exc}") from None
     return PageRequest(uid, device, at, country)
 
 
