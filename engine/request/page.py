@@ -22,31 +22,32 @@ import orjson
 import polars as pl
 
 from engine.candidates import CandidateRow
+from engine.data.columns import Col
 from engine.data.history import History
 from engine.request.context import RequestContext
 from engine.request.selectors import AssembledPage, AssemblyTrace
 
 SCHEMA_FILE = "page.schema.json"
 SIGNIFICANT_DIGITS = 6
-# Page.to_frame's columns, in order.
+# Page.to_frame's columns, in order (dataset column names where the dataset has them).
 PAGE_FRAME_SCHEMA = pl.Schema(
     {
-        "user_id": pl.String,
-        "device": pl.String,
-        "country": pl.String,
-        "hour": pl.Int8,
+        Col.USER_ID: pl.String,
+        Col.DEVICE: pl.String,
+        Col.COUNTRY: pl.String,
+        "hour": pl.Int8,  # the member's local hour and weekday (Monday = 0)
         "weekday": pl.Int8,
-        "row_index": pl.Int32,
-        "row_id": pl.String,
-        "kind": pl.String,
+        Col.ROW_INDEX: pl.Int32,
+        Col.ROW_ID: pl.String,
+        "kind": pl.String,  # the row's kind (PageRow.kind)
         "ranker": pl.String,
         "row_title": pl.String,
         "row_score": pl.Float64,
-        "position": pl.Int32,
-        "title_id": pl.String,
-        "name": pl.String,
+        Col.POSITION: pl.Int32,
+        Col.TITLE_ID: pl.String,
+        Col.NAME: pl.String,
         "score": pl.Float64,
-        "progress": pl.Float64,
+        Col.PROGRESS: pl.Float64,
     }
 )
 
@@ -147,29 +148,30 @@ class Page:
         the request (user_id, device, country, the member's local hour and weekday), the row
         (row_index, row_id, kind, ranker, row_title, row_score) and the title in it (position,
         title_id, name, score, progress)."""
-        n = [len(r.items) for r in self.rows]
         items = [i for r in self.rows for i in r.items]
         ctx = self.context
+        per_item = [len(r.items) for r in self.rows]
+        n = len(items)
+        columns = (  # in PAGE_FRAME_SCHEMA's order
+            [self.user_id] * n,
+            [ctx.device] * n,
+            [ctx.country] * n,
+            [ctx.hour] * n,
+            [ctx.weekday] * n,
+            [r for r, k in enumerate(per_item) for _ in range(k)],
+            [r.row_id for r in self.rows for _ in r.items],
+            [r.kind for r in self.rows for _ in r.items],
+            [r.ranker for r in self.rows for _ in r.items],
+            [r.title for r in self.rows for _ in r.items],
+            [r.score for r in self.rows for _ in r.items],
+            [p for k in per_item for p in range(k)],
+            [i.title_id for i in items],
+            [i.name for i in items],
+            [i.score for i in items],
+            [i.progress for i in items],
+        )
         return pl.DataFrame(
-            {
-                "user_id": [self.user_id] * len(items),
-                "device": [ctx.device] * len(items),
-                "country": [ctx.country] * len(items),
-                "hour": [ctx.hour] * len(items),
-                "weekday": [ctx.weekday] * len(items),
-                "row_index": [r for r, k in enumerate(n) for _ in range(k)],
-                "row_id": [r.row_id for r in self.rows for _ in r.items],
-                "kind": [r.kind for r in self.rows for _ in r.items],
-                "ranker": [r.ranker for r in self.rows for _ in r.items],
-                "row_title": [r.title for r in self.rows for _ in r.items],
-                "row_score": [r.score for r in self.rows for _ in r.items],
-                "position": [p for k in n for p in range(k)],
-                "title_id": [i.title_id for i in items],
-                "name": [i.name for i in items],
-                "score": [i.score for i in items],
-                "progress": [i.progress for i in items],
-            },
-            schema=PAGE_FRAME_SCHEMA,
+            dict(zip(PAGE_FRAME_SCHEMA.names(), columns, strict=True)), schema=PAGE_FRAME_SCHEMA
         )
 
     @classmethod
