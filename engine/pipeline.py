@@ -798,8 +798,12 @@ class Engine:
         h = self.history
         if len(h.user_ids):
             at = datetime.fromtimestamp(h.cutoff_us / 1e6, UTC)
-            self.page(str(h.user_ids[0]), "tv", at)
-            self.fallback_page(self.context(str(h.user_ids[0]), "tv", at))
+            user = str(h.user_ids[0])
+            # A country some title is licensed in: a member without one (and no default
+            # country) would be refused, and a server that cannot warm up never gets ready.
+            country = next((c for listed in h.title_countries for c in listed), None)
+            self.page(user, "tv", at, country)
+            self.fallback_page(self.context(user, "tv", at, country))
 
     # ----- the fallback page -------------------------------------------------------------------
 

@@ -276,6 +276,7 @@ def test_a_member_without_a_country_in_the_data_is_refused_too(eng: Engine, at: 
     )
     with pytest.raises(BadRequestError, match="has no country in the data"):
         bare.page(str(h.user_ids[0]), "tv", at)
+    bare.warm_up()  # `rowrank serve` warms up on the first member: it must not be refused
 
 
 def test_default_country_is_used_and_recorded(eng: Engine, at: str) -> None:
