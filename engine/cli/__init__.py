@@ -36,6 +36,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
         f"imported {ds.source}: {ds.plays.height:,} plays, {ds.users.height:,} users, "
         f"{ds.titles.height:,} titles -> {args.out}"
     )
+    from engine.data.validate import country_note
+
+    note = country_note(ds)
+    if note:
+        print(note, file=sys.stderr)
     return EXIT_OK
 
 

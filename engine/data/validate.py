@@ -560,4 +560,24 @@ def summarize(ds: Dataset) -> str:
             )
         kinds = titles[Col.KIND].value_counts(sort=True, name="n").rows()
         lines.append("kinds: " + ", ".join(f"{k} {n:,}" for k, n in kinds))
+    note = country_note(ds)
+    if note:
+        lines.append(note)
     return "\n".join(lines)
+
+
+def country_note(ds: Dataset) -> str:
+    """A note when titles are licensed per country but some users have no country: not a
+    problem of the data, but those members see only the titles licensed everywhere, in
+    training as in serving, unless a request names a country or [serving] default_country does."""
+    licensed = ds.titles.filter(pl.col(Col.COUNTRIES).list.len() > 0).height
+    without = ds.users.filter(pl.col(Col.COUNTRY).is_null() | (pl.col(Col.COUNTRY) == "")).height
+    if not licensed or not without:
+        return ""
+    everywhere = ds.titles.height - licensed
+    return (
+        f"note: {licensed:,} titles are licensed per country ({everywhere:,} everywhere) but "
+        f"{without:,} of {ds.users.height:,} users have no country: their pages need a "
+        "country (a request's, or [serving] default_country) and training sees only the "
+        "titles licensed everywhere for them; give users a country (import table --users)"
+    )

@@ -139,7 +139,7 @@ def test_users_file_sets_countries_and_unix_seconds_are_times(
     users.write_csv(tmp_path / "users.csv")
     argv = ["import", "table", tmp_path / "plays_unix.csv", tmp_path / "titles.csv", tmp_path / "d"]
     code, _, err = run_cli(*argv, "--users", tmp_path / "users.csv")
-    assert code == EXIT_OK, err
+    assert code == EXIT_OK and err == ""
     ds = load_dataset(tmp_path / "d")
     assert set(ds.users["country"]) == {"DE"} and set(ds.users["maturity_max"]) == {13}
     first = datetime.fromtimestamp(int(plays["ts"].min()), UTC)  # type: ignore[arg-type]
@@ -212,6 +212,10 @@ def test_optional_title_columns_are_kept(tmp_path: Path, run_cli: RunCli) -> Non
     argv = ["import", "table", tmp_path / "plays.csv", tmp_path / "titles.csv", tmp_path / "d"]
     code, _, err = run_cli(*argv)
     assert code == EXIT_OK, err
+    # Licensed per country, but no users file to give members theirs: said at once.
+    assert err.startswith("note: 10 titles are licensed per country (0 everywhere) but 10 of")
+    code, out, _ = run_cli("validate", tmp_path / "d")
+    assert code == EXIT_OK and "users have no country" in out
     ds = load_dataset(tmp_path / "d")
     assert ds.titles["series_id"].to_list()[:3] == ["s1", "s1", None]
     assert ds.titles["episode"].to_list()[:3] == [1, 2, None]
