@@ -158,12 +158,7 @@ class TuneResult:
 
     def apply(self, cfg: EngineConfig) -> EngineConfig:
         """The engine config with the chosen keys."""
-        if not any(self.chosen.values()):
-            return cfg
-        doc = cfg.to_document()
-        for name, keys in self.chosen.items():
-            doc["rankers"][name].update(keys)
-        return parse_config(doc, source="engine config + keys chosen by tuning")
+        return with_keys(cfg, self.chosen, "keys chosen by tuning")
 
 
 def tune(
@@ -196,7 +191,8 @@ def tune(
 
     def run(s: _Search, keys: dict[str, Any]) -> Trial:
         t = time.perf_counter()
-        ranker = build_rankers(_with_keys(cfg, s.name, keys))[s.name].fit(v.history)
+        trial_cfg = with_keys(cfg, {s.name: keys}, f"a tuning trial of {s.name}")
+        ranker = build_rankers(trial_cfg)[s.name].fit(v.history)
         trial = Trial(s.name, keys, score_ranker(ranker, v, requests), time.perf_counter() - t)
         s.last_seconds = trial.seconds
         trials.append(trial)
@@ -231,12 +227,14 @@ def tune(
     return TuneResult(budget_s, seed, time.perf_counter() - t0, complete, info, trials, chosen)
 
 
-def _with_keys(cfg: EngineConfig, name: str, keys: dict[str, Any]) -> EngineConfig:
-    if not keys:
+def with_keys(cfg: EngineConfig, keys: dict[str, dict[str, Any]], why: str) -> EngineConfig:
+    """`cfg` with ranker keys replaced ({ranker instance: {key: value}})."""
+    if not any(keys.values()):
         return cfg
     doc = cfg.to_document()
-    doc["rankers"][name].update(keys)
-    return parse_config(doc, source=f"tuning trial of {name}")
+    for name, changed in keys.items():
+        doc["rankers"][name].update(changed)
+    return parse_config(doc, source=f"engine config + {why}")
 
 
 def print_trial(enabled: bool) -> Callable[[Trial], None] | None:
