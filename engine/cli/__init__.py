@@ -9,8 +9,6 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 from pathlib import Path
 
-import orjson
-
 from engine.errors import BadRequestError, DataError, RowrankError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -211,6 +209,8 @@ def _page_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_page(args: argparse.Namespace) -> int:
+    import orjson
+
     import engine
     from engine.request.context import parse_country, parse_device, parse_time
 
