@@ -100,14 +100,17 @@ PROGRAMMER_ERRORS: tuple[type[BaseException], ...] = (
 # ----- the edge: a request resolved once ----------------------------------------------------
 
 
-def resolve_country(ctx: RequestContext, history: History) -> RequestContext:
-    """The edge of the pipeline: `ctx` with the member's country when the request gave none
-    (None when neither is known). Every stage after it reads the resolved context."""
+def resolve_country(
+    ctx: RequestContext, history: History, default: str | None = None
+) -> RequestContext:
+    """The edge of the pipeline: `ctx` with its country: the request's, else the member's, else
+    `default` (`[serving] default_country`), else None. Every stage after it reads the resolved
+    context; training replays requests through it too."""
     if ctx.country:
         return ctx
     u = history.user_index(ctx.user_id)
     member = str(history.user_country[u]) if u >= 0 else ""
-    return replace(ctx, country=member or None)
+    return replace(ctx, country=member or default)
 
 
 # ----- stage 1: rankers -----------------------------------------------------------------------
@@ -649,12 +652,9 @@ class Engine:
         default_country`. With none of them, and titles licensed per country, BadRequestError:
         only the titles licensed everywhere could be shown, a thin or empty page that would look
         like an answer."""
-        ctx = resolve_country(ctx, self.history)
+        ctx = resolve_country(ctx, self.history, self.config.serving.default_country)
         if ctx.country is not None:
             return ctx
-        default = self.config.serving.default_country
-        if default is not None:
-            return replace(ctx, country=default)
         if self.titles_everywhere < self.history.n_titles:
             known = self.history.user_index(ctx.user_id) >= 0
             raise BadRequestError(

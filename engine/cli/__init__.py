@@ -164,7 +164,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_dir", help="dataset directory (rowrank simulate / import)")
     p.add_argument("model_dir", help="model directory to write (replaced if it is one)")
-    p.add_argument("--config", help="engine config TOML (default: the built-in one)")
+    p.add_argument("--config", help="engine config TOML layered over the built-in one")
     p.add_argument("--until", help="cut-off, ISO 8601 (default: the dataset's clock)")
     p.add_argument(
         "--tune-budget",

@@ -246,7 +246,8 @@ class _Replayer:
 
     def resolve(self, user_id: str, device: str, at_us: int) -> RequestContext:
         at = datetime.fromtimestamp(at_us / 1e6, tz=UTC)
-        return resolve_country(RequestContext(user_id, device, at), self.history)
+        ctx = RequestContext(user_id, device, at)
+        return resolve_country(ctx, self.history, self.cfg.serving.default_country)
 
 
 def _grade(progress: pl.Expr, seconds: pl.Expr, cfg: PageModelConfig) -> pl.Expr:
@@ -1175,6 +1176,8 @@ def train(
     if until is not None:
         ds = ds.as_of(cutoff)
     history = History.from_dataset(ds) if until is None else History.from_dataset(ds, cutoff)
+    if len(history.play_user) == 0:
+        raise DataError(["plays: no plays before the cut-off to train on"])
     given = cfg
     t_loaded = time.perf_counter()
     tuning = tune(cfg, history, budget_s=tune_budget, seed=seed, on_trial=print_trial(progress))
@@ -1369,7 +1372,7 @@ def summary(manifest: dict[str, Any]) -> str:
         + f" (row model {r['valid_ndcg_at_10']:.3f}, template "
         f"{r.get('template_ndcg_at_10', float('nan')):.3f}, random {r['random_ndcg_at_10']:.3f})",
     ]
-    logged = [(k, x["logged_order_ndcg_at_10"]) for k, x in (("titles", t), ("rows", r))]
+    logged = [(k, x.get("logged_order_ndcg_at_10")) for k, x in (("titles", t), ("rows", r))]
     if all(v is not None for _, v in logged):
         # Only with impressions: the order the logging policy (the app that was live) showed.
         lines.append(

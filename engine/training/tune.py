@@ -70,14 +70,14 @@ class Validation:
         ]
         return cls(kept, members.astype(np.int64), at.astype(np.int64), truth, holdout)
 
-    def requests(self) -> list[RequestContext]:
+    def requests(self, default_country: str | None = None) -> list[RequestContext]:
         h = self.history
         out = []
         for u, at in zip(self.members.tolist(), self.at_us.tolist(), strict=True):
             last_device = int(h.play_device[h.user_plays(u).stop - 1])
             device = DEVICES[last_device] if last_device >= 0 else DEVICES[0]
             ctx = RequestContext(str(h.user_ids[u]), device, datetime.fromtimestamp(at / 1e6, UTC))
-            out.append(resolve_country(ctx, h))
+            out.append(resolve_country(ctx, h, default_country))
         return out
 
 
@@ -186,7 +186,7 @@ def tune(
             searches.append(_Search(name, spec.config, space))
     if budget_s <= 0 or len(v.members) == 0 or not searches:
         return TuneResult(budget_s, seed, 0.0, budget_s <= 0, info, [], {})
-    requests = v.requests()
+    requests = v.requests(cfg.serving.default_country)
     trials: list[Trial] = []
 
     def run(s: _Search, keys: dict[str, Any]) -> Trial:

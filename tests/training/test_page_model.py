@@ -234,3 +234,29 @@ def test_compiled_trees_of_a_single_leaf_and_categorical_model() -> None:
     cats = re.findall(r"\nnum_cat=(\d+)", booster.model_to_string())
     assert any(int(n) > 0 for n in cats)  # categorical splits were exercised
     assert "num_leaves=1\n" in flat.model_to_string()  # and single-leaf trees
+
+
+def test_members_without_a_country_train_in_the_default_country(
+    tiny_world: TinyWorld, tmp_path: Path
+) -> None:
+    """Titles licensed per country, members with none: training replays their pages in
+    `[serving] default_country`, as serving answers them (without it no window has a page)."""
+    import polars as pl
+
+    ds = load_dataset(tiny_world.path)
+    users = ds.users.with_columns(pl.lit(None, dtype=pl.String).alias("country"))
+    save_dataset(replace(ds, users=users, impressions=None), tmp_path / "data")
+    doc = tiny_engine_config(rebuilt_pages_per_window=150).to_document()
+    doc["serving"] = {**doc.get("serving", {}), "default_country": eng_country(ds)}
+    from engine.config import parse_config
+
+    manifest = train(tmp_path / "data", tmp_path / "m", engine_config=parse_config(doc))
+    assert manifest["metrics"]["title"]["valid_groups_with_positive"] > 0
+    page = engine.load(tmp_path / "m").page(str(ds.users["user_id"][0]), "tv")
+    assert page.context.country == eng_country(ds) and page.rows
+
+
+def eng_country(ds: object) -> str:
+    """A country some titles are licensed in."""
+    titles = ds.titles  # type: ignore[attr-defined]
+    return str(titles["countries"].explode().drop_nulls().mode().sort()[0])
