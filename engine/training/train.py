@@ -1350,7 +1350,8 @@ def summary(manifest: dict[str, Any]) -> str:
     ranker_kinds = set(manifest.get("ranker_order_kinds", []))
     lines += [
         "",
-        "titles within each row (held-out window NDCG@10; the better order is served):",
+        "titles within each row (held-out window NDCG@10; the title model is served where it "
+        "wins on at least [page] guard_min_rows rows with a play):",
         f"  {'row kind':<22} {'title model':>11} {'ranker order':>12} {'rows':>6}  served",
     ]
     for kind, v in t.get("by_kind", {}).items():
