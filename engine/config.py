@@ -24,8 +24,6 @@ and key named, and the closest allowed name when one is close (ConfigError).
 from __future__ import annotations
 
 import difflib
-import json
-import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -35,6 +33,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
 from engine.candidates import Ranker, RankerConfig
@@ -369,53 +368,14 @@ def _check_layout(layout: DeviceLayout, device: str, source: str) -> None:
         )
 
 
-# ----- writing TOML (the standard library reads it, but does not write it) ---------------------
-
-
 def to_toml(doc: Mapping[str, Any]) -> str:
-    """A TOML-shaped dict as TOML text: the sections and their named tables ([rankers.pvr]) as
-    tables, deeper tables inline; None values are left out (TOML has no null)."""
-    lines: list[str] = []
-    _toml_table(doc, (), lines)
-    return "\n".join(lines).lstrip("\n") + "\n"
+    """A TOML-shaped dict as TOML text (None values left out: TOML has no null)."""
+    return tomli_w.dumps(_without_none(doc))
 
 
-def _toml_table(table: Mapping[str, Any], path: tuple[str, ...], lines: list[str]) -> None:
-    # The document, its sections and the sections' named tables get [headers]; deeper inline.
-    as_tables = len(path) < 2
-    direct = [v for v in table.values() if not (as_tables and isinstance(v, Mapping))]
-    if path and (direct or not table):  # a table holding only tables needs no header
-        lines.append(f"\n[{'.'.join(_toml_key(p) for p in path)}]")
-    for key, value in table.items():
-        if value is not None and not (as_tables and isinstance(value, Mapping)):
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    for key, value in table.items():
-        if as_tables and isinstance(value, Mapping):
-            _toml_table(value, (*path, key), lines)
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Mapping):
-        items = ", ".join(
-            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
-        )
-        return "{ " + items + " }" if items else "{}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write {type(value).__name__} {value!r} as TOML")
+def _without_none(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: _without_none(v) if isinstance(v, Mapping) else v
+        for k, v in doc.items()
+        if v is not None
+    }
