@@ -175,10 +175,10 @@ def test_poured_n2dcg_and_union_recall() -> None:
                           visible_titles=2)  # fmt: skip
     # [[5, 6], [7, 8]]: the hit at row 2, column 1 has discount 1/log2(3); ideal for one hit is 1
     got = poured_n2dcg(np.array([5, 6, 7, 8]), np.array([7]), [2, 2], layout)
-    assert got == pytest.approx(1.0 / np.log2(3))
+    np.testing.assert_allclose(got, [0.0, 1.0 / np.log2(3)])  # the hit's row holds it all
     # row lengths decide the shape: [[5], [6, 7]] puts 7 at (2, 2), discount 1/log2(4)
     got = poured_n2dcg(np.array([5, 6, 7, 8]), np.array([7]), [1, 2], layout)
-    assert got == pytest.approx(0.5)
+    assert got.sum() == pytest.approx(0.5)
     u = union_recall([np.array([1, 2, 3]), np.array([4])], [np.array([2, 9]), np.array([5])])
     np.testing.assert_allclose(u, [0.5, 0.0])
 
@@ -244,6 +244,9 @@ def test_whole_protocol_on_a_generated_release(release: Path, tmp_path: Path) ->
             assert f"rowrank {ranker}" in names
         assert "rowrank Top Picks as shown" in names
         assert {p["baseline"] for p in r["page"]} == {b.name for b in BASELINES}
+        for p in r["page"]:  # the rows' shares add up to the page's N2DCG
+            assert sum(p["by_row"]["page"]) == pytest.approx(p["page_n2dcg"], abs=1e-4)
+            assert sum(p["by_row"]["poured"]) == pytest.approx(p["poured_n2dcg"], abs=1e-4)
         best = next(row for row in r["rows"] if row["list"] == r["best_baseline"])
         assert best["ndcg10_vs_best"]["value"] == pytest.approx(1.0)
         for row in r["rows"]:

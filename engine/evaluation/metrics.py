@@ -133,10 +133,16 @@ def discounts_2d(n_rows: int, n_cols: int) -> np.ndarray:
 
 def n2dcg(grid: np.ndarray, truth: np.ndarray, layout: DeviceLayout) -> float:
     """2-D NDCG of a page (module doc); 0 for an empty truth."""
+    return float(n2dcg_by_row(grid, truth, layout).sum())
+
+
+def n2dcg_by_row(grid: np.ndarray, truth: np.ndarray, layout: DeviceLayout) -> np.ndarray:
+    """Each row's share of the page's N2DCG (float64 per grid row; they sum to `n2dcg`): where
+    on the page a list gains or loses against another."""
     if len(truth) == 0 or grid.size == 0:
-        return 0.0
+        return np.zeros(grid.shape[0])
     rel = np.isin(grid, truth) & first_appearances(grid)
-    dcg = float((discounts_2d(*grid.shape) * rel).sum())
+    dcg = (discounts_2d(*grid.shape) * rel).sum(axis=1)
     ideal = np.sort(discounts_2d(layout.rows, layout.titles_per_row).reshape(-1))[::-1]
     return dcg / float(ideal[: min(len(truth), ideal.size)].sum())
 
@@ -394,6 +400,7 @@ __all__ = [
     "hit_at_k",
     "list_metrics",
     "n2dcg",
+    "n2dcg_by_row",
     "ndcg_at_k",
     "page_grid",
     "paired_comparison",

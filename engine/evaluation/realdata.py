@@ -44,7 +44,7 @@ from engine.data.columns import Col
 from engine.data.dataset import Dataset
 from engine.data.history import History, to_us
 from engine.evaluation.metrics import (
-    n2dcg,
+    n2dcg_by_row,
     ndcg_at_k,
     page_grid,
     recall_at_k,
@@ -220,9 +220,10 @@ def pour(ranked: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
 
 def poured_n2dcg(
     ranked: np.ndarray, truth: np.ndarray, lengths: Sequence[int], layout: DeviceLayout
-) -> float:
-    """N2DCG of `ranked` poured into a page of row `lengths` (bench_page_quality's comparison)."""
-    return n2dcg(pour(ranked, lengths), truth, layout)
+) -> np.ndarray:
+    """Each row's N2DCG of `ranked` poured into a page of row `lengths` (they sum to the page's;
+    bench_page_quality's comparison)."""
+    return n2dcg_by_row(pour(ranked, lengths), truth, layout)
 
 
 # ----- baselines ----------------------------------------------------------------------------------
@@ -451,7 +452,7 @@ class RowrankScores:
     top_picks: list[np.ndarray] = field(default_factory=list)
     first_rows: dict[str, list[np.ndarray]] = field(default_factory=dict)
     row_lengths: list[list[int]] = field(default_factory=list)
-    page_n2dcg: list[float] = field(default_factory=list)
+    page_n2dcg: list[np.ndarray] = field(default_factory=list)  # per row, summing to N2DCG
     union: list[np.ndarray] = field(default_factory=list)
     pages_without_top_picks: int = 0
     layout: DeviceLayout | None = None
@@ -497,7 +498,7 @@ def score_rowrank(
         out.top_picks.append(empty if top is None else top)
         out.row_lengths.append([len(s) for s in shown])
         truth = split.truth[len(out.page_n2dcg)]
-        out.page_n2dcg.append(n2dcg(page_grid(shown), truth, eng.layout(device)))
+        out.page_n2dcg.append(n2dcg_by_row(page_grid(shown), truth, eng.layout(device)))
         rows, _ = eng.filter(propose_rows(eng.rankers, ctx, h).rows, ctx)
         for name in eng.rankers:
             first = next((r for r in rows if r.ranker == name), None)

@@ -251,22 +251,38 @@ def run_split(kind: str, args: argparse.Namespace, data: Path, ds: Dataset) -> d
         for name, values in rr.first_rows.items():
             add(f"rowrank {name}", "first row, ranker order", values)
         add("rowrank Top Picks as shown", "the Top Picks row on the page", rr.top_picks)
-        page = np.array(rr.page_n2dcg)
-        assert rr.layout is not None
+        layout = rr.layout
+        assert layout is not None
+
+        def by_row(parts: list[np.ndarray]) -> np.ndarray:
+            """Members x the layout's rows: each row's share of the page's N2DCG."""
+            grid = np.zeros((len(parts), layout.rows))
+            for i, p in enumerate(parts):
+                grid[i, : len(p)] = p[: layout.rows]
+            return grid
+
+        page_rows = by_row(rr.page_n2dcg)
+        page = page_rows.sum(axis=1)
         pages: list[dict[str, Any]] = []
         for n, values in lists.items():
-            poured = np.array(
+            poured_rows = by_row(
                 [
-                    poured_n2dcg(v, t, lengths, rr.layout)
+                    poured_n2dcg(v, t, lengths, layout)
                     for v, t, lengths in zip(values, scored.truth, rr.row_lengths, strict=True)
                 ]
             )
+            poured = poured_rows.sum(axis=1)
             pages.append(
                 {
                     "baseline": n,
                     "poured_n2dcg": float(poured.mean()),
                     "page_n2dcg": float(page.mean()),
                     "page_vs_poured": bootstrap_ratio_ci(page, poured, rng).to_dict(),
+                    # where on the page it gains or loses: mean N2DCG share of each row
+                    "by_row": {
+                        "page": page_rows.mean(axis=0).round(5).tolist(),
+                        "poured": poured_rows.mean(axis=0).round(5).tolist(),
+                    },
                 }
             )
         out["page"] = pages
@@ -319,6 +335,19 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {p['baseline']} | {p['poured_n2dcg']:.4f} | {p['page_n2dcg']:.4f} | "
                 f"{_iv(p['page_vs_poured'])} |"
             )
+        best = next(p for p in r["page"] if p["baseline"] == r["best_baseline"])
+        lines += [
+            "",
+            f"N2DCG by page row, page / {r['best_baseline']} poured (mean share of each row): "
+            + ", ".join(
+                f"{i + 1}: {a:.4f}/{b:.4f}"
+                for i, (a, b) in enumerate(
+                    zip(best["by_row"]["page"], best["by_row"]["poured"], strict=True)
+                )
+                if a or b
+            )
+            + ".",
+        ]
         u = r["union"]
         lines += [
             "",
