@@ -91,16 +91,22 @@ def save_replacing(ds: Dataset, out: Path) -> None:
     tmp.mkdir()
     try:
         save_dataset(ds, tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Put the finished directory `tmp` (a sibling of `out`) in place of `out` by renames, so
+    readers see the old directory or the new one, never a half-written one."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
 
 
 def load_dataset(directory: Path, *, validate: bool = True) -> Dataset:

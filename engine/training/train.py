@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import shutil
 import sys
 import tempfile
@@ -55,7 +54,7 @@ import engine
 from engine.candidates import CandidateRow, Ranker
 from engine.config import EngineConfig, build_rankers, load_config, parse_config
 from engine.data.columns import DEVICES, Col
-from engine.data.dataset import Dataset, load_dataset, to_utc
+from engine.data.dataset import Dataset, load_dataset, swap_in, to_utc
 from engine.data.history import US_PER_DAY, History, drop_last_plays, to_us
 from engine.errors import ConfigError, DataError, ModelLoadError
 from engine.pipeline import (
@@ -1307,13 +1306,7 @@ def write_model_dir(
         (tmp / MANIFEST).write_bytes(
             orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
         )
-        if model_dir.exists():
-            old = model_dir.with_name(f".{model_dir.name}.old-{os.getpid()}")
-            model_dir.rename(old)
-            tmp.rename(model_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(model_dir)
+        swap_in(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
