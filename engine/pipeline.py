@@ -556,13 +556,13 @@ def continuation_mode(history: History, user: int, at_us: int, cfg: PageModelCon
     `continuation_days` of the request, past `continuation_min_progress` and not finished."""
     if user < 0:
         return False
-    s = history.user_plays(user)
+    s = history.user_plays_before(user, at_us)
     recent = (at_us - history.play_ts[s]) <= cfg.continuation_days * US_PER_DAY
     prog = history.play_progress[s]
     open_ = recent & (prog >= cfg.continuation_min_progress) & (prog < FINISHED_PROGRESS)
     if not open_.any():
         return False
-    done = history.finished(user)
+    done = history.finished(user, at_us)
     return bool(np.isin(history.play_title[s][open_], done, invert=True).any())
 
 

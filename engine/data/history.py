@@ -103,9 +103,10 @@ class History:
         s = self.user_plays(user)
         return slice(s.start, s.start + int(np.searchsorted(self.play_ts[s], at_us, side="left")))
 
-    def finished(self, user: int) -> np.ndarray:
-        """Title indices the user has watched to FINISHED_PROGRESS or beyond."""
-        s = self.user_plays(user)
+    def finished(self, user: int, before_us: int | None = None) -> np.ndarray:
+        """Title indices the user has watched to FINISHED_PROGRESS or beyond (before `before_us`
+        when given: a request at a past time)."""
+        s = self.user_plays(user) if before_us is None else self.user_plays_before(user, before_us)
         done = self.play_progress[s] >= FINISHED_PROGRESS
         return np.unique(self.play_title[s][done])
 

@@ -75,12 +75,12 @@ def request_masks(request: RequestContext, history: History) -> RequestMasks:
     country = request.country or (str(history.user_country[user]) if user >= 0 else "")
     limit = int(history.user_maturity_max[user]) if user >= 0 else UNKNOWN_USER_MATURITY_MAX
     finished = np.zeros(history.n_titles, dtype=bool)
-    finished[history.finished(user)] = True
+    finished[history.finished(user, request.at_us)] = True
     masks = {
         "unavailable": ~history.available_in(country),
         "maturity": history.maturity > limit,
         "finished": finished,
-        "series_entry": ~series_entries(history, user),
+        "series_entry": ~series_entries(history, user, request.at_us),
     }
     reason = np.zeros(history.n_titles, dtype=np.uint8)
     for k, name in reversed(list(enumerate(FILTERS, 1))):  # the first filter's code wins
@@ -130,7 +130,7 @@ _FINISHED = 1 + FILTERS.index("finished")
 _SERIES_ENTRY = 1 + FILTERS.index("series_entry")
 
 
-def series_entries(history: History, user: int) -> np.ndarray:
+def series_entries(history: History, user: int, before_us: int | None = None) -> np.ndarray:
     """Bool per title: not an episode, or the member's entry into its series (the first
     episode they have not finished). Episode 7 of a series the member never started is not
     proposed: a member starts a series at its start or goes on where they are. This is how the
@@ -141,7 +141,7 @@ def series_entries(history: History, user: int) -> np.ndarray:
     out[order] = False
     unfinished = np.ones(history.n_titles, dtype=bool)
     if user >= 0:
-        unfinished[history.finished(user)] = False
+        unfinished[history.finished(user, before_us)] = False
     cand = order[unfinished[order]]  # the first unfinished episode of each series is its entry
     if len(cand):
         s = history.series[cand]

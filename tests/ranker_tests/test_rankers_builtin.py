@@ -383,6 +383,8 @@ def test_a_past_request_reads_none_of_the_members_later_plays() -> None:
     at fit time aside: that is the model's, not the member's state at T)."""
     from engine.config import build_rankers, load_config
     from engine.data.history import keep_plays
+    from engine.pipeline import continuation_mode
+    from engine.request.scorers import PageModelConfig
 
     h = History.from_dataset(make_dataset(seed=6), CUTOFF)
     rankers = build_rankers(load_config(None))
@@ -404,6 +406,18 @@ def test_a_past_request_reads_none_of_the_members_later_plays() -> None:
             got = [(x.row_id, x.titles.tolist()) for x in r.propose(ctx, h)]
             want = [(x.row_id, x.titles.tolist()) for x in r.propose(ctx, without)]
             assert got == want, f"{name} read member {u}'s plays after the request"
+        # the filters (finished, series entry) and the continuation rule of the page, too
+        rows = [x for r in rankers.values() for x in r.propose(ctx, h)]
+        got_rows, got_removed = apply_filters(rows, ctx, h, rankers)
+        want_rows, want_removed = apply_filters(rows, ctx, without, rankers)
+        assert [x.titles.tolist() for x in got_rows] == [x.titles.tolist() for x in want_rows]
+        assert {k: v.titles.tolist() for k, v in got_removed.items()} == {
+            k: v.titles.tolist() for k, v in want_removed.items()
+        }
+        page_cfg = PageModelConfig()
+        assert continuation_mode(h, u, at_us, page_cfg) == continuation_mode(
+            without, u, at_us, page_cfg
+        )
         n_checked += 1
         if n_checked == 15:
             break
