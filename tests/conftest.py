@@ -21,15 +21,18 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 # Before LightGBM loads its OpenMP runtime (see engine/request/scorers.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np
 import pytest
 
 from engine.cli import main as cli_main
 from engine.config import EngineConfig, load_config, parse_config
+from engine.pipeline import Engine
 from engine.sim.world import GroundTruth
 
 TINY_USERS, TINY_TITLES, TINY_DAYS, TINY_SEED = 300, 300, 28, 5
@@ -96,6 +99,28 @@ def tiny_model(
     out = tmp_path_factory.mktemp("tiny_model") / "model"
     train(tiny_world.path, out, engine_config=tiny_config, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def eng(tiny_model: Path) -> Engine:
+    """The tiny model, loaded once per test module (a module may change it)."""
+    import engine
+
+    return engine.load(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def at(eng: Engine) -> str:
+    """20:00 on the day after the tiny model's cut-off, as an ISO string."""
+    cut = datetime.fromtimestamp(eng.history.cutoff_us / 1e6, UTC)
+    return (cut + timedelta(hours=20)).replace(minute=0, second=0, microsecond=0).isoformat()
+
+
+@pytest.fixture(scope="module")
+def member(eng: Engine) -> str:
+    """The member with the most plays (so most rankers have rows for them)."""
+    counts = np.diff(eng.history.user_offsets)
+    return str(eng.history.user_ids[int(np.argmax(counts))])
 
 
 @pytest.fixture(scope="session")

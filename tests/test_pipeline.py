@@ -36,24 +36,6 @@ from engine.request.selectors import AssembledPage, AssemblyRules, assemble_page
 ROWRANK = [sys.executable, "-m", "engine.cli"]
 
 
-@pytest.fixture(scope="module")
-def eng(tiny_model: Path) -> Engine:
-    return engine.load(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def at(eng: Engine) -> str:
-    cut = datetime.fromtimestamp(eng.history.cutoff_us / 1e6, UTC)
-    return (cut + timedelta(hours=20)).replace(minute=0, second=0, microsecond=0).isoformat()
-
-
-@pytest.fixture(scope="module")
-def member(eng: Engine) -> str:
-    """A member with plays (so most rankers have rows for them)."""
-    counts = np.diff(eng.history.user_offsets)
-    return str(eng.history.user_ids[int(np.argmax(counts))])
-
-
 class _Raising:
     """Wraps a ranker; `propose` raises the given exception."""
 

@@ -6,32 +6,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
 
-import engine
 from engine.cli import EXIT_OK, EXIT_USAGE
 from engine.cli.show import page_table, shorten
 from engine.pipeline import Engine
 
 RunCli = Callable[..., tuple[int, str, str]]  # the `run_cli` fixture (tests/conftest.py)
-
-
-@pytest.fixture(scope="module")
-def eng(tiny_model: Path) -> Engine:
-    return engine.load(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def at(eng: Engine) -> str:
-    cut = datetime.fromtimestamp(eng.history.cutoff_us / 1e6, UTC)
-    return (cut + timedelta(hours=20)).replace(minute=0, second=0, microsecond=0).isoformat()
-
-
-@pytest.fixture(scope="module")
-def member(eng: Engine) -> str:
-    return str(eng.history.user_ids[int(np.argmax(np.diff(eng.history.user_offsets)))])
 
 
 def test_formats_json_pretty_and_table(
