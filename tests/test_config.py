@@ -42,7 +42,7 @@ def test_default_config_has_every_builtin_ranker_and_two_trending_instances() ->
         assert ranker.name == name
         assert ranker.type_name == cfg.rankers[name].type
         assert ranker.config is cfg.rankers[name].config  # type: ignore[attr-defined]
-    assert cfg.assembly.max_rows_per_kind == {"because_you_watched": 3, "pvr_genre": 4}
+    assert cfg.assembly.max_rows_per_kind == {"because_you_watched": 3, "pvr_genre": 8}
     assert cfg.assembly.dedupe is True
 
 
@@ -203,7 +203,7 @@ def test_tables_merge_and_other_values_replace(tmp_path: Path) -> None:
     assert cfg.assembly.pinned == ["pvr"]  # a list replaces
     assert cfg.assembly.max_rows_per_kind == {  # a table merges
         "because_you_watched": 3,
-        "pvr_genre": 4,
+        "pvr_genre": 8,
         "trending": 1,
     }
     assert cfg.serving.default_country == "DE" and cfg.serving.stale_after_days == 7.0
