@@ -12,9 +12,14 @@ after each request. Nothing at or after t_k reaches a feature of window k
   1 (played briefly) or 2 (watched substantially) from the play it led to; titles the device
   did not show are not examples (the log holds the viewport only). The shown position goes to
   LightGBM as `position` (unbiased lambdarank).
-- Without impressions (MovieLens): each sampled member's page is rebuilt at the time of their
-  first play in the window; a candidate title is labelled by what the member played in the rest
-  of the window.
+- Without impressions (MovieLens), by default, the windows are members' held-out plays instead
+  (`held_out_window`): window k removes every member's last k x 5 plays, fits on the rest and
+  rebuilds each member's page just after their last kept play, labelled by their next 5 plays.
+  Nothing after the cut-off is read; as in the per-member evaluation, other members' plays
+  after a member's request stay in the fitted History (trending and popularity are counted as
+  of the request time). `[page] rebuilt_windows = "time"` keeps time windows: each sampled
+  member's page is rebuilt at the time of their first play in the window, labelled by what
+  they played in the rest of it.
 
 The last window is held out: both models are validated on it (NDCG in the manifest), then refit
 on every window with the validated number of rounds. The serving rankers and feature store are
