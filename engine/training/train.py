@@ -1,4 +1,4 @@
-"""`rowrank train DATA_DIR MODEL_DIR [--config FILE] [--until ISO_TIME]`: fit the rankers and the
+"""`rowrank train DATA_DIR MODEL_DIR [--config FILE] [--until ISO_TIME] [--tune-budget S]`: fit
 page model, write a model directory.
 
 Training data come from several windows [t_k, t_k+1) before the cut-off. For each window the
