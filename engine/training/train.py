@@ -1,5 +1,5 @@
 """`rowrank train DATA_DIR MODEL_DIR [--config FILE] [--until ISO_TIME] [--tune-budget S]`: fit
-page model, write a model directory.
+the rankers and the page model, write a model directory.
 
 Training data come from several windows [t_k, t_k+1) before the cut-off. For each window the
 rankers and the feature store are fitted on `History.from_dataset(ds, t_k)` only, the requests
