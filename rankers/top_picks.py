@@ -34,7 +34,8 @@ from rankers._common import PlayTimes, check_fitted, load_state, make_row, save_
 from rankers.pvr import CFConfig, CFModel, Signals, decay, head, zscore
 
 STATE_VERSION = 1
-MODEL_FILE = "lambdarank.txt"  # LightGBM's own text format, never pickle
+MODEL_FILE = "lambdarank.txt"
+MORE_KIND = "top_picks_more"  # LightGBM's own text format, never pickle
 _GENERATORS = ("ease", "ease_recent", "knn", "popular", "trending_short", "trending_long")
 
 
@@ -43,6 +44,9 @@ class TopPicksConfig(RankerConfig):
 
     title: str = "Top Picks for You"
     row_length: int = Field(default=40, ge=1)
+    # Continuation rows, one per display title: row k holds the titles ranked after row k-1's
+    # `row_length` (kind "top_picks_more", so the page model learns where they belong).
+    more_titles: tuple[str, ...] = ()
     # 50 and 100 gave the same NDCG@10 on MovieLens validation; 50 halves the rows to score.
     candidates: int = Field(default=50, ge=1, description="titles each generator proposes")
     # Generators
@@ -319,17 +323,35 @@ class TopPicksRanker:
             return []
         # Without a model (too little history to learn from) the EASE order stands.
         s = self.forest_.raw(X) if self.forest_ is not None else -X[:, 1]
-        top = head(np.where(np.isfinite(s), s, -np.inf), self.config.row_length)
-        return [
+        cfg = self.config
+        n = cfg.row_length
+        top = head(np.where(np.isfinite(s), s, -np.inf), n * (1 + len(cfg.more_titles)))
+        evidence = {"personalized": user >= 0 and history.user_plays(user).stop > 0}
+        rows = [
             make_row(
                 ranker=self.name,
                 kind=self.type_name,
-                title=self.config.title,
-                titles=cand[top],
-                scores=s[top],
-                evidence={"personalized": user >= 0 and history.user_plays(user).stop > 0},
+                title=cfg.title,
+                titles=cand[top[:n]],
+                scores=s[top[:n]],
+                evidence=evidence,
             )
         ]
+        for k, title in enumerate(cfg.more_titles, start=1):
+            part = top[k * n : (k + 1) * n]
+            if len(part):
+                rows.append(
+                    make_row(
+                        ranker=self.name,
+                        kind=MORE_KIND,
+                        title=title,
+                        titles=cand[part],
+                        scores=s[part],
+                        key=f"more{k}",
+                        evidence=evidence,
+                    )
+                )
+        return rows
 
     def save(self, directory: Path) -> None:
         check_fitted(self, "generators_")

@@ -27,6 +27,7 @@ from engine.request.selectors import (
     PlacedRow,
     ShortRow,
     _check_rows,
+    pin_matches,
     pins_for,
 )
 
@@ -48,6 +49,10 @@ def assemble_page(
     current = list(rows)  # each row as dedupe left it (not yet cut to the layout)
     remaining = list(range(len(current)))
     pins = pins_for(rules, continuation_mode)
+    # which rows satisfy each pin is settled on the input rows, before any stage
+    matches = {
+        p: {r.row_id for r, m in zip(rows, pin_matches(p, rows), strict=True) if m} for p in pins
+    }
     placed: list[CandidateRow] = []
     pinned_rows: list[CandidateRow] = []
     per_kind: Counter[str] = Counter()
@@ -72,7 +77,7 @@ def assemble_page(
         shown = [_cut(current[i], layout.titles_per_row) for i in remaining]
         raw = _checked(score_rows(tuple(placed), shown), len(shown))
         penalty = penalize_repeated_kinds(placed, shown, rules.diversity_weight)
-        eligible, pins, skipped = pin_rows(shown, pins, pinned_rows)
+        eligible, pins, skipped = pin_rows(shown, pins, pinned_rows, matches)
         pin_log += skipped
         adjusted = raw - penalty if eligible is None else np.where(eligible, raw - penalty, -np.inf)
         pick = int(np.argmax(adjusted))  # first of equals: input order breaks ties
@@ -95,7 +100,7 @@ def assemble_page(
                         DuplicateRemoval(current[i].row_id, chosen.row_id, current[i].titles[lost])
                     )
                     current[i] = current[i].take(~lost)
-    pin_log += pin_rows([], pins, pinned_rows)[2]  # pins never reached
+    pin_log += pin_rows([], pins, pinned_rows, matches)[2]  # pins never reached
     trace = AssemblyTrace(
         placed=tuple(placed_log),
         pins=tuple(pin_log),
@@ -109,18 +114,21 @@ def assemble_page(
 
 
 def pin_rows(
-    rows: Sequence[CandidateRow], pins: Sequence[Pin], pinned_rows: Sequence[CandidateRow]
+    rows: Sequence[CandidateRow],
+    pins: Sequence[Pin],
+    pinned_rows: Sequence[CandidateRow],
+    matches: dict[Pin, set[str]],
 ) -> tuple[np.ndarray | None, tuple[Pin, ...], list[PinOutcome]]:
     """(eligible mask or None when no pin is pending, the pins still pending with the active
     one first, outcomes of the pins passed on the way). A pin already satisfied by a row pinned
     earlier is passed with that row."""
     skipped: list[PinOutcome] = []
     for i, pin in enumerate(pins):
-        earlier = [r.row_id for r in pinned_rows if getattr(r, pin.attr) == pin.value]
+        earlier = [r.row_id for r in pinned_rows if r.row_id in matches[pin]]
         if earlier:
             skipped.append(PinOutcome(str(pin), earlier[0]))
             continue
-        mask = np.array([getattr(r, pin.attr) == pin.value for r in rows], dtype=bool)
+        mask = np.array([r.row_id in matches[pin] for r in rows], dtype=bool)
         if mask.any():
             return mask, tuple(pins[i:]), skipped
         skipped.append(PinOutcome(str(pin), None))

@@ -242,6 +242,18 @@ class Pin:
         return f"{self.attr}={self.value}"
 
 
+def pin_matches(pin: Pin, rows: Sequence[CandidateRow]) -> list[bool]:
+    """The rows that satisfy `pin`. A ranker that proposes a row under its own name (Top Picks
+    beside its "More Picks" rows) has that main row pinned, not whichever of its rows scores
+    best; a ranker of keyed rows only (Because you watched X) has any of them pinned."""
+    match = [getattr(r, pin.attr) == pin.value for r in rows]
+    if pin.attr == "ranker":
+        main = [r.row_id == pin.value for r in rows]
+        if any(main):
+            return main
+    return match
+
+
 def pins_for(rules: AssemblyRules, continuation_mode: bool) -> tuple[Pin, ...]:
     """The pins of one request, top first."""
     cw = (
@@ -307,9 +319,9 @@ def assemble_page(
     kind_ids = np.array([kind_names.index(r.kind) for r in pool.rows], dtype=np.int64)
     caps = np.array([rules.cap_for(k) for k in kind_names], dtype=np.int64)
     pins = pins_for(rules, continuation_mode)
-    pin_match = np.array(
-        [[getattr(r, p.attr) == p.value for r in pool.rows] for p in pins], dtype=np.bool_
-    ).reshape(len(pins), n)
+    pin_match = np.array([pin_matches(p, pool.rows) for p in pins], dtype=np.bool_).reshape(
+        len(pins), n
+    )
     got = assemble_rows(
         pool.arrays(),
         _scoring(scorer, pool, layout, kind_names, features),

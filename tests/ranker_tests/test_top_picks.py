@@ -86,3 +86,22 @@ def test_the_row_follows_the_learned_model(history: History) -> None:
     # nothing the member already played is proposed
     played = set(history.play_title[history.user_plays(u)].tolist())
     assert not played & set(row.titles.tolist())
+
+
+def test_more_rows_continue_the_learned_order(history: History) -> None:
+    cfg = TopPicksConfig(windows=1, holdout=3, trees=20, row_length=8, candidates=20)
+    one = TopPicksRanker("top_picks", cfg).fit(history)
+    more = TopPicksRanker(
+        "top_picks", cfg.model_copy(update={"more_titles": ("More Picks", "Even More")})
+    ).fit(history)
+    ctx = RequestContext(str(history.user_ids[5]), "tv", CUTOFF + timedelta(hours=1), None)
+    (first,) = one.propose(ctx, history)
+    rows = more.propose(ctx, history)
+    assert [r.row_id for r in rows] == ["top_picks", "top_picks:more1", "top_picks:more2"]
+    assert [r.kind for r in rows] == ["top_picks", "top_picks_more", "top_picks_more"]
+    assert np.array_equal(rows[0].titles, first.titles)
+    # one learned order cut in consecutive rows: no title twice, scores never rise
+    titles = np.concatenate([r.titles for r in rows])
+    scores = np.concatenate([r.scores for r in rows])
+    assert len(set(titles.tolist())) == len(titles) == 24
+    assert np.all(np.diff(scores) <= 0)

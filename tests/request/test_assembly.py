@@ -71,15 +71,16 @@ class Case:
 def cases(draw: st.DrawFn) -> Case:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     rows = []
+    seen = set()  # a ranker's first row is its main row (row id = its name) half the time
     for i in range(draw(st.integers(0, 16))):
         kind = KINDS[int(rng.integers(len(KINDS)))]
         ranker = RANKERS[kind][int(rng.integers(len(RANKERS[kind])))]
         n = int(rng.integers(0, 30))
         titles = rng.choice(N_TITLES, size=min(n, N_TITLES), replace=False)
         scores = np.sort(rng.normal(size=len(titles)))[::-1]
-        rows.append(
-            make_row(f"{ranker}:{i}", kind, titles, scores, ranker=ranker, progress=bool(i % 2))
-        )
+        row_id = f"{ranker}:{i}" if ranker in seen or rng.random() < 0.5 else ranker
+        seen.add(ranker)
+        rows.append(make_row(row_id, kind, titles, scores, ranker=ranker, progress=bool(i % 2)))
     titles_per_row = draw(st.integers(1, 15))
     layout = DeviceLayout(
         rows=draw(st.integers(1, 8)),
@@ -238,8 +239,12 @@ def test_page_invariants(case: Case) -> None:
     ]
     assert pos_in_targets == sorted(pos_in_targets)
     for name in rules.pinned:
-        if any(r.ranker == name for r in page.rows):
-            assert any(r.ranker == name for r in prefix)
+        # a ranker's main row when it proposed one (row id = its name), else any of its rows
+        pinnable = {r.row_id for r in case.rows if r.ranker == name}
+        if name in pinnable:
+            pinnable = {name}
+        if any(r.row_id in pinnable for r in page.rows):
+            assert any(r.row_id in pinnable for r in prefix)
     if (
         targets
         and targets[0][0] == "kind"
@@ -389,6 +394,23 @@ def test_pin_of_the_continue_watching_instance_is_not_pinned_twice() -> None:
         ("kind=continue_watching", "continue_watching"),
         ("ranker=continue_watching", "continue_watching"),
     ]
+
+
+def test_a_ranker_pin_takes_the_rankers_main_row_over_its_keyed_rows() -> None:
+    # "More Picks" outscores Top Picks, yet the pin places the row under the ranker's own name
+    rows = [
+        make_row("top_picks:more1", "top_picks_more", range(5, 10), ranker="top_picks"),
+        make_row("top_picks", "top_picks", range(0, 5)),
+        make_row("trending", "trending", range(10, 15)),
+    ]
+    table = {"top_picks:more1": 2.0, "top_picks": 0.1, "trending": 1.0}
+    rules = AssemblyRules(pinned=("top_picks",))
+    page = assemble_page(rows, fixed_scores(table), LAYOUT, rules)
+    assert [r.row_id for r in page.rows] == ["top_picks", "top_picks:more1", "trending"]
+    # a ranker of keyed rows only has its best row pinned
+    keyed = [rows[0], rows[2]]
+    page = assemble_page(keyed, fixed_scores(table), LAYOUT, rules)
+    assert [(p.pin, p.row_id) for p in page.trace.pins] == [("ranker=top_picks", "top_picks:more1")]
 
 
 def test_continue_watching_competes_outside_continuation_mode() -> None:
