@@ -43,7 +43,6 @@ import itertools
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -83,6 +82,7 @@ from engine.training.model_dir import (
     read_manifest,
     sha256_file,
 )
+from engine.training.steps import StepMeter
 from engine.training.tune import print_trial, tune, tuning_lines
 
 _US_PER_HOUR = 3_600_000_000
@@ -1166,7 +1166,7 @@ def train(
     `tune_budget` seconds (0: the config's keys as given) go to choosing ranker keys on
     validation data cut from the training data (engine.training.tune); the chosen keys are then
     used everywhere, in the training windows and the served rankers alike."""
-    t_start = time.perf_counter()
+    meter = StepMeter()
     data_dir, model_dir = Path(data_dir), Path(model_dir)
     cfg = engine_config if engine_config is not None else load_config(config)
     page_cfg = PageModelConfig.from_section(cfg.page)
@@ -1183,10 +1183,10 @@ def train(
     if len(history.play_user) == 0:
         raise DataError(["plays: no plays before the cut-off to train on"])
     given = cfg
-    t_loaded = time.perf_counter()
+    meter.step("load")
     tuning = tune(cfg, history, budget_s=tune_budget, seed=seed, on_trial=print_trial(progress))
     cfg = tuning.apply(cfg)
-    t_tuned = time.perf_counter()
+    meter.step("tuning")
     kinds = row_kinds(cfg, build_rankers(cfg), ds)
     w_cfg = window_config(cfg, page_cfg)
     windows: list[WindowData] = []
@@ -1210,21 +1210,16 @@ def train(
             if w is not None:
                 windows.append(w)
         window_names = [b.isoformat() for b in bounds]
-    t_data = time.perf_counter()
+    meter.step("windows")
     fitted = fit_page_model(windows, page_cfg, progress=progress)
-    t_models = time.perf_counter()
+    meter.step("models")
     # The serving side: rankers and features as of the cut-off itself.
     rankers = fit_window_rankers(cfg, history)
     store = fit_feature_store(
         history, ds.impressions, rankers=list(cfg.rankers), kinds=kinds, countries=_countries(ds)
     )
-    timings = {
-        "load_s": round(t_loaded - t_start, 2),
-        "tuning_s": round(t_tuned - t_loaded, 2),
-        "windows_s": round(t_data - t_tuned, 2),
-        "models_s": round(t_models - t_data, 2),
-        "serving_fit_s": round(time.perf_counter() - t_models, 2),
-    }
+    meter.step("serving_fit")
+    timings = {f"{k}_s": v for k, v in meter.seconds.items()}
     return write_model_dir(
         model_dir,
         cfg=cfg,
@@ -1233,7 +1228,7 @@ def train(
         rankers=rankers,
         store=store,
         model=fitted.model,
-        metrics={**fitted.metrics, "timings": timings},
+        metrics={**fitted.metrics, "timings": timings, "steps": meter.to_dict()},
         info={
             "ranker_order_kinds": list(fitted.ranker_order_kinds),
             "row_order": fitted.row_order,
@@ -1378,12 +1373,25 @@ def summary(manifest: dict[str, Any]) -> str:
             "the live app's own order on the same pages, for reference (it chose what was "
             "shown, so it is hard to beat): " + ", ".join(f"{k} {v:.3f}" for k, v in logged)
         )
-    timings = m.get("timings", {})
-    lines += [
-        "",
-        "time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in timings.items()),
-    ]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *step_lines(m)])
+
+
+def step_lines(metrics: dict[str, Any]) -> list[str]:
+    """Each step's time and peak memory; models trained before steps were metered have times
+    only."""
+    steps = metrics.get("steps")
+    if not steps:
+        timings = metrics.get("timings", {})
+        parts = [f"{k.removesuffix('_s')} {v:.0f} s" for k, v in timings.items()]
+        return ["time: " + ", ".join(parts)]
+    peak = steps["peak_rss_mb"]
+    head = "peak memory" if steps.get("peak_is_per_step") else "peak memory so far"
+    lines = [f"  {'step':<12} {'seconds':>8} {head:>18}"]
+    for name, sec in steps["seconds"].items():
+        lines.append(f"  {name:<12} {sec:>8.1f} {peak[name] / 1024:>15.2f} GB")
+    total = sum(steps["seconds"].values())
+    lines.append(f"  {'total':<12} {total:>8.1f} {max(peak.values()) / 1024:>15.2f} GB")
+    return lines
 
 
 def main_train(
