@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numba
 import numpy as np
@@ -569,6 +569,12 @@ def continuation_mode(history: History, user: int, at_us: int, cfg: PageModelCon
 # ----- the engine -----------------------------------------------------------------------------
 
 
+class LiveLayer(Protocol):
+    """Members' plays after the model's cut-off (engine.events.state.LiveState)."""
+
+    def history_for(self, snapshot: History, user_id: str) -> History: ...
+
+
 @dataclass(frozen=True)
 class Scored:
     """The request after features, the title model and the row features (shared by the page
@@ -611,6 +617,8 @@ class Engine:
         self.model = model
         self.model_version = model_version
         self.last_proposals = LastProposals()
+        # Live member state over the snapshot (engine.events); None: the snapshot alone.
+        self.live: LiveLayer | None = None
         a = config.assembly
         self.rules = AssemblyRules(
             pinned=tuple(a.pinned), max_rows_per_kind=dict(a.max_rows_per_kind), dedupe=a.dedupe
@@ -709,8 +717,18 @@ class Engine:
 
     # ----- the pipeline, stage by stage (the context is resolved) -----------------------------
 
+    def member_history(self, ctx: RequestContext) -> History:
+        """What this request reads of the member's plays: the snapshot, or with a live layer
+        and plays of the member after the cut-off, a member-local History (the snapshot's
+        titles and users, the member's snapshot plus live plays). A request before the cut-off
+        reads the snapshot: rankers then recount the past from every member's plays. The
+        page model's member features stay the snapshot's (`score` reads `self.history`)."""
+        if self.live is None or ctx.at_us < self.history.cutoff_us:
+            return self.history
+        return self.live.history_for(self.history, ctx.user_id)
+
     def _page(self, ctx: RequestContext) -> Page:
-        h = self.history
+        h = self.member_history(ctx)
         user = h.user_index(ctx.user_id)
         layout = self.layout(ctx.device)
         cand = candidate_rows(self.rankers, ctx, h, self.page_config, self.last_proposals)

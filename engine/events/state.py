@@ -1,0 +1,178 @@
+"""Live member state: per member, their newest play events, folded from the event log.
+
+Every process (each server worker, the ingest CLI) keeps its own `LiveState` and reads the one
+shared log from its own offset: before a member's page is built (`history_for` refreshes), and
+under the writers' lock before appending (so an event another process took first is a no-op
+here too). A 2xx is sent after the fsync, and the next page of any worker reads the log first:
+read-your-writes across workers with one `fstat` a page when nothing is new.
+
+Memory bound: per member at most `max_events_per_member` events (MAX_EVENTS_PER_MEMBER by
+default), the newest by (ts, event_id); each is one small frozen dataclass (~350 bytes with its
+strings), so about 180 KB for a member at the bound. Older events are dropped from memory (they
+stay in the log); an event older than a full member's oldest kept one changes nothing and is not
+written. Idempotence follows: a retried `event_id` is either kept (a no-op) or older than every
+kept event (a no-op). The number of members with live events is not bounded here: it is the
+members who played since the model's cut-off, and a newer model folds them into its snapshot.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.data.history import History
+from engine.events.log import EventLog
+from engine.events.member_history import member_history
+from engine.events.schema import PlayEvent
+
+MAX_EVENTS_PER_MEMBER = 512
+# Member-local Histories kept built, so the several asks of one page (and the pages of one
+# member on several devices) share one History and the rankers' caches keyed by it.
+MEMBER_HISTORY_CACHE = 256
+
+
+@dataclass
+class MemberEvents:
+    """One member's newest events, sorted by (ts_us, event_id); `version` counts changes."""
+
+    keys: list[tuple[int, str]] = field(default_factory=list)
+    events: list[PlayEvent] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    version: int = 0
+
+    def add(self, ev: PlayEvent, bound: int) -> bool:
+        """Keep `ev`; False when it changes nothing (a repeated id, or older than a full
+        window's oldest event)."""
+        if ev.event_id in self.ids:
+            return False  # a retry (even with another ts: the first one stands)
+        key = (ev.ts_us, ev.event_id)
+        i = bisect.bisect_left(self.keys, key)
+        if len(self.keys) >= bound and i == 0:
+            return False
+        self.keys.insert(i, key)
+        self.events.insert(i, ev)
+        self.ids.add(ev.event_id)
+        if len(self.keys) > bound:
+            self.ids.discard(self.events[0].event_id)
+            del self.keys[0], self.events[0]
+        self.version += 1
+        return True
+
+    def remove(self, ev: PlayEvent) -> None:
+        key = (ev.ts_us, ev.event_id)
+        i = bisect.bisect_left(self.keys, key)
+        if i < len(self.keys) and self.keys[i] == key:
+            del self.keys[i], self.events[i]
+            self.ids.discard(ev.event_id)
+            self.version += 1
+
+
+@dataclass(frozen=True)
+class Appended:
+    accepted: int  # new events written and applied
+    duplicates: int  # events that changed nothing (retried ids, too old to keep)
+
+
+class LiveState:
+    """Per-member live events folded from the log in `directory` (see the module doc)."""
+
+    def __init__(
+        self, directory: Path, *, max_events_per_member: int = MAX_EVENTS_PER_MEMBER
+    ) -> None:
+        self.log = EventLog(directory)
+        self.bound = max_events_per_member
+        self.members: dict[str, MemberEvents] = {}
+        self.offset = 0
+        self.applied = 0  # events applied since start (replay included)
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, str], tuple[History, int, History]] = OrderedDict()
+        self.refresh()  # a restart replays the log
+
+    def close(self) -> None:
+        self.log.close()
+
+    # ----- reading the log --------------------------------------------------------------------
+
+    def refresh(self) -> int:
+        """Apply what other processes appended since the last read; returns how many."""
+        if self.log.size() <= self.offset:  # the common case: one fstat, no lock
+            return 0
+        with self._lock:
+            return self._catch_up()
+
+    def _catch_up(self) -> int:
+        records, self.offset = self.log.read_from(self.offset)
+        n = 0
+        for r in records:
+            n += self._apply(PlayEvent.from_record(r))
+        return n
+
+    def _apply(self, ev: PlayEvent) -> bool:
+        m = self.members.get(ev.user_id)
+        if m is None:
+            m = self.members[ev.user_id] = MemberEvents()
+        if m.add(ev, self.bound):
+            self.applied += 1
+            return True
+        return False
+
+    # ----- writing ----------------------------------------------------------------------------
+
+    def append(self, events: list[PlayEvent]) -> Appended:
+        """Write the events that change something (fsync before returning) and apply them."""
+        with self._lock, self.log.locked():
+            self._catch_up()
+            fresh: list[PlayEvent] = []
+            for ev in events:
+                if self._apply(ev):
+                    fresh.append(ev)
+            # Applied first (that is what drops repeats inside the batch), taken back when the
+            # write fails: the client gets no 2xx and its retry must not be a no-op.
+            try:
+                self.offset = self.log.append_locked([e.to_record() for e in fresh], self.offset)
+            except Exception:
+                self._undo(fresh)
+                raise
+        return Appended(len(fresh), len(events) - len(fresh))
+
+    def _undo(self, events: list[PlayEvent]) -> None:
+        for ev in events:
+            self.members[ev.user_id].remove(ev)
+            self.applied -= 1
+
+    # ----- the live layer the engine reads ----------------------------------------------------
+
+    def events_of(self, user_id: str) -> list[PlayEvent]:
+        m = self.members.get(user_id)
+        return list(m.events) if m is not None else []
+
+    def history_for(self, snapshot: History, user_id: str) -> History:
+        """The History a page of `user_id` reads: `snapshot` itself when the member has no live
+        play after its cut-off, else the member-local History (engine.events.member_history)."""
+        self.refresh()
+        m = self.members.get(user_id)
+        if m is None or not m.events or m.events[-1].ts_us < snapshot.cutoff_us:
+            return snapshot
+        key = (id(snapshot), user_id)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] is snapshot and hit[1] == m.version:
+                self._cache.move_to_end(key)
+                return hit[2]
+            events = list(m.events)
+            version = m.version
+        built = member_history(snapshot, user_id, events)
+        with self._lock:
+            self._cache[key] = (snapshot, version, built)
+            self._cache.move_to_end(key)
+            while len(self._cache) > MEMBER_HISTORY_CACHE:
+                self._cache.popitem(last=False)
+        return built
+
+    def live_plays(self) -> int:
+        return int(np.sum([len(m.events) for m in self.members.values()], dtype=np.int64))
