@@ -28,7 +28,6 @@ from servers import ServerThread
 from engine.events.log import LOG_FILE
 from engine.events.schema import MAX_BODY_BYTES
 from engine.serving.http import create_app
-from engine.training.model_dir import read_history
 
 TIMEOUT = 60
 
