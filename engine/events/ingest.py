@@ -59,11 +59,8 @@ def load_events(path: Path, known_title: Any, now_us: int) -> list[PlayEvent]:
         try:
             events.append(validate_event(line, doc, known_title, now_us))
         except EventError as exc:
-            where = "row" if path.suffix == ".parquet" else "line"
-            raise BadRequestError(
-                f"{path}:{line}: {where} {line}: {exc.field} = {exc.value!r:.120}: "
-                f"{str(exc).split(': ', 2)[-1]}"
-            ) from None
+            where = f"{path}: row {line}" if path.suffix == ".parquet" else f"{path}:{line}"
+            raise BadRequestError(f"{where}: {exc.detail}") from None
     return events
 
 

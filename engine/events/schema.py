@@ -29,10 +29,15 @@ class EventError(RowrankError):
     """A bad event: `index` in its batch (or line of its file), the field and the value."""
 
     def __init__(self, index: int, field: str, value: Any, message: str) -> None:
-        self.index, self.field, self.value = index, field, value
-        shown = repr(value)
+        self.index, self.field, self.value, self.reason = index, field, value, message
+        super().__init__(f"event {index}: {self.detail}")
+
+    @property
+    def detail(self) -> str:
+        """"field = value: reason", the value cut to 120 characters."""
+        shown = repr(self.value)
         shown = shown if len(shown) <= 120 else shown[:117] + "..."
-        super().__init__(f"event {index}: {field} = {shown}: {message}")
+        return f"{self.field} = {shown}: {self.reason}"
 
 
 class PlayEventIn(BaseModel):
