@@ -34,7 +34,7 @@ class EventError(RowrankError):
 
     @property
     def detail(self) -> str:
-        """"field = value: reason", the value cut to 120 characters."""
+        """ "field = value: reason", the value cut to 120 characters."""
         shown = repr(self.value)
         shown = shown if len(shown) <= 120 else shown[:117] + "..."
         return f"{self.field} = {shown}: {self.reason}"

@@ -66,7 +66,7 @@ def test_ingest_parquet(
     ).with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
     frame.write_parquet(tmp_path / "plays.parquet")
     state = tmp_path / "state"
-    code, out, err = run_cli(
+    code, _, err = run_cli(
         "events", "ingest", tiny_model, tmp_path / "plays.parquet", "--state", state
     )
     assert code == 0, err
