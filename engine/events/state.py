@@ -78,6 +78,22 @@ class Appended:
     duplicates: int  # events that changed nothing (retried ids, too old to keep)
 
 
+@dataclass(eq=False)
+class _Ticket:
+    """One caller's batch waiting for a group commit."""
+
+    events: list[PlayEvent]
+    done: bool = False
+    appended: Appended | None = None
+    error: BaseException | None = None
+
+    def result(self) -> Appended:
+        if self.error is not None:
+            raise self.error
+        assert self.appended is not None
+        return self.appended
+
+
 class LiveState:
     """Per-member live events folded from the log in `directory` (see the module doc)."""
 
@@ -90,6 +106,9 @@ class LiveState:
         self.offset = 0
         self.applied = 0  # events applied since start (replay included)
         self._lock = threading.Lock()
+        self._group = threading.Condition()
+        self._queue: list[_Ticket] = []
+        self._writing = False
         self._cache: OrderedDict[tuple[int, str], tuple[History, int, History]] = OrderedDict()
         self.refresh()  # a restart replays the log
 
@@ -124,21 +143,51 @@ class LiveState:
     # ----- writing ----------------------------------------------------------------------------
 
     def append(self, events: list[PlayEvent]) -> Appended:
-        """Write the events that change something (fsync before returning) and apply them."""
-        with self._lock, self.log.locked():
-            self._catch_up()
-            fresh: list[PlayEvent] = []
-            for ev in events:
-                if self._apply(ev):
-                    fresh.append(ev)
-            # Applied first (that is what drops repeats inside the batch), taken back when the
-            # write fails: the client gets no 2xx and its retry must not be a no-op.
-            try:
-                self.offset = self.log.append_locked([e.to_record() for e in fresh], self.offset)
-            except Exception:
-                self._undo(fresh)
-                raise
-        return Appended(len(fresh), len(events) - len(fresh))
+        """Write the events that change something (fsync before returning) and apply them.
+
+        Group commit: batches that arrive from other threads while a write is running wait,
+        then go together in the next write, behind one fsync."""
+        ticket = _Ticket(events)
+        with self._group:
+            self._queue.append(ticket)
+            while not ticket.done and self._writing:
+                self._group.wait()
+            if ticket.done:
+                return ticket.result()
+            self._writing = True  # this thread writes the queue, its own batch included
+            group, self._queue = self._queue, []
+        try:
+            self._commit(group)
+        finally:
+            with self._group:
+                self._writing = False
+                for t in group:
+                    t.done = True
+                self._group.notify_all()
+        return ticket.result()
+
+    def _commit(self, group: list[_Ticket]) -> None:
+        try:
+            with self._lock, self.log.locked():
+                self._catch_up()
+                fresh: list[PlayEvent] = []
+                for t in group:
+                    mine = [ev for ev in t.events if self._apply(ev)]
+                    t.appended = Appended(len(mine), len(t.events) - len(mine))
+                    fresh += mine
+                # Applied first (that is what drops repeats inside the group), taken back
+                # when the write fails: the client gets no 2xx and its retry must not be a
+                # no-op.
+                try:
+                    records = [e.to_record() for e in fresh]
+                    self.offset = self.log.append_locked(records, self.offset)
+                except BaseException:
+                    self._undo(fresh)
+                    raise
+        except BaseException as exc:
+            for t in group:
+                t.error = exc
+            raise
 
     def _undo(self, events: list[PlayEvent]) -> None:
         for ev in events:

@@ -146,3 +146,39 @@ def test_ts_up_to_five_minutes_ahead_passes() -> None:
     (ev,) = validate_batch([ok], lambda t: True, NOW_US)
     assert ev.ts_us - NOW_US < MAX_FUTURE_US
     assert ev.rating is None
+
+
+def test_concurrent_batches_share_fsyncs_and_lose_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: threads appending at once wait for the running write and go together in
+    the next one; every event is written once."""
+    import os
+    import threading
+    import time
+
+    live = LiveState(tmp_path)
+    syncs = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:  # a slow disk makes batches meet
+        syncs.append(fd)
+        time.sleep(0.005)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    n_threads, n_batches, size = 8, 10, 5
+
+    def client(k: int) -> None:
+        for b in range(n_batches):
+            base = (k * n_batches + b) * size
+            live.append([_ev(base + i, user=f"u{k}") for i in range(size)])
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = _log_ids(tmp_path)
+    assert sorted(ids) == sorted(f"e{i}" for i in range(n_threads * n_batches * size))
+    assert len(syncs) < n_threads * n_batches
