@@ -1,0 +1,516 @@
+"""Play events on a real `rowrank serve --workers 2`: ingest rate while pages are served, page
+latency with and without events, freshness, and a kill test.
+
+    .venv/bin/python bench/bench_events.py                      # default world: 5,000 users
+    .venv/bin/python bench/bench_events.py --duration 10 --kills 5 --seed 0
+
+Builds (once, cached in --work) the default simulated world and a model, as
+bench/bench_serve_load.py does. Then, each against a fresh event log (`--state`):
+
+1. Load, side by side: wrk drives pages (a closed loop of --connections connections, members
+   and devices in turn, at 20:00 the day after the cut-off) for --duration seconds; then the
+   same wrk run again while --event-clients Python threads post batches of --batch events in
+   closed loops. Reported: pages/s and page p50/p99 of both runs, events/s acknowledged.
+   Targets (issue 23): >= 5,000 events/s with page p99 within 1.2x of the run without events.
+2. Freshness: --fresh-events events, one at a time, each a member playing a movie their page
+   offers to progress 0.4. After the 2xx, pages of that member are asked on fresh connections
+   (the kernel picks the worker) until one has the movie in Continue Watching at 0.4; the time
+   from the 2xx to that page is the freshness. Target: p99 <= 1 s.
+3. Kill test: two client threads post batches of unique events, retrying a batch until it is
+   acknowledged (as a client does); at --kills seeded moments SIGKILL hits either one worker
+   (the supervisor restarts it) or the whole server's process group (started again on the same
+   port and log). Afterwards the log is read and replayed: acknowledged events missing from it
+   (lost) and events written or applied more than once must both be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serve_load import ROWRANK, build_model, free_port, lua_script, parse_wrk, wait_ready
+
+from engine.events.log import LOG_FILE
+from engine.events.state import LiveState
+
+TIMEOUT = 30.0
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Any
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start_server(model: Path, state: Path, port: int, log_path: Path, workers: int = 2) -> Server:
+    env = {**os.environ, "ROWRANK_WORKER_MIN_UPTIME": "0.5"}
+    cmd = [*ROWRANK, "serve", str(model), "--port", str(port), "--workers", str(workers)]
+    cmd += ["--state", str(state)]
+    log = log_path.open("ab")
+    # Its own process group: the kill test can SIGKILL the supervisor and every worker at once.
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    server = Server(proc, port, log)
+    wait_ready(server.url, workers)
+    return server
+
+
+def stop_server(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGINT)
+        try:
+            server.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
+    server.log.close()
+
+
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, with_pid: bool = False
+) -> tuple[int, int, bytes]:
+    """On a fresh connection: (worker pid or -1, status, body); status 0 on a socket error."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    pid = -1
+    try:
+        if with_pid:
+            conn.request("GET", "/readyz")
+            r = conn.getresponse()
+            doc = r.read()
+            if r.status == 200:
+                pid = int(json.loads(doc)["pid"])
+        headers = {"content-type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        return pid, r.status, r.read()
+    except (OSError, http.client.HTTPException):
+        return pid, 0, b""
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class World:
+    model: Path
+    members: list[str]
+    titles: list[str]
+    cutoff: datetime
+    at: datetime
+
+
+def world_of(model: Path) -> World:
+    from engine.training.model_dir import read_history
+
+    _, h = read_history(model)
+    cutoff = datetime.fromtimestamp(h.cutoff_us / 1e6, UTC)
+    at = (cutoff + timedelta(hours=20)).replace(minute=0, second=0, microsecond=0)
+    return World(model, [str(u) for u in h.user_ids], [str(t) for t in h.title_ids], cutoff, at)
+
+
+def event(
+    w: World, event_id: str, member: str, title: str, progress: float, ts: datetime
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "user_id": member,
+        "title_id": title,
+        "ts": ts.isoformat(),
+        "device": "tv",
+        "seconds_watched": round(progress * 3000.0, 1),
+        "progress": progress,
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+# ----- 1. ingest while pages are served --------------------------------------------------------
+
+
+def post_loop(
+    w: World,
+    port: int,
+    batch: int,
+    stop: threading.Event,
+    rng: np.random.Generator,
+    tag: str,
+    counts: list[int],
+    failures: list[int],
+) -> None:
+    """Closed loop of event batches on one keep-alive connection until `stop`."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    n = 0
+    span = (w.at - w.cutoff).total_seconds()
+    try:
+        while not stop.is_set():
+            members = rng.integers(0, len(w.members), batch)
+            titles = rng.integers(0, len(w.titles), batch)
+            offsets = rng.uniform(0, span, batch)
+            docs = [
+                event(
+                    w,
+                    f"{tag}-{n + i}",
+                    w.members[members[i]],
+                    w.titles[titles[i]],
+                    round(float(rng.uniform(0.05, 1.0)), 3),
+                    w.cutoff + timedelta(seconds=float(offsets[i])),
+                )
+                for i in range(batch)
+            ]
+            n += batch
+            body = json.dumps({"events": docs}).encode()
+            try:
+                conn.request(
+                    "POST", "/v1/events", body=body, headers={"content-type": "application/json"}
+                )
+                r = conn.getresponse()
+                r.read()
+                if r.status == 200:
+                    counts.append(batch)
+                else:
+                    failures.append(r.status)
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    finally:
+        conn.close()
+
+
+def wrk_pages(
+    w: World, url: str, script: Path, duration: int, connections: int
+) -> tuple[float, float, float, int]:
+    cmd = [shutil.which("wrk") or "wrk", "-t1", f"-c{connections}", "--latency", "-s", str(script)]
+    out = subprocess.run(
+        [*cmd, f"-d{duration}s", url], check=True, capture_output=True, text=True
+    ).stdout
+    rps, p50, p99, _, non_2xx, sock = parse_wrk(out)
+    return rps, p50, p99, non_2xx + sock
+
+
+def bench_load(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    state = Path(tempfile.mkdtemp(prefix="events-load-", dir=work))
+    script = work / "pages.lua"
+    rng = np.random.default_rng(args.seed)
+    users = [w.members[i] for i in rng.permutation(len(w.members))[:500]]
+    lua_script(script, users, w.at.isoformat().replace("+", "%2B"))
+    server = start_server(w.model, state, free_port(), work / "server-load.log")
+    try:
+        wrk_pages(w, server.url, script, 3, args.connections)  # warm-up
+        base = wrk_pages(w, server.url, script, args.duration, args.connections)
+        stop = threading.Event()
+        counts: list[int] = []
+        failures: list[int] = []
+        threads = [
+            threading.Thread(
+                target=post_loop,
+                args=(
+                    w,
+                    server.port,
+                    args.batch,
+                    stop,
+                    np.random.default_rng(args.seed + 1 + k),
+                    f"load{k}",
+                    counts,
+                    failures,
+                ),
+            )
+            for k in range(args.event_clients)
+        ]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        with_events = wrk_pages(w, server.url, script, args.duration, args.connections)
+        stop.set()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+    finally:
+        stop_server(server)
+    events_s = sum(counts) / elapsed
+    log_lines = len((state / LOG_FILE).read_bytes().splitlines())
+    print(
+        f"load: pages without events {base[0]:.0f}/s p50 {base[1]:.1f} ms p99 {base[2]:.1f} ms "
+        f"({base[3]} errors)\n"
+        f"load: pages with events    {with_events[0]:.0f}/s p50 {with_events[1]:.1f} ms "
+        f"p99 {with_events[2]:.1f} ms ({with_events[3]} errors); events acknowledged "
+        f"{sum(counts):,} in {elapsed:.1f} s = {events_s:,.0f}/s ({len(failures)} failed "
+        f"batches); log lines {log_lines:,}; p99 ratio {with_events[2] / base[2]:.2f}x",
+        flush=True,
+    )
+    shutil.rmtree(state, ignore_errors=True)
+    return {
+        "pages_s": base[0],
+        "p50_ms": base[1],
+        "p99_ms": base[2],
+        "pages_s_events": with_events[0],
+        "p50_ms_events": with_events[1],
+        "p99_ms_events": with_events[2],
+        "events_s": events_s,
+        "failed_batches": len(failures),
+    }
+
+
+# ----- 2. freshness ------------------------------------------------------------------------------
+
+
+def cw_progress(page: bytes, title: str) -> float | None:
+    doc = json.loads(page)
+    for row in doc["rows"]:
+        if row["kind"] == "continue_watching":
+            for item in row["items"]:
+                if item["title_id"] == title:
+                    return float(item["progress"])
+    return None
+
+
+def fresh_targets(w: World, port: int, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """(member, movie): members whose page has a Continue Watching row (so one more title keeps
+    it long enough to show), each with a movie another row of their page offers."""
+    from engine.training.model_dir import read_history
+
+    _, h = read_history(w.model)
+    out: list[tuple[str, str]] = []
+    at = w.at.isoformat().replace("+", "%2B")
+    for i in rng.permutation(len(w.members)):
+        if len(out) >= n:
+            break
+        member = w.members[i]
+        _, status, body = request(port, "GET", f"/v1/users/{member}/page?device=tv&at={at}")
+        if status != 200:
+            continue
+        rows = json.loads(body)["rows"]
+        if not any(r["kind"] == "continue_watching" for r in rows):
+            continue
+        movie = next(
+            (
+                it["title_id"]
+                for r in rows
+                if r["kind"] not in ("continue_watching", "watch_again")
+                for it in r["items"]
+                if h.series[h.title_index(it["title_id"])] < 0
+            ),
+            None,
+        )
+        if movie is not None:
+            out.append((member, movie))
+    return out
+
+
+def bench_freshness(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    state = Path(tempfile.mkdtemp(prefix="events-fresh-", dir=work))
+    rng = np.random.default_rng(args.seed)
+    server = start_server(w.model, state, free_port(), work / "server-fresh.log")
+    at = w.at.isoformat().replace("+", "%2B")
+    times: list[float] = []
+    polls: list[int] = []
+    other_worker = never = 0
+    try:
+        targets = fresh_targets(w, server.port, args.fresh_events, rng)
+        for k, (member, movie) in enumerate(targets):
+            ev = event(w, f"fresh-{k}", member, movie, 0.4, w.at - timedelta(minutes=30))
+            taker, status, _ = request(
+                server.port,
+                "POST",
+                "/v1/events",
+                json.dumps({"events": [ev]}).encode(),
+                with_pid=True,
+            )
+            assert status == 200, status
+            acked = time.perf_counter()
+            for n in range(1, 200):
+                pid, status, page = request(
+                    server.port, "GET", f"/v1/users/{member}/page?device=tv&at={at}", with_pid=True
+                )
+                if status == 200 and cw_progress(page, movie) is not None:
+                    times.append(time.perf_counter() - acked)
+                    polls.append(n)
+                    other_worker += int(pid != taker)
+                    break
+                if time.perf_counter() - acked > 5.0:
+                    never += 1
+                    break
+            else:
+                never += 1
+    finally:
+        stop_server(server)
+    shutil.rmtree(state, ignore_errors=True)
+    ms = [1000 * t for t in times]
+    print(
+        f"freshness: {len(times)} of {len(targets)} events shown; from the 2xx to the first page "
+        f"showing the play: p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max "
+        f"{max(ms, default=float('nan')):.1f} ms; {other_worker} shown by the worker that did not "
+        f"take the event; first page already showed it {polls.count(1)} times; never within 5 s: "
+        f"{never}",
+        flush=True,
+    )
+    return {
+        "events": len(targets),
+        "shown": len(times),
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms, default=float("nan")),
+        "other_worker": other_worker,
+        "never": never,
+    }
+
+
+# ----- 3. kill test ------------------------------------------------------------------------------
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def bench_kills(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    state = Path(tempfile.mkdtemp(prefix="events-kill-", dir=work))
+    rng = np.random.default_rng(args.seed)
+    port = free_port()
+    log_path = work / "server-kill.log"
+    server = start_server(w.model, state, port, log_path)
+    acked: set[str] = set()
+    acked_lock = threading.Lock()
+    done = threading.Event()
+    attempts = [0]
+    span = (w.at - w.cutoff).total_seconds()
+
+    def client(k: int) -> None:
+        crng = np.random.default_rng(args.seed + 100 + k)
+        b = 0
+        while not done.is_set():
+            docs = [
+                event(
+                    w,
+                    f"kill{k}-{b}-{i}",
+                    w.members[int(crng.integers(len(w.members)))],
+                    w.titles[int(crng.integers(len(w.titles)))],
+                    0.5,
+                    w.cutoff + timedelta(seconds=float(crng.uniform(0, span))),
+                )
+                for i in range(args.batch)
+            ]
+            body = json.dumps({"events": docs}).encode()
+            while True:  # a client retries a batch until it is acknowledged
+                attempts[0] += 1
+                _, status, _ = request(port, "POST", "/v1/events", body)
+                if status == 200:
+                    with acked_lock:
+                        acked.update(d["event_id"] for d in docs)
+                    break
+                time.sleep(0.05)
+            b += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    kinds = []
+    try:
+        for kill in range(args.kills):
+            time.sleep(float(rng.uniform(0.3, 1.5)))
+            if kill % 2 == 0:  # one worker: the supervisor restarts it
+                pids = worker_pids(server.proc.pid)
+                victim = pids[int(rng.integers(len(pids)))]
+                os.kill(victim, signal.SIGKILL)
+                kinds.append("worker")
+                time.sleep(0.2)
+                wait_ready(server.url, 2)
+            else:  # the whole server, supervisor and workers at once
+                os.killpg(server.proc.pid, signal.SIGKILL)
+                server.proc.wait()
+                server.log.close()
+                kinds.append("server")
+                with contextlib.suppress(ProcessLookupError):
+                    while True:  # until no process of the group is left
+                        os.killpg(server.proc.pid, 0)
+                        time.sleep(0.05)
+                server = start_server(w.model, state, port, log_path)
+        time.sleep(0.5)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=120)
+        stop_server(server)
+    ids = [json.loads(line)["event_id"] for line in (state / LOG_FILE).read_bytes().splitlines()]
+    replay = LiveState(state)
+    applied = replay.applied
+    replay.close()
+    lost = len(acked - set(ids))
+    written_twice = len(ids) - len(set(ids))
+    applied_twice = applied - len(set(ids))
+    print(
+        f"kill test: kills {', '.join(kinds)}; {len(acked):,} events acknowledged "
+        f"({attempts[0]:,} POSTs with retries), {len(ids):,} in the log; lost {lost}, written "
+        f"twice {written_twice}, applied twice on replay {applied_twice}",
+        flush=True,
+    )
+    shutil.rmtree(state, ignore_errors=True)
+    return {
+        "kills": kinds,
+        "acked": len(acked),
+        "logged": len(ids),
+        "lost": lost,
+        "written_twice": written_twice,
+        "applied_twice": applied_twice,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "rowrank-bench-events"))
+    ap.add_argument("--users", type=int, default=5000)
+    ap.add_argument("--duration", type=int, default=10, help="seconds of each wrk run (<= 30)")
+    ap.add_argument("--connections", type=int, default=4, help="wrk page connections")
+    ap.add_argument("--event-clients", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=100, help="events per POST")
+    ap.add_argument("--fresh-events", type=int, default=1000)
+    ap.add_argument("--kills", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["load", "freshness", "kills"], action="append")
+    args = ap.parse_args()
+    args.duration = min(args.duration, 30)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    w = world_of(build_model(work, args.users))
+    print(
+        f"model {w.model}: {len(w.members):,} members, {len(w.titles):,} titles; pages at "
+        f"{w.at.isoformat()}; {os.cpu_count()} cores; 2 workers",
+        flush=True,
+    )
+    only = set(args.only or ["load", "freshness", "kills"])
+    results: dict[str, Any] = {}
+    if "load" in only:
+        results["load"] = bench_load(w, work, args)
+    if "freshness" in only:
+        results["freshness"] = bench_freshness(w, work, args)
+    if "kills" in only:
+        results["kills"] = bench_kills(w, work, args)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
