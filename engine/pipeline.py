@@ -574,6 +574,8 @@ class LiveLayer(Protocol):
 
     def history_for(self, snapshot: History, user_id: str) -> History: ...
 
+    def features_for(self, store: FeatureStore, history: History) -> FeatureStore: ...
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -747,7 +749,7 @@ class Engine:
                 warnings=self._warnings(ctx),
             )
             return self._fallback(ctx, assembled, trace)
-        scored = self.score(ctx, cand.rows, pvr, layout)
+        scored = self.score(ctx, cand.rows, pvr, layout, h)
         cont = continuation_mode(h, user, ctx.at_us, self.page_config)
         assembled = assemble_page(
             scored.rows,
@@ -795,11 +797,16 @@ class Engine:
         rows: Sequence[CandidateRow],
         pvr: np.ndarray | None,
         layout: DeviceLayout,
+        history: History | None = None,
     ) -> Scored:
         """Stages 3 to 5 for one request's filtered rows: title features, the title model,
-        row features."""
+        row features. With `history` from `member_history` holding live plays, the member's
+        features are recomputed from them (read as member 0 of a one-member store)."""
         store = self.store
         req = request_arrays(store, self.history, [ctx])
+        if self.live is not None and history is not None and history.live_member >= 0:
+            store = self.live.features_for(store, history)
+            req = replace(req, user=np.zeros(1, dtype=np.int32))
         pairs = pairs_for(store, rows, 0, pvr)
         X = store.title_matrix(req, pairs)
         s = self.model.score_titles(X)

@@ -27,8 +27,10 @@ import numpy as np
 
 from engine.data.history import History
 from engine.events.log import EventLog
+from engine.events.member_features import member_store
 from engine.events.member_history import member_history
 from engine.events.schema import PlayEvent
+from engine.request.features import FeatureStore
 
 MAX_EVENTS_PER_MEMBER = 512
 # Member-local Histories kept built, so the several asks of one page (and the pages of one
@@ -110,6 +112,9 @@ class LiveState:
         self._queue: list[_Ticket] = []
         self._writing = False
         self._cache: OrderedDict[tuple[int, str], tuple[History, int, History]] = OrderedDict()
+        self._stores: OrderedDict[tuple[int, int], tuple[FeatureStore, History, FeatureStore]] = (
+            OrderedDict()
+        )
         self.refresh()  # a restart replays the log
 
     def close(self) -> None:
@@ -221,6 +226,22 @@ class LiveState:
             self._cache.move_to_end(key)
             while len(self._cache) > MEMBER_HISTORY_CACHE:
                 self._cache.popitem(last=False)
+        return built
+
+    def features_for(self, store: FeatureStore, history: History) -> FeatureStore:
+        """The feature store as the live member of `history` (from `history_for`) reads it:
+        their member features recomputed from their plays (engine.events.member_features)."""
+        key = (id(store), id(history))
+        with self._lock:
+            hit = self._stores.get(key)
+            if hit is not None and hit[0] is store and hit[1] is history:
+                self._stores.move_to_end(key)
+                return hit[2]
+        built = member_store(store, history)
+        with self._lock:
+            self._stores[key] = (store, history, built)
+            while len(self._stores) > MEMBER_HISTORY_CACHE:
+                self._stores.popitem(last=False)
         return built
 
     def live_plays(self) -> int:
