@@ -94,9 +94,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ing.add_argument("model_dir", help="model directory written by `rowrank train`")
     ing.add_argument("file", help="events, one JSON object a line, or a .parquet table")
     ing.add_argument("--state", metavar="DIR", help="the event log (default MODEL_DIR/events)")
+    exp = sub.add_parser(
+        "export",
+        help="write the event log as a plays table (.parquet) for the next training",
+        description="Every event of the log, once per event_id, in the dataset's plays schema.",
+    )
+    exp.add_argument("model_dir", help="model directory written by `rowrank train`")
+    exp.add_argument("out", help="the .parquet file to write")
+    exp.add_argument("--state", metavar="DIR", help="the event log (default MODEL_DIR/events)")
 
 
 def cli(args: argparse.Namespace) -> int:
+    if args.events_command == "export":
+        from engine.events.export import plays_of_log
+
+        directory = events_dir_of(Path(args.model_dir), args.state)
+        plays = plays_of_log(directory)
+        plays.write_parquet(args.out)
+        print(f"exported {plays.height:,} plays from {directory} to {args.out}")
+        return 0
     done, log_path = ingest(Path(args.model_dir), Path(args.file), args.state)
     print(
         f"ingested {done.accepted:,} events ({done.duplicates:,} duplicates or too old to keep) "

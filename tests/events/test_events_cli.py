@@ -116,3 +116,23 @@ def test_a_bad_parquet_row_exits_2(
         "events", "ingest", tiny_model, tmp_path / "bad.parquet", "--state", tmp_path / "s"
     )
     assert code == 2 and "bad.parquet: row 3: progress = -0.5" in err
+
+
+def test_export_writes_the_log_as_plays(
+    run_cli: Cli, tiny_model: Path, events: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    from engine.data.columns import PLAYS, SCHEMA
+
+    src = _jsonl(tmp_path / "plays.jsonl", events)
+    state = tmp_path / "state"
+    assert run_cli("events", "ingest", tiny_model, src, "--state", state)[0] == 0
+    out = tmp_path / "plays.parquet"
+    code, stdout, err = run_cli("events", "export", tiny_model, out, "--state", state)
+    assert code == 0, err
+    assert "exported 3 plays" in stdout
+    plays = pl.read_parquet(out)
+    assert plays.columns == [c.name for c in SCHEMA[PLAYS]]
+    assert sorted(plays["user_id"].to_list()) == sorted(e["user_id"] for e in events)
+    first = plays.filter(pl.col("title_id") == events[0]["title_id"]).row(0, named=True)
+    assert first["ts"] == datetime.fromisoformat(events[0]["ts"])
+    assert first["progress"] == pytest.approx(0.25)
