@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from engine.data.columns import DEVICES
 from engine.data.history import to_us
@@ -104,10 +104,49 @@ def validate_event(
         ev = PlayEventIn.model_validate(doc)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "event"
-        value = doc.get(field) if err["type"] != "missing" else None
-        reason = "missing (required)" if err["type"] == "missing" else err["msg"]
-        raise EventError(index, field, value, reason) from None
+        raise _event_error(index, doc, [str(p) for p in err["loc"]], err) from None
+    return _checked(index, ev, doc, known_title, now_us)
+
+
+def validate_batch(
+    docs: Sequence[Any], known_title: Callable[[str], bool], now_us: int
+) -> list[PlayEvent]:
+    """Every event of a batch, or EventError for the first bad one (nothing is kept). One
+    pydantic call for the whole list: a fifth of the cost of one call per event."""
+    if len(docs) > MAX_EVENTS_PER_BATCH:
+        raise EventError(
+            MAX_EVENTS_PER_BATCH, "events", len(docs), f"at most {MAX_EVENTS_PER_BATCH} a batch"
+        )
+    try:
+        parsed = _BATCH.validate_python(docs)
+    except ValidationError as exc:
+        err = min(exc.errors(), key=lambda e: int(e["loc"][0]))
+        first = int(err["loc"][0])
+        for i in range(first):  # an earlier event may fail the checks after the types
+            validate_event(i, docs[i], known_title, now_us)
+        raise _event_error(first, docs[first], [str(p) for p in err["loc"][1:]], err) from None
+    return [
+        _checked(i, ev, doc, known_title, now_us)
+        for i, (ev, doc) in enumerate(zip(parsed, docs, strict=True))
+    ]
+
+
+_BATCH = TypeAdapter(list[PlayEventIn])
+
+
+def _event_error(index: int, doc: Any, loc: list[str], err: Any) -> EventError:
+    if not isinstance(doc, dict):
+        return EventError(index, "event", doc, "an event must be a JSON object")
+    field = ".".join(loc) or "event"
+    if err["type"] == "missing":
+        return EventError(index, field, None, "missing (required)")
+    return EventError(index, field, doc.get(field), err["msg"])
+
+
+def _checked(
+    index: int, ev: PlayEventIn, doc: Any, known_title: Callable[[str], bool], now_us: int
+) -> PlayEvent:
+    """The checks pydantic's types do not make: offset, device, catalog, future."""
     if ev.ts.tzinfo is None:
         raise EventError(index, "ts", doc.get("ts"), "needs a UTC offset, e.g. ...Z or +01:00")
     if ev.device not in DEVICES:
@@ -128,14 +167,3 @@ def validate_event(
         float(ev.progress),
         ev.rating,
     )
-
-
-def validate_batch(
-    docs: Sequence[Any], known_title: Callable[[str], bool], now_us: int
-) -> list[PlayEvent]:
-    """Every event of a batch, or EventError for the first bad one (nothing is kept)."""
-    if len(docs) > MAX_EVENTS_PER_BATCH:
-        raise EventError(
-            MAX_EVENTS_PER_BATCH, "events", len(docs), f"at most {MAX_EVENTS_PER_BATCH} a batch"
-        )
-    return [validate_event(i, d, known_title, now_us) for i, d in enumerate(docs)]

@@ -182,3 +182,11 @@ def test_concurrent_batches_share_fsyncs_and_lose_nothing(
     ids = _log_ids(tmp_path)
     assert sorted(ids) == sorted(f"e{i}" for i in range(n_threads * n_batches * size))
     assert len(syncs) < n_threads * n_batches
+
+
+def test_the_first_bad_event_is_named_whichever_check_it_fails() -> None:
+    unknown_title = {**GOOD, "title_id": "nope"}
+    bad_type = {**GOOD, "event_id": "z", "progress": 7}
+    with pytest.raises(EventError) as err:
+        validate_batch([GOOD, unknown_title, bad_type], lambda t: t == "t1", NOW_US)
+    assert (err.value.index, err.value.field) == (1, "title_id")
