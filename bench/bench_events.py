@@ -225,65 +225,88 @@ def wrk_pages(
     return rps, p50, p99, non_2xx + sock
 
 
+def with_events(
+    w: World, server: Server, script: Path, args: argparse.Namespace, round_: int
+) -> tuple[tuple[float, float, float, int], int, float, int]:
+    """One wrk run while events are posted: (wrk figures, events acknowledged, seconds,
+    failed batches)."""
+    stop = threading.Event()
+    counts: list[int] = []
+    failures: list[int] = []
+    # enough for 20,000 events/s for the whole run
+    n_batches = (20_000 * (args.duration + 2)) // (args.batch * args.event_clients) + 1
+    bodies = [
+        event_bodies(w, n_batches, args.batch, args.seed + 1 + k, f"load{round_}-{k}")
+        for k in range(args.event_clients)
+    ]
+    # --event-rate events/s over all clients (0: each client back to back)
+    interval = args.batch * args.event_clients / args.event_rate if args.event_rate else 0.0
+    threads = [
+        threading.Thread(
+            target=post_loop, args=(server.port, bodies[k], stop, counts, failures, interval)
+        )
+        for k in range(args.event_clients)
+    ]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    pages = wrk_pages(w, server.url, script, args.duration, args.connections)
+    stop.set()
+    for t in threads:
+        t.join()
+    return pages, sum(counts), time.perf_counter() - t0, len(failures)
+
+
 def bench_load(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """--rounds pairs of runs, without then with events, on one server: the machine's other
+    load drifts, so the pairs are compared and the medians reported."""
     state = Path(tempfile.mkdtemp(prefix="events-load-", dir=work))
     script = work / "pages.lua"
     rng = np.random.default_rng(args.seed)
     users = [w.members[i] for i in rng.permutation(len(w.members))[:500]]
     lua_script(script, users, w.at.isoformat().replace("+", "%2B"))
     server = start_server(w.model, state, free_port(), work / "server-load.log")
+    rounds = []
     try:
         wrk_pages(w, server.url, script, 3, args.connections)  # warm-up
-        base = wrk_pages(w, server.url, script, args.duration, args.connections)
-        stop = threading.Event()
-        counts: list[int] = []
-        failures: list[int] = []
-        # enough for 20,000 events/s for the whole run
-        n_batches = (20_000 * (args.duration + 2)) // (args.batch * args.event_clients) + 1
-        bodies = [
-            event_bodies(w, n_batches, args.batch, args.seed + 1 + k, f"load{k}")
-            for k in range(args.event_clients)
-        ]
-        # --event-rate events/s over all clients (0: each client back to back)
-        interval = args.batch * args.event_clients / args.event_rate if args.event_rate else 0.0
-        threads = [
-            threading.Thread(
-                target=post_loop, args=(server.port, bodies[k], stop, counts, failures, interval)
+        for r in range(args.rounds):
+            base = wrk_pages(w, server.url, script, args.duration, args.connections)
+            pages, events, seconds, failed = with_events(w, server, script, args, r)
+            rounds.append((base, pages, events / seconds, failed))
+            print(
+                f"load round {r + 1}: without events {base[0]:.0f} pages/s p50 {base[1]:.1f} ms "
+                f"p99 {base[2]:.1f} ms ({base[3]} errors) | with {events / seconds:,.0f} events/s "
+                f"({failed} failed batches): {pages[0]:.0f} pages/s p50 {pages[1]:.1f} ms p99 "
+                f"{pages[2]:.1f} ms ({pages[3]} errors) | p99 ratio {pages[2] / base[2]:.2f}x",
+                flush=True,
             )
-            for k in range(args.event_clients)
-        ]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        with_events = wrk_pages(w, server.url, script, args.duration, args.connections)
-        stop.set()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - t0
     finally:
         stop_server(server)
-    events_s = sum(counts) / elapsed
     log_lines = len((state / LOG_FILE).read_bytes().splitlines())
+    shutil.rmtree(state, ignore_errors=True)
+
+    def med(values: list[float]) -> float:
+        return float(np.median(values))
+
+    out = {
+        "pages_s": med([r[0][0] for r in rounds]),
+        "p50_ms": med([r[0][1] for r in rounds]),
+        "p99_ms": med([r[0][2] for r in rounds]),
+        "pages_s_events": med([r[1][0] for r in rounds]),
+        "p50_ms_events": med([r[1][1] for r in rounds]),
+        "p99_ms_events": med([r[1][2] for r in rounds]),
+        "events_s": med([r[2] for r in rounds]),
+        "p99_ratio": med([r[1][2] / r[0][2] for r in rounds]),
+        "failed_batches": sum(r[3] for r in rounds),
+        "log_lines": log_lines,
+    }
     print(
-        f"load: pages without events {base[0]:.0f}/s p50 {base[1]:.1f} ms p99 {base[2]:.1f} ms "
-        f"({base[3]} errors)\n"
-        f"load: pages with events    {with_events[0]:.0f}/s p50 {with_events[1]:.1f} ms "
-        f"p99 {with_events[2]:.1f} ms ({with_events[3]} errors); events acknowledged "
-        f"{sum(counts):,} in {elapsed:.1f} s = {events_s:,.0f}/s ({len(failures)} failed "
-        f"batches); log lines {log_lines:,}; p99 ratio {with_events[2] / base[2]:.2f}x",
+        f"load, medians of {len(rounds)} rounds: without events {out['pages_s']:.0f} pages/s p99 "
+        f"{out['p99_ms']:.1f} ms; with {out['events_s']:,.0f} events/s {out['pages_s_events']:.0f} "
+        f"pages/s p99 {out['p99_ms_events']:.1f} ms; p99 ratio {out['p99_ratio']:.2f}x",
         flush=True,
     )
-    shutil.rmtree(state, ignore_errors=True)
-    return {
-        "pages_s": base[0],
-        "p50_ms": base[1],
-        "p99_ms": base[2],
-        "pages_s_events": with_events[0],
-        "p50_ms_events": with_events[1],
-        "p99_ms_events": with_events[2],
-        "events_s": events_s,
-        "failed_batches": len(failures),
-    }
+    return out
 
 
 # ----- 2. freshness ------------------------------------------------------------------------------
@@ -505,6 +528,7 @@ def main() -> int:
         help="events/s offered during the load run (default 5000, the target; 0: as fast as "
         "the server takes them)",
     )
+    ap.add_argument("--rounds", type=int, default=3, help="load: pairs of runs (default 3)")
     ap.add_argument("--fresh-events", type=int, default=1000)
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
