@@ -7,10 +7,10 @@ here too). A 2xx is sent after the fsync, and the next page of any worker reads 
 read-your-writes across workers with one `fstat` a page when nothing is new.
 
 Memory bound: per member at most `max_events_per_member` events (MAX_EVENTS_PER_MEMBER by
-default), the newest by (ts, event_id); each is one small frozen dataclass (~350 bytes with its
-strings), so about 180 KB for a member at the bound. Older events are dropped from memory (they
-stay in the log); an event older than a full member's oldest kept one changes nothing and is not
-written. Idempotence follows: a retried `event_id` is either kept (a no-op) or older than every
+default), the newest by (ts, event_id): each event with its strings, sort key and id costs about
+600 bytes (tracemalloc: 300 KB for a member at 512 events), so about 150 KB for a member at the
+default bound. Older events are dropped from memory (they stay in the log); an event older than a
+full member's oldest kept one changes nothing and is not written. Idempotence follows: a retried `event_id` is either kept (a no-op) or older than every
 kept event (a no-op). The number of members with live events is not bounded here: it is the
 members who played since the model's cut-off, and a newer model folds them into its snapshot.
 """
@@ -32,7 +32,8 @@ from engine.events.member_history import member_history
 from engine.events.schema import PlayEvent
 from engine.request.features import FeatureStore
 
-MAX_EVENTS_PER_MEMBER = 512
+# A day of even a heavy member's plays: the window between two trainings, with room to spare.
+MAX_EVENTS_PER_MEMBER = 256
 # Member-local Histories kept built, so the several asks of one page (and the pages of one
 # member on several devices) share one History and the rankers' caches keyed by it.
 MEMBER_HISTORY_CACHE = 256
