@@ -257,6 +257,43 @@ def with_events(
     return pages, sum(counts), time.perf_counter() - t0, len(failures)
 
 
+def server_cpu_seconds(server: Server) -> float:
+    """User + system CPU of the supervisor and its workers so far (/proc)."""
+    total = 0
+    for pid in [server.proc.pid, *worker_pids(server.proc.pid)]:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def events_alone(w: World, server: Server, args: argparse.Namespace) -> tuple[float, float]:
+    """Events at --event-rate with no page load: (events/s, server CPU microseconds an event)."""
+    stop = threading.Event()
+    counts: list[int] = []
+    failures: list[int] = []
+    n_batches = int(args.event_rate * args.duration) // (args.batch * args.event_clients) + 1
+    bodies = [
+        event_bodies(w, n_batches, args.batch, args.seed + 50 + k, f"alone-{k}")
+        for k in range(args.event_clients)
+    ]
+    interval = args.batch * args.event_clients / args.event_rate if args.event_rate else 0.0
+    threads = [
+        threading.Thread(
+            target=post_loop, args=(server.port, bodies[k], stop, counts, failures, interval)
+        )
+        for k in range(args.event_clients)
+    ]
+    cpu0, t0 = server_cpu_seconds(server), time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds, cpu = time.perf_counter() - t0, server_cpu_seconds(server) - cpu0
+    n = max(sum(counts), 1)
+    return n / seconds, 1e6 * cpu / n
+
+
 def bench_load(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """--rounds pairs of runs, without then with events, on one server: the machine's other
     load drifts, so the pairs are compared and the medians reported."""
@@ -269,6 +306,12 @@ def bench_load(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]
     rounds = []
     try:
         wrk_pages(w, server.url, script, 3, args.connections)  # warm-up
+        alone_rate, cpu_us = events_alone(w, server, args)
+        print(
+            f"load: events alone (no pages) {alone_rate:,.0f}/s, server CPU {cpu_us:.0f} us an "
+            f"event ({alone_rate * cpu_us / 1e6:.2f} cores)",
+            flush=True,
+        )
         for r in range(args.rounds):
             base = wrk_pages(w, server.url, script, args.duration, args.connections)
             pages, events, seconds, failed = with_events(w, server, script, args, r)
@@ -298,6 +341,8 @@ def bench_load(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]
         "events_s": med([r[2] for r in rounds]),
         "p99_ratio": med([r[1][2] / r[0][2] for r in rounds]),
         "failed_batches": sum(r[3] for r in rounds),
+        "events_alone_s": alone_rate,
+        "server_cpu_us_per_event": cpu_us,
         "log_lines": log_lines,
     }
     print(

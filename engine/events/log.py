@@ -86,6 +86,12 @@ class EventLog:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def cut_to(self, offset: int) -> None:
+        """Best effort, under `locked()`: drop what a failed append left after `offset`."""
+        with contextlib.suppress(OSError):
+            if self.size() > offset:
+                os.ftruncate(self._fd, offset)
+
     def append_locked(self, records: list[dict[str, Any]], complete_to: int) -> int:
         """Append `records` and fsync; the caller holds `locked()` and has read every complete
         line up to `complete_to`. Bytes beyond it are a torn line of a killed writer (never

@@ -10,9 +10,10 @@ Memory bound: per member at most `max_events_per_member` events (MAX_EVENTS_PER_
 default), the newest by (ts, event_id): each event with its strings, sort key and id costs about
 600 bytes (tracemalloc: 300 KB for a member at 512 events), so about 150 KB for a member at the
 default bound. Older events are dropped from memory (they stay in the log); an event older than a
-full member's oldest kept one changes nothing and is not written. Idempotence follows: a retried `event_id` is either kept (a no-op) or older than every
-kept event (a no-op). The number of members with live events is not bounded here: it is the
-members who played since the model's cut-off, and a newer model folds them into its snapshot.
+full member's oldest kept one changes nothing and is not written. Idempotence follows: a retried
+`event_id` is either kept (a no-op) or older than every kept event (a no-op). The number of
+members with live events is not bounded here: it is the members who played since the model's
+cut-off, and a newer model folds them into its snapshot.
 """
 
 from __future__ import annotations
@@ -131,7 +132,10 @@ class LiveState:
             return self._catch_up()
 
     def _catch_up(self) -> int:
-        records, self.offset = self.log.read_from(self.offset)
+        # Applying is idempotent, so reading lines this process is writing right now (under
+        # the writers' lock, without the state's) only finds them applied already.
+        records, end = self.log.read_from(self.offset)
+        self.offset = max(self.offset, end)
         n = 0
         for r in records:
             n += self._apply(PlayEvent.from_record(r))
@@ -174,22 +178,29 @@ class LiveState:
 
     def _commit(self, group: list[_Ticket]) -> None:
         try:
-            with self._lock, self.log.locked():
-                self._catch_up()
-                fresh: list[PlayEvent] = []
-                for t in group:
-                    mine = [ev for ev in t.events if self._apply(ev)]
-                    t.appended = Appended(len(mine), len(t.events) - len(mine))
-                    fresh += mine
-                # Applied first (that is what drops repeats inside the group), taken back
-                # when the write fails: the client gets no 2xx and its retry must not be a
-                # no-op.
+            with self.log.locked():
+                with self._lock:
+                    self._catch_up()
+                    end = self.offset
+                    fresh: list[PlayEvent] = []
+                    for t in group:
+                        mine = [ev for ev in t.events if self._apply(ev)]
+                        t.appended = Appended(len(mine), len(t.events) - len(mine))
+                        fresh += mine
+                # Applied first (that drops repeats inside the group); the write and its
+                # fsync run without the state's lock, so this worker's pages are not held up
+                # by the disk (the 2xx still waits for the fsync). A failed write is cut off
+                # and taken back: the client gets no 2xx and its retry must not be a no-op.
                 try:
-                    records = [e.to_record() for e in fresh]
-                    self.offset = self.log.append_locked(records, self.offset)
+                    new_end = self.log.append_locked([e.to_record() for e in fresh], end)
                 except BaseException:
-                    self._undo(fresh)
+                    self.log.cut_to(end)
+                    with self._lock:
+                        self._undo(fresh)
+                        self.offset = min(self.offset, end)
                     raise
+                with self._lock:
+                    self.offset = max(self.offset, new_end)
         except BaseException as exc:
             for t in group:
                 t.error = exc

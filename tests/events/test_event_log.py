@@ -234,3 +234,26 @@ def test_sigkill_during_appends_loses_no_acknowledged_event(tmp_path: Path) -> N
     assert len(ids) == len(set(ids))
     replay = LiveState(tmp_path, max_events_per_member=100_000)
     assert replay.applied == len(ids)
+
+
+def test_a_failed_write_is_taken_back_so_the_retry_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from engine.events.log import EventLogError
+
+    live = LiveState(tmp_path)
+    live.append([_ev(1)])
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", full_disk)
+        with pytest.raises(EventLogError, match="No space left"):
+            live.append([_ev(2), _ev(3)])
+    assert [e.event_id for e in live.events_of("u1")] == ["e1"]
+    assert _log_ids(tmp_path) == ["e1"]
+    assert live.append([_ev(2), _ev(3)]).accepted == 2
+    assert _log_ids(tmp_path) == ["e1", "e2", "e3"]
