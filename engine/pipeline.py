@@ -723,8 +723,7 @@ class Engine:
         """What this request reads of the member's plays: the snapshot, or with a live layer
         and plays of the member after the cut-off, a member-local History (the snapshot's
         titles and users, the member's snapshot plus live plays). A request before the cut-off
-        reads the snapshot: rankers then recount the past from every member's plays. The
-        page model's member features stay the snapshot's (`score` reads `self.history`)."""
+        reads the snapshot: rankers then recount the past from every member's plays."""
         if self.live is None or ctx.at_us < self.history.cutoff_us:
             return self.history
         return self.live.history_for(self.history, ctx.user_id)
