@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numba
 import numpy as np
@@ -569,6 +569,14 @@ def continuation_mode(history: History, user: int, at_us: int, cfg: PageModelCon
 # ----- the engine -----------------------------------------------------------------------------
 
 
+class LiveLayer(Protocol):
+    """Members' plays after the model's cut-off (engine.events.state.LiveState)."""
+
+    def history_for(self, snapshot: History, user_id: str) -> History: ...
+
+    def features_for(self, store: FeatureStore, history: History) -> FeatureStore: ...
+
+
 @dataclass(frozen=True)
 class Scored:
     """The request after features, the title model and the row features (shared by the page
@@ -611,6 +619,8 @@ class Engine:
         self.model = model
         self.model_version = model_version
         self.last_proposals = LastProposals()
+        # Live member state over the snapshot (engine.events); None: the snapshot alone.
+        self.live: LiveLayer | None = None
         a = config.assembly
         self.rules = AssemblyRules(
             pinned=tuple(a.pinned), max_rows_per_kind=dict(a.max_rows_per_kind), dedupe=a.dedupe
@@ -709,8 +719,17 @@ class Engine:
 
     # ----- the pipeline, stage by stage (the context is resolved) -----------------------------
 
+    def member_history(self, ctx: RequestContext) -> History:
+        """What this request reads of the member's plays: the snapshot, or with a live layer
+        and plays of the member after the cut-off, a member-local History (the snapshot's
+        titles and users, the member's snapshot plus live plays). A request before the cut-off
+        reads the snapshot: rankers then recount the past from every member's plays."""
+        if self.live is None or ctx.at_us < self.history.cutoff_us:
+            return self.history
+        return self.live.history_for(self.history, ctx.user_id)
+
     def _page(self, ctx: RequestContext) -> Page:
-        h = self.history
+        h = self.member_history(ctx)
         user = h.user_index(ctx.user_id)
         layout = self.layout(ctx.device)
         cand = candidate_rows(self.rankers, ctx, h, self.page_config, self.last_proposals)
@@ -729,7 +748,7 @@ class Engine:
                 warnings=self._warnings(ctx),
             )
             return self._fallback(ctx, assembled, trace)
-        scored = self.score(ctx, cand.rows, pvr, layout)
+        scored = self.score(ctx, cand.rows, pvr, layout, h)
         cont = continuation_mode(h, user, ctx.at_us, self.page_config)
         assembled = assemble_page(
             scored.rows,
@@ -777,11 +796,16 @@ class Engine:
         rows: Sequence[CandidateRow],
         pvr: np.ndarray | None,
         layout: DeviceLayout,
+        history: History | None = None,
     ) -> Scored:
         """Stages 3 to 5 for one request's filtered rows: title features, the title model,
-        row features."""
+        row features. With `history` from `member_history` holding live plays, the member's
+        features are recomputed from them (read as member 0 of a one-member store)."""
         store = self.store
         req = request_arrays(store, self.history, [ctx])
+        if self.live is not None and history is not None and history.live_member >= 0:
+            store = self.live.features_for(store, history)
+            req = replace(req, user=np.zeros(1, dtype=np.int32))
         pairs = pairs_for(store, rows, 0, pvr)
         X = store.title_matrix(req, pairs)
         s = self.model.score_titles(X)
