@@ -222,11 +222,13 @@ def _propose_checked(
     """One ranker's rows for each request, checked, or the request's "ErrorType: message" when
     the ranker failed it (fail open). A `propose_block` that fails is retried one request at a
     time, so that each request records its own failure, as on the single path."""
-    block = getattr(ranker, "propose_block", None)
+    # Looked up on the class: a wrapper that forwards other attributes to a ranker (and
+    # overrides `propose`) must not have its `propose` bypassed by the inner `propose_block`.
+    block = getattr(type(ranker), "propose_block", None)
     results: Any = None
     if callable(block) and len(ctxs) > 1:
         try:
-            results = block(ctxs, history)
+            results = block(ranker, ctxs, history)
         except PROGRAMMER_ERRORS:
             raise
         except Exception:
@@ -395,9 +397,7 @@ def candidate_rows_block(
         key = (ctx.user_id, ctx.at_us, ctx.country)
         if key not in masks:
             masks[key] = request_masks(ctx, history)
-        rows, removed = filter_rows_for_page(
-            proposed.rows, ctx, history, rankers, cfg, masks[key]
-        )
+        rows, removed = filter_rows_for_page(proposed.rows, ctx, history, rankers, cfg, masks[key])
         out.append(Candidates(rows, proposed.counts, proposed.failed, removed))
     return out
 
