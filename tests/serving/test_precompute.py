@@ -26,6 +26,7 @@ from conftest import rowrank_cmd, run_rowrank
 import engine
 from engine.cli import main as cli_main
 from engine.errors import BadRequestError
+from engine.serving import precompute
 from engine.serving.precompute import (
     DONE_DIR,
     EXIT_INTERRUPTED,
@@ -560,11 +561,12 @@ def test_limit_and_sample_pick_users_for_a_quick_run(
     assert orjson.loads((tmp_path / "cli" / MANIFEST).read_bytes())["users"]["count"] == 3
 
 
-def test_progress_off_a_terminal_is_plain_lines_that_move_per_page(
-    tiny_model: Path, users_file: Path, tmp_path: Path
+def test_progress_off_a_terminal_is_plain_lines_that_move_per_block(
+    tiny_model: Path, users_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One shard of 24 pages: the progress still moves page by page (not a shard at a time),
-    as plain lines without a carriage return, the last one at 100%."""
+    """One shard of 24 pages in blocks of 5: the progress still moves block by block (not a
+    shard at a time), as plain lines without a carriage return, the last one at 100%."""
+    monkeypatch.setattr(precompute, "BLOCK_PAGES", 5)  # workers=1 runs in this process
     log = io.StringIO()  # not a terminal
     result = run_precompute(
         tiny_model,
