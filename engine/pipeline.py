@@ -195,10 +195,10 @@ def propose_block_rows(
                 by_key[k] = kept
         todo = [i for k, i in first.items() if k not in by_key]
         fresh = _propose_checked(name, ranker, [ctxs[i] for i in todo], history)
-        for i, rows in zip(todo, fresh, strict=True):
-            by_key[keys[i]] = rows
-            if last is not None and not isinstance(rows, str):
-                last.put(name, keys[i], history, rows)
+        for i, got_i in zip(todo, fresh, strict=True):
+            by_key[keys[i]] = got_i
+            if last is not None and not isinstance(got_i, str):
+                last.put(name, keys[i], history, got_i)
         got[name] = [by_key[k] for k in keys]
     out = []
     for i in range(len(ctxs)):
