@@ -2,7 +2,7 @@
 
     rowrank precompute MODEL_DIR OUT_DIR [--users FILE] [--device D ...] [--at T ...]
                        [--workers N] [--engine local|dask] [--scheduler ADDR]
-                       [--format jsonl|parquet] [--shard-size N] [--limit N | --sample N]
+                       [--format jsonl|parquet|items] [--shard-size N] [--limit N | --sample N]
 
 Shard k holds users [k * shard_size, (k + 1) * shard_size) of the user list, each with every
 context of the grid (devices x times), user-major. A shard is computed by one worker, written
@@ -63,7 +63,9 @@ MANIFEST = "manifest.json"
 DONE_DIR = "done"
 LOCK_FILE = ".lock"
 TMP_TAG = ".tmp."  # temporary files: ".<name>.tmp.<pid>", removed by the next run
-FORMATS: tuple[str, ...] = ("jsonl", "parquet")
+FORMATS: tuple[str, ...] = ("jsonl", "parquet", "items")
+# Shard file extensions: "items" is Parquet too, one row per title shown (docs/precompute.md).
+_EXTENSIONS = {"jsonl": "jsonl", "parquet": "parquet", "items": "items.parquet"}
 ENGINES: tuple[str, ...] = ("local", "dask")
 # 1,000 users x 2 contexts is ~2,000 pages (~4 s of one worker at ~500 pages/s, a few MB):
 # small enough that a kill loses little work, large enough that per-shard costs (fsync,
@@ -183,7 +185,7 @@ class JobSpec:
 
     def shard_file(self, shard: int) -> str:
         width = max(5, len(str(max(self.n_shards - 1, 0))))
-        return f"shard-{shard:0{width}d}.{self.format}"
+        return f"shard-{shard:0{width}d}.{_EXTENSIONS[self.format]}"
 
     def shard_range(self, shard: int) -> tuple[int, int]:
         start = shard * self.shard_size
@@ -436,13 +438,14 @@ def run_shard(engine: PageSource, task: ShardTask) -> dict[str, Any]:
                 pages += 1
                 rows += _n_rows(page)
         else:
-            frame = _parquet_frame(list(_pages(engine, task)))
+            built = list(_pages(engine, task))
+            frame = _parquet_frame(built) if task.format == "parquet" else _items_frame(built)
             buf = io.BytesIO()
             # No statistics: they add nothing for these columns, and the bytes stay stable.
             frame.write_parquet(buf, compression="zstd", statistics=False)
             w.write(buf.getvalue())
-            pages = frame.height
-            rows = int(frame["n_rows"].sum())
+            pages = len(built)
+            rows = sum(_n_rows(page) for _u, _c, page, _d in built)
     marker = {
         "job_id": task.job_id,
         "shard": task.shard,
@@ -492,6 +495,27 @@ def _parquet_frame(pages: list[tuple[str, GridContext, Any, bytes]]) -> Any:
             "page_json": pl.String,  # byte for byte the JSON of `rowrank page`
         },
     )
+
+
+def _items_frame(pages: list[tuple[str, GridContext, Any, bytes]]) -> Any:
+    """An "items" shard: one row per title shown, the columns of `Page.to_frame` (the request,
+    the row, the title: PAGE_FRAME_SCHEMA) after `page_id` (the first 16 hex digits of the
+    sha256 of the page's JSON, the jsonl line without its newline: a stable key, the same
+    in every run) and `at` (the request time as in the manifest's contexts)."""
+    import polars as pl
+
+    from engine.request.page import PAGE_FRAME_SCHEMA
+
+    schema = pl.Schema([("page_id", pl.String), ("at", pl.String), *PAGE_FRAME_SCHEMA.items()])
+    frames = [
+        page.to_frame().select(
+            pl.lit(hashlib.sha256(data).hexdigest()[:16]).alias("page_id"),
+            pl.lit(ctx.at).alias("at"),
+            pl.all(),
+        )
+        for _user, ctx, page, data in pages
+    ]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
 # ----- worker processes ---------------------------------------------------------------------------
@@ -1309,7 +1333,13 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     p.add_argument("--engine", choices=ENGINES, default="local", help="local processes or Dask")
     p.add_argument("--scheduler", help="Dask scheduler address (default: a local cluster)")
-    p.add_argument("--format", choices=FORMATS, default="jsonl", help="shard file format")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="jsonl",
+        help="shard file format: jsonl (a page a line), parquet (a row a page), items (a row "
+        "a title shown)",
+    )
     p.add_argument(
         "--shard-size",
         type=int,
