@@ -86,10 +86,12 @@ def build_model(work: Path, users: int | None = None) -> Path:
         more = [] if users is None else ["--users", str(users)]
         run([*ROWRANK, "simulate", str(world), *more])
         print(f"simulated the default world in {time.perf_counter() - t:.0f} s -> {world}")
+    from engine.cli import TUNE_BUDGET_S
     from engine.config import load_config
     from engine.training.train import trained_with
 
-    if not trained_with(model, world, load_config()):
+    # `rowrank train` tunes for TUNE_BUDGET_S by default: the model it writes records that.
+    if not trained_with(model, world, load_config(), tune_budget=TUNE_BUDGET_S):
         print("(re)training: no model yet, or not the one `rowrank train` writes now")
         t = time.perf_counter()
         run([*ROWRANK, "train", str(world), str(model)])
