@@ -38,7 +38,7 @@ Failure policy (docs/page_model.md):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -798,14 +798,21 @@ class Engine:
         (the same JSON bytes): the rankers, the filters' masks and the PVR scores run once per
         member, time and country of the block, a ranker with `propose_block` once for the
         block, and the title model once over every (row, title) pair of the block. Blocks of a
-        few hundred to a few thousand requests, a member's devices and times side by side, is
-        what `rowrank precompute` asks for. No I/O."""
+        few hundred requests, a member's devices and times side by side, are what `rowrank
+        precompute` asks for (through `iter_pages`). No I/O."""
+        return list(self.iter_pages(requests))
+
+    def iter_pages(self, requests: Sequence[RequestContext]) -> Iterator[Page]:
+        """`pages`, a page at a time: the block's stages run at the first page, then each page
+        is assembled when asked for. A caller that writes each page and drops it never holds a
+        block of pages (about 400,000 small objects for 512 pages, which the cyclic garbage
+        collector walks again and again while the block is alive)."""
         return self._pages([self.resolve(c) for c in requests])
 
     def _page(self, ctx: RequestContext) -> Page:
-        return self._pages([ctx])[0]
+        return next(self._pages([ctx]))
 
-    def _pages(self, ctxs: Sequence[RequestContext]) -> list[Page]:
+    def _pages(self, ctxs: Sequence[RequestContext]) -> Iterator[Page]:
         h = self.history
         cands = candidate_rows_block(self.rankers, ctxs, h, self.page_config, self.last_proposals)
         pvrs: dict[tuple[str, int], tuple[np.ndarray | None, str | None]] = {}
@@ -825,10 +832,11 @@ class Engine:
                 strict=True,
             )
         )
-        return [
-            self._assembled_page(ctx, cand, pvrs[ctx.user_id, ctx.at_us][1], scored.get(i))
-            for i, (ctx, cand) in enumerate(zip(ctxs, cands, strict=True))
-        ]
+        pending = cands[::-1]  # popped page by page: each page's inputs go once it is built
+        del cands
+        for i, ctx in enumerate(ctxs):
+            pvr_error = pvrs[ctx.user_id, ctx.at_us][1]
+            yield self._assembled_page(ctx, pending.pop(), pvr_error, scored.pop(i, None))
 
     def _assembled_page(
         self, ctx: RequestContext, cand: Candidates, pvr_error: str | None, scored: Scored | None

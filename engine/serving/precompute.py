@@ -18,12 +18,12 @@ model once each and return a small per-shard summary; pages never travel back to
 memory stays bounded by one shard per worker however many users there are.
 
 A worker builds its shard's pages a block of members at a time (`BLOCK_PAGES` pages, every
-context of each member) through the engine's block path, `Engine.pages`, whose pages are byte for
-byte those of `Engine.page`; an engine without one is asked a page at a time.
+context of each member) through the engine's block path, `Engine.iter_pages`, whose pages are
+byte for byte those of `Engine.page`; an engine without one is asked a page at a time.
 
-Progress is counted per block of pages: local workers add to a shared counter the parent shows
-(a bar on a terminal, a plain line every few seconds otherwise). SIGINT (Ctrl-C) sets a shared
-stop flag that local workers check before every block: a shard in progress is dropped (its
+Progress is counted per page: local workers add to a shared counter the parent shows (a bar on a
+terminal, a plain line every few seconds otherwise). SIGINT (Ctrl-C) sets a shared stop flag
+that local workers check before every block of pages: a shard in progress is dropped (its
 temporary file removed), the manifest lists the shards that are complete, and the run exits 130
 within about a block's time (under a second); the same command resumes it.
 
@@ -114,13 +114,13 @@ class PageSource(Protocol):
 @runtime_checkable
 class BlockPageSource(PageSource, Protocol):
     """An engine with a block path (engine.pipeline.Engine): precompute builds a shard's pages
-    a block at a time through it."""
+    a block of members at a time through it."""
 
     def context(
         self, user_id: str, device: str = ..., at: Any = ..., country: Any = ...
     ) -> Any: ...
 
-    def pages(self, requests: Sequence[Any]) -> list[Any]: ...
+    def iter_pages(self, requests: Sequence[Any]) -> Iterator[Any]: ...
 
 
 Loader = Callable[[Path], PageSource]
@@ -360,45 +360,46 @@ class _HashingWriter(io.RawIOBase):
 
 
 def _pages(engine: PageSource, task: ShardTask) -> Iterator[tuple[str, GridContext, Any, bytes]]:
-    """The shard's pages in order: through the engine's block path (`Engine.pages`) a block of
-    members at a time when it has one, else one `page` call each."""
+    """The shard's pages in order: through the engine's block path (`Engine.iter_pages`) a
+    block of members at a time when it has one, else one `page` call each."""
+    cells = [(u, c) for u in task.users for c in task.contexts]
     if not isinstance(engine, BlockPageSource):
-        yield from _pages_one_by_one(engine, task, task.users)
+        yield from _pages_one_by_one(engine, task, cells)
         return
-    per_block = max(1, BLOCK_PAGES // max(len(task.contexts), 1))
-    for start in range(0, len(task.users), per_block):
-        users = task.users[start : start + per_block]
+    per_block = max(1, BLOCK_PAGES // max(len(task.contexts), 1)) * len(task.contexts)
+    for start in range(0, len(cells), per_block):
+        block = cells[start : start + per_block]
         _check_stop(task)
-        cells = [(u, c) for u in users for c in task.contexts]
+        done = 0
         try:
-            ctxs = [engine.context(u, device=c.device, at=c.at) for u, c in cells]
-            built = [(p, p.to_json()) for p in engine.pages(ctxs)]
+            ctxs = [engine.context(u, device=c.device, at=c.at) for u, c in block]
+            for page in engine.iter_pages(ctxs):
+                data = page.to_json()
+                user, ctx = block[done]
+                done += 1
+                _count_pages(1)
+                yield user, ctx, page, data
         except Exception:
-            # Again a page at a time, so that the error names the member and context it is
-            # about (and a block that fails for a reason no page alone has still gets written).
-            yield from _pages_one_by_one(engine, task, users)
-            continue
-        _count_pages(len(built))
-        for (user, ctx), (page, data) in zip(cells, built, strict=True):
-            yield user, ctx, page, data
+            # The rest of the block a page at a time, so that the error names the member and
+            # context it is about (and a failure no page alone has still gets its pages).
+            yield from _pages_one_by_one(engine, task, block[done:])
 
 
 def _pages_one_by_one(
-    engine: PageSource, task: ShardTask, users: Sequence[str]
+    engine: PageSource, task: ShardTask, cells: Sequence[tuple[str, GridContext]]
 ) -> Iterator[tuple[str, GridContext, Any, bytes]]:
-    for user in users:
-        for ctx in task.contexts:
-            _check_stop(task)
-            try:
-                page = engine.page(user, device=ctx.device, at=ctx.at)
-                data = page.to_json()
-            except Exception as exc:
-                raise PrecomputeFailedError(
-                    f"shard {task.shard}: page for user {user!r} on {ctx.device} at {ctx.at} "
-                    f"failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            _count_pages(1)
-            yield user, ctx, page, data
+    for user, ctx in cells:
+        _check_stop(task)
+        try:
+            page = engine.page(user, device=ctx.device, at=ctx.at)
+            data = page.to_json()
+        except Exception as exc:
+            raise PrecomputeFailedError(
+                f"shard {task.shard}: page for user {user!r} on {ctx.device} at {ctx.at} "
+                f"failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        _count_pages(1)
+        yield user, ctx, page, data
 
 
 def _check_stop(task: ShardTask) -> None:
@@ -1232,7 +1233,7 @@ def _collect(
 class _Progress:
     """Pages made so far, on `log` while the run goes: a tqdm bar on a terminal; elsewhere (a
     log file, a CI job) a plain line every `interval` seconds and one at the end, no `\r`.
-    Local workers count every block of pages in the shared `counter`, read here every 0.2 s; Dask
+    Local workers count every page in the shared `counter`, read here every 0.2 s; Dask
     workers do not, so their progress moves a shard at a time (`shard_pages`)."""
 
     def __init__(

@@ -26,7 +26,6 @@ from conftest import rowrank_cmd, run_rowrank
 import engine
 from engine.cli import main as cli_main
 from engine.errors import BadRequestError
-from engine.serving import precompute
 from engine.serving.precompute import (
     DONE_DIR,
     EXIT_INTERRUPTED,
@@ -511,6 +510,48 @@ class _FailsFor:
         return self._inner.page(user_id, **kw)
 
 
+class _BlockFailsAt(_FailsFor):
+    """The real engine with its block path, whose block fails when it reaches one user's page;
+    that user's page alone fails too when `alone` is set."""
+
+    def __init__(self, inner: Any, user: str, *, alone: bool) -> None:
+        super().__init__(inner, user)
+        self._alone = alone
+
+    def context(self, user_id: str, **kw: Any) -> Any:
+        return self._inner.context(user_id, **kw)
+
+    def page(self, user_id: str, **kw: Any) -> Any:
+        return super().page(user_id, **kw) if self._alone else self._inner.page(user_id, **kw)
+
+    def iter_pages(self, requests: Any) -> Any:
+        for ctx, page in zip(requests, self._inner.iter_pages(requests), strict=True):
+            if ctx.user_id == self._user:
+                raise RuntimeError("the block broke")
+            yield page
+
+
+def test_a_block_that_fails_midway_goes_on_a_page_at_a_time(
+    reference: Path, model_users: list[str], tiny_model: Path, users_file: Path, tmp_path: Path
+) -> None:
+    victim = model_users[5]  # the second page of its shard (users 4 and 5), one block
+    kw: dict[str, Any] = {
+        "users_file": users_file, "devices": ["tv"], "times": [AT], "workers": 1,
+        "shard_size": SHARD_SIZE, "progress": False,
+    }  # fmt: skip
+    out = tmp_path / "recovered"
+    result = run_precompute(
+        tiny_model, out, loader=lambda d: _BlockFailsAt(engine.load(d), victim, alone=False), **kw
+    )
+    assert result.exit_code == 0 and _tree(out) == _tree(reference)  # no page lost or doubled
+    out = tmp_path / "failed"
+    failed = run_precompute(
+        tiny_model, out, loader=lambda d: _BlockFailsAt(engine.load(d), victim, alone=True), **kw
+    )
+    assert failed.exit_code == 1 and len(failed.failures) == 1
+    assert f"page for user {victim!r}" in failed.failures[0] and "boom" in failed.failures[0]
+
+
 def test_a_failing_page_fails_its_shard_only_and_a_rerun_completes(
     reference: Path, model_users: list[str], tiny_model: Path, users_file: Path, tmp_path: Path
 ) -> None:
@@ -628,12 +669,11 @@ def test_limit_and_sample_pick_users_for_a_quick_run(
     assert orjson.loads((tmp_path / "cli" / MANIFEST).read_bytes())["users"]["count"] == 3
 
 
-def test_progress_off_a_terminal_is_plain_lines_that_move_per_block(
-    tiny_model: Path, users_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_progress_off_a_terminal_is_plain_lines_that_move_per_page(
+    tiny_model: Path, users_file: Path, tmp_path: Path
 ) -> None:
-    """One shard of 24 pages in blocks of 5: the progress still moves block by block (not a
-    shard at a time), as plain lines without a carriage return, the last one at 100%."""
-    monkeypatch.setattr(precompute, "BLOCK_PAGES", 5)  # workers=1 runs in this process
+    """One shard of 24 pages: the progress still moves page by page (not a shard at a time),
+    as plain lines without a carriage return, the last one at 100%."""
     log = io.StringIO()  # not a terminal
     result = run_precompute(
         tiny_model,
