@@ -32,8 +32,8 @@
 --block (the block path, engine.pipeline.Engine.pages; run alone with --block-only): in this
 process, pinned to one core, on the same members (--block-users, default 1,000) and the default
 contexts, interleaved --repeats times: the per-request loop (`Engine.page(...).to_json()`) and
-the batch path as precompute runs it (`Engine.pages` on blocks of --block-pages requests, then
-`to_json`), each in pages per CPU-second, and their ratio; the sha256 of all pages of each
+the batch path as precompute runs it (`Engine.iter_pages` on blocks of --block-pages requests,
+then `to_json`), each in pages per CPU-second, and their ratio; the sha256 of all pages of each
 (equal digests: the same pages, so every quality figure stands); then the floor of one block,
 the bare arithmetic a page needs: PVR/EASE scores for the block's members as one sparse x dense
 product and their top 200, one title-model call over every (row, title) pair of the block, and
@@ -244,8 +244,10 @@ def block_path(model: Path, n_users: int, block: int, repeats: int) -> None:
     import engine
     from engine.serving.precompute import build_contexts
 
+    from engine.serving.processes import load_frozen
+
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    eng = engine.load(model)
+    eng = load_frozen(engine.load, model)  # as precompute's workers load it
     users = [str(u) for u in eng.history.user_ids[:n_users].tolist()]
     grid = build_contexts(None, None, int(eng.history.cutoff_us))
     cells = [(u, c) for u in users for c in grid]
@@ -262,7 +264,7 @@ def block_path(model: Path, n_users: int, block: int, repeats: int) -> None:
         out: list[bytes] = []
         for s in range(0, n, block):
             ctxs = [eng.context(u, device=c.device, at=c.at) for u, c in cells[s : s + block]]
-            out += [p.to_json() for p in eng.pages(ctxs)]
+            out += [p.to_json() for p in eng.iter_pages(ctxs)]
         return out
 
     for u, c in cells[:20]:  # the compiled loops loaded
