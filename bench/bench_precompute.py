@@ -243,7 +243,6 @@ def block_path(model: Path, n_users: int, block: int, repeats: int) -> None:
 
     import engine
     from engine.serving.precompute import build_contexts
-
     from engine.serving.processes import load_frozen
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
