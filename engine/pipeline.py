@@ -13,7 +13,11 @@
       -> Page           engine.request.page.build_page with a frozen PageTrace;
                         `Page.to_json()` gives the bytes
 
-`Engine.page_for` is that line; the file reads in the same order. What does not change
+`Engine.pages` (and `iter_pages`) runs that line for a block of requests, each stage over the
+whole block where its work is shared (rankers and filter masks once per member and time, one
+title-model call over every pair), and gives each request the very page `Engine.page_for` gives
+it alone; `page_for` is the block path with a block of one. The file reads in the same order.
+What does not change
 between requests (assembly rules, the row scorer `[page] row_order` names, the PVR feature
 source) is settled when the Engine is built. Training (engine.training.train) replays past
 requests through the same stage functions (`candidate_rows`, `pairs_for`), so what the models
