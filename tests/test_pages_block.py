@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import TINY_SEED, tiny_engine_config
+from test_pipeline import _with_ranker
 
 import engine
 from engine.candidates import CandidateRow
@@ -105,26 +106,12 @@ class _FailsFor:
         return [self.propose(r, history) for r in requests]
 
 
-def _swap(eng: Engine, name: str, ranker: Any) -> Engine:
-    rankers = {**eng.rankers, name: ranker}
-    return Engine(
-        config=eng.config,
-        page_config=eng.page_config,
-        history=eng.history,
-        rankers=rankers,
-        store=eng.store,
-        model=eng.model,
-        model_version=eng.model_version,
-        manifest=eng.manifest,
-    )
-
-
 def test_a_failing_propose_block_is_retried_per_request(eng: Engine, at: str) -> None:
     users = [str(u) for u in eng.history.user_ids[:20]]
     ctxs = [eng.context(u, d, at) for u in users for d in ("tv", "web")]
     want = [eng.page_for(c).to_json() for c in ctxs]
     wrapped = _BlockFails(eng.rankers["top_picks"])
-    got = [p.to_json() for p in _swap(eng, "top_picks", wrapped).pages(ctxs)]
+    got = [p.to_json() for p in _with_ranker(eng, "top_picks", wrapped).pages(ctxs)]
     assert got == want
     assert wrapped.proposed == len(users)  # once per member: its rows do not use the device
 
@@ -132,7 +119,7 @@ def test_a_failing_propose_block_is_retried_per_request(eng: Engine, at: str) ->
 def test_a_ranker_failing_one_member_fails_only_their_pages(eng: Engine, at: str) -> None:
     users = [str(u) for u in eng.history.user_ids[:12]]
     victim = users[5]
-    broken = _swap(eng, "top_picks", _FailsFor(eng.rankers["top_picks"], victim))
+    broken = _with_ranker(eng, "top_picks", _FailsFor(eng.rankers["top_picks"], victim))
     ctxs = [eng.context(u, d, at) for u in users for d in ("tv", "mobile")]
     pages = broken.pages(ctxs)
     for ctx, page in zip(ctxs, pages, strict=True):
@@ -152,7 +139,7 @@ def test_a_propose_block_of_the_wrong_length_is_a_programmer_error(eng: Engine, 
             return super().propose_block(requests, history)[:-1]
 
     users = [str(u) for u in eng.history.user_ids[:3]]
-    broken = _swap(eng, "top_picks", Short(eng.rankers["top_picks"], ""))
+    broken = _with_ranker(eng, "top_picks", Short(eng.rankers["top_picks"], ""))
     with pytest.raises(engine.errors.RankerContractError, match="propose_block"):
         broken.pages([eng.context(u, "tv", at) for u in users])
 
@@ -169,7 +156,7 @@ def test_block_rows_are_computed_once_per_member_and_time(eng: Engine, at: str) 
             calls.append(request.user_id)
             return super().propose(request, history)
 
-    counted = _swap(eng, "trending_24h", Counting(eng.rankers["trending_24h"], ""))
+    counted = _with_ranker(eng, "trending_24h", Counting(eng.rankers["trending_24h"], ""))
     assert LastProposals.shares(eng.rankers["trending_24h"])
     counted.pages(ctxs)
     assert sorted(calls) == sorted(users)
