@@ -54,6 +54,11 @@ def train_once(data: Path, model: Path, tune_budget: float) -> dict[str, Any]:
     measured: dict[str, Any] = _run(cmd)
     manifest = json.loads((model / "manifest.json").read_text())
     measured["steps"] = manifest["metrics"].get("steps", {})
+    # Training resets the high-water mark between steps (engine.training.steps), which the
+    # kernel's own figure for the process (wait4) then only counts from the last reset: the
+    # process's peak is the larger of it and every step's.
+    peaks = measured["steps"].get("peak_rss_mb", {}).values()
+    measured["peak_gb"] = max([measured["peak_gb"], *(p / 1024 for p in peaks)])
     measured["plays"] = pl.scan_parquet(data / "plays.parquet").select(pl.len()).collect().item()
     return measured
 

@@ -46,7 +46,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numba
 import numpy as np
@@ -657,6 +657,14 @@ def continuation_mode(history: History, user: int, at_us: int, cfg: PageModelCon
 # ----- the engine -----------------------------------------------------------------------------
 
 
+class LiveLayer(Protocol):
+    """Members' plays after the model's cut-off (engine.events.state.LiveState)."""
+
+    def history_for(self, snapshot: History, user_id: str) -> History: ...
+
+    def features_for(self, store: FeatureStore, history: History) -> FeatureStore: ...
+
+
 @dataclass(frozen=True)
 class Scored:
     """The request after features, the title model and the row features (shared by the page
@@ -699,6 +707,8 @@ class Engine:
         self.model = model
         self.model_version = model_version
         self.last_proposals = LastProposals()
+        # Live member state over the snapshot (engine.events); None: the snapshot alone.
+        self.live: LiveLayer | None = None
         a = config.assembly
         self.rules = AssemblyRules(
             pinned=tuple(a.pinned), max_rows_per_kind=dict(a.max_rows_per_kind), dedupe=a.dedupe
@@ -813,11 +823,32 @@ class Engine:
         collector walks again and again while the block is alive)."""
         return self._pages([self.resolve(c) for c in requests])
 
+    def member_history(self, ctx: RequestContext) -> History:
+        """What this request reads of the member's plays: the snapshot, or with a live layer
+        and plays of the member after the cut-off, a member-local History (the snapshot's
+        titles and users, the member's snapshot plus live plays). A request before the cut-off
+        reads the snapshot: rankers then recount the past from every member's plays."""
+        if self.live is None or ctx.at_us < self.history.cutoff_us:
+            return self.history
+        return self.live.history_for(self.history, ctx.user_id)
+
     def _page(self, ctx: RequestContext) -> Page:
         return next(self._pages([ctx]))
 
     def _pages(self, ctxs: Sequence[RequestContext]) -> Iterator[Page]:
-        h = self.history
+        """The block's pages in order, in runs of consecutive requests that read the same
+        History (`member_history`, the one place a request's plays come from: the snapshot for
+        most, a member's own History when live plays extend it)."""
+        histories = [self.member_history(c) for c in ctxs]
+        start = 0
+        while start < len(ctxs):
+            end = start + 1
+            while end < len(ctxs) and histories[end] is histories[start]:
+                end += 1
+            yield from self._pages_of(ctxs[start:end], histories[start])
+            start = end
+
+    def _pages_of(self, ctxs: Sequence[RequestContext], h: History) -> Iterator[Page]:
         cands = candidate_rows_block(self.rankers, ctxs, h, self.page_config, self.last_proposals)
         pvrs: dict[tuple[str, int], tuple[np.ndarray | None, str | None]] = {}
         for ctx in ctxs:
@@ -832,6 +863,7 @@ class Engine:
                     [ctxs[i] for i in ranked],
                     [cands[i].rows for i in ranked],
                     [pvrs[ctxs[i].user_id, ctxs[i].at_us][0] for i in ranked],
+                    history=h,
                 ),
                 strict=True,
             )
@@ -840,14 +872,18 @@ class Engine:
         del cands
         for i, ctx in enumerate(ctxs):
             pvr_error = pvrs[ctx.user_id, ctx.at_us][1]
-            yield self._assembled_page(ctx, pending.pop(), pvr_error, scored.pop(i, None))
+            yield self._assembled_page(ctx, h, pending.pop(), pvr_error, scored.pop(i, None))
 
     def _assembled_page(
-        self, ctx: RequestContext, cand: Candidates, pvr_error: str | None, scored: Scored | None
+        self,
+        ctx: RequestContext,
+        h: History,
+        cand: Candidates,
+        pvr_error: str | None,
+        scored: Scored | None,
     ) -> Page:
         """Stage 6 and the page for one request: the selectors over its scored rows, or the
         fallback page when no ranker has a row left (`scored` is None)."""
-        h = self.history
         user = h.user_index(ctx.user_id)
         if scored is None:
             assembled = self._fallback_assembly(ctx)
@@ -910,10 +946,13 @@ class Engine:
         rows: Sequence[CandidateRow],
         pvr: np.ndarray | None,
         layout: DeviceLayout | None = None,
+        history: History | None = None,
     ) -> Scored:
         """Stages 3 to 5 for one request's filtered rows: title features, the title model,
-        row features. `layout`: the request device's unless given."""
-        return self.score_block([ctx], [rows], [pvr], None if layout is None else [layout])[0]
+        row features. `layout`: the request device's unless given; `history`: see
+        `score_block`."""
+        layouts = None if layout is None else [layout]
+        return self.score_block([ctx], [rows], [pvr], layouts, history)[0]
 
     def score_block(
         self,
@@ -921,12 +960,19 @@ class Engine:
         rows: Sequence[Sequence[CandidateRow]],
         pvrs: Sequence[np.ndarray | None],
         layouts: Sequence[DeviceLayout] | None = None,
+        history: History | None = None,
     ) -> list[Scored]:
         """`score` for each of a block of requests: one feature matrix and one title-model call
         over every pair of the block. Both compute each pair's row on its own (a compiled pass,
-        a tree walk per row), so a request's scores do not depend on the block around it."""
+        a tree walk per row), so a request's scores do not depend on the block around it. With
+        `history` from `member_history` holding live plays (then the requests are all that
+        member's), the member's features are recomputed from them (read as member 0 of a
+        one-member store)."""
         store = self.store
         req = request_arrays(store, self.history, ctxs)
+        if self.live is not None and history is not None and history.live_member >= 0:
+            store = self.live.features_for(store, history)
+            req = replace(req, user=np.zeros(len(ctxs), dtype=np.int32))
         parts = [pairs_for(store, r, i, p) for i, (r, p) in enumerate(zip(rows, pvrs, strict=True))]
         X = store.title_matrix(req, concat_pairs(parts))
         s = self.model.score_titles(X)

@@ -142,11 +142,17 @@ class ContinueWatchingRanker:
         user = history.user_index(request.user_id)
         if user < 0:
             return []
-        lo, hi = self.candidate_offsets_[user], self.candidate_offsets_[user + 1]
-        if lo == hi:
-            return []
-        cand = _take(self.candidates_, slice(lo, hi))
         at = max(request.at_us, history.cutoff_us)
+        if user == history.live_member:
+            # Plays after the cut-off (engine.events): this member's candidates from their
+            # plays now, by the code that computes everyone's at fit time.
+            s = history.user_plays(user)
+            cand = candidates_as_of(history, np.arange(s.start, s.stop), at, self.next_episode_, c)
+        else:
+            lo, hi = self.candidate_offsets_[user], self.candidate_offsets_[user + 1]
+            cand = _take(self.candidates_, slice(lo, hi))
+        if len(cand.user) == 0:
+            return []
         fresh = cand.last_ts >= at - int(c.max_age_days * US_PER_DAY)
         if not fresh.any():
             return []

@@ -227,6 +227,20 @@ class CFModel:
             )
         return model
 
+    def fold_in(self, pos: np.ndarray, weights: np.ndarray, reg: float, alpha: float) -> np.ndarray:
+        """ALS scores of `eval_items` for a member whose plays are `pos` with `weights`, the
+        member's factors solved from their plays against the fitted title factors (the ALS
+        user half-step for one member, exactly: f x f): a member with plays after the cut-off
+        (engine.events), or new to the model, gets a vector without a retrain."""
+        if len(pos) == 0:
+            return np.zeros(len(self.eval_items))
+        y = self.item_factors.astype(np.float64)
+        yu = y[pos]
+        conf = alpha * np.asarray(weights, dtype=np.float64)
+        a = y.T @ y + reg * np.eye(y.shape[1]) + (yu * conf[:, None]).T @ yu
+        x = np.linalg.solve(a, yu.T @ (1.0 + conf))
+        return np.asarray(y @ x, dtype=np.float64)
+
     def raw(self, user: int, pos: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """CF scores of `eval_items` for a member whose plays are `pos` (positions in
         eval_items) with `weights`. float64, length n_eval."""
@@ -461,7 +475,11 @@ def components(
     pos = signals.eval_pos[titles]
     keep = pos >= 0
     cf = np.zeros(n)
-    cf[model.eval_items] = zscore(model.raw(user, pos[keep], w[keep]))
+    if model.method == "als" and user == history.live_member:
+        raw = model.fold_in(pos[keep], w[keep], cfg.als_reg, cfg.als_alpha)
+    else:
+        raw = model.raw(user, pos[keep], w[keep])
+    cf[model.eval_items] = zscore(raw)
     content = signals.content_z(w @ signals.genres_l1[titles])
     return Components(cf, content, cold=False)
 

@@ -108,16 +108,37 @@ class WatchAgainRanker:
         rewatches: np.ndarray,
     ) -> None:
         """Each member's finished titles (pairs come grouped by member), sliced per request."""
-        c = self.config
-        kids = history.maturity[p_title] <= c.kids_maturity
-        # Episodes only for kids' series; the rest never qualify, so drop them now.
-        keep = finished & ((history.series[p_title] < 0) | kids)
-        self.done_title_ = p_title[keep].astype(np.int32)
-        self.done_last_ts_ = last_ts[keep]
-        self.done_wait_us_ = np.where(kids[keep], c.kids_min_days, c.min_days) * US_PER_DAY
-        self.done_rewatches_ = rewatches[keep]
+        keep = self._qualifies(history, p_title, finished)
+        self.done_title_, self.done_last_ts_, self.done_wait_us_, self.done_rewatches_ = (
+            self._finished(history, p_user, p_title, last_ts, finished, rewatches)
+        )
         self.done_offsets_ = np.searchsorted(p_user[keep], np.arange(history.n_users + 1))
         self.history_ = history_fingerprint(history)
+
+    def _qualifies(self, history: History, p_title: np.ndarray, finished: np.ndarray) -> np.ndarray:
+        # Episodes only for kids' series; the rest never qualify, so they are dropped early.
+        kids = history.maturity[p_title] <= self.config.kids_maturity
+        return finished & ((history.series[p_title] < 0) | kids)
+
+    def _finished(
+        self,
+        history: History,
+        p_user: np.ndarray,
+        p_title: np.ndarray,
+        last_ts: np.ndarray,
+        finished: np.ndarray,
+        rewatches: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(title, last play, wait before offering, rewatches) of the pairs that qualify."""
+        c = self.config
+        keep = self._qualifies(history, p_title, finished)
+        kids = history.maturity[p_title[keep]] <= c.kids_maturity
+        return (
+            p_title[keep].astype(np.int32),
+            last_ts[keep],
+            np.where(kids, c.kids_min_days, c.min_days) * US_PER_DAY,
+            rewatches[keep],
+        )
 
     def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
         check_fitted(self, "title_rate_")
@@ -125,13 +146,23 @@ class WatchAgainRanker:
         user = history.user_index(request.user_id)
         if user < 0:
             return []
-        s = slice(self.done_offsets_[user], self.done_offsets_[user + 1])
         at = max(request.at_us, history.cutoff_us)
-        ok = at - self.done_last_ts_[s] >= self.done_wait_us_[s]
+        if user == history.live_member:
+            # Plays after the cut-off (engine.events): this member's finished titles now.
+            done_title, done_last_ts, done_wait_us, done_rewatches = self._finished(
+                history, *_pairs(history, at)
+            )
+        else:
+            s = slice(self.done_offsets_[user], self.done_offsets_[user + 1])
+            done_title, done_last_ts = self.done_title_[s], self.done_last_ts_[s]
+            done_wait_us, done_rewatches = self.done_wait_us_[s], self.done_rewatches_[s]
+        ok = at - done_last_ts >= done_wait_us
         if not ok.any():
             return []
-        titles, rewatches = self.done_title_[s][ok], self.done_rewatches_[s][ok]
-        member = self.user_rate_[user] / self.prior_
+        titles, rewatches = done_title[ok], done_rewatches[ok]
+        # A member new to the model has the prior rate (a factor of 1).
+        rate = float(self.user_rate_[user]) if user < len(self.user_rate_) else self.prior_
+        member = rate / self.prior_
         score = self.title_rate_[titles] * member * (1.0 + np.log1p(rewatches))
         order = top_k(score, len(titles))
         order = order[first_per_series(history, titles[order])][: c.max_titles]
@@ -142,7 +173,7 @@ class WatchAgainRanker:
                 title=c.label,
                 titles=titles[order],
                 scores=score[order],
-                evidence={"member_rewatch_rate": round(float(self.user_rate_[user]), 4)},
+                evidence={"member_rewatch_rate": round(rate, 4)},
             )
         ]
 

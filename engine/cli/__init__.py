@@ -159,6 +159,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "--models-root",
         help="reloads may load only below this directory (default: the parent of MODEL_DIR)",
     )
+    p.add_argument(
+        "--state",
+        metavar="DIR",
+        help="the play-event log POST /v1/events writes and pages read (default MODEL_DIR/events)",
+    )
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -296,6 +301,13 @@ COMMANDS: list[Command] = [
         f"rowrank serve {EXAMPLE_MODEL} --port 8000 --workers 2",
         _serve_args,
         lambda args: import_module("engine.serving.runner").run_cli(args),
+    ),
+    (
+        "events",
+        "Play events after the model's cut-off: `events ingest` appends a file to the log.",
+        f"rowrank events ingest {EXAMPLE_MODEL} plays.jsonl",
+        lambda p: import_module("engine.events.ingest").add_arguments(p),
+        lambda args: import_module("engine.events.ingest").cli(args),
     ),
     (
         "users",

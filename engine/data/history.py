@@ -83,6 +83,13 @@ class History:
     def n_users(self) -> int:
         return len(self.user_ids)
 
+    @property
+    def live_member(self) -> int:
+        """The user index whose plays include live events (a member-local History of
+        engine.events); -1 for a model's snapshot. Rankers that precompute per-member state at
+        fit time compute it for this member from the play arrays instead."""
+        return -1
+
     def title_index(self, title_id: str) -> int:
         """Position of a title, -1 when unknown."""
         return self._title_index.get(title_id, -1)

@@ -14,6 +14,7 @@ Routes (docs/serve.md, engine/serving/static/openapi.json):
     POST /v1/pages                                       {"requests": [...]} -> {"pages": [...]}
     GET  /preview/{user_id}?device=&at=&country=         the page as HTML (engine.serving.preview)
     POST /v1/admin/reload                                hot swap (Bearer ROWRANK_ADMIN_TOKEN)
+    POST /v1/events                                      play events in (serving.events_route)
     GET  /healthz  /readyz  /metrics  /openapi.json
     GET  /                                               links to all of the above
 
@@ -104,6 +105,7 @@ class ServeConfig:
     impressions_dir: str | None = None
     impressions_scope: str = "visible"
     state_dir: str | None = None  # set when several workers share reloads
+    events_dir: str | None = None  # the event log's directory; None: POST /v1/events is off
     max_batch: int = MAX_BATCH
 
     def to_json(self) -> str:
@@ -307,12 +309,21 @@ def create_app(
     max_batch: int = MAX_BATCH,
     loader: Loader = default_loader,
     keepalive_seconds: float | None = None,
+    events_dir: str | os.PathLike[str] | None = None,
 ) -> ASGIApp:
     """The ASGI app. The model loads in a background thread at start-up (/readyz says when).
 
     `admin_token` defaults to the environment's ROWRANK_ADMIN_TOKEN; none disables reload.
     `models_root` (default: the parent of `model_dir`) bounds what a reload may load.
-    `keepalive_seconds` defaults to ROWRANK_KEEPALIVE_SECONDS, else KEEPALIVE_SECONDS."""
+    `keepalive_seconds` defaults to ROWRANK_KEEPALIVE_SECONDS, else KEEPALIVE_SECONDS.
+    `events_dir` holds the event log: POST /v1/events writes it and every page reads the
+    member's live plays from it (engine.events); None turns both off."""
+    from engine.events.state import LiveState
+    from engine.serving.events_route import ROUTE_EVENTS, post_events, with_live
+
+    live = LiveState(Path(events_dir)) if events_dir is not None else None
+    if live is not None:
+        loader = with_live(loader, live)
     model_path = Path(model_dir)
     root = Path(models_root) if models_root is not None else model_path.resolve().parent
     holder = ModelHolder(model_path, root, loader)
@@ -323,13 +334,14 @@ def create_app(
         else None
     )
     state = SharedModelState(Path(state_dir)) if state_dir is not None else None
-    svc = Service(holder, token, max_batch, logger, state)
+    svc = Service(holder, token, max_batch, logger, state, live=live)
     svc.metrics.attach(holder, logger)  # every worker mirrors its model and impression log
     page_threads = int(os.environ.get(ENV_PAGE_THREADS) or PAGE_THREADS)
 
     routes = [
         Route(ROUTE_PAGE, get_page, methods=["GET"]),
         Route(ROUTE_BATCH, post_pages, methods=["POST"]),
+        Route(ROUTE_EVENTS, post_events, methods=["POST"]),
         Route(ROUTE_PREVIEW, preview, methods=["GET"]),
         Route("/preview", preview_form, methods=["GET"]),
         Route("/preview.css", preview_css, methods=["GET"]),
@@ -363,6 +375,8 @@ def create_app(
                     await poll
             if logger is not None:
                 await anyio.to_thread.run_sync(logger.close)
+            if live is not None:
+                live.close()
 
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
         ApiError: _api_error,
@@ -401,4 +415,5 @@ def app_from_env() -> ASGIApp:
         impressions_scope=scope,
         state_dir=cfg.state_dir,
         max_batch=cfg.max_batch,
+        events_dir=cfg.events_dir,
     )

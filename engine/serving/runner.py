@@ -46,6 +46,8 @@ def run_cli(args: Any) -> int:
         raise ModelLoadError(
             f"{model_dir} is not a directory: pass a model directory from `rowrank train`"
         )
+    from engine.events.ingest import events_dir_of
+
     if args.workers < 1:
         raise BadRequestError(f"--workers must be at least 1, got {args.workers}")
     cfg = ServeConfig(
@@ -53,6 +55,7 @@ def run_cli(args: Any) -> int:
         models_root=args.models_root,
         impressions_dir=args.log_impressions,
         impressions_scope=args.log_scope,
+        events_dir=str(events_dir_of(model_dir, getattr(args, "state", None))),
     )
     serve(cfg, host=args.host, port=args.port, workers=args.workers)
     return 0

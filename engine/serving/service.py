@@ -63,6 +63,7 @@ class Service:
     state: SharedModelState | None = None
     metrics: Metrics = field(default_factory=Metrics)
     limiter: anyio.CapacityLimiter | None = None  # made in the lifespan (needs the event loop)
+    live: Any = None  # engine.events.state.LiveState: members' plays after the cut-off
 
     def build(self, eng: EngineLike, req: PageRequest, *, log_impression: bool = True) -> Built:
         """One page with its fallback (runs in a worker thread). Raises ApiError 400/503."""

@@ -3,7 +3,8 @@
 Peak memory is the process's resident-set high-water mark. On Linux it is reset at the start of
 each step (writing 5 to /proc/self/clear_refs), so each step reports its own peak rather than
 the largest of the steps before it; elsewhere the figure is the peak so far (getrusage), which
-the manifest says."""
+the manifest says. The reset also lowers what the kernel reports as the whole process's peak
+(getrusage, wait4) to the peak since the last reset: the process's peak is the largest step's."""
 
 from __future__ import annotations
 

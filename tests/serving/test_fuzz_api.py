@@ -41,7 +41,7 @@ from engine.serving.static_files import openapi_spec
 
 TOKEN = "fuzz-admin-token"
 TIMEOUT = 60
-# Cases per operation and generation mode: 141 requests in all, ~15 s on 2 busy cores.
+# Cases per operation and generation mode: ~165 requests in all, ~15 s on 2 busy cores.
 EXAMPLES = 12
 # Batches are capped at 5 requests while fuzzing, so a case costs a few page builds, not 100;
 # the 100-request limit itself is a cell of test_bad_input_http.py.
@@ -59,7 +59,9 @@ CHECKS = [
 def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("fuzz_models")
     copy_model(tiny_model, root / "m")
-    with ServerThread(create_app(root / "m", admin_token=TOKEN, models_root=root)) as url:
+    events = tmp_path_factory.mktemp("fuzz_events")
+    app = create_app(root / "m", admin_token=TOKEN, models_root=root, events_dir=events)
+    with ServerThread(app) as url:
         wait_ready(url)
         yield url
 
@@ -83,6 +85,7 @@ def test_the_fuzzed_document_is_the_served_one(server: str) -> None:
 OPERATIONS = [
     ("GET", "/v1/users/{user_id}/page"),
     ("POST", "/v1/pages"),
+    ("POST", "/v1/events"),
     ("GET", "/preview/{user_id}"),
     ("GET", "/preview"),
     ("GET", "/preview.css"),

@@ -122,9 +122,12 @@ def start(models: dict[str, Path]) -> Iterator[Callable[..., str]]:
 
 
 @pytest.fixture(scope="module")
-def live(models: dict[str, Path]) -> Iterator[str]:
-    """One shared server for the read-only tests."""
-    server = ServerThread(create_app(models["a"], admin_token=TOKEN, models_root=models["root"]))
+def live(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One shared server for the read-only tests (its event log in a directory of its own)."""
+    events = tmp_path_factory.mktemp("serve_events")
+    server = ServerThread(
+        create_app(models["a"], admin_token=TOKEN, models_root=models["root"], events_dir=events)
+    )
     url = server.start()
     _wait_ready(url)
     yield url
@@ -322,13 +325,14 @@ def test_health_ready_and_openapi_cover_every_route(live: str) -> None:
     assert ready["status"] == "ready" and ready["generation"] == 0
     spec = requests.get(f"{live}/openapi.json").json()
     assert spec["openapi"].startswith("3.1")
+    from engine.serving.events_route import ROUTE_EVENTS
     from engine.serving.http import ROUTE_BATCH, ROUTE_PAGE, ROUTE_PREVIEW, ROUTE_RELOAD
 
     served = {ROUTE_PAGE, ROUTE_BATCH, ROUTE_PREVIEW, ROUTE_RELOAD, "/preview", "/preview.css"}
-    served |= {"/healthz", "/readyz", "/metrics", "/openapi.json", "/"}
+    served |= {"/healthz", "/readyz", "/metrics", "/openapi.json", "/", ROUTE_EVENTS}
     assert set(spec["paths"]) == served
     for path in served:  # each documented route answers (none is a 404)
-        method = "post" if path in (ROUTE_BATCH, ROUTE_RELOAD) else "get"
+        method = "post" if path in (ROUTE_BATCH, ROUTE_RELOAD, ROUTE_EVENTS) else "get"
         assert method in spec["paths"][path]
         concrete = path.replace("{user_id}", "u1")
         assert requests.request(method, live + concrete, timeout=TIMEOUT).status_code != 404
