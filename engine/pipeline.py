@@ -13,7 +13,11 @@
       -> Page           engine.request.page.build_page with a frozen PageTrace;
                         `Page.to_json()` gives the bytes
 
-`Engine.page_for` is that line; the file reads in the same order. What does not change
+`Engine.pages` (and `iter_pages`) runs that line for a block of requests, each stage over the
+whole block where its work is shared (rankers and filter masks once per member and time, one
+title-model call over every pair), and gives each request the very page `Engine.page_for` gives
+it alone; `page_for` is the block path with a block of one. The file reads in the same order.
+What does not change
 between requests (assembly rules, the row scorer `[page] row_order` names, the PVR feature
 source) is settled when the Engine is built. Training (engine.training.train) replays past
 requests through the same stage functions (`candidate_rows`, `pairs_for`), so what the models
@@ -38,7 +42,7 @@ Failure policy (docs/page_model.md):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +69,7 @@ from engine.request.features import (
     Requests,
     row_column,
 )
-from engine.request.filters import apply_filters
+from engine.request.filters import RequestMasks, apply_filters, request_masks
 from engine.request.layout import DeviceLayout
 from engine.request.page import Page, PageTrace, build_page
 from engine.request.scorers import PageModel, PageModelConfig
@@ -166,30 +170,93 @@ def propose_rows(
     """Every ranker's rows for one request, failing open per ranker (see the module doc).
     With `last`, a ranker whose rows do not depend on the device reuses its rows for the
     previous request when only the device changed (LastProposals)."""
-    rows: list[CandidateRow] = []
-    failed: dict[str, str] = {}
-    counts: dict[str, int] = {}
-    key = LastProposals.key(ctx) if last is not None else ()
+    return propose_block_rows(rankers, [ctx], history, last)[0]
+
+
+def propose_block_rows(
+    rankers: Mapping[str, Ranker],
+    ctxs: Sequence[RequestContext],
+    history: History,
+    last: LastProposals | None = None,
+) -> list[Proposed]:
+    """`propose_rows` for each of a block of requests. A ranker whose rows do not depend on the
+    device (LastProposals.shares) runs once per member, time and country of the block; a
+    ranker with a `propose_block(requests, history)` method (one row list per request, each
+    what `propose` gives) gets those requests in one call."""
+    keys = [LastProposals.key(c) for c in ctxs]
+    got: dict[str, list[list[CandidateRow] | str]] = {}
     for name, ranker in rankers.items():
-        shared = last is not None and LastProposals.shares(ranker)
-        got = last.get(name, key, history) if last is not None and shared else None
-        if got is None:
-            try:
-                got = ranker.propose(ctx, history)
-                _check_contract(name, got)
-                problem = _invalid_values(got, history.n_titles)
-                if problem:
-                    raise ValueError(problem)
-            except PROGRAMMER_ERRORS:
-                raise
-            except Exception as exc:  # fail open: operational errors of one ranker
-                failed[name] = f"{type(exc).__name__}: {exc}"
+        if not LastProposals.shares(ranker):
+            got[name] = _propose_checked(name, ranker, ctxs, history)
+            continue
+        first: dict[tuple[Any, ...], int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        by_key: dict[tuple[Any, ...], list[CandidateRow] | str] = {}
+        for k in first:
+            kept = last.get(name, k, history) if last is not None else None
+            if kept is not None:
+                by_key[k] = kept
+        todo = [i for k, i in first.items() if k not in by_key]
+        fresh = _propose_checked(name, ranker, [ctxs[i] for i in todo], history)
+        for i, got_i in zip(todo, fresh, strict=True):
+            by_key[keys[i]] = got_i
+            if last is not None and not isinstance(got_i, str):
+                last.put(name, keys[i], history, got_i)
+        got[name] = [by_key[k] for k in keys]
+    out = []
+    for i in range(len(ctxs)):
+        rows: list[CandidateRow] = []
+        failed: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        for name in rankers:
+            mine = got[name][i]
+            if isinstance(mine, str):
+                failed[name] = mine
                 continue
-            if last is not None and shared:
-                last.put(name, key, history, got)
-        rows.extend(got)
-        counts[name] = len(got)
-    return Proposed(rows, failed, counts)
+            rows.extend(mine)
+            counts[name] = len(mine)
+        out.append(Proposed(rows, failed, counts))
+    return out
+
+
+def _propose_checked(
+    name: str, ranker: Ranker, ctxs: Sequence[RequestContext], history: History
+) -> list[list[CandidateRow] | str]:
+    """One ranker's rows for each request, checked, or the request's "ErrorType: message" when
+    the ranker failed it (fail open). A `propose_block` that fails is retried one request at a
+    time, so that each request records its own failure, as on the single path."""
+    # Looked up on the class: a wrapper that forwards other attributes to a ranker (and
+    # overrides `propose`) must not have its `propose` bypassed by the inner `propose_block`.
+    block = getattr(type(ranker), "propose_block", None)
+    results: Any = None
+    if callable(block) and len(ctxs) > 1:
+        try:
+            results = block(ranker, ctxs, history)
+        except PROGRAMMER_ERRORS:
+            raise
+        except Exception:
+            results = None
+        if results is not None and (not isinstance(results, list) or len(results) != len(ctxs)):
+            raise RankerContractError(
+                f"ranker {name!r}: propose_block returned {type(results).__name__} for "
+                f"{len(ctxs)} requests, not a list of one row list per request"
+            )
+    out: list[list[CandidateRow] | str] = []
+    for i, ctx in enumerate(ctxs):
+        try:
+            rows = results[i] if results is not None else ranker.propose(ctx, history)
+            _check_contract(name, rows)
+            problem = _invalid_values(rows, history.n_titles)
+            if problem:
+                raise ValueError(problem)
+        except PROGRAMMER_ERRORS:
+            raise
+        except Exception as exc:  # fail open: operational errors of one ranker
+            out.append(f"{type(exc).__name__}: {exc}")
+            continue
+        out.append(rows)
+    return out
 
 
 def _check_contract(name: str, rows: Any) -> None:
@@ -263,11 +330,13 @@ def filter_rows(
     rankers: Mapping[str, Ranker],
     limit: int,
     limit_by_kind: Mapping[str, int] | None = None,
+    masks: RequestMasks | None = None,
 ) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
     """Business filters (engine.request.filters), then each row cut to the `limit` titles the title
     model scores (`limit_by_kind[row.kind]` for the kinds it names: [page]
-    row_titles_scored_by_kind). Returns the rows and, per row id, titles removed per filter."""
-    kept, removed = apply_filters(rows, ctx, history, rankers)
+    row_titles_scored_by_kind). Returns the rows and, per row id, titles removed per filter.
+    `masks`: the request's filter masks when the caller has them."""
+    kept, removed = apply_filters(rows, ctx, history, rankers, masks)
     counts = {rid: rem.counts() for rid, rem in removed.items() if rem.total}
     by_kind = limit_by_kind or {}
     cut = []
@@ -283,12 +352,13 @@ def filter_rows_for_page(
     history: History,
     rankers: Mapping[str, Ranker],
     cfg: PageModelConfig,
+    masks: RequestMasks | None = None,
 ) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
     """`filter_rows` with [page]'s limits (row_titles_scored, row_titles_scored_by_kind): the
     one call serving (Engine.filter) and training (engine.training.train) share, so both cut rows
     alike."""
     return filter_rows(
-        rows, ctx, history, rankers, cfg.row_titles_scored, cfg.row_titles_scored_by_kind
+        rows, ctx, history, rankers, cfg.row_titles_scored, cfg.row_titles_scored_by_kind, masks
     )
 
 
@@ -313,9 +383,27 @@ def candidate_rows(
     """Stages 1 and 2: `propose_rows`, then `filter_rows_for_page`. The one call serving
     (Engine.page_for) and training's replay (engine.training.train) share, so the models learn
     from the rows they are served."""
-    proposed = propose_rows(rankers, ctx, history, last)
-    rows, removed = filter_rows_for_page(proposed.rows, ctx, history, rankers, cfg)
-    return Candidates(rows, proposed.counts, proposed.failed, removed)
+    return candidate_rows_block(rankers, [ctx], history, cfg, last)[0]
+
+
+def candidate_rows_block(
+    rankers: Mapping[str, Ranker],
+    ctxs: Sequence[RequestContext],
+    history: History,
+    cfg: PageModelConfig,
+    last: LastProposals | None = None,
+) -> list[Candidates]:
+    """`candidate_rows` for each of a block of requests: `propose_block_rows`, then the
+    filters with each member, time and country's masks computed once (not once per device)."""
+    masks: dict[tuple[str, int, str | None], RequestMasks] = {}
+    out = []
+    for ctx, proposed in zip(ctxs, propose_block_rows(rankers, ctxs, history, last), strict=True):
+        key = (ctx.user_id, ctx.at_us, ctx.country)
+        if key not in masks:
+            masks[key] = request_masks(ctx, history)
+        rows, removed = filter_rows_for_page(proposed.rows, ctx, history, rankers, cfg, masks[key])
+        out.append(Candidates(rows, proposed.counts, proposed.failed, removed))
+    return out
 
 
 # ----- stage 3: features ----------------------------------------------------------------------
@@ -717,7 +805,23 @@ class Engine:
         trace = PageTrace(assembled.trace, self.history.title_ids, warnings=self._warnings(ctx))
         return self._fallback(ctx, assembled, trace)
 
-    # ----- the pipeline, stage by stage (the context is resolved) -----------------------------
+    # ----- the pipeline, stage by stage, for a block of requests (contexts resolved) ----------
+
+    def pages(self, requests: Sequence[RequestContext]) -> list[Page]:
+        """The pages of a block of requests, in order, each equal to `page_for` of its request
+        (the same JSON bytes): the rankers, the filters' masks and the PVR scores run once per
+        member, time and country of the block, a ranker with `propose_block` once for the
+        block, and the title model once over every (row, title) pair of the block. Blocks of a
+        few hundred requests, a member's devices and times side by side, are what `rowrank
+        precompute` asks for (through `iter_pages`). No I/O."""
+        return list(self.iter_pages(requests))
+
+    def iter_pages(self, requests: Sequence[RequestContext]) -> Iterator[Page]:
+        """`pages`, a page at a time: the block's stages run at the first page, then each page
+        is assembled when asked for. A caller that writes each page and drops it never holds a
+        block of pages (about 400,000 small objects for 512 pages, which the cyclic garbage
+        collector walks again and again while the block is alive)."""
+        return self._pages([self.resolve(c) for c in requests])
 
     def member_history(self, ctx: RequestContext) -> History:
         """What this request reads of the member's plays: the snapshot, or with a live layer
@@ -729,12 +833,59 @@ class Engine:
         return self.live.history_for(self.history, ctx.user_id)
 
     def _page(self, ctx: RequestContext) -> Page:
-        h = self.member_history(ctx)
+        return next(self._pages([ctx]))
+
+    def _pages(self, ctxs: Sequence[RequestContext]) -> Iterator[Page]:
+        """The block's pages in order, in runs of consecutive requests that read the same
+        History (`member_history`, the one place a request's plays come from: the snapshot for
+        most, a member's own History when live plays extend it)."""
+        histories = [self.member_history(c) for c in ctxs]
+        start = 0
+        while start < len(ctxs):
+            end = start + 1
+            while end < len(ctxs) and histories[end] is histories[start]:
+                end += 1
+            yield from self._pages_of(ctxs[start:end], histories[start])
+            start = end
+
+    def _pages_of(self, ctxs: Sequence[RequestContext], h: History) -> Iterator[Page]:
+        cands = candidate_rows_block(self.rankers, ctxs, h, self.page_config, self.last_proposals)
+        pvrs: dict[tuple[str, int], tuple[np.ndarray | None, str | None]] = {}
+        for ctx in ctxs:
+            key = (ctx.user_id, ctx.at_us)
+            if key not in pvrs:
+                pvrs[key] = self.pvr.scores(h.user_index(ctx.user_id), h, ctx.at_us)
+        ranked = [i for i, c in enumerate(cands) if c.rows]
+        scored = dict(
+            zip(
+                ranked,
+                self.score_block(
+                    [ctxs[i] for i in ranked],
+                    [cands[i].rows for i in ranked],
+                    [pvrs[ctxs[i].user_id, ctxs[i].at_us][0] for i in ranked],
+                    history=h,
+                ),
+                strict=True,
+            )
+        )
+        pending = cands[::-1]  # popped page by page: each page's inputs go once it is built
+        del cands
+        for i, ctx in enumerate(ctxs):
+            pvr_error = pvrs[ctx.user_id, ctx.at_us][1]
+            yield self._assembled_page(ctx, h, pending.pop(), pvr_error, scored.pop(i, None))
+
+    def _assembled_page(
+        self,
+        ctx: RequestContext,
+        h: History,
+        cand: Candidates,
+        pvr_error: str | None,
+        scored: Scored | None,
+    ) -> Page:
+        """Stage 6 and the page for one request: the selectors over its scored rows, or the
+        fallback page when no ranker has a row left (`scored` is None)."""
         user = h.user_index(ctx.user_id)
-        layout = self.layout(ctx.device)
-        cand = candidate_rows(self.rankers, ctx, h, self.page_config, self.last_proposals)
-        pvr, pvr_error = self.pvr.scores(user, h, ctx.at_us)
-        if not cand.rows:
+        if scored is None:
             assembled = self._fallback_assembly(ctx)
             trace = PageTrace(
                 assembled.trace,
@@ -748,12 +899,11 @@ class Engine:
                 warnings=self._warnings(ctx),
             )
             return self._fallback(ctx, assembled, trace)
-        scored = self.score(ctx, cand.rows, pvr, layout, h)
         cont = continuation_mode(h, user, ctx.at_us, self.page_config)
         assembled = assemble_page(
             scored.rows,
             self.row_scorer,
-            layout,
+            self.layout(ctx.device),
             self.rules,
             continuation_mode=cont,
             features=scored.row_features,
@@ -795,24 +945,50 @@ class Engine:
         ctx: RequestContext,
         rows: Sequence[CandidateRow],
         pvr: np.ndarray | None,
-        layout: DeviceLayout,
+        layout: DeviceLayout | None = None,
         history: History | None = None,
     ) -> Scored:
         """Stages 3 to 5 for one request's filtered rows: title features, the title model,
-        row features. With `history` from `member_history` holding live plays, the member's
-        features are recomputed from them (read as member 0 of a one-member store)."""
+        row features. `layout`: the request device's unless given; `history`: see
+        `score_block`."""
+        layouts = None if layout is None else [layout]
+        return self.score_block([ctx], [rows], [pvr], layouts, history)[0]
+
+    def score_block(
+        self,
+        ctxs: Sequence[RequestContext],
+        rows: Sequence[Sequence[CandidateRow]],
+        pvrs: Sequence[np.ndarray | None],
+        layouts: Sequence[DeviceLayout] | None = None,
+        history: History | None = None,
+    ) -> list[Scored]:
+        """`score` for each of a block of requests: one feature matrix and one title-model call
+        over every pair of the block. Both compute each pair's row on its own (a compiled pass,
+        a tree walk per row), so a request's scores do not depend on the block around it. With
+        `history` from `member_history` holding live plays (then the requests are all that
+        member's), the member's features are recomputed from them (read as member 0 of a
+        one-member store)."""
         store = self.store
-        req = request_arrays(store, self.history, [ctx])
+        req = request_arrays(store, self.history, ctxs)
         if self.live is not None and history is not None and history.live_member >= 0:
             store = self.live.features_for(store, history)
-            req = replace(req, user=np.zeros(1, dtype=np.int32))
-        pairs = pairs_for(store, rows, 0, pvr)
-        X = store.title_matrix(req, pairs)
+            req = replace(req, user=np.zeros(len(ctxs), dtype=np.int32))
+        parts = [pairs_for(store, r, i, p) for i, (r, p) in enumerate(zip(rows, pvrs, strict=True))]
+        X = store.title_matrix(req, concat_pairs(parts))
         s = self.model.score_titles(X)
-        keep = [r.kind in self.ranker_order_kinds for r in rows]
-        ordered, pair_idx = order_titles(rows, s, keep)
-        vis, owner = visible_pairs(pair_idx, layout.visible_titles)
-        return Scored(ordered, X, s, row_features(store, req, rows, X, s, vis, owner))
+        out = []
+        start = 0
+        for i, (ctx, r, part) in enumerate(zip(ctxs, rows, parts, strict=True)):
+            n = len(part.title)
+            x_i, s_i = X[start : start + n], s[start : start + n]
+            start += n
+            keep = [row.kind in self.ranker_order_kinds for row in r]
+            ordered, pair_idx = order_titles(r, s_i, keep)
+            layout = self.layout(ctx.device) if layouts is None else layouts[i]
+            vis, owner = visible_pairs(pair_idx, layout.visible_titles)
+            feats = row_features(store, req.take(i), r, x_i, s_i, vis, owner)
+            out.append(Scored(ordered, x_i, s_i, feats))
+        return out
 
     def warm_up(self) -> None:
         """Build one page and one fallback page and drop them, so that the compiled loops

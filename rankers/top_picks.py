@@ -16,11 +16,13 @@ History. Everything a request reads is "as of" its time: plays after it are not 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import lightgbm as lgb
+import numba
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
@@ -135,16 +137,62 @@ def _cf(model: CFModel, n: int, pos: np.ndarray, w: np.ndarray) -> list[np.ndarr
 def _knn(knn: sp.csr_matrix, eval_items: np.ndarray, n: int, pos: np.ndarray) -> np.ndarray:
     out = np.full(n, np.nan)
     if len(pos):
-        out[eval_items] = zscore(np.asarray(knn[pos].sum(axis=0)).ravel())
+        total = sum_csr_rows(knn.indptr, knn.indices, knn.data, pos, knn.shape[1])
+        out[eval_items] = zscore(total.astype(np.float64))
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def sum_csr_rows(indptr, indices, data, rows, n_cols):
+    """The sum of the CSR matrix's `rows`, in the matrix's dtype, adding row by row in the
+    order given: the order and precision of scipy's `m[rows].sum(axis=0)` (so the same bits),
+    without its two sparse copies per call (170 us against 2 us for a member's plays)."""
+    out = np.zeros(n_cols, dtype=data.dtype)
+    for r in rows:
+        for k in range(indptr[r], indptr[r + 1]):
+            out[indices[k]] += data[k]
+    return out
+
+
+@dataclass(frozen=True)
+class TitleSignals:
+    """What the generators read of the titles at one request time, the same for every member:
+    the popularity and trending scores, and the titles not yet in the catalog. Computed once
+    per time for a block of requests (`TopPicksRanker.propose_block`)."""
+
+    popular: np.ndarray
+    trending_short: np.ndarray
+    trending_long: np.ndarray
+    not_yet_added: np.ndarray  # bool per title: added after the request
+
+    @classmethod
+    def at(cls, gens: Generators, history: History, at_us: int, cfg: TopPicksConfig) -> Self:
+        t = gens.times
+        plays_before = t.before(at_us)
+        short = plays_before - t.before(at_us - int(cfg.trending_short_days * US_PER_DAY))
+        long = plays_before - t.before(at_us - int(cfg.trending_long_days * US_PER_DAY))
+        return cls(
+            popular=np.log1p(plays_before).astype(np.float64),
+            trending_short=np.log1p(short).astype(np.float64),
+            trending_long=np.log1p(long).astype(np.float64),
+            not_yet_added=history.added_us > at_us,
+        )
+
+
 def candidates_and_features(
-    gens: Generators, history: History, user: int, at_us: int, cfg: TopPicksConfig
+    gens: Generators,
+    history: History,
+    user: int,
+    at_us: int,
+    cfg: TopPicksConfig,
+    titles_at: TitleSignals | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The union of the generators' candidates for a member at `at_us` (titles played before
-    it and titles not yet in the catalog excluded) and their feature matrix (FEATURES order)."""
+    it and titles not yet in the catalog excluded) and their feature matrix (FEATURES order).
+    `titles_at`: the title signals at `at_us` when the caller has them already."""
     n = history.n_titles
+    if titles_at is None:
+        titles_at = TitleSignals.at(gens, history, at_us, cfg)
     s = history.user_plays(user) if user >= 0 else slice(0, 0)
     before = history.play_ts[s] < at_us  # plays after the request are not known at it
     ts = history.play_ts[s][before]
@@ -157,19 +205,15 @@ def candidates_and_features(
     ease, ease_recent = _cf(
         gens.ease, n, pos[keep], np.vstack([np.ones(int(keep.sum())), recent_w[keep]])
     )
-    t = gens.times
-    plays_before = t.before(at_us)
-    short = plays_before - t.before(at_us - int(cfg.trending_short_days * US_PER_DAY))
-    long = plays_before - t.before(at_us - int(cfg.trending_long_days * US_PER_DAY))
     scores = {
         "ease": ease,
         "ease_recent": ease_recent,
         "knn": _knn(gens.knn_sparse, gens.knn.eval_items, n, pos[keep]),
-        "popular": np.log1p(plays_before).astype(np.float64),
-        "trending_short": np.log1p(short).astype(np.float64),
-        "trending_long": np.log1p(long).astype(np.float64),
+        "popular": titles_at.popular,
+        "trending_short": titles_at.trending_short,
+        "trending_long": titles_at.trending_long,
     }
-    banned = history.added_us > at_us
+    banned = titles_at.not_yet_added.copy()
     if len(titles):
         banned[titles] = True
     pools = []
@@ -314,15 +358,47 @@ class TopPicksRanker:
         self.history_ = history
 
     def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
+        return self.propose_block([request], history)[0]
+
+    def propose_block(
+        self, requests: Sequence[RequestContext], history: History
+    ) -> list[list[CandidateRow]]:
+        """`propose` for each of a block of requests: the title signals once per request time
+        and one call of the learned model over every member's candidates. The model scores
+        each candidate on its own, so every row equals the one `propose` gives alone."""
         check_fitted(self, "generators_")
-        user = history.user_index(request.user_id)
-        cand, X = candidates_and_features(
-            self.generators_, history, user, request.at_us, self.config
-        )
-        if len(cand) == 0:
+        if not requests:
             return []
+        signals: dict[int, TitleSignals] = {}
+        users, cands, xs = [], [], []
+        for r in requests:
+            at = signals.get(r.at_us)
+            if at is None:
+                at = signals[r.at_us] = TitleSignals.at(
+                    self.generators_, history, r.at_us, self.config
+                )
+            user = history.user_index(r.user_id)
+            cand, X = candidates_and_features(
+                self.generators_, history, user, r.at_us, self.config, at
+            )
+            users.append(user)
+            cands.append(cand)
+            xs.append(X)
+        X = np.vstack(xs) if xs else np.empty((0, len(FEATURES)), dtype=np.float32)
         # Without a model (too little history to learn from) the EASE order stands.
         s = self.forest_.raw(X) if self.forest_ is not None else -X[:, 1]
+        ends = np.cumsum([len(c) for c in cands])
+        return [
+            self._rows(user, cand, part, history)
+            for user, cand, part in zip(users, cands, np.split(s, ends[:-1]), strict=True)
+        ]
+
+    def _rows(
+        self, user: int, cand: np.ndarray, s: np.ndarray, history: History
+    ) -> list[CandidateRow]:
+        """The member's row (and continuation rows) from their candidates' model scores."""
+        if len(cand) == 0:
+            return []
         cfg = self.config
         n = cfg.row_length
         top = head(np.where(np.isfinite(s), s, -np.inf), n * (1 + len(cfg.more_titles)))

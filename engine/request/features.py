@@ -267,6 +267,17 @@ class Requests:
     country: np.ndarray  # int16 store country code, -1 unknown
     at_us: np.ndarray  # int64 request time
 
+    def take(self, i: int) -> Requests:
+        """Request i alone."""
+        return Requests(
+            self.user[i : i + 1],
+            self.device[i : i + 1],
+            self.hour[i : i + 1],
+            self.weekend[i : i + 1],
+            self.country[i : i + 1],
+            self.at_us[i : i + 1],
+        )
+
 
 @dataclass(frozen=True)
 class Pairs:

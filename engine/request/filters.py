@@ -93,11 +93,14 @@ def apply_filters(
     request: RequestContext,
     history: History,
     rankers: Mapping[str, Ranker],
+    masks: RequestMasks | None = None,
 ) -> tuple[list[CandidateRow], dict[str, Removed]]:
     """Filter every row; returns the rows (same order, titles in the same order, none dropped)
     and, per row id, what each filter removed. `rankers` maps instance names to rankers; a row
-    of an instance not in it is treated as not keeping finished titles."""
-    masks = request_masks(request, history)
+    of an instance not in it is treated as not keeping finished titles. `masks`: the request's
+    `request_masks` when the caller has them (they do not depend on the device)."""
+    if masks is None:
+        masks = request_masks(request, history)
     kept: list[CandidateRow] = []
     removed: dict[str, Removed] = {}
     for row in rows:

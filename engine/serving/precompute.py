@@ -2,7 +2,7 @@
 
     rowrank precompute MODEL_DIR OUT_DIR [--users FILE] [--device D ...] [--at T ...]
                        [--workers N] [--engine local|dask] [--scheduler ADDR]
-                       [--format jsonl|parquet] [--shard-size N] [--limit N | --sample N]
+                       [--format jsonl|parquet|items] [--shard-size N] [--limit N | --sample N]
 
 Shard k holds users [k * shard_size, (k + 1) * shard_size) of the user list, each with every
 context of the grid (devices x times), user-major. A shard is computed by one worker, written
@@ -17,11 +17,15 @@ Workers (local processes or Dask tasks) get shard indices and the shard's user i
 model once each and return a small per-shard summary; pages never travel back to the parent, so
 memory stays bounded by one shard per worker however many users there are.
 
+A worker builds its shard's pages a block of members at a time (`BLOCK_PAGES` pages, every
+context of each member) through the engine's block path, `Engine.iter_pages`, whose pages are
+byte for byte those of `Engine.page`; an engine without one is asked a page at a time.
+
 Progress is counted per page: local workers add to a shared counter the parent shows (a bar on a
 terminal, a plain line every few seconds otherwise). SIGINT (Ctrl-C) sets a shared stop flag
-that local workers check before every page: a shard in progress is dropped (its temporary file
-removed), the manifest lists the shards that are complete, and the run exits 130 within about a
-page's time; the same command resumes it.
+that local workers check before every block of pages: a shard in progress is dropped (its
+temporary file removed), the manifest lists the shards that are complete, and the run exits 130
+within about a block's time (under a second); the same command resumes it.
 
 This module imports nothing heavy at the top: a spawned worker sets its thread limits before
 numpy, polars or LightGBM are imported (see `_limit_threads`).
@@ -43,7 +47,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -59,7 +63,9 @@ MANIFEST = "manifest.json"
 DONE_DIR = "done"
 LOCK_FILE = ".lock"
 TMP_TAG = ".tmp."  # temporary files: ".<name>.tmp.<pid>", removed by the next run
-FORMATS: tuple[str, ...] = ("jsonl", "parquet")
+FORMATS: tuple[str, ...] = ("jsonl", "parquet", "items")
+# Shard file extensions: "items" is Parquet too, one row per title shown (docs/precompute.md).
+_EXTENSIONS = {"jsonl": "jsonl", "parquet": "parquet", "items": "items.parquet"}
 ENGINES: tuple[str, ...] = ("local", "dask")
 # 1,000 users x 2 contexts is ~2,000 pages (~4 s of one worker at ~500 pages/s, a few MB):
 # small enough that a kill loses little work, large enough that per-shard costs (fsync,
@@ -75,6 +81,10 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 DEFAULT_DEVICES: tuple[str, ...] = ("tv", "mobile")
 DEFAULT_HOUR = 20  # prime time: the default `at` is the first 20:00 UTC after the cut-off
 MAX_USER_ID_LEN = 128
+# Pages per `Engine.pages` call (whole members: a block holds every context of its members).
+# Past a few hundred pages the shared work per block (the title signals of a time, the calls)
+# is spread thin; 512 keeps a block's pages a few MB and Ctrl-C answered within about a second.
+BLOCK_PAGES = 512
 # Tasks queued per worker: enough to keep workers busy, few enough that the parent never holds
 # the whole user list as task arguments.
 _IN_FLIGHT_PER_WORKER = 2
@@ -99,6 +109,18 @@ class PageSource(Protocol):
     def model_version(self) -> str: ...
 
     def page(self, user_id: str, device: str = ..., at: Any = ..., country: Any = ...) -> Any: ...
+
+
+@runtime_checkable
+class BlockPageSource(PageSource, Protocol):
+    """An engine with a block path (engine.pipeline.Engine): precompute builds a shard's pages
+    a block of members at a time through it."""
+
+    def context(
+        self, user_id: str, device: str = ..., at: Any = ..., country: Any = ...
+    ) -> Any: ...
+
+    def iter_pages(self, requests: Sequence[Any]) -> Iterator[Any]: ...
 
 
 Loader = Callable[[Path], PageSource]
@@ -163,7 +185,7 @@ class JobSpec:
 
     def shard_file(self, shard: int) -> str:
         width = max(5, len(str(max(self.n_shards - 1, 0))))
-        return f"shard-{shard:0{width}d}.{self.format}"
+        return f"shard-{shard:0{width}d}.{_EXTENSIONS[self.format]}"
 
     def shard_range(self, shard: int) -> tuple[int, int]:
         start = shard * self.shard_size
@@ -338,22 +360,57 @@ class _HashingWriter(io.RawIOBase):
 
 
 def _pages(engine: PageSource, task: ShardTask) -> Iterator[tuple[str, GridContext, Any, bytes]]:
-    for user in task.users:
-        for ctx in task.contexts:
-            if _STOP is not None and _STOP.is_set():
-                raise PrecomputeInterrupted(f"shard {task.shard}: interrupted")
-            try:
-                page = engine.page(user, device=ctx.device, at=ctx.at)
+    """The shard's pages in order: through the engine's block path (`Engine.iter_pages`) a
+    block of members at a time when it has one, else one `page` call each."""
+    cells = [(u, c) for u in task.users for c in task.contexts]
+    if not isinstance(engine, BlockPageSource):
+        yield from _pages_one_by_one(engine, task, cells)
+        return
+    per_block = max(1, BLOCK_PAGES // max(len(task.contexts), 1)) * len(task.contexts)
+    for start in range(0, len(cells), per_block):
+        block = cells[start : start + per_block]
+        _check_stop(task)
+        done = 0
+        try:
+            ctxs = [engine.context(u, device=c.device, at=c.at) for u, c in block]
+            for page in engine.iter_pages(ctxs):
                 data = page.to_json()
-            except Exception as exc:
-                raise PrecomputeFailedError(
-                    f"shard {task.shard}: page for user {user!r} on {ctx.device} at {ctx.at} "
-                    f"failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            if _PROGRESS is not None:
-                with _PROGRESS.get_lock():
-                    _PROGRESS.value += 1
-            yield user, ctx, page, data
+                user, ctx = block[done]
+                done += 1
+                _count_pages(1)
+                yield user, ctx, page, data
+        except Exception:
+            # The rest of the block a page at a time, so that the error names the member and
+            # context it is about (and a failure no page alone has still gets its pages).
+            yield from _pages_one_by_one(engine, task, block[done:])
+
+
+def _pages_one_by_one(
+    engine: PageSource, task: ShardTask, cells: Sequence[tuple[str, GridContext]]
+) -> Iterator[tuple[str, GridContext, Any, bytes]]:
+    for user, ctx in cells:
+        _check_stop(task)
+        try:
+            page = engine.page(user, device=ctx.device, at=ctx.at)
+            data = page.to_json()
+        except Exception as exc:
+            raise PrecomputeFailedError(
+                f"shard {task.shard}: page for user {user!r} on {ctx.device} at {ctx.at} "
+                f"failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        _count_pages(1)
+        yield user, ctx, page, data
+
+
+def _check_stop(task: ShardTask) -> None:
+    if _STOP is not None and _STOP.is_set():
+        raise PrecomputeInterrupted(f"shard {task.shard}: interrupted")
+
+
+def _count_pages(n: int) -> None:
+    if _PROGRESS is not None:
+        with _PROGRESS.get_lock():
+            _PROGRESS.value += n
 
 
 def _n_rows(page: Any) -> int:
@@ -382,13 +439,14 @@ def run_shard(engine: PageSource, task: ShardTask) -> dict[str, Any]:
                 pages += 1
                 rows += _n_rows(page)
         else:
-            frame = _parquet_frame(list(_pages(engine, task)))
+            built = list(_pages(engine, task))
+            frame = _parquet_frame(built) if task.format == "parquet" else _items_frame(built)
             buf = io.BytesIO()
             # No statistics: they add nothing for these columns, and the bytes stay stable.
             frame.write_parquet(buf, compression="zstd", statistics=False)
             w.write(buf.getvalue())
-            pages = frame.height
-            rows = int(frame["n_rows"].sum())
+            pages = len(built)
+            rows = sum(_n_rows(page) for _u, _c, page, _d in built)
     marker = {
         "job_id": task.job_id,
         "shard": task.shard,
@@ -438,6 +496,27 @@ def _parquet_frame(pages: list[tuple[str, GridContext, Any, bytes]]) -> Any:
             "page_json": pl.String,  # byte for byte the JSON of `rowrank page`
         },
     )
+
+
+def _items_frame(pages: list[tuple[str, GridContext, Any, bytes]]) -> Any:
+    """An "items" shard: one row per title shown, the columns of `Page.to_frame` (the request,
+    the row, the title: PAGE_FRAME_SCHEMA) after `page_id` (the first 16 hex digits of the
+    sha256 of the page's JSON, the jsonl line without its newline: a stable key, the same
+    in every run) and `at` (the request time as in the manifest's contexts)."""
+    import polars as pl
+
+    from engine.request.page import PAGE_FRAME_SCHEMA
+
+    schema = pl.Schema([("page_id", pl.String), ("at", pl.String), *PAGE_FRAME_SCHEMA.items()])
+    frames = [
+        page.to_frame().select(
+            pl.lit(hashlib.sha256(data).hexdigest()[:16]).alias("page_id"),
+            pl.lit(ctx.at).alias("at"),
+            pl.all(),
+        )
+        for _user, ctx, page, data in pages
+    ]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
 # ----- worker processes ---------------------------------------------------------------------------
@@ -629,7 +708,7 @@ def run_precompute(
     Raises PrecomputeConflictError when `out_dir` holds another job, BadRequestError for bad
     arguments, ModelLoadError for a bad model directory. Shard failures do not raise: they are
     listed in the result (exit code 1); finished shards are kept for the rerun. SIGINT (when
-    called from the main thread) stops the run within about a page: `result.interrupted`.
+    called from the main thread) stops the run within about a block of pages: `result.interrupted`.
 
     `shard_size` None: the shard size of the run being resumed, else `auto_shard_size`.
     `limit` keeps the first N users, `sample` N users drawn with `seed` (in list order), for a
@@ -1255,7 +1334,13 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     p.add_argument("--engine", choices=ENGINES, default="local", help="local processes or Dask")
     p.add_argument("--scheduler", help="Dask scheduler address (default: a local cluster)")
-    p.add_argument("--format", choices=FORMATS, default="jsonl", help="shard file format")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="jsonl",
+        help="shard file format: jsonl (a page a line), parquet (a row a page), items (a row "
+        "a title shown)",
+    )
     p.add_argument(
         "--shard-size",
         type=int,

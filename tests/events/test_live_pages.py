@@ -177,3 +177,30 @@ def test_no_live_plays_and_requests_before_the_cutoff_read_the_snapshot(
     past = datetime.fromtimestamp(eng.history.cutoff_us / 1e6).astimezone() - timedelta(days=1)
     assert eng.member_history(eng.context(member, "tv", past)) is eng.history
     assert eng.member_history(eng.context(member, "tv", at)) is not eng.history
+
+
+def test_a_block_with_live_members_gives_each_request_its_single_page(
+    eng: Engine, live: LiveState, at: str
+) -> None:
+    """Engine.pages reads each request's plays where page_for does (member_history): members
+    with live plays get their own History inside a block of snapshot members, and every page
+    is the single path's, byte for byte."""
+    h = eng.history
+    when = datetime.fromisoformat(at)
+    users = [str(u) for u in h.user_ids[:12]]
+    live_users = users[3:5]
+    for k, member in enumerate(live_users):
+        movie = _movie_on_page(eng.page(member, "tv", at), h)
+        live.append(
+            [PlayEvent(f"b{k}", member, movie, _us(when - timedelta(hours=2)), "tv", 2400, 0.4)]
+        )
+    ctxs = [eng.context(u, d, at) for u in users for d in ("tv", "mobile")]
+    assert sum(eng.member_history(c) is not h for c in ctxs) == 2 * len(live_users)
+    single = [eng.page_for(c).to_json() for c in ctxs]
+    assert [p.to_json() for p in eng.pages(ctxs)] == single
+    # The live plays count: those members' pages differ from the snapshot's, no one else's.
+    eng.live = None
+    snapshot = [eng.page_for(c).to_json() for c in ctxs]
+    eng.live = live
+    changed = {c.user_id for c, a, b in zip(ctxs, single, snapshot, strict=True) if a != b}
+    assert changed == set(live_users)

@@ -105,3 +105,24 @@ def test_more_rows_continue_the_learned_order(history: History) -> None:
     scores = np.concatenate([r.scores for r in rows])
     assert len(set(titles.tolist())) == len(titles) == 24
     assert np.all(np.diff(scores) <= 0)
+
+
+def test_a_block_of_requests_gets_each_request_s_own_rows(history: History) -> None:
+    """propose_block (one model call for the block, the title signals once per time) gives
+    every request exactly the rows `propose` gives it alone, continuation rows included."""
+    cfg = TopPicksConfig(windows=1, holdout=3, trees=20, row_length=8, candidates=20)
+    ranker = TopPicksRanker(
+        "top_picks", cfg.model_copy(update={"more_titles": ("More Picks",)})
+    ).fit(history)
+    times = [CUTOFF + timedelta(hours=1), CUTOFF + timedelta(days=2)]
+    users = [str(u) for u in history.user_ids[:30]] + ["not-a-member"]
+    ctxs = [RequestContext(u, "tv", t, None) for u in users for t in times]
+    block = ranker.propose_block(ctxs, history)
+    assert len(block) == len(ctxs) and sum(len(rows) == 2 for rows in block) > 20
+    for ctx, rows in zip(ctxs, block, strict=True):
+        alone = ranker.propose(ctx, history)
+        assert [r.row_id for r in rows] == [r.row_id for r in alone]
+        for a, b in zip(rows, alone, strict=True):
+            assert np.array_equal(a.titles, b.titles) and np.array_equal(a.scores, b.scores)
+            assert a.evidence == b.evidence
+    assert ranker.propose_block([], history) == []

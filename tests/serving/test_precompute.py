@@ -430,6 +430,73 @@ def test_two_contexts_and_parquet_hold_the_same_pages(
         assert rec["fallback"] == page["fallback"]
 
 
+def test_items_parquet_has_one_typed_row_per_title_shown(
+    model_users: list[str], tiny_model: Path, tmp_path: Path
+) -> None:
+    """--format items: per shard a Parquet file, one row per title shown, typed columns, and
+    every row of it what the jsonl pages show (read back with polars, no JSON parsed)."""
+    users = tmp_path / "users.txt"
+    users.write_text("\n".join(model_users[:5]) + "\n")
+    grid = {"devices": ["tv", "mobile"], "times": [AT, "2030-01-08T08:00:00+01:00"]}
+    for fmt in ("jsonl", "items"):
+        result = run_precompute(
+            tiny_model, tmp_path / fmt, users_file=users, workers=1, fmt=fmt, shard_size=2,
+            progress=False, **grid,
+        )  # fmt: skip
+        assert result.exit_code == 0 and result.spec.n_shards == 3
+    files = sorted((tmp_path / "items").glob("shard-*.items.parquet"))
+    manifest = orjson.loads((tmp_path / "items" / MANIFEST).read_bytes())
+    assert [s["file"] for s in manifest["shards"]] == [f.name for f in files]
+    for shard, f in zip(manifest["shards"], files, strict=True):
+        assert shard["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    items = pl.scan_parquet(tmp_path / "items" / "shard-*.items.parquet").collect()
+    schema = items.schema
+    for col, dtype in {
+        "user_id": pl.String, "device": pl.String, "hour": pl.Int8, "page_id": pl.String,
+        "at": pl.String, "row_index": pl.Int32, "row_id": pl.String, "kind": pl.String,
+        "position": pl.Int32, "title_id": pl.String, "score": pl.Float64,
+        "progress": pl.Float64,
+    }.items():  # fmt: skip
+        assert schema[col] == dtype, col
+    want = []
+    for line in _lines(tmp_path / "jsonl"):
+        page = orjson.loads(line)
+        page_id = hashlib.sha256(line).hexdigest()[:16]
+        for r, row in enumerate(page["rows"]):
+            for k, item in enumerate(row["items"]):
+                want.append(
+                    (page["user_id"], page["context"]["device"], page["context"]["hour"],
+                     page_id, r, row["row_id"], row["kind"], k, item["title_id"],
+                     item["score"], item["progress"])
+                )  # fmt: skip
+    cols = ["user_id", "device", "hour", "page_id", "row_index", "row_id", "kind", "position"]
+    got = items.select(*cols, "title_id", "score", "progress").rows()
+    assert len(got) == len(want) > 5 * 4 * 10
+    assert [g[:9] for g in got] == [w[:9] for w in want]
+    # The JSON carries 6 significant digits; the column the engine's float.
+    for g, w in zip(got, want, strict=True):
+        assert g[9] == pytest.approx(w[9], rel=1e-5)
+        assert (g[10] is None) == (w[10] is None)
+    assert items["page_id"].n_unique() == 5 * 4
+
+
+@pytest.mark.slow
+def test_a_killed_items_run_resumes_to_exactly_the_uninterrupted_output(
+    tiny_model: Path, users_file: Path, tmp_path: Path
+) -> None:
+    args = ["precompute", str(tiny_model), "", *ONE_CONTEXT, "--format", "items"]
+    args += ["--users", str(users_file), "--workers", "2", "--shard-size", str(SHARD_SIZE)]
+    ref, out = tmp_path / "reference", tmp_path / "pages"
+    args[2] = str(ref)
+    assert run_rowrank(*args).returncode == 0
+    args[2] = str(out)
+    killed_at = _start_and_kill(rowrank_cmd(*args), out, after_shards=2)
+    assert 2 <= killed_at < orjson.loads((ref / MANIFEST).read_bytes())["n_shards"]
+    final = run_rowrank(*args)
+    assert final.returncode == 0, final.stderr.decode()
+    assert _tree(out) == _tree(ref)
+
+
 class _FailsFor:
     """The real engine, except that one user's page raises (a bug hit by one member)."""
 
@@ -441,6 +508,48 @@ class _FailsFor:
         if user_id == self._user:
             raise RuntimeError("boom")
         return self._inner.page(user_id, **kw)
+
+
+class _BlockFailsAt(_FailsFor):
+    """The real engine with its block path, whose block fails when it reaches one user's page;
+    that user's page alone fails too when `alone` is set."""
+
+    def __init__(self, inner: Any, user: str, *, alone: bool) -> None:
+        super().__init__(inner, user)
+        self._alone = alone
+
+    def context(self, user_id: str, **kw: Any) -> Any:
+        return self._inner.context(user_id, **kw)
+
+    def page(self, user_id: str, **kw: Any) -> Any:
+        return super().page(user_id, **kw) if self._alone else self._inner.page(user_id, **kw)
+
+    def iter_pages(self, requests: Any) -> Any:
+        for ctx, page in zip(requests, self._inner.iter_pages(requests), strict=True):
+            if ctx.user_id == self._user:
+                raise RuntimeError("the block broke")
+            yield page
+
+
+def test_a_block_that_fails_midway_goes_on_a_page_at_a_time(
+    reference: Path, model_users: list[str], tiny_model: Path, users_file: Path, tmp_path: Path
+) -> None:
+    victim = model_users[5]  # the second page of its shard (users 4 and 5), one block
+    kw: dict[str, Any] = {
+        "users_file": users_file, "devices": ["tv"], "times": [AT], "workers": 1,
+        "shard_size": SHARD_SIZE, "progress": False,
+    }  # fmt: skip
+    out = tmp_path / "recovered"
+    result = run_precompute(
+        tiny_model, out, loader=lambda d: _BlockFailsAt(engine.load(d), victim, alone=False), **kw
+    )
+    assert result.exit_code == 0 and _tree(out) == _tree(reference)  # no page lost or doubled
+    out = tmp_path / "failed"
+    failed = run_precompute(
+        tiny_model, out, loader=lambda d: _BlockFailsAt(engine.load(d), victim, alone=True), **kw
+    )
+    assert failed.exit_code == 1 and len(failed.failures) == 1
+    assert f"page for user {victim!r}" in failed.failures[0] and "boom" in failed.failures[0]
 
 
 def test_a_failing_page_fails_its_shard_only_and_a_rerun_completes(

@@ -242,10 +242,14 @@ def test_batch_equals_single_requests_in_order(live: str, users: list[str]) -> N
     assert r.status_code == 200, r.text
     pages = r.json()["pages"]
     assert len(pages) == len(reqs)
+    singles = []
     for req, page in zip(reqs, pages, strict=True):
         params = {k: v for k, v in req.items() if k != "user_id"}
         single = requests.get(f"{live}/v1/users/{req['user_id']}/page", params=params)
         assert single.json() == page
+        singles.append(single.content)
+    # The batch is built by the engine's block path: the very bytes of the single pages.
+    assert r.content == b'{"pages":[' + b",".join(singles) + b"]}"
 
 
 BAD_INPUT = [
