@@ -36,8 +36,8 @@ from rankers._common import PlayTimes, check_fitted, load_state, make_row, save_
 from rankers.pvr import CFConfig, CFModel, Signals, decay, head, zscore
 
 STATE_VERSION = 1
-MODEL_FILE = "lambdarank.txt"
-MORE_KIND = "top_picks_more"  # LightGBM's own text format, never pickle
+MODEL_FILE = "lambdarank.txt"  # LightGBM's own text format, never pickle
+MORE_KIND = "top_picks_more"  # the kind of the continuation rows (`more_titles`)
 _GENERATORS = ("ease", "ease_recent", "knn", "popular", "trending_short", "trending_long")
 
 
