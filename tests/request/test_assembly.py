@@ -234,17 +234,30 @@ def test_page_invariants(case: Case) -> None:
         if case.continuation_mode and rules.pin_continue_watching
         else []
     ) + [("ranker", name) for name in rules.pinned]
-    pos_in_targets = [
-        next(i for i, (attr, v) in enumerate(targets) if getattr(r, attr) == v) for r in prefix
-    ]
+
+    def pinnable(name: str) -> set[str]:
+        """A ranker's main row when it proposed one (row id = its name), else any of its rows."""
+        ids = {r.row_id for r in case.rows if r.ranker == name}
+        return {name} if name in ids else ids
+
+    def satisfies(r: CandidateRow, target: tuple[str, str]) -> bool:
+        attr, v = target
+        return r.kind == v if attr == "kind" else r.row_id in pinnable(v)
+
+    # each pinned row satisfies a pin not satisfied before it, in pin order
+    pos_in_targets: list[int] = []
+    for r in prefix:
+        pos_in_targets.append(
+            next(
+                i
+                for i, target in enumerate(targets)
+                if i not in pos_in_targets and satisfies(r, target)
+            )
+        )
     assert pos_in_targets == sorted(pos_in_targets)
     for name in rules.pinned:
-        # a ranker's main row when it proposed one (row id = its name), else any of its rows
-        pinnable = {r.row_id for r in case.rows if r.ranker == name}
-        if name in pinnable:
-            pinnable = {name}
-        if any(r.row_id in pinnable for r in page.rows):
-            assert any(r.row_id in pinnable for r in prefix)
+        if any(r.row_id in pinnable(name) for r in page.rows):
+            assert any(r.row_id in pinnable(name) for r in prefix)
     if (
         targets
         and targets[0][0] == "kind"
