@@ -55,7 +55,7 @@ def run_cli(args: Any) -> int:
         models_root=args.models_root,
         impressions_dir=args.log_impressions,
         impressions_scope=args.log_scope,
-        events_dir=str(events_dir_of(model_dir, getattr(args, "state", None))),
+        events_dir=events_dir_of(model_dir, getattr(args, "state", None)),
     )
     serve(cfg, host=args.host, port=args.port, workers=args.workers)
     return 0
