@@ -142,6 +142,14 @@ def test_an_unreachable_redis_is_one_clear_error(redis_server: RedisServer) -> N
 # ----- the CLI ---------------------------------------------------------------------------------
 
 
+def test_serve_with_a_redis_it_cannot_use_exits_2_before_its_workers(
+    run_cli: Any, tiny_model: Path, redis_server: RedisServer
+) -> None:
+    state = f"redis://127.0.0.1:{free_port()}/0"
+    code, _, err = run_cli("serve", tiny_model, "--workers", "2", "--state", state)
+    assert code == 2 and f"cannot open the event log at {state}" in err
+
+
 def test_ingest_and_export_against_redis(
     run_cli: Any, tiny_model: Path, url: str, tmp_path: Path
 ) -> None:
@@ -306,3 +314,26 @@ def test_a_play_posted_to_one_server_shows_on_another_within_a_second(
         r = requests.post(f"{second}/v1/events", json=batch, timeout=TIMEOUT)
         assert r.status_code == 422 and r.json()["error"]["index"] == 1, r.text
     assert _stream_ids(url) == ["r-1"]
+
+
+def test_while_redis_is_down_nothing_is_acknowledged_and_pages_fall_back(
+    tiny_model: Path, member: dict[str, Any], tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis")
+    params = {"device": "tv", "at": member["at"].isoformat()}
+    with server as url, ServerThread(create_app(tiny_model, events_dir=url)) as base:
+        deadline = time.monotonic() + TIMEOUT
+        while requests.get(f"{base}/readyz", timeout=TIMEOUT).status_code != 200:
+            assert time.monotonic() < deadline, "the server did not load its model"
+            time.sleep(0.05)
+        server.kill()
+        body = {"events": [_event(member, "down-1", member["movies"][0], 0.4)]}
+        r = requests.post(f"{base}/v1/events", json=body, timeout=TIMEOUT)
+        assert r.status_code == 500, r.text
+        page = requests.get(f"{base}/v1/users/{member['user']}/page", params=params, timeout=60)
+        assert page.status_code == 200 and page.json()["rows"], page.text
+        server.start()  # back: the retry is taken, and the member's next page shows it
+        r = requests.post(f"{base}/v1/events", json=body, timeout=TIMEOUT)
+        assert r.json() == {"accepted": 1, "duplicates": 0}, r.text
+        page = requests.get(f"{base}/v1/users/{member['user']}/page", params=params, timeout=60)
+        assert _cw_progress(page.json(), member["movies"][0]) == pytest.approx(0.4)
