@@ -17,6 +17,9 @@ bench/bench_serve_load.py does. Then, each against a fresh event log (`--state`)
    offers to progress 0.4. After the 2xx, pages of that member are asked on fresh connections
    (the kernel picks the worker) until one has the movie in Continue Watching at 0.4; the time
    from the 2xx to that page is the freshness. Target: p99 <= 1 s.
+   With --redis, the log is a Redis stream (`--state redis://`, Debian's redis-server started
+   in --work with appendonly yes, appendfsync always) shared by two `rowrank serve --workers 1`,
+   as on two machines: events go to one, pages are asked of the other.
 3. Kill test: two client threads post batches of unique events, retrying a batch until it is
    acknowledged (as a client does); at --kills seeded moments SIGKILL hits either one worker
    (the supervisor restarts it) or the whole server's process group (started again on the same
@@ -65,7 +68,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_server(model: Path, state: Path, port: int, log_path: Path, workers: int = 2) -> Server:
+def start_server(
+    model: Path, state: str | Path, port: int, log_path: Path, workers: int = 2
+) -> Server:
     env = {**os.environ, "ROWRANK_WORKER_MIN_UPTIME": "0.5"}
     cmd = [*ROWRANK, "serve", str(model), "--port", str(port), "--workers", str(workers)]
     cmd += ["--state", str(state)]
@@ -400,16 +405,43 @@ def fresh_targets(w: World, port: int, n: int, rng: np.random.Generator) -> list
     return out
 
 
+def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Debian's redis-server on a free port, configured as the Redis event log requires."""
+    import redis
+
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    cmd += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            return proc, url
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"redis-server did not start on port {port}") from None
+            time.sleep(0.05)
+
+
 def bench_freshness(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     state = Path(tempfile.mkdtemp(prefix="events-fresh-", dir=work))
     rng = np.random.default_rng(args.seed)
-    server = start_server(w.model, state, free_port(), work / "server-fresh.log")
+    redis_proc = None
+    if args.redis:  # two servers, as on two machines, sharing one Redis stream
+        redis_proc, url = start_redis(state)
+        server = start_server(w.model, url, free_port(), work / "server-fresh.log", workers=1)
+        reader = start_server(w.model, url, free_port(), work / "server-fresh-2.log", workers=1)
+    else:
+        server = reader = start_server(w.model, state, free_port(), work / "server-fresh.log")
     at = w.at.isoformat().replace("+", "%2B")
     times: list[float] = []
     polls: list[int] = []
     other_worker = never = 0
     try:
-        targets = fresh_targets(w, server.port, args.fresh_events, rng)
+        targets = fresh_targets(w, reader.port, args.fresh_events, rng)
         for k, (member, movie) in enumerate(targets):
             ev = event(w, f"fresh-{k}", member, movie, 0.4, w.at - timedelta(minutes=30))
             taker, status, _ = request(
@@ -423,7 +455,7 @@ def bench_freshness(w: World, work: Path, args: argparse.Namespace) -> dict[str,
             acked = time.perf_counter()
             for n in range(1, 200):
                 pid, status, page = request(
-                    server.port, "GET", f"/v1/users/{member}/page?device=tv&at={at}", with_pid=True
+                    reader.port, "GET", f"/v1/users/{member}/page?device=tv&at={at}", with_pid=True
                 )
                 if status == 200 and cw_progress(page, movie) is not None:
                     times.append(time.perf_counter() - acked)
@@ -437,6 +469,11 @@ def bench_freshness(w: World, work: Path, args: argparse.Namespace) -> dict[str,
                 never += 1
     finally:
         stop_server(server)
+        if reader is not server:
+            stop_server(reader)
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait()
     shutil.rmtree(state, ignore_errors=True)
     ms = [1000 * t for t in times]
     print(
@@ -594,6 +631,11 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=["load", "freshness", "kills"], action="append")
+    ap.add_argument(
+        "--redis",
+        action="store_true",
+        help="freshness against a Redis event log shared by two servers (redis-server needed)",
+    )
     args = ap.parse_args()
     args.duration = min(args.duration, 30)
     work = Path(args.work)

@@ -161,8 +161,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--state",
-        metavar="DIR",
-        help="the play-event log POST /v1/events writes and pages read (default MODEL_DIR/events)",
+        metavar="DIR|URL",
+        help="the play-event log POST /v1/events writes and pages read: a directory, or "
+        "redis://HOST:PORT/DB shared by several servers (default MODEL_DIR/events)",
     )
 
 

@@ -6,17 +6,17 @@ time; the per-member memory bound of the live state does not apply here.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import polars as pl
 
 from engine.data.columns import PLAYS, SCHEMA, Col
-from engine.events.log import EventLog
+from engine.events.log import open_log
 
 
-def plays_of_log(directory: Path) -> pl.DataFrame:
-    """Every event of the log in `directory` as plays (dataset schema)."""
-    log = EventLog(directory)
+def plays_of_log(state: str | os.PathLike[str]) -> pl.DataFrame:
+    """Every event of the log of `state` (a directory or a redis:// URL) as plays."""
+    log = open_log(state)
     try:
         records, _ = log.read_from(0)
     finally:

@@ -1,5 +1,6 @@
 """`rowrank events ingest MODEL_DIR FILE`: a backfill of play events (JSON lines or Parquet)
-into the event log a server of that model reads (`--state DIR`, default MODEL_DIR/events).
+into the event log a server of that model reads (`--state DIR` or `--state redis://HOST:PORT/DB`,
+default MODEL_DIR/events).
 
 The file is all-or-nothing: every event is validated first, and the first bad one stops the
 command with exit 2 naming the file, the line (Parquet: the row, from 1) and the value. Then the
@@ -23,9 +24,13 @@ from engine.events.state import Appended, LiveState
 CHUNK = 10_000
 
 
-def events_dir_of(model_dir: Path, state: str | None) -> Path:
-    """Where the event log lives: `--state DIR`, else MODEL_DIR/events."""
-    return Path(state) if state else Path(model_dir) / "events"
+STATE_HELP = "the event log: a directory, or redis://HOST:PORT/DB (default MODEL_DIR/events)"
+
+
+def events_dir_of(model_dir: Path, state: str | None) -> str:
+    """Where the event log lives: `--state` (a directory or a redis:// URL), else
+    MODEL_DIR/events."""
+    return state if state else str(Path(model_dir) / "events")
 
 
 def read_docs(path: Path) -> Iterator[tuple[int, Any]]:
@@ -64,7 +69,7 @@ def load_events(path: Path, known_title: Any, now_us: int) -> list[PlayEvent]:
     return events
 
 
-def ingest(model_dir: Path, path: Path, state: str | None = None) -> tuple[Appended, Path]:
+def ingest(model_dir: Path, path: Path, state: str | None = None) -> tuple[Appended, str]:
     """Validate every event of `path` against the model's catalog, then append them."""
     from engine.training.model_dir import read_history
 
@@ -80,7 +85,7 @@ def ingest(model_dir: Path, path: Path, state: str | None = None) -> tuple[Appen
             duplicates += done.duplicates
     finally:
         live.close()
-    return Appended(accepted, duplicates), live.log.path
+    return Appended(accepted, duplicates), live.log.where
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,7 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     ing.add_argument("model_dir", help="model directory written by `rowrank train`")
     ing.add_argument("file", help="events, one JSON object a line, or a .parquet table")
-    ing.add_argument("--state", metavar="DIR", help="the event log (default MODEL_DIR/events)")
+    ing.add_argument("--state", metavar="DIR|URL", help=STATE_HELP)
     exp = sub.add_parser(
         "export",
         help="write the event log as a plays table (.parquet) for the next training",
@@ -101,17 +106,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     exp.add_argument("model_dir", help="model directory written by `rowrank train`")
     exp.add_argument("out", help="the .parquet file to write")
-    exp.add_argument("--state", metavar="DIR", help="the event log (default MODEL_DIR/events)")
+    exp.add_argument("--state", metavar="DIR|URL", help=STATE_HELP)
 
 
 def cli(args: argparse.Namespace) -> int:
     if args.events_command == "export":
         from engine.events.export import plays_of_log
+        from engine.events.redis_log import redacted
 
         directory = events_dir_of(Path(args.model_dir), args.state)
         plays = plays_of_log(directory)
         plays.write_parquet(args.out)
-        print(f"exported {plays.height:,} plays from {directory} to {args.out}")
+        print(f"exported {plays.height:,} plays from {redacted(directory)} to {args.out}")
         return 0
     done, log_path = ingest(Path(args.model_dir), Path(args.file), args.state)
     print(

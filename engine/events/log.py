@@ -1,5 +1,7 @@
 """The durable, append-only event log: one JSON line per accepted event, shared by every
-process of one machine (server workers, `rowrank events ingest`).
+process of one machine (server workers, `rowrank events ingest`). `EventLogLike` is what the
+live state needs of a log; `open_log` picks this file log or, for a `redis://` URL, the Redis
+stream several machines share (engine.events.redis_log).
 
 Writers hold an exclusive `flock` on the log while they catch up, append and `fsync`; a 2xx is
 sent only after the `fsync` returns, so an acknowledged event is on disk. Readers take no lock:
@@ -15,7 +17,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -28,12 +30,60 @@ class EventLogError(RowrankError):
     """The event log cannot be read or written; the message names the file and the offset."""
 
 
+class LogMoved(Exception):
+    """`append_locked` found records after `complete_to` that the caller has not read (a writer
+    of another machine, which `locked()` does not exclude): nothing was written; catch up and
+    try again."""
+
+
+class EventLogLike(Protocol):
+    """An append-only log of event records. A position is an int: 0 is the start, and
+    `read_from` and `append_locked` return the position after what they read or wrote."""
+
+    where: str  # the file or URL, for messages
+
+    def close(self) -> None: ...
+
+    def has_new(self, position: int) -> bool:
+        """Whether records were appended after `position` (cheap: checked before each page)."""
+        ...
+
+    def read_from(self, position: int) -> tuple[list[dict[str, Any]], int]: ...
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The writers' lock of this machine (a no-op where `append_locked` checks instead)."""
+        ...
+
+    def cut_to(self, position: int) -> None:
+        """Best effort, after a failed append: drop what it may have left after `position`."""
+        ...
+
+    def append_locked(self, records: list[dict[str, Any]], complete_to: int) -> int:
+        """Append `records` durably, all or nothing, the caller having read up to `complete_to`
+        under `locked()`; raises LogMoved when another writer appended after it."""
+        ...
+
+
+def is_redis_url(state: str | os.PathLike[str]) -> bool:
+    return str(state).startswith(("redis://", "rediss://"))
+
+
+def open_log(state: str | os.PathLike[str]) -> EventLogLike:
+    """The log of `--state`: a directory (this machine's file log) or a redis:// URL."""
+    if is_redis_url(state):
+        from engine.events.redis_log import RedisEventLog
+
+        return RedisEventLog(str(state))
+    return EventLog(Path(state))
+
+
 class EventLog:
     """Append-only JSON lines in `directory/events.log` (created on first use)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOG_FILE
+        self.where = str(self.path)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             created = not self.path.exists()
@@ -54,6 +104,9 @@ class EventLog:
     def size(self) -> int:
         """Bytes in the log now (one fstat: what a reader checks before each page)."""
         return os.fstat(self._fd).st_size
+
+    def has_new(self, position: int) -> bool:
+        return self.size() > position
 
     def read_from(self, offset: int) -> tuple[list[dict[str, Any]], int]:
         """The complete records after byte `offset`, and the offset after the last of them."""

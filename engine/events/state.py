@@ -4,7 +4,9 @@ Every process (each server worker, the ingest CLI) keeps its own `LiveState` and
 shared log from its own offset: before a member's page is built (`history_for` refreshes), and
 under the writers' lock before appending (so an event another process took first is a no-op
 here too). A 2xx is sent after the fsync, and the next page of any worker reads the log first:
-read-your-writes across workers with one `fstat` a page when nothing is new.
+read-your-writes across workers with one `fstat` a page when nothing is new. With the Redis log
+(engine.events.redis_log, shared by several machines) the writers' lock is the append script's
+compare-and-append (LogMoved: catch up, decide again) and the check before a page one round trip.
 
 Memory bound: per member at most `max_events_per_member` events (MAX_EVENTS_PER_MEMBER by
 default), the newest by (ts, event_id): each event with its strings, sort key and id costs about
@@ -19,15 +21,15 @@ cut-off, and a newer model folds them into its snapshot.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from engine.data.history import History
-from engine.events.log import EventLog
+from engine.events.log import LogMoved, open_log
 from engine.events.member_features import member_store
 from engine.events.member_history import member_history
 from engine.events.schema import PlayEvent
@@ -99,12 +101,13 @@ class _Ticket:
 
 
 class LiveState:
-    """Per-member live events folded from the log in `directory` (see the module doc)."""
+    """Per-member live events folded from the log of `state` (see the module doc): a
+    directory, this machine's file log, or a redis:// URL (engine.events.redis_log)."""
 
     def __init__(
-        self, directory: Path, *, max_events_per_member: int = MAX_EVENTS_PER_MEMBER
+        self, state: str | os.PathLike[str], *, max_events_per_member: int = MAX_EVENTS_PER_MEMBER
     ) -> None:
-        self.log = EventLog(directory)
+        self.log = open_log(state)
         self.bound = max_events_per_member
         self.members: dict[str, MemberEvents] = {}
         self.offset = 0
@@ -126,7 +129,7 @@ class LiveState:
 
     def refresh(self) -> int:
         """Apply what other processes appended since the last read; returns how many."""
-        if self.log.size() <= self.offset:  # the common case: one fstat, no lock
+        if not self.log.has_new(self.offset):  # the common case: one fstat (Redis: one round trip)
             return 0
         with self._lock:
             return self._catch_up()
@@ -141,12 +144,16 @@ class LiveState:
             n += self._apply(PlayEvent.from_record(r))
         return n
 
-    def _apply(self, ev: PlayEvent) -> bool:
+    def _apply(self, ev: PlayEvent, evicted: list[PlayEvent] | None = None) -> bool:
+        """Keep `ev`; the event it pushed out of a full member goes to `evicted` (for _undo)."""
         m = self.members.get(ev.user_id)
         if m is None:
             m = self.members[ev.user_id] = MemberEvents()
+        oldest = m.events[0] if len(m.events) >= self.bound else None
         if m.add(ev, self.bound):
             self.applied += 1
+            if oldest is not None and evicted is not None:
+                evicted.append(oldest)
             return True
         return False
 
@@ -178,38 +185,55 @@ class LiveState:
 
     def _commit(self, group: list[_Ticket]) -> None:
         try:
-            with self.log.locked():
-                with self._lock:
-                    self._catch_up()
-                    end = self.offset
-                    fresh: list[PlayEvent] = []
-                    for t in group:
-                        mine = [ev for ev in t.events if self._apply(ev)]
-                        t.appended = Appended(len(mine), len(t.events) - len(mine))
-                        fresh += mine
-                # Applied first (that drops repeats inside the group); the write and its
-                # fsync run without the state's lock, so this worker's pages are not held up
-                # by the disk (the 2xx still waits for the fsync). A failed write is cut off
-                # and taken back: the client gets no 2xx and its retry must not be a no-op.
-                try:
-                    new_end = self.log.append_locked([e.to_record() for e in fresh], end)
-                except BaseException:
-                    self.log.cut_to(end)
-                    with self._lock:
-                        self._undo(fresh)
-                        self.offset = min(self.offset, end)
-                    raise
-                with self._lock:
-                    self.offset = max(self.offset, new_end)
+            while not self._commit_once(group):
+                pass  # another machine appended first (LogMoved): catch up, decide again
         except BaseException as exc:
             for t in group:
                 t.error = exc
             raise
 
-    def _undo(self, events: list[PlayEvent]) -> None:
-        for ev in events:
+    def _commit_once(self, group: list[_Ticket]) -> bool:
+        with self.log.locked():
+            with self._lock:
+                self._catch_up()
+                end = self.offset
+                fresh: list[PlayEvent] = []
+                evicted: list[PlayEvent] = []
+                for t in group:
+                    mine = [ev for ev in t.events if self._apply(ev, evicted)]
+                    t.appended = Appended(len(mine), len(t.events) - len(mine))
+                    fresh += mine
+            # Applied first (that drops repeats inside the group); the write and its
+            # fsync run without the state's lock, so this worker's pages are not held up
+            # by the disk (the 2xx still waits for the fsync). A failed write is cut off
+            # and taken back: the client gets no 2xx and its retry must not be a no-op.
+            # Taken back, the log is read again from `end`: a page's refresh may have read
+            # past it meanwhile and found some of these ids already applied.
+            try:
+                new_end = self.log.append_locked([e.to_record() for e in fresh], end)
+            except LogMoved:
+                with self._lock:
+                    self._undo(fresh, evicted)
+                    self.offset = min(self.offset, end)
+                return False
+            except BaseException:
+                self.log.cut_to(end)
+                with self._lock:
+                    self._undo(fresh, evicted)
+                    self.offset = min(self.offset, end)
+                raise
+            with self._lock:
+                self.offset = max(self.offset, new_end)
+        return True
+
+    def _undo(self, events: list[PlayEvent], evicted: list[PlayEvent]) -> None:
+        for ev in reversed(events):
             self.members[ev.user_id].remove(ev)
             self.applied -= 1
+        taken_back = {id(ev) for ev in events}
+        for ev in reversed(evicted):  # what the events pushed out of full members, back in
+            if id(ev) not in taken_back:
+                self.members[ev.user_id].add(ev, self.bound)
 
     # ----- the live layer the engine reads ----------------------------------------------------
 

@@ -316,12 +316,13 @@ def create_app(
     `admin_token` defaults to the environment's ROWRANK_ADMIN_TOKEN; none disables reload.
     `models_root` (default: the parent of `model_dir`) bounds what a reload may load.
     `keepalive_seconds` defaults to ROWRANK_KEEPALIVE_SECONDS, else KEEPALIVE_SECONDS.
-    `events_dir` holds the event log: POST /v1/events writes it and every page reads the
-    member's live plays from it (engine.events); None turns both off."""
+    `events_dir` holds the event log (a directory or a redis:// URL): POST /v1/events writes
+    it and every page reads the member's live plays from it (engine.events); None turns both
+    off."""
     from engine.events.state import LiveState
     from engine.serving.events_route import ROUTE_EVENTS, post_events, with_live
 
-    live = LiveState(Path(events_dir)) if events_dir is not None else None
+    live = LiveState(events_dir) if events_dir is not None else None
     if live is not None:
         loader = with_live(loader, live)
     model_path = Path(model_dir)

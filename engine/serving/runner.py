@@ -55,8 +55,12 @@ def run_cli(args: Any) -> int:
         models_root=args.models_root,
         impressions_dir=args.log_impressions,
         impressions_scope=args.log_scope,
-        events_dir=str(events_dir_of(model_dir, getattr(args, "state", None))),
+        events_dir=events_dir_of(model_dir, getattr(args, "state", None)),
     )
+    if cfg.events_dir is not None:  # a log that cannot be opened is one line here, not N workers'
+        from engine.events.log import open_log
+
+        open_log(cfg.events_dir).close()
     serve(cfg, host=args.host, port=args.port, workers=args.workers)
     return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.events.log import LOG_FILE
+from engine.events.log import LOG_FILE, EventLogError
 from engine.events.schema import MAX_FUTURE_US, EventError, PlayEvent, validate_batch
 from engine.events.state import LiveState
 
@@ -257,3 +257,18 @@ def test_a_failed_write_is_taken_back_so_the_retry_counts(
     assert _log_ids(tmp_path) == ["e1"]
     assert live.append([_ev(2), _ev(3)]).accepted == 2
     assert _log_ids(tmp_path) == ["e1", "e2", "e3"]
+
+
+def test_a_failed_append_takes_back_what_it_pushed_out_of_a_full_member(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = LiveState(tmp_path, max_events_per_member=3)
+    live.append([_ev(1), _ev(2), _ev(3)])
+
+    def fail(records: list[dict[str, object]], complete_to: int) -> int:
+        raise EventLogError("disk full")
+
+    monkeypatch.setattr(live.log, "append_locked", fail)
+    with pytest.raises(EventLogError):
+        live.append([_ev(4)])  # applied first (pushing e1 out), then taken back
+    assert [e.event_id for e in live.events_of("u1")] == ["e1", "e2", "e3"]
