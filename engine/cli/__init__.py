@@ -212,6 +212,22 @@ def _page_args(p: argparse.ArgumentParser) -> None:
         default="json",
         help="json: the page's bytes (default); pretty: indented JSON; table: a row a line",
     )
+    p.add_argument(
+        "--state",
+        metavar="DIR|URL",
+        help="the play-event log to read the member's live plays from, as `rowrank serve "
+        "--state` (default: MODEL_DIR/events when `rowrank events ingest` or a server wrote one)",
+    )
+
+
+def _event_log_of(model_dir: Path) -> str | None:
+    """The model's default event log (MODEL_DIR/events) when there is one; None otherwise, so
+    that asking for a page never creates a log."""
+    from engine.events.ingest import events_dir_of
+    from engine.events.log import LOG_FILE
+
+    state = events_dir_of(model_dir, None)
+    return state if (Path(state) / LOG_FILE).is_file() else None
 
 
 def _cmd_page(args: argparse.Namespace) -> int:
@@ -224,7 +240,14 @@ def _cmd_page(args: argparse.Namespace) -> int:
     at = parse_time(args.at) if args.at is not None else None
     if args.country is not None:
         parse_country(args.country)
-    page = engine.load(Path(args.model_dir)).page(args.user, device, at, args.country)
+    eng = engine.load(Path(args.model_dir))
+    state = args.state or _event_log_of(Path(args.model_dir))
+    if state is not None:
+        # The same page a server of this model gives: the member's snapshot plus live plays.
+        from engine.events.state import LiveState
+
+        eng.live = LiveState(state)
+    page = eng.page(args.user, device, at, args.country)
     if args.format == "table":
         from engine.cli.show import page_table
 

@@ -136,3 +136,28 @@ def test_export_writes_the_log_as_plays(
     first = plays.filter(pl.col("title_id") == events[0]["title_id"]).row(0, named=True)
     assert first["ts"] == datetime.fromisoformat(events[0]["ts"])
     assert first["progress"] == pytest.approx(0.25)
+
+
+def test_rowrank_page_reads_what_ingest_wrote(
+    run_cli: Cli, tiny_model: Path, events: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """`rowrank page --state` shows the page a server of the model would: the member's title
+    in Continue Watching, on a device whose layout drops other rows that short."""
+    _, h = read_history(tiny_model)
+    state = tmp_path / "state"
+    # this member has nothing else unfinished: a Continue Watching row of one title
+    member, title = events[1]["user_id"], events[1]["title_id"]
+    name = str(h.title_names[h.title_index(title)])
+    at = (datetime.fromisoformat(events[-1]["ts"]) + timedelta(minutes=5)).isoformat()
+    ask = ("page", tiny_model, "--user", member, "--device", "mobile", "--at", at)
+
+    def continue_watching() -> str:
+        code, out, err = run_cli(*ask, "--format", "table", "--state", state)
+        assert code == 0, err
+        return next((line for line in out.splitlines() if "Continue Watching" in line), "")
+
+    assert continue_watching() == ""  # nothing ingested yet: the snapshot's page
+    src = _jsonl(tmp_path / "e.jsonl", events)
+    code, _, err = run_cli("events", "ingest", tiny_model, src, "--state", state)
+    assert code == 0, err
+    assert continue_watching().split(maxsplit=2)[2] == name
