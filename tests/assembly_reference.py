@@ -17,7 +17,6 @@ import numpy as np
 from engine.candidates import CandidateRow
 from engine.request.layout import DeviceLayout
 from engine.request.selectors import (
-    CONTINUE_WATCHING,
     AssembledPage,
     AssemblyRules,
     AssemblyTrace,
@@ -70,7 +69,7 @@ def assemble_page(
                 remaining.remove(i)
         for i in list(remaining):  # short rows
             n = len(current[i].titles)
-            if n < (1 if current[i].kind == CONTINUE_WATCHING else max(1, layout.min_row_length)):
+            if n < max(1, layout.min_row_length):
                 short_log.append(ShortRow(current[i].row_id, n))
                 remaining.remove(i)
         if not remaining or len(placed) >= layout.rows:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 class DeviceLayout:
     rows: int  # rows on a full page
     titles_per_row: int  # titles carried by each row
-    min_row_length: int  # a row shorter than this after dedup is dropped (Continue Watching: 1)
+    min_row_length: int  # a row shorter than this after dedup is dropped
     visible_rows: int  # rows on screen without scrolling
     visible_titles: int  # titles on screen per row without scrolling sideways
 

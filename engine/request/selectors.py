@@ -7,7 +7,6 @@ as a small compiled function (numba):
 
     cap_rows                   a kind that reached its cap leaves the pool
     drop_short_rows            a row shorter than layout.min_row_length leaves the pool
-                               (a Continue Watching row needs one title: see min_lengths)
     score_rows                 the row scorer's score of every remaining row as it would show
     penalize_repeated_kinds    the diversity term subtracted from the scores
     pin_rows                   while a pin is pending, only its rows are eligible
@@ -243,16 +242,6 @@ class Pin:
         return f"{self.attr}={self.value}"
 
 
-def min_lengths(rows: Sequence[CandidateRow], layout: DeviceLayout) -> np.ndarray:
-    """The fewest titles each row may show: layout.min_row_length (at least 1), except a
-    Continue Watching row, which shows with one title: a member's one unfinished film is the
-    row's whole point, where a two-title genre row is only a stub."""
-    short_ok = max(1, layout.min_row_length)
-    return np.array(
-        [1 if r.kind == CONTINUE_WATCHING else short_ok for r in rows], dtype=np.int64
-    ).reshape(len(rows))
-
-
 def pin_matches(pin: Pin, rows: Sequence[CandidateRow]) -> list[bool]:
     """The rows that satisfy `pin`. A ranker that proposes a row under its own name (Top Picks
     beside its "More Picks" rows) has that main row pinned, not whichever of its rows scores
@@ -341,7 +330,7 @@ def assemble_page(
             caps,
             pin_match,
             layout.rows,
-            min_lengths(pool.rows, layout),
+            max(1, layout.min_row_length),
             layout.titles_per_row,
             float(rules.diversity_weight),
             rules.dedupe,
@@ -465,7 +454,7 @@ class _Rules(NamedTuple):
     caps: np.ndarray  # per kind
     pin_match: np.ndarray  # (pin, row): the row satisfies the pin
     page_rows: int
-    min_lengths: np.ndarray  # int64 per row: fewer titles left and it leaves the pool
+    min_length: int
     titles_per_row: int
     weight: float  # the diversity term's
     dedupe: bool
@@ -525,7 +514,7 @@ def assemble_rows(pool, scoring, rules):
             remaining, n_rem, per_kind, rules.kind_ids, rules.caps, capped, n_capped
         )
         n_rem, n_short = drop_short_rows(
-            remaining, n_rem, pool.lengths, rules.min_lengths, short, n_short
+            remaining, n_rem, pool.lengths, rules.min_length, short, n_short
         )
         if n_rem == 0 or n_placed >= rules.page_rows:
             break
@@ -625,13 +614,13 @@ def cap_rows(remaining, n_rem, per_kind, kind_ids, caps, capped, n_capped):
 
 
 @numba.njit(cache=True, nogil=True)
-def drop_short_rows(remaining, n_rem, lengths, min_lengths, short, n_short):
-    """Rows with fewer titles left than their `min_lengths` move from `remaining[:n_rem]`
-    (order kept) to `short` as (row, titles left); returns both counts."""
+def drop_short_rows(remaining, n_rem, lengths, min_length, short, n_short):
+    """Rows with fewer than `min_length` titles left move from `remaining[:n_rem]` (order kept)
+    to `short` as (row, titles left); returns both counts."""
     k = 0
     for j in range(n_rem):
         r = remaining[j]
-        if lengths[r] < min_lengths[r]:
+        if lengths[r] < min_length:
             short[n_short, 0], short[n_short, 1] = r, lengths[r]
             n_short += 1
         else:

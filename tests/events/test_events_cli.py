@@ -139,16 +139,38 @@ def test_export_writes_the_log_as_plays(
 
 
 def test_rowrank_page_reads_what_ingest_wrote(
-    run_cli: Cli, tiny_model: Path, events: list[dict[str, Any]], tmp_path: Path
+    run_cli: Cli, tiny_model: Path, tmp_path: Path
 ) -> None:
-    """`rowrank page --state` shows the page a server of the model would: the member's title
-    in Continue Watching, on a device whose layout drops other rows that short."""
+    """`rowrank page --state` shows the page a server of the model would: three films a member
+    started after the cut-off in their Continue Watching row."""
     _, h = read_history(tiny_model)
+    u = 1
+    member = str(h.user_ids[u])
+    played = set(h.play_title[h.user_plays(u)].tolist())
+    country = str(h.user_country[u])
+    films = [
+        t
+        for t in range(h.n_titles)
+        if h.series[t] < 0
+        and t not in played
+        and h.maturity[t] <= h.user_maturity_max[u]
+        and (not h.title_countries[t] or country in h.title_countries[t])
+    ][:3]
+    start = datetime.fromtimestamp(h.cutoff_us / 1e6, UTC) + timedelta(hours=3)
+    events = [
+        {
+            "event_id": f"cw-{k}",
+            "user_id": member,
+            "title_id": str(h.title_ids[t]),
+            "ts": (start + timedelta(minutes=k)).isoformat(),
+            "device": "mobile",
+            "seconds_watched": 900.0,
+            "progress": 0.4,
+        }
+        for k, t in enumerate(films)
+    ]
     state = tmp_path / "state"
-    # this member has nothing else unfinished: a Continue Watching row of one title
-    member, title = events[1]["user_id"], events[1]["title_id"]
-    name = str(h.title_names[h.title_index(title)])
-    at = (datetime.fromisoformat(events[-1]["ts"]) + timedelta(minutes=5)).isoformat()
+    at = (start + timedelta(hours=1)).isoformat()
     ask = ("page", tiny_model, "--user", member, "--device", "mobile", "--at", at)
 
     def continue_watching() -> str:
@@ -156,8 +178,10 @@ def test_rowrank_page_reads_what_ingest_wrote(
         assert code == 0, err
         return next((line for line in out.splitlines() if "Continue Watching" in line), "")
 
-    assert continue_watching() == ""  # nothing ingested yet: the snapshot's page
-    src = _jsonl(tmp_path / "e.jsonl", events)
-    code, _, err = run_cli("events", "ingest", tiny_model, src, "--state", state)
+    names = [str(h.title_names[t]) for t in films]
+    assert len(names) == 3 and not any(n in continue_watching() for n in names)  # the snapshot
+    code, _, err = run_cli(
+        "events", "ingest", tiny_model, _jsonl(tmp_path / "e.jsonl", events), "--state", state
+    )
     assert code == 0, err
-    assert continue_watching().split(maxsplit=2)[2] == name
+    assert all(n in continue_watching() for n in names)

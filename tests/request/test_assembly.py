@@ -191,8 +191,7 @@ def test_page_invariants(case: Case) -> None:
     assert len(page.scores) == len(page.rows)
     assert np.isfinite(page.scores).all()
     for row in page.rows:
-        shortest = 1 if row.kind == "continue_watching" else max(1, layout.min_row_length)
-        assert shortest <= len(row.titles) <= layout.titles_per_row
+        assert max(1, layout.min_row_length) <= len(row.titles) <= layout.titles_per_row
         source = by_id[row.row_id]
         # every placed title came from this row's input, in the input order, with its score
         where = {int(t): i for i, t in enumerate(source.titles)}
@@ -425,22 +424,6 @@ def test_a_ranker_pin_takes_the_rankers_main_row_over_its_keyed_rows() -> None:
     keyed = [rows[0], rows[2]]
     page = assemble_page(keyed, fixed_scores(table), LAYOUT, rules)
     assert [(p.pin, p.row_id) for p in page.trace.pins] == [("ranker=top_picks", "top_picks:more1")]
-
-
-def test_a_continue_watching_row_shows_with_one_title() -> None:
-    # LAYOUT drops rows under 3 titles; a member's one unfinished title still gets its row
-    rows = [
-        make_row("continue_watching", "continue_watching", [7]),
-        make_row("trending", "trending", [8, 9]),
-        make_row("top_n", "top_n", range(0, 5)),
-    ]
-    table = {"continue_watching": 1.0, "trending": 2.0, "top_n": 0.5}
-    python = assemble_page(rows, fixed_scores(table), LAYOUT, AssemblyRules())
-    template = selectors.score_rows_by_template(["trending", "continue_watching", "top_n"], 3)
-    engine_page = selectors.assemble_page(rows, template, LAYOUT, AssemblyRules())
-    for page in (python, engine_page):
-        assert [r.row_id for r in page.rows] == ["continue_watching", "top_n"]
-        assert [s.row_id for s in page.trace.dropped_short] == ["trending"]
 
 
 def test_continue_watching_competes_outside_continuation_mode() -> None:
