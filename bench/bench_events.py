@@ -244,14 +244,7 @@ def with_events(
         event_bodies(w, n_batches, args.batch, args.seed + 1 + k, f"load{round_}-{k}")
         for k in range(args.event_clients)
     ]
-    # --event-rate events/s over all clients (0: each client back to back)
-    interval = args.batch * args.event_clients / args.event_rate if args.event_rate else 0.0
-    threads = [
-        threading.Thread(
-            target=post_loop, args=(server.port, bodies[k], stop, counts, failures, interval)
-        )
-        for k in range(args.event_clients)
-    ]
+    threads = posters(server, bodies, args, stop, counts, failures)
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -260,6 +253,25 @@ def with_events(
     for t in threads:
         t.join()
     return pages, sum(counts), time.perf_counter() - t0, len(failures)
+
+
+def posters(
+    server: Server,
+    bodies: list[list[bytes]],
+    args: argparse.Namespace,
+    stop: threading.Event,
+    counts: list[int],
+    failures: list[int],
+) -> list[threading.Thread]:
+    """One thread per event client, each posting its bodies until `stop`, paced so that all
+    clients together send --event-rate events/s (0: each client back to back)."""
+    interval = args.batch * args.event_clients / args.event_rate if args.event_rate else 0.0
+    return [
+        threading.Thread(
+            target=post_loop, args=(server.port, body, stop, counts, failures, interval)
+        )
+        for body in bodies
+    ]
 
 
 def server_cpu_seconds(server: Server) -> float:
@@ -282,13 +294,7 @@ def events_alone(w: World, server: Server, args: argparse.Namespace) -> tuple[fl
         event_bodies(w, n_batches, args.batch, args.seed + 50 + k, f"alone-{k}")
         for k in range(args.event_clients)
     ]
-    interval = args.batch * args.event_clients / args.event_rate if args.event_rate else 0.0
-    threads = [
-        threading.Thread(
-            target=post_loop, args=(server.port, bodies[k], stop, counts, failures, interval)
-        )
-        for k in range(args.event_clients)
-    ]
+    threads = posters(server, bodies, args, stop, counts, failures)
     cpu0, t0 = server_cpu_seconds(server), time.perf_counter()
     for t in threads:
         t.start()

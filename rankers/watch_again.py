@@ -108,11 +108,10 @@ class WatchAgainRanker:
         rewatches: np.ndarray,
     ) -> None:
         """Each member's finished titles (pairs come grouped by member), sliced per request."""
-        keep = self._qualifies(history, p_title, finished)
-        self.done_title_, self.done_last_ts_, self.done_wait_us_, self.done_rewatches_ = (
+        users, self.done_title_, self.done_last_ts_, self.done_wait_us_, self.done_rewatches_ = (
             self._finished(history, p_user, p_title, last_ts, finished, rewatches)
         )
-        self.done_offsets_ = np.searchsorted(p_user[keep], np.arange(history.n_users + 1))
+        self.done_offsets_ = np.searchsorted(users, np.arange(history.n_users + 1))
         self.history_ = history_fingerprint(history)
 
     def _qualifies(self, history: History, p_title: np.ndarray, finished: np.ndarray) -> np.ndarray:
@@ -128,12 +127,14 @@ class WatchAgainRanker:
         last_ts: np.ndarray,
         finished: np.ndarray,
         rewatches: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(title, last play, wait before offering, rewatches) of the pairs that qualify."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(member, title, last play, wait before offering, rewatches) of the pairs that
+        qualify."""
         c = self.config
         keep = self._qualifies(history, p_title, finished)
         kids = history.maturity[p_title[keep]] <= c.kids_maturity
         return (
+            p_user[keep],
             p_title[keep].astype(np.int32),
             last_ts[keep],
             np.where(kids, c.kids_min_days, c.min_days) * US_PER_DAY,
@@ -149,7 +150,7 @@ class WatchAgainRanker:
         at = max(request.at_us, history.cutoff_us)
         if user == history.live_member:
             # Plays after the cut-off (engine.events): this member's finished titles now.
-            done_title, done_last_ts, done_wait_us, done_rewatches = self._finished(
+            _, done_title, done_last_ts, done_wait_us, done_rewatches = self._finished(
                 history, *_pairs(history, at)
             )
         else:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 # Before LightGBM loads its OpenMP runtime (see engine/request/scorers.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -172,3 +173,50 @@ def run_cli(
         return code, out, err
 
     return call
+
+
+# ----- play events (tests/events) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def watcher(tiny_model: Path) -> dict[str, Any]:
+    """The member with the most plays, 20:00 the day after the cut-off, and the movies the
+    member never played that their page can show (licensed in their country, within their
+    maturity)."""
+    import engine
+    from engine.request.filters import request_masks
+
+    eng = engine.load(tiny_model)
+    h = eng.history
+    member = str(h.user_ids[int(np.argmax(np.diff(h.user_offsets)))])
+    cut = datetime.fromtimestamp(h.cutoff_us / 1e6, UTC)
+    at = (cut + timedelta(hours=20)).replace(minute=0, second=0, microsecond=0)
+    masks = request_masks(eng.context(member, "tv", at), h)
+    played = set(h.play_title[h.user_plays(h.user_index(member))].tolist())
+    movies = [
+        str(h.title_ids[t])
+        for t in range(h.n_titles)
+        if h.series[t] < 0 and t not in played and masks.reason[t] == 0
+    ]
+    return {"member": member, "at": at, "movies": movies}
+
+
+@pytest.fixture(scope="session")
+def events(tiny_model: Path) -> list[dict[str, Any]]:
+    """Three members' plays three hours after the cut-off (ids cli-0, cli-1, cli-2)."""
+    from engine.training.model_dir import read_history
+
+    _, h = read_history(tiny_model)
+    at = datetime.fromtimestamp(h.cutoff_us / 1e6, UTC) + timedelta(hours=3)
+    return [
+        {
+            "event_id": f"cli-{k}",
+            "user_id": str(h.user_ids[k]),
+            "title_id": str(h.title_ids[k]),
+            "ts": (at + timedelta(minutes=k)).isoformat(),
+            "device": "mobile",
+            "seconds_watched": 300.0,
+            "progress": 0.25,
+        }
+        for k in range(3)
+    ]

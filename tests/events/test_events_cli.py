@@ -18,24 +18,6 @@ from engine.training.model_dir import read_history
 Cli = Callable[..., tuple[int, str, str]]
 
 
-@pytest.fixture(scope="module")
-def events(tiny_model: Path) -> list[dict[str, Any]]:
-    _, h = read_history(tiny_model)
-    at = datetime.fromtimestamp(h.cutoff_us / 1e6, UTC) + timedelta(hours=3)
-    return [
-        {
-            "event_id": f"cli-{k}",
-            "user_id": str(h.user_ids[k]),
-            "title_id": str(h.title_ids[k]),
-            "ts": (at + timedelta(minutes=k)).isoformat(),
-            "device": "mobile",
-            "seconds_watched": 300.0,
-            "progress": 0.25,
-        }
-        for k in range(3)
-    ]
-
-
 def _jsonl(path: Path, docs: list[dict[str, Any]]) -> Path:
     path.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in docs))
     return path

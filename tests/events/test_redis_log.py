@@ -12,11 +12,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import polars as pl
 import pytest
@@ -152,24 +151,9 @@ def test_serve_with_a_redis_it_cannot_use_exits_2_before_its_workers(
 
 
 def test_ingest_and_export_against_redis(
-    run_cli: Any, tiny_model: Path, url: str, tmp_path: Path
+    run_cli: Any, tiny_model: Path, url: str, events: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    from engine.training.model_dir import read_history
-
-    _, h = read_history(tiny_model)
-    at = datetime.fromtimestamp(h.cutoff_us / 1e6, UTC) + timedelta(hours=3)
-    docs = [
-        {
-            "event_id": f"cli-{k}",
-            "user_id": str(h.user_ids[k]),
-            "title_id": str(h.title_ids[k]),
-            "ts": (at + timedelta(minutes=k)).isoformat(),
-            "device": "mobile",
-            "seconds_watched": 300.0,
-            "progress": 0.25,
-        }
-        for k in range(3)
-    ]
+    docs = events
     src = tmp_path / "plays.jsonl"
     src.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in docs))
     code, out, err = run_cli("events", "ingest", tiny_model, src, "--state", url)
@@ -189,31 +173,14 @@ def test_ingest_and_export_against_redis(
 
 
 @pytest.fixture(scope="module")
-def member(tiny_model: Path) -> dict[str, Any]:
-    """The member with the most plays, 20:00 the day after the cut-off, and a movie the member
-    never played that their page can show."""
-    import engine
-    from engine.request.filters import request_masks
-
-    eng = engine.load(tiny_model)
-    h = eng.history
-    user = str(h.user_ids[int(np.argmax(np.diff(h.user_offsets)))])
-    cut = datetime.fromtimestamp(h.cutoff_us / 1e6, UTC)
-    at = (cut + timedelta(hours=20)).replace(minute=0, second=0, microsecond=0)
-    masks = request_masks(eng.context(user, "tv", at), h)
-    played = set(h.play_title[h.user_plays(h.user_index(user))].tolist())
-    movies = [
-        str(h.title_ids[t])
-        for t in range(h.n_titles)
-        if h.series[t] < 0 and t not in played and masks.reason[t] == 0
-    ]
-    return {"user": user, "at": at, "movies": movies}
+def member(watcher: dict[str, Any]) -> dict[str, Any]:
+    return watcher
 
 
 def _event(member: dict[str, Any], event_id: str, title: str, progress: float) -> dict[str, Any]:
     return {
         "event_id": event_id,
-        "user_id": member["user"],
+        "user_id": member["member"],
         "title_id": title,
         "ts": (member["at"] - timedelta(hours=1)).isoformat(),
         "device": "tv",
@@ -290,7 +257,7 @@ def test_a_play_posted_to_one_server_shows_on_another_within_a_second(
         while requests.get(f"{first}/readyz", timeout=TIMEOUT).status_code != 200:
             assert time.monotonic() < deadline, "the first server did not load its model"
             time.sleep(0.05)
-        page_url = f"{second}/v1/users/{member['user']}/page"
+        page_url = f"{second}/v1/users/{member['member']}/page"
         assert (
             _cw_progress(requests.get(page_url, params=params, timeout=TIMEOUT).json(), title)
             is None
@@ -331,10 +298,10 @@ def test_while_redis_is_down_nothing_is_acknowledged_and_pages_fall_back(
         body = {"events": [_event(member, "down-1", member["movies"][0], 0.4)]}
         r = requests.post(f"{base}/v1/events", json=body, timeout=TIMEOUT)
         assert r.status_code == 500, r.text
-        page = requests.get(f"{base}/v1/users/{member['user']}/page", params=params, timeout=60)
+        page = requests.get(f"{base}/v1/users/{member['member']}/page", params=params, timeout=60)
         assert page.status_code == 200 and page.json()["rows"], page.text
         server.start()  # back: the retry is taken, and the member's next page shows it
         r = requests.post(f"{base}/v1/events", json=body, timeout=TIMEOUT)
         assert r.json() == {"accepted": 1, "duplicates": 0}, r.text
-        page = requests.get(f"{base}/v1/users/{member['user']}/page", params=params, timeout=60)
+        page = requests.get(f"{base}/v1/users/{member['member']}/page", params=params, timeout=60)
         assert _cw_progress(page.json(), member["movies"][0]) == pytest.approx(0.4)
