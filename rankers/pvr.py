@@ -96,15 +96,20 @@ class CFConfig(RankerConfig):
         }
 
 
-class PVRConfig(CFConfig):
-    """PVR keys: the CF model plus the genre rows."""
+class GenreRowsConfig(RankerConfig):
+    """Keys of a ranker's genre rows (`genre_rows`): one row per genre the member plays."""
 
     max_genre_rows: int = Field(default=4, ge=0)
     # A genre needs this share of the member's (decayed) plays to get a row.
     min_genre_share: float = Field(default=0.05, ge=0, le=1)
     genre_half_life_days: float = Field(default=90.0, gt=0)
-    row_length: int = Field(default=40, ge=1)
     min_row_titles: int = Field(default=5, ge=1)
+
+
+class PVRConfig(CFConfig, GenreRowsConfig):
+    """PVR keys: the CF model plus the genre rows."""
+
+    row_length: int = Field(default=40, ge=1)
     exclude_played: bool = True
 
 
@@ -503,6 +508,56 @@ def blend(
     return out
 
 
+def genre_rows(
+    ranker: str,
+    kind: str,
+    score: np.ndarray,
+    signals: Signals,
+    history: History,
+    user: int,
+    at_us: int,
+    cfg: GenreRowsConfig,
+    row_length: int,
+    title: str = "{genre}",
+) -> list[CandidateRow]:
+    """One row per genre of the member's plays before `at_us` (largest decayed share first, up
+    to `cfg.max_genre_rows`), each holding that genre's best titles by `score` (float64 per
+    title; -inf: not offered). A member with no plays gets the genres everyone plays most."""
+    share = signals.genre_share(history, user, at_us, cfg.genre_half_life_days)
+    if not share.any():
+        share = signals.global_share
+    rows: list[CandidateRow] = []
+    # One partition for all genre rows: the _OVERALL-th best score overall is a threshold
+    # that usually leaves a genre a few dozen candidates to sort instead of hundreds.
+    n = len(score)
+    k = min(_OVERALL, n)
+    threshold = np.partition(score, n - k)[n - k] if n else -np.inf
+    for g in np.argsort(-share, kind="stable"):
+        if len(rows) >= cfg.max_genre_rows or share[g] < max(cfg.min_genre_share, 1e-12):
+            break
+        mine = signals.genre_titles[g]
+        sc = score[mine]
+        cand = np.flatnonzero(sc >= threshold) if threshold > -np.inf else np.empty(0, int)
+        if len(cand) < row_length:
+            cand = np.flatnonzero(np.isfinite(sc))
+        cand = cand[np.lexsort((cand, -sc[cand]))][:row_length]
+        if len(cand) < cfg.min_row_titles:
+            continue
+        genre = history.genre_names[g]
+        rows.append(
+            make_row(
+                ranker=ranker,
+                kind=kind,
+                title=title.format(genre=genre),
+                titles=mine[cand],
+                scores=sc[cand],
+                key=genre,
+                evidence={"genre": genre, "share": round(float(share[g]), 4)},
+            )
+        )
+    return rows
+
+
 # ----- the ranker ----------------------------------------------------------------------------
 
 
@@ -569,40 +624,9 @@ class PVRRanker:
         score = self._score(user, history, at).astype(np.float32).astype(np.float64)
         if cfg.exclude_played and user >= 0:
             score[history.play_title[history.user_plays_before(user, at)]] = -np.inf
-        share = self.signals_.genre_share(history, user, at, cfg.genre_half_life_days)
-        if not share.any():
-            # Cold start: the genres everyone plays most, ordered by popularity.
-            share = self.signals_.global_share
-        rows: list[CandidateRow] = []
-        # One partition for all genre rows: the _OVERALL-th best score overall is a threshold
-        # that usually leaves a genre a few dozen candidates to sort instead of hundreds.
-        n = len(score)
-        k = min(_OVERALL, n)
-        threshold = np.partition(score, n - k)[n - k] if n else -np.inf
-        for g in np.argsort(-share, kind="stable"):
-            if len(rows) >= cfg.max_genre_rows or share[g] < max(cfg.min_genre_share, 1e-12):
-                break
-            mine = self.signals_.genre_titles[g]
-            sc = score[mine]
-            cand = np.flatnonzero(sc >= threshold) if threshold > -np.inf else np.empty(0, int)
-            if len(cand) < cfg.row_length:
-                cand = np.flatnonzero(np.isfinite(sc))
-            cand = cand[np.lexsort((cand, -sc[cand]))][: cfg.row_length]
-            if len(cand) < cfg.min_row_titles:
-                continue
-            idx = mine[cand]
-            genre = history.genre_names[g]
-            row = make_row(
-                ranker=self.name,
-                kind=self.ROW_KIND,
-                title=genre,
-                titles=idx,
-                scores=sc[cand],
-                key=genre,
-                evidence={"genre": genre, "share": round(float(share[g]), 4)},
-            )
-            rows.append(row)
-        return rows
+        return genre_rows(
+            self.name, self.ROW_KIND, score, self.signals_, history, user, at, cfg, cfg.row_length
+        )
 
     def save(self, directory: Path) -> None:
         check_fitted(self, "model_")

@@ -33,15 +33,25 @@ from engine.errors import ModelLoadError
 from engine.request.context import RequestContext
 from engine.request.scorers import Forest
 from rankers._common import PlayTimes, check_fitted, load_state, make_row, save_state
-from rankers.pvr import CFConfig, CFModel, Signals, decay, head, zscore
+from rankers.pvr import (
+    CFConfig,
+    CFModel,
+    GenreRowsConfig,
+    Signals,
+    decay,
+    genre_rows,
+    head,
+    zscore,
+)
 
 STATE_VERSION = 1
 MODEL_FILE = "lambdarank.txt"  # LightGBM's own text format, never pickle
 MORE_KIND = "top_picks_more"  # the kind of the continuation rows (`more_titles`)
+GENRE_KIND = "top_picks_genre"  # the kind of its genre rows (`max_genre_rows`)
 _GENERATORS = ("ease", "ease_recent", "knn", "popular", "trending_short", "trending_long")
 
 
-class TopPicksConfig(RankerConfig):
+class TopPicksConfig(GenreRowsConfig):
     """Keys of the learned Top Picks row."""
 
     title: str = "Top Picks for You"
@@ -49,6 +59,14 @@ class TopPicksConfig(RankerConfig):
     # Continuation rows, one per display title: row k holds the titles ranked after row k-1's
     # `row_length` (kind "top_picks_more", so the page model learns where they belong).
     more_titles: tuple[str, ...] = ()
+    # Ranks between the starts of consecutive rows (None: `row_length`). A step shorter than the
+    # row overlaps the rows; dedupe then leaves each continuation row the titles the rows above
+    # did not show, so no title between a row's shown width and its length is lost.
+    more_step: int | None = Field(default=None, ge=1)
+    # Genre rows of the same learned order, over the same candidates (kind "top_picks_genre"):
+    # the member's genres as PVR picks them, each row that genre's best candidates.
+    max_genre_rows: int = Field(default=0, ge=0)
+    genre_title: str = "Top Picks in {genre}"
     # 50 and 100 gave the same NDCG@10 on MovieLens validation; 50 halves the rows to score.
     candidates: int = Field(default=50, ge=1, description="titles each generator proposes")
     # Generators
@@ -389,19 +407,23 @@ class TopPicksRanker:
         s = self.forest_.raw(X) if self.forest_ is not None else -X[:, 1]
         ends = np.cumsum([len(c) for c in cands])
         return [
-            self._rows(user, cand, part, history)
-            for user, cand, part in zip(users, cands, np.split(s, ends[:-1]), strict=True)
+            self._rows(user, r.at_us, cand, part, history)
+            for r, user, cand, part in zip(
+                requests, users, cands, np.split(s, ends[:-1]), strict=True
+            )
         ]
 
     def _rows(
-        self, user: int, cand: np.ndarray, s: np.ndarray, history: History
+        self, user: int, at_us: int, cand: np.ndarray, s: np.ndarray, history: History
     ) -> list[CandidateRow]:
-        """The member's row (and continuation rows) from their candidates' model scores."""
+        """The member's row (and continuation and genre rows) from their candidates' model
+        scores."""
         if len(cand) == 0:
             return []
         cfg = self.config
         n = cfg.row_length
-        top = head(np.where(np.isfinite(s), s, -np.inf), n * (1 + len(cfg.more_titles)))
+        step = n if cfg.more_step is None else cfg.more_step
+        top = head(np.where(np.isfinite(s), s, -np.inf), n + step * len(cfg.more_titles))
         evidence = {"personalized": user >= 0 and history.user_plays(user).stop > 0}
         rows = [
             make_row(
@@ -414,7 +436,7 @@ class TopPicksRanker:
             )
         ]
         for k, title in enumerate(cfg.more_titles, start=1):
-            part = top[k * n : (k + 1) * n]
+            part = top[k * step : k * step + n]
             if len(part):
                 rows.append(
                     make_row(
@@ -427,6 +449,21 @@ class TopPicksRanker:
                         evidence=evidence,
                     )
                 )
+        if cfg.max_genre_rows:
+            score = np.full(history.n_titles, -np.inf)
+            score[cand] = np.where(np.isfinite(s), s, -np.inf)
+            rows += genre_rows(
+                self.name,
+                GENRE_KIND,
+                score,
+                self.generators_.signals,
+                history,
+                user,
+                at_us,
+                cfg,
+                n,
+                cfg.genre_title,
+            )
         return rows
 
     def save(self, directory: Path) -> None:

@@ -107,6 +107,40 @@ def test_more_rows_continue_the_learned_order(history: History) -> None:
     assert np.all(np.diff(scores) <= 0)
 
 
+def test_a_shorter_step_overlaps_the_continuation_rows(history: History) -> None:
+    """With `more_step` 5 and rows of 8, row k starts at rank 5k of the same order, so the
+    titles ranked 6-8 that a 5-title-wide screen would cut from a row lead the next one."""
+    cfg = TopPicksConfig(windows=1, holdout=3, trees=20, row_length=8, candidates=20)
+    keys = {"more_titles": ("More Picks", "Even More"), "more_step": 5}
+    ranker = TopPicksRanker("top_picks", cfg.model_copy(update=keys)).fit(history)
+    ctx = RequestContext(str(history.user_ids[5]), "tv", CUTOFF + timedelta(hours=1), None)
+    first, more1, more2 = ranker.propose(ctx, history)
+    order = np.concatenate([first.titles, more1.titles[3:], more2.titles[3:]])
+    assert len(set(order.tolist())) == len(order) == 18
+    assert np.array_equal(more1.titles[:3], first.titles[5:])
+    assert np.array_equal(more2.titles[:3], more1.titles[5:])
+
+
+def test_genre_rows_are_the_learned_order_within_the_member_s_genres(history: History) -> None:
+    cfg = TopPicksConfig(windows=1, holdout=3, trees=20, row_length=8, candidates=20)
+    keys = {"max_genre_rows": 2, "min_row_titles": 1}
+    ranker = TopPicksRanker("top_picks", cfg.model_copy(update=keys)).fit(history)
+    u = 5
+    ctx = RequestContext(str(history.user_ids[u]), "tv", CUTOFF + timedelta(hours=1), None)
+    main, *genre = ranker.propose(ctx, history)
+    assert 1 <= len(genre) <= 2 and all(r.kind == "top_picks_genre" for r in genre)
+    # the member's largest genre by decayed share comes first
+    share = ranker.generators_.signals.genre_share(history, u, ctx.at_us, cfg.genre_half_life_days)
+    first = history.genre_names[int(np.argmax(share))]
+    assert genre[0].row_id == f"top_picks:{first}" and genre[0].title == f"Top Picks in {first}"
+    # each row: titles of its genre, best first, and the main row's titles of that genre lead it
+    g = history.genre_names.index(first)
+    assert history.title_genres[genre[0].titles, g].all()
+    assert np.all(np.diff(genre[0].scores) <= 0)
+    in_genre = [t for t in main.titles.tolist() if history.title_genres[t, g]]
+    assert genre[0].titles[: len(in_genre)].tolist() == in_genre
+
+
 def test_a_block_of_requests_gets_each_request_s_own_rows(history: History) -> None:
     """propose_block (one model call for the block, the title signals once per time) gives
     every request exactly the rows `propose` gives it alone, continuation rows included."""
