@@ -418,16 +418,8 @@ class PvrSource:
     ranker: Any | None
 
     @classmethod
-    def of(cls, rankers: Mapping[str, Ranker], name: str | None = None) -> PvrSource:
-        """The ranker instance `name` (`[page] pvr_feature_ranker`), else the first ranker of
-        type "pvr", else the first with a `scores` method."""
-        if name is not None:
-            if not callable(getattr(rankers.get(name), "scores", None)):
-                raise ConfigError(
-                    f"[page] pvr_feature_ranker {name!r}: no ranker instance of that name with "
-                    "per-title scores; instances: " + ", ".join(rankers)
-                )
-            return cls(rankers[name])
+    def of(cls, rankers: Mapping[str, Ranker]) -> PvrSource:
+        """The first ranker of type "pvr", else the first with a `scores` method."""
         pvr = [r for r in rankers.values() if getattr(r, "type_name", "") == "pvr"]
         pvr = pvr or [r for r in rankers.values() if callable(getattr(r, "scores", None))]
         return cls(pvr[0] if pvr else None)
@@ -721,7 +713,7 @@ class Engine:
         self.rules = AssemblyRules(
             pinned=tuple(a.pinned), max_rows_per_kind=dict(a.max_rows_per_kind), dedupe=a.dedupe
         )
-        self.pvr = PvrSource.of(self.rankers, page_config.pvr_feature_ranker)
+        self.pvr = PvrSource.of(self.rankers)
         self.row_scorer = row_scorer_for(page_config, model)
         # Titles licensed everywhere: all a request without a country may be shown.
         self.titles_everywhere = int(history.available_in(None).sum())

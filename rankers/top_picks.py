@@ -319,9 +319,6 @@ class TopPicksRanker:
         if not isinstance(cfg, TopPicksConfig):
             cfg = TopPicksConfig.model_validate(cfg.model_dump())
         self.config: TopPicksConfig = cfg
-        # (history, (user, at_us), scores) of the last `scores` call: the page model's features
-        # ask for one member and time several times (a tuple swapped whole: thread-safe reads).
-        self._last_score: tuple[History, tuple[int, int], np.ndarray] | None = None
 
     def fit(self, history: History) -> Self:
         cfg = self.config
@@ -380,26 +377,6 @@ class TopPicksRanker:
 
     def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
         return self.propose_block([request], history)[0]
-
-    def scores(self, user: int, history: History, at_us: int | None = None) -> np.ndarray:
-        """The learned score of every title for `user` at `at_us` (default: the History's
-        cut-off), float32, finite: the member's candidates their model score, every other title
-        one below the lowest of them. Feeds the page model's ut_pvr_* features when
-        `[page] pvr_feature_ranker` names this ranker."""
-        check_fitted(self, "generators_")
-        at = history.cutoff_us if at_us is None else at_us
-        last = self._last_score
-        if last is not None and last[0] is history and last[1] == (user, at):
-            return last[2]
-        cand, X = candidates_and_features(self.generators_, history, user, at, self.config)
-        s = self.forest_.raw(X) if self.forest_ is not None else -X[:, 1]
-        s = np.where(np.isfinite(s), s, np.nan)
-        floor = float(np.nanmin(s)) - 1.0 if np.isfinite(s).any() else 0.0
-        out = np.full(history.n_titles, floor, dtype=np.float32)
-        out[cand] = np.where(np.isnan(s), floor, s)
-        out.flags.writeable = False
-        self._last_score = (history, (user, at), out)
-        return out
 
     def propose_block(
         self, requests: Sequence[RequestContext], history: History

@@ -88,9 +88,6 @@ class PageModelConfig(BaseModel):
     # window_holdout_plays (engine.training.train.held_out_window).
     rebuilt_windows: Literal["time", "members"] = "members"
     window_holdout_plays: int = Field(5, ge=1)
-    # The ranker instance whose per-title scores (`scores(user, history, at_us)`) are the
-    # ut_pvr_* features of both models; None: the first ranker of type "pvr".
-    pvr_feature_ranker: str | None = None
     # --- models (latency scales with trees x depth; measured in bench/bench_page_speed.py)
     title_trees: int = Field(100, ge=1)
     title_leaves: int = Field(31, ge=2)

@@ -230,7 +230,7 @@ class _Replayer:
         self.history = history
         self.rankers = rankers
         self.store = store
-        self.pvr = PvrSource.of(rankers, page_cfg.pvr_feature_ranker)
+        self.pvr = PvrSource.of(rankers)
         self.failures = 0
         # One member's rows are rebuilt once per window and reused by their later pages: the
         # rankers see the same History all window long, only decays move with the request time.

@@ -10,8 +10,6 @@ import pytest
 from test_ranker_contract import CUTOFF, make_dataset
 
 from engine.data.history import History, drop_last_plays, truncate_history
-from engine.errors import ConfigError
-from engine.pipeline import PvrSource
 from engine.request.context import RequestContext
 from rankers._common import PlayTimes
 from rankers.top_picks import (
@@ -141,24 +139,6 @@ def test_genre_rows_are_the_learned_order_within_the_member_s_genres(history: Hi
     assert np.all(np.diff(genre[0].scores) <= 0)
     in_genre = [t for t in main.titles.tolist() if history.title_genres[t, g]]
     assert genre[0].titles[: len(in_genre)].tolist() == in_genre
-
-
-def test_scores_give_the_row_s_order_and_feed_the_page_model_when_named(history: History) -> None:
-    cfg = TopPicksConfig(windows=1, holdout=3, trees=20, row_length=8, candidates=20)
-    ranker = TopPicksRanker("top_picks", cfg).fit(history)
-    u = 5
-    ctx = RequestContext(str(history.user_ids[u]), "tv", CUTOFF + timedelta(hours=1), None)
-    (row,) = ranker.propose(ctx, history)
-    s = ranker.scores(u, history, ctx.at_us)
-    assert s.shape == (history.n_titles,) and np.isfinite(s).all()
-    assert np.array_equal(s[row.titles], row.scores)
-    # every title outside the member's candidates sits below all of them
-    others = np.setdiff1d(np.arange(history.n_titles), row.titles)
-    assert s[others].max() <= row.scores.min()
-    rankers = {"pvr": object(), "top_picks": ranker}
-    assert PvrSource.of(rankers, "top_picks").ranker is ranker  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="pvr_feature_ranker 'pvr'"):
-        PvrSource.of(rankers, "pvr")  # type: ignore[arg-type]
 
 
 def test_a_block_of_requests_gets_each_request_s_own_rows(history: History) -> None:
