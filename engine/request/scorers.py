@@ -98,9 +98,6 @@ class PageModelConfig(BaseModel):
     # (rs_top, rs_mean_visible, rs_play_est): a prior that keeps a small, noisy row data set
     # from learning that better titles make a worse row.
     row_monotone: bool = True
-    # A training row's label: its best title's label ("best"), or the sum over its visible
-    # titles ("plays"), which tells a row holding three of the member's next plays from one.
-    row_label: Literal["best", "plays"] = "best"
     learning_rate: float = Field(0.08, gt=0)
     min_data_in_leaf: int = Field(40, ge=1)
     feature_fraction: float = Field(0.9, gt=0, le=1)

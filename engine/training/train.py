@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import orjson
@@ -124,15 +124,10 @@ class WindowData:
         return RankData(self.title_x, self.label, self.row_size, pos)
 
     def row_data(
-        self,
-        title_scores: np.ndarray,
-        ranker_order_kinds: Sequence[str] = (),
-        label: Literal["best", "plays"] = "best",
+        self, title_scores: np.ndarray, ranker_order_kinds: Sequence[str] = ()
     ) -> RankData:
         """Row-model examples given the title model's scores of this window's pairs; rows of
-        `ranker_order_kinds` show their titles in the ranker's order (the title-order guard).
-        A row's label is its best title's (`label` "best") or the sum of its visible titles'
-        ("plays", at most 30: LightGBM's default label gains stop at 31)."""
+        `ranker_order_kinds` show their titles in the ranker's order (the title-order guard)."""
         starts = np.cumsum(self.row_size) - self.row_size
         if self.logged:  # the row shows what the log says it showed, in that order
             vis = np.arange(len(self.label), dtype=np.int64)
@@ -158,11 +153,7 @@ class WindowData:
         )
         X[:, PLACEMENT_SLICE] = self.placement
         y = np.zeros(len(self.row_size), dtype=np.int8)
-        if label == "plays":
-            np.add.at(y, owner, np.minimum(self.label[vis], 30))
-            np.minimum(y, 30, out=y)
-        else:
-            np.maximum.at(y, owner, self.label[vis])
+        np.maximum.at(y, owner, self.label[vis])
         return RankData(X, y, self.page_size, self.row_position)
 
 
@@ -960,12 +951,9 @@ def fit_page_model(
     metrics["title"]["ranker_order_kinds"] = list(keep)
     # --- row model: in-sample title scores for training windows, out-of-sample for validation
     r_train = concat(
-        [
-            w.row_data(_predict_title(title_a, page_cfg, w.title_x), keep, page_cfg.row_label)
-            for w in train_w
-        ]
+        [w.row_data(_predict_title(title_a, page_cfg, w.title_x), keep) for w in train_w]
     )
-    rv = valid_w.row_data(s_valid, keep, page_cfg.row_label)
+    rv = valid_w.row_data(s_valid, keep)
     row_a, m_r = fit_ranker("row", page_cfg, r_train, rv)
     steps.update()
     template = template_row_scores(valid_w, s_valid, page_cfg.row_template)
@@ -993,10 +981,7 @@ def fit_page_model(
     )
     steps.update()
     r_all = concat(
-        [
-            w.row_data(_predict_title(title_f, page_cfg, w.title_x), keep, page_cfg.row_label)
-            for w in windows
-        ]
+        [w.row_data(_predict_title(title_f, page_cfg, w.title_x), keep) for w in windows]
     )
     row_f, _ = fit_ranker("row", page_cfg, r_all, rounds=r_rounds)
     steps.update()
