@@ -1,9 +1,13 @@
 """Timings of the data layer: MovieLens import, `rowrank validate`, and validation at scale.
 
     .venv/bin/python bench/bench_data.py [--repeats 5] [--plays 1000000]
+    .venv/bin/python bench/bench_data.py --dataset DIR
 
-Prints medians (the machine is shared and noisy). The MovieLens part runs when ml-latest-small is
-found ($ROWRANK_MOVIELENS_DIR or ../shared/data/ml-latest-small beside the checkout).
+Prints medians (the machine is shared and noisy). With --dataset, only that dataset directory
+(e.g. a `rowrank simulate` world) is read and validated once, with each step's time and the
+process's peak memory after it (Linux: resident set high-water mark). The MovieLens part runs
+when ml-latest-small is found ($ROWRANK_MOVIELENS_DIR or ../shared/data/ml-latest-small beside
+the checkout).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -23,7 +28,7 @@ import polars as pl
 
 from engine.data.columns import Col
 from engine.data.movielens import import_movielens
-from engine.data.validate import validate_dataset, validate_directory
+from engine.data.validate import read_tables, validate_dataset, validate_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,12 +42,35 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: kB
+
+
+def validate_at_scale(directory: Path) -> None:
+    t0 = time.perf_counter()
+    ds, problems = read_tables(directory)
+    t1 = time.perf_counter()
+    read_peak = peak_gb()
+    problems += validate_dataset(ds)
+    t2 = time.perf_counter()
+    n_imp = 0 if ds.impressions is None else ds.impressions.height
+    print(
+        f"{directory}: {ds.plays.height:,} plays, {n_imp:,} impressions; "
+        f"read {t1 - t0:.1f} s (peak {read_peak:.2f} GB), "
+        f"validate {t2 - t1:.1f} s (peak {peak_gb():.2f} GB); {len(problems)} problem(s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--plays", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", type=Path, help="only read and validate this directory")
     args = parser.parse_args()
+    if args.dataset is not None:
+        validate_at_scale(args.dataset)
+        return
 
     src = Path(os.environ.get("ROWRANK_MOVIELENS_DIR", ROOT.parent / "shared/data/ml-latest-small"))
     if (src / "ratings.csv").is_file():

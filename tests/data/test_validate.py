@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import orjson
 import polars as pl
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from engine.data.columns import IMPRESSIONS, PLAYS, SCHEMA, TITLES, USERS, Col
 from engine.data.dataset import MANIFEST, Dataset, load_dataset, save_dataset
 from engine.data.validate import (
+    _duplicated_slots,
     conform_dataset,
     read_tables,
     summarize,
@@ -343,6 +345,7 @@ def test_play_before_its_title_or_user_existed(
     assert len(plays_problem) == 1, problems
     assert f"column ts: must not be earlier than {rule}" in plays_problem[0]
     assert "row 0 (" in plays_problem[0]
+    assert f"ts={play[Col.TS].isoformat()}" in plays_problem[0]  # row 0's own values
 
 
 def test_impression_slot_holds_one_title(ds: Dataset) -> None:
@@ -352,6 +355,27 @@ def test_impression_slot_holds_one_title(ds: Dataset) -> None:
         "impressions.parquet: column position: each (page_id, row_index, position) slot",
     )
     assert "2 rows break it, e.g. row 0 (" in message
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_duplicated_slots_equal_the_exact_comparison(seed: int) -> None:
+    """The hashed pre-filter finds exactly the rows an exact comparison of the slots finds,
+    nulls included, on frames where most slots collide."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    frame = pl.DataFrame(
+        {
+            Col.PAGE_ID: [None if x == 0 else f"p{x}" for x in rng.integers(0, 6, n)],
+            Col.ROW_INDEX: rng.integers(0, 4, n),
+            Col.POSITION: rng.integers(0, 8, n),
+        }
+    )
+    slot = [Col.PAGE_ID, Col.ROW_INDEX, Col.POSITION]
+    want = frame.select(pl.struct(slot).is_duplicated()).to_series()
+    got = _duplicated_slots(frame, slot)
+    assert 0 < int(want.sum()) < n and got.to_list() == want.to_list()
+    unique = frame.unique(slot, keep="first", maintain_order=True)
+    assert not _duplicated_slots(unique, slot).any()
 
 
 @pytest.mark.parametrize(
