@@ -8,8 +8,13 @@ training data; the test split is never read), three pages of the same engine:
   greedy     row after row, the candidate row (after the business filters, in its ranker's
              order, dedupe applied) with the most discounted hits at that row position.
 Both oracles read the held-out plays, so they are ceilings, not rankers: how far a better row
-model could take the page with the rows it has. Then, for each row of the served page, the kinds
-of row found there and the mean N2DCG share they earned.
+model could take the page with the rows it has. Beside them, one order that reads nothing after
+the request:
+  top_picks  the served rows below the pinned first one, reordered by how many of the titles
+             Top Picks' learned model ranks highest for the member (its first --top titles) each
+             row shows: a test of that model's scores as a row signal.
+Then, for each row of the served page, the kinds of row found there and the mean N2DCG share
+they earned.
 
     PYTHONPATH=. .venv/bin/python bench/bench_row_order_ceiling.py [--overlay FILE] [--work W]
 """
@@ -20,6 +25,7 @@ import argparse
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +34,7 @@ from engine.evaluation.metrics import discounts_2d, n2dcg, n2dcg_by_row, page_gr
 from engine.evaluation.realdata import make_realdata_split
 from engine.evaluation.realdata_run import config, imported, trained
 from engine.pipeline import propose_rows
+from rankers.top_picks import candidates_and_features
 
 ML_LATEST_SMALL = "/work/shared/data/ml-latest-small"
 
@@ -54,11 +61,20 @@ def greedy_rows(
     return page
 
 
+def learned_top(eng: Any, user: int, at_us: int, k: int) -> np.ndarray:
+    """The member's first `k` titles by Top Picks' learned model at `at_us` (its candidates)."""
+    r = eng.rankers["top_picks"]
+    cand, X = candidates_and_features(r.generators_, eng.history, user, at_us, r.config)
+    s = r.forest_.raw(X) if r.forest_ is not None else -X[:, 1]
+    return cand[np.argsort(-s, kind="stable")[:k]]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=ML_LATEST_SMALL, help="a MovieLens release")
     p.add_argument("--work", default="bench/results/realdata", help="as bench_realdata.py's")
     p.add_argument("--overlay", help="TOML layered over the built-in engine config")
+    p.add_argument("--top", type=int, default=100, help="Top Picks titles a row is matched with")
     args = p.parse_args(argv)
     args.tune_budget, args.seed, args.retrain = 0, 0, False
     work = Path(args.work)
@@ -68,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     h, layout = eng.history, eng.layout("web")
     disc = discounts_2d(layout.rows, layout.titles_per_row)
     index = {t: i for i, t in enumerate(h.title_ids.tolist())}
-    got: dict[str, list[float]] = {"page": [], "reordered": [], "greedy": []}
+    got: dict[str, list[float]] = {"page": [], "reordered": [], "greedy": [], "top_picks": []}
     kinds: dict[int, Counter[str]] = defaultdict(Counter)
     share: dict[tuple[int, str], list[float]] = defaultdict(list)
     for i, (u, at) in enumerate(zip(split.users.tolist(), split.at, strict=True)):
@@ -78,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         shown = [np.array([index[x.title_id] for x in r.items], dtype=np.int64) for r in page.rows]
         hits = [float(np.isin(s, truth) @ disc[0, : len(s)]) for s in shown]
         order = np.argsort(-np.array(hits), kind="stable")
+        liked = learned_top(eng, int(u), ctx.at_us, args.top)
+        matches = [float(np.isin(s, liked).sum()) for s in shown[1:]]
+        by_tp = [0, *(1 + np.argsort(-np.array(matches), kind="stable"))]
         rows, _ = eng.filter(propose_rows(eng.rankers, ctx, h).rows, ctx)
         pool = [r.titles.astype(np.int64) for r in rows]
         by_row = n2dcg_by_row(page_grid(shown), truth, layout)
@@ -86,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             share[(at_row, r.kind)].append(float(by_row[at_row]))
         got["page"].append(float(by_row.sum()))
         got["reordered"].append(n2dcg(page_grid([shown[j] for j in order]), truth, layout))
+        got["top_picks"].append(n2dcg(page_grid([shown[j] for j in by_tp]), truth, layout))
         got["greedy"].append(
             n2dcg(page_grid(greedy_rows(pool, truth, disc, layout.titles_per_row)), truth, layout)
         )
