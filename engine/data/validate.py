@@ -358,15 +358,15 @@ def _lookup(
         return frame
     table = other.select(key, pl.col(value).alias(alias)).unique(key, keep="first")
     # Only the key column is joined and the result set beside the frame's own columns (no copy):
-    # joining and re-sorting the whole frame held three copies of 18M impressions (3 GB).
+    # joining and re-sorting the whole frame held three copies of it at once.
     looked_up = frame.select(key).join(table, on=key, how="left", maintain_order="left")
     return frame.with_columns(looked_up[alias])
 
 
 def _duplicated_slots(frame: pl.DataFrame, slot: Sequence[str]) -> pl.Series:
     """Rows whose `slot` columns another row shares. A 64-bit hash of each row's slot finds the
-    candidates in one pass over fixed-width values; the exact comparison runs on those alone
-    (a struct of 18M string keys peaked 3 GB above the table)."""
+    candidates in one pass over fixed-width values; the exact comparison, which copies every
+    row's string key, runs on those alone."""
     h = pl.lit(0, dtype=pl.UInt64)
     for seed, name in enumerate(slot):
         h = h ^ pl.col(name).hash(seed)
