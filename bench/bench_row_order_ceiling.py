@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.data.dataset import load_dataset
 from engine.evaluation.metrics import discounts_2d, n2dcg, n2dcg_by_row, page_grid
-from engine.evaluation.realdata import make_realdata_split
+from engine.evaluation.realdata import make_realdata_split, top_picks_ranker
 from engine.evaluation.realdata_run import config, imported, trained
 from engine.pipeline import propose_rows
 from rankers.top_picks import candidates_and_features
@@ -63,7 +63,9 @@ def greedy_rows(
 
 def learned_top(eng: Any, user: int, at_us: int, k: int) -> np.ndarray:
     """The member's first `k` titles by Top Picks' learned model at `at_us` (its candidates)."""
-    r = eng.rankers["top_picks"]
+    r: Any = eng.rankers.get(top_picks_ranker(eng) or "")
+    if getattr(r, "type_name", "") != "top_picks":
+        raise SystemExit("the config has no ranker of type top_picks: nothing to order rows by")
     cand, X = candidates_and_features(r.generators_, eng.history, user, at_us, r.config)
     s = r.forest_.raw(X) if r.forest_ is not None else -X[:, 1]
     return cand[np.argsort(-s, kind="stable")[:k]]
