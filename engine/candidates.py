@@ -64,13 +64,30 @@ class CandidateRow:
         )
 
 
+@dataclass(frozen=True)
+class LivePlays:
+    """Members' live plays after a snapshot's cut-off that arrived since the last refresh of
+    title-level counts kept nearline (engine.pipeline.Engine.refresh_nearline): snapshot title
+    indices, the member's country in the snapshot ("" for a member new to it) and the time of
+    each play. `as_of_us` is the newest play's time."""
+
+    title: np.ndarray  # int32
+    country: np.ndarray  # str
+    ts_us: np.ndarray  # int64, every one <= as_of_us
+    as_of_us: int
+
+
 @runtime_checkable
 class Ranker(Protocol):
     """A pluggable source of candidate rows. Construct with `(name, config)`; fit before use.
 
     Optional: a class attribute `uses_device = False` says the rows never depend on the
     request's device, so the engine may reuse them for the same member, time and country on
-    another device (engine.pipeline.LastProposals); without it they are computed every time."""
+    another device (engine.pipeline.LastProposals); without it they are computed every time.
+    A method `nearline(plays: LivePlays | None) -> None` says the ranker keeps title-level
+    counts that live plays should move between trainings (Trending); the engine calls it every
+    `[serving] nearline_seconds` with the plays new since its last call, and with None (back to
+    the snapshot's counts alone) when the live layer is replaced."""
 
     type_name: ClassVar[str]  # the `type` key in the engine config, e.g. "trending"
     Config: ClassVar[type[RankerConfig]]

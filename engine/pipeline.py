@@ -42,6 +42,8 @@ Failure policy (docs/page_model.md):
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -52,7 +54,7 @@ import numba
 import numpy as np
 import orjson
 
-from engine.candidates import CandidateRow, Ranker
+from engine.candidates import CandidateRow, LivePlays, Ranker
 from engine.config import EngineConfig, build_rankers, parse_config
 from engine.data.history import FINISHED_PROGRESS, US_PER_DAY, History
 from engine.errors import (
@@ -664,6 +666,10 @@ class LiveLayer(Protocol):
 
     def features_for(self, store: FeatureStore, history: History) -> FeatureStore: ...
 
+    def plays_since(
+        self, position: int, snapshot: History, until_us: int
+    ) -> tuple[LivePlays, int]: ...
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -707,8 +713,8 @@ class Engine:
         self.model = model
         self.model_version = model_version
         self.last_proposals = LastProposals()
-        # Live member state over the snapshot (engine.events); None: the snapshot alone.
-        self.live: LiveLayer | None = None
+        self._nearline_lock = threading.Lock()
+        self.live = None
         a = config.assembly
         self.rules = AssemblyRules(
             pinned=tuple(a.pinned), max_rows_per_kind=dict(a.max_rows_per_kind), dedupe=a.dedupe
@@ -832,6 +838,57 @@ class Engine:
             return self.history
         return self.live.history_for(self.history, ctx.user_id)
 
+    @property
+    def live(self) -> LiveLayer | None:
+        """Live member state over the snapshot (engine.events); None: the snapshot alone."""
+        return self._live
+
+    @live.setter
+    def live(self, layer: LiveLayer | None) -> None:
+        self._live = layer
+        with self._nearline_lock:
+            self._nearline_due = 0.0  # time.monotonic() of the next refresh
+            self._nearline_position = 0  # the live layer's plays taken so far
+            for r in self._nearline_takers():
+                r.nearline(None)  # back to the snapshot's counts
+            self.last_proposals = LastProposals()
+
+    def _nearline_takers(self) -> list[Any]:
+        return [r for r in self.rankers.values() if hasattr(r, "nearline")]
+
+    def refresh_nearline(self, until_us: int | None = None) -> int:
+        """Give the rankers that keep title-level counts (a `nearline` method: Trending) the
+        live plays since the last refresh (a play stamped after `until_us`, default now, counts
+        as at it). Called before pages at most every `[serving] nearline_seconds`; returns how
+        many plays the rankers took. Their counts are then as of the newest play: a request for
+        an earlier time reads the snapshot's counts, so nothing after a request's time reaches
+        it."""
+        takers = self._nearline_takers()
+        if self.live is None or not takers:
+            return 0
+        until = until_us if until_us is not None else time.time_ns() // 1000
+        plays, self._nearline_position = self.live.plays_since(
+            self._nearline_position, self.history, until
+        )
+        if len(plays.title):
+            for r in takers:
+                r.nearline(plays)
+            # The rows of the last request were proposed from the old counts.
+            self.last_proposals = LastProposals()
+        return len(plays.title)
+
+    def _refresh_nearline_when_due(self) -> None:
+        every = self.config.serving.nearline_seconds
+        if self.live is None or every <= 0 or time.monotonic() < self._nearline_due:
+            return
+        if not self._nearline_lock.acquire(blocking=False):
+            return  # another thread is refreshing; its counts will do
+        try:
+            self.refresh_nearline()
+            self._nearline_due = time.monotonic() + every
+        finally:
+            self._nearline_lock.release()
+
     def _page(self, ctx: RequestContext) -> Page:
         return next(self._pages([ctx]))
 
@@ -839,6 +896,7 @@ class Engine:
         """The block's pages in order, in runs of consecutive requests that read the same
         History (`member_history`, the one place a request's plays come from: the snapshot for
         most, a member's own History when live plays extend it)."""
+        self._refresh_nearline_when_due()
         histories = [self.member_history(c) for c in ctxs]
         start = 0
         while start < len(ctxs):

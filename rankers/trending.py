@@ -9,7 +9,12 @@ touch multiplies each title by (1 + personalization x the member's share of play
 
 Two instances with different half-lives (e.g. 24 h and 7 d) are normal. Scores are decayed on
 to the request time, so they shrink as the model ages: the same order, but a page model sees a
-stale trend as a weaker one. Nothing at or after the cut-off is ever read.
+stale trend as a weaker one. Nothing at or after the cut-off is read from the History.
+
+Served with live events, the counts also take the members' plays after the cut-off (`nearline`,
+called by the engine every `[serving] nearline_seconds` with the plays since its last call):
+the snapshot's counts and the live plays, decayed to the newest live play. A request for a
+time before that play reads the snapshot's counts.
 
 A request for a time before the cut-off (a benchmark replaying the past, a member-by-member
 evaluation) gets the trend as of that time: the plays before it, decayed to it, and the member's
@@ -24,7 +29,7 @@ from typing import Any, Self
 import numpy as np
 from pydantic import Field
 
-from engine.candidates import CandidateRow, RankerConfig
+from engine.candidates import CandidateRow, LivePlays, RankerConfig
 from engine.data.history import History
 from engine.errors import ModelLoadError
 from engine.request.context import RequestContext
@@ -88,9 +93,48 @@ class TrendingRanker:
         self.country_counts_ = per_country.reshape(len(countries), n_t)
         self.global_counts_ = self.country_counts_.sum(axis=0)
         self.history_ = history_fingerprint(history)
-        self._prepare()
-        self._index_plays(history)
+        self._prepare(history)
         return self
+
+    def _prepare(self, history: History) -> None:
+        self.cutoff_us_ = history.cutoff_us
+        self.short_lists_ = self._short_lists(self.global_counts_, self.country_counts_)
+        # (as of, short lists) with the live plays (`nearline`); None until it is called.
+        self.nearline_: tuple[int, dict[str, tuple[np.ndarray, np.ndarray, float]]] | None = None
+        # the live plays' own counts: (as of, per country, of members new to the snapshot)
+        self._live: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._index_plays(history)
+
+    def nearline(self, plays: LivePlays | None) -> None:
+        """Add the live plays new since the last call to the counts, everything decayed to the
+        newest live play so far (None: back to the snapshot's counts alone)."""
+        check_fitted(self, "global_counts_")
+        if plays is None:
+            self.nearline_ = None
+            self._live = None
+            return
+        half_life_us = self.config.half_life_hours * _US_PER_HOUR
+        n_c, n_t = self.country_counts_.shape
+        if self._live is None:
+            self._live = (self.cutoff_us_, np.zeros((n_c, n_t)), np.zeros(n_t))
+        before_us, per_country, elsewhere = self._live
+        as_of = max(plays.as_of_us, before_us)
+        older = np.exp2(-(as_of - before_us) / half_life_us)
+        pos = np.minimum(np.searchsorted(self.countries_, plays.country), max(n_c - 1, 0))
+        known = self.countries_[pos] == plays.country if n_c else np.zeros(len(pos), bool)
+        w = np.exp2(-(as_of - plays.ts_us) / half_life_us)
+        flat = pos[known].astype(np.int64) * n_t + plays.title[known]
+        per_country = per_country * older + np.bincount(
+            flat, weights=w[known], minlength=n_c * n_t
+        ).reshape(n_c, n_t)
+        # plays of members new to the snapshot count in the world's trend only
+        elsewhere = elsewhere * older + np.bincount(
+            plays.title[~known], weights=w[~known], minlength=n_t
+        )
+        self._live = (as_of, per_country, elsewhere)
+        snapshot = self.country_counts_ * np.exp2(-(as_of - self.cutoff_us_) / half_life_us)
+        counts = snapshot + per_country
+        self.nearline_ = (as_of, self._short_lists(counts.sum(axis=0) + elsewhere, counts))
 
     def _index_plays(self, history: History) -> None:
         """Plays in time order with their country's code, for trends as of a past time."""
@@ -124,16 +168,21 @@ class TrendingRanker:
         c = self.config
         user = history.user_index(request.user_id)
         country = request.country or (str(history.user_country[user]) if user >= 0 else "")
+        counted_us = history.cutoff_us
         if request.at_us < history.cutoff_us:
             short, base, trust = self._short_list_at(country, request.at_us, history.n_titles)
         else:
-            short, base, trust = self.short_lists_.get(country) or self.short_lists_[""]
+            lists = self.short_lists_
+            live = self.nearline_  # read once: a refresh on another thread replaces it whole
+            if live is not None and request.at_us >= live[0]:
+                counted_us, lists = live
+            short, base, trust = lists.get(country) or lists[""]
         if len(short) == 0:
             return []
         affinity = _genre_affinity(history, user, short, request.at_us)
         score = base * (1.0 + c.personalization * affinity)
         order = top_k(score, c.max_titles)
-        hours = max(request.at_us - history.cutoff_us, 0) / _US_PER_HOUR
+        hours = max(request.at_us - counted_us, 0) / _US_PER_HOUR
         scores = score[order] * np.exp2(-hours / c.half_life_hours)
         evidence = {"country": country, "country_trust": round(trust, 3), "age_hours": hours}
         return [
@@ -147,23 +196,26 @@ class TrendingRanker:
             )
         ]
 
-    def _prepare(self) -> None:
+    def _short_lists(
+        self, glob: np.ndarray, per_country: np.ndarray
+    ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
         """Per country (and "" = the world), the titles that can make the row, precomputed.
 
         Personalization multiplies a score by at most (1 + personalization), so a title whose
         base score is below the k-th best divided by that factor can never reach the top k:
         the short list keeps exactly the others (the request then only personalizes those)."""
         c = self.config
-        self.short_lists_: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+        lists: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         for country in ["", *self.countries_.tolist()]:
-            base, trust = self._blend(country, self.global_counts_, self.country_counts_)
+            base, trust = self._blend(country, glob, per_country)
             cand = np.flatnonzero(base >= c.min_score)
             best = top_k(base, c.max_titles, cand)
             if len(best) == c.max_titles:
                 reach = base[best[-1]] / (1.0 + c.personalization)
                 cand = cand[base[cand] >= reach]
             short = top_k(base, len(cand), cand)
-            self.short_lists_[country] = (short.astype(np.int32), base[short], trust)
+            lists[country] = (short.astype(np.int32), base[short], trust)
+        return lists
 
     def _blend(
         self, country: str, glob: np.ndarray, per_country: np.ndarray
@@ -210,8 +262,7 @@ class TrendingRanker:
         self.country_counts_ = arrays["country_counts"].astype(np.float64)
         self.global_counts_ = self.country_counts_.sum(axis=0)
         self.history_ = history_fingerprint(history)
-        self._prepare()
-        self._index_plays(history)
+        self._prepare(history)
         return self
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.candidates import LivePlays
 from engine.data.history import History
 from engine.events.log import LogMoved, open_log
 from engine.events.member_features import member_store
@@ -37,6 +38,10 @@ from engine.request.features import FeatureStore
 
 # A day of even a heavy member's plays: the window between two trainings, with room to spare.
 MAX_EVENTS_PER_MEMBER = 256
+# The newest plays kept for the title counts kept nearline (`plays_since`): 200 s at 5,000 events/s,
+# three refreshes of the default 60 s. A reference each (most are in a member's kept events too),
+# about 600 bytes for one that is not. A reader further behind misses the oldest in its counts.
+MAX_JOURNAL = 1_000_000
 # Member-local Histories kept built, so the several asks of one page (and the pages of one
 # member on several devices) share one History and the rankers' caches keyed by it.
 MEMBER_HISTORY_CACHE = 256
@@ -112,6 +117,11 @@ class LiveState:
         self.members: dict[str, MemberEvents] = {}
         self.offset = 0
         self.applied = 0  # events applied since start (replay included)
+        # Every play applied and on disk (written here, or read from the log), in the order
+        # applied: what title-level counts consume (`plays_since`). Entry k is play number
+        # journal_start + k.
+        self.journal: list[PlayEvent] = []
+        self.journal_start = 0
         self._lock = threading.Lock()
         self._group = threading.Condition()
         self._queue: list[_Ticket] = []
@@ -141,8 +151,18 @@ class LiveState:
         self.offset = max(self.offset, end)
         n = 0
         for r in records:
-            n += self._apply(PlayEvent.from_record(r))
+            ev = PlayEvent.from_record(r)
+            if self._apply(ev):
+                self._journal([ev])
+                n += 1
         return n
+
+    def _journal(self, events: list[PlayEvent]) -> None:
+        self.journal += events
+        if len(self.journal) > 2 * MAX_JOURNAL:  # trimmed in steps: amortized O(1) a play
+            cut = len(self.journal) - MAX_JOURNAL
+            del self.journal[:cut]
+            self.journal_start += cut
 
     def _apply(self, ev: PlayEvent, evicted: list[PlayEvent] | None = None) -> bool:
         """Keep `ev`; the event it pushed out of a full member goes to `evicted` (for _undo)."""
@@ -224,6 +244,7 @@ class LiveState:
                 raise
             with self._lock:
                 self.offset = max(self.offset, new_end)
+                self._journal(fresh)  # on disk now: a taken-back play never gets here
         return True
 
     def _undo(self, events: list[PlayEvent], evicted: list[PlayEvent]) -> None:
@@ -279,6 +300,27 @@ class LiveState:
             while len(self._stores) > MEMBER_HISTORY_CACHE:
                 self._stores.popitem(last=False)
         return built
+
+    def plays_since(self, position: int, snapshot: History, until_us: int) -> tuple[LivePlays, int]:
+        """The plays applied since journal position `position` (0: since the start) at or
+        after `snapshot`'s cut-off, of titles it knows, for title counts kept nearline
+        (Trending); and the position to ask from next time. A play stamped after `until_us`
+        (a client clock ahead, up to the 5 minutes allowed) counts as at `until_us`. A member's
+        country is theirs in the snapshot ("" for a member new to it: the world's counts)."""
+        self.refresh()
+        with self._lock:
+            start = max(position - self.journal_start, 0)
+            new = self.journal[start:]
+            end = self.journal_start + len(self.journal)
+        cutoff = snapshot.cutoff_us
+        new = [ev for ev in new if ev.ts_us >= cutoff]
+        title = np.array([snapshot.title_index(ev.title_id) for ev in new], dtype=np.int32)
+        user = np.array([snapshot.user_index(ev.user_id) for ev in new], dtype=np.int64)
+        ts = np.minimum(np.array([ev.ts_us for ev in new], dtype=np.int64), until_us)
+        known = title >= 0
+        title, user, ts = title[known], user[known], ts[known]
+        country = np.where(user >= 0, snapshot.user_country[np.maximum(user, 0)], "").astype(str)
+        return LivePlays(title, country, ts, int(ts.max()) if len(ts) else cutoff), end
 
     def live_plays(self) -> int:
         return int(np.sum([len(m.events) for m in self.members.values()], dtype=np.int64))
