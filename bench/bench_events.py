@@ -8,7 +8,8 @@ Builds (once, cached in --work) the default simulated world and a model, as
 bench/bench_serve_load.py does. Then, each against a fresh event log (`--state`):
 
 1. Load, side by side: wrk drives pages (a closed loop of --connections connections, members
-   and devices in turn, at 20:00 the day after the cut-off) for --duration seconds; then the
+   and devices in turn, at 20:00 the day after the cut-off; with --page-delay-ms each
+   connection pauses that long between pages, below saturation) for --duration seconds; then the
    same wrk run again while --event-clients Python threads post batches of --batch events, at
    --event-rate events/s in all (0: back to back). Reported: pages/s and page p50/p99 of both
    runs, events/s acknowledged.
@@ -312,7 +313,7 @@ def bench_load(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]
     script = work / "pages.lua"
     rng = np.random.default_rng(args.seed)
     users = [w.members[i] for i in rng.permutation(len(w.members))[:500]]
-    lua_script(script, users, w.at.isoformat().replace("+", "%2B"))
+    lua_script(script, users, w.at.isoformat().replace("+", "%2B"), args.page_delay_ms)
     server = start_server(w.model, state, free_port(), work / "server-load.log")
     rounds = []
     try:
@@ -623,6 +624,13 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--duration", type=int, default=10, help="seconds of each wrk run (<= 30)")
     ap.add_argument("--connections", type=int, default=4, help="wrk page connections")
+    ap.add_argument(
+        "--page-delay-ms",
+        type=float,
+        default=0.0,
+        help="load: each wrk connection waits this long after an answer (0: a closed loop "
+        "that saturates the cores; > 0 paces pages below saturation, as a service runs)",
+    )
     ap.add_argument("--event-clients", type=int, default=2)
     ap.add_argument("--batch", type=int, default=100, help="events per POST")
     ap.add_argument(

@@ -136,11 +136,15 @@ def pages_by_worker(metrics: str, answered: int) -> dict[int, float]:
     return out
 
 
-def lua_script(path: Path, users: list[str], at: str) -> None:
+def lua_script(path: Path, users: list[str], at: str, delay_ms: float = 0.0) -> None:
+    """wrk's requests: members and devices in turn at `at`; each connection waits `delay_ms`
+    after an answer before its next request (0: a closed loop, as fast as answers come)."""
     ids = ",".join(json.dumps(u) for u in users)
     devices = ",".join(json.dumps(d) for d in DEVICES)
+    pause = f"delay = function() return {delay_ms:g} end\n" if delay_ms > 0 else ""
     path.write_text(
-        f"""local users = {{{ids}}}
+        pause
+        + f"""local users = {{{ids}}}
 local devices = {{{devices}}}
 local i = 0
 request = function()
