@@ -181,6 +181,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         f"(default {TUNE_BUDGET_S:.0f}; 0 keeps the config's keys)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the validation members (default 0)")
+    p.add_argument(
+        "--events",
+        metavar="DIR|URL",
+        help="a play-event log (rowrank serve --state): its plays after the dataset's clock "
+        "are trained on too, and the model's cut-off moves past the newest",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -192,7 +198,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.tune_budget < 0:
         raise BadRequestError(f"--tune-budget {args.tune_budget:g}: seconds, 0 or more")
     return main_train(
-        args.data_dir, args.model_dir, args.config, args.until, args.tune_budget, args.seed
+        args.data_dir,
+        args.model_dir,
+        args.config,
+        args.until,
+        args.tune_budget,
+        args.seed,
+        args.events,
     )
 
 

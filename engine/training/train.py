@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -1160,8 +1161,12 @@ def train(
     engine_config: EngineConfig | None = None,
     tune_budget: float = 0.0,
     seed: int = 0,
+    events: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Fit everything and write `model_dir` (replaced atomically); returns the manifest.
+
+    `events` (a play-event log: a directory or a redis:// URL) adds the log's plays after the
+    dataset's clock to the data first (engine.events.export.with_events).
 
     `tune_budget` seconds (0: the config's keys as given) go to choosing ranker keys on
     validation data cut from the training data (engine.training.tune); the chosen keys are then
@@ -1171,6 +1176,18 @@ def train(
     cfg = engine_config if engine_config is not None else load_config(config)
     page_cfg = PageModelConfig.from_section(cfg.page)
     ds = load_dataset(data_dir)
+    folded = None
+    if events is not None:
+        from engine.events.export import with_events
+
+        ds, folded = with_events(ds, events)
+        if progress:
+            print(
+                f"events: {folded.plays:,} plays taken ({folded.new_members:,} new members); "
+                f"{folded.before_clock:,} up to the dataset's clock and "
+                f"{folded.unknown_titles:,} of unknown titles left out",
+                file=sys.stderr,
+            )
     cutoff = ds.clock if until is None else to_utc(until)
     if cutoff > ds.clock:
         raise ConfigError(
@@ -1238,6 +1255,7 @@ def train(
                 "dir": str(data_dir),
                 "source": ds.source,
                 "fingerprint": data_fingerprint(data_dir),
+                **({} if folded is None else {"events": {"state": str(events), **asdict(folded)}}),
             },
             "windows": window_names,
         },
@@ -1401,6 +1419,7 @@ def main_train(
     until: str | None,
     tune_budget: float = 0.0,
     seed: int = 0,
+    events: str | None = None,
 ) -> int:
     from engine.request.context import parse_time
 
@@ -1412,6 +1431,7 @@ def main_train(
         progress=sys.stderr.isatty(),
         tune_budget=tune_budget,
         seed=seed,
+        events=events,
     )
     print(summary(manifest))
     print(f"-> {model_dir}")

@@ -1,0 +1,92 @@
+"""`rowrank train --events`: the log's plays at or after the dataset's clock join the training
+data (a new member becomes a user), the cut-off moves to the newest, and the live layer over the
+new model does not count them again."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+from conftest import TinyWorld
+
+import engine
+from engine.config import EngineConfig
+from engine.data.columns import Col
+from engine.data.dataset import load_dataset
+from engine.events.export import with_events
+from engine.events.schema import PlayEvent
+from engine.events.state import LiveState
+from engine.request.filters import UNKNOWN_USER_MATURITY_MAX
+from engine.training.train import train
+
+HOUR_US = 3_600_000_000
+
+
+def _log(world: TinyWorld, state: Path) -> tuple[list[PlayEvent], int]:
+    """A log of four plays after the clock (two by a new member), one before it and one of a
+    title the dataset does not have; and the clock in microseconds."""
+    ds = load_dataset(world.path)
+    clock_us = int(ds.clock.timestamp() * 1_000_000)
+    member = ds.users[Col.USER_ID][0]
+    titles = ds.titles[Col.TITLE_ID].to_list()
+    events = [
+        PlayEvent("a", member, titles[0], clock_us + HOUR_US, "tv", 600.0, 0.3),
+        PlayEvent("b", member, titles[1], clock_us + 2 * HOUR_US, "tv", 5400.0, 1.0),
+        PlayEvent("c", "brand-new", titles[2], clock_us + 3 * HOUR_US, "mobile", 60.0, 0.1),
+        PlayEvent("d", "brand-new", titles[3], clock_us + 4 * HOUR_US, "mobile", 120.0, 0.2),
+        PlayEvent("e", member, titles[4], clock_us - HOUR_US, "tv", 600.0, 0.5),
+        PlayEvent("f", member, "no-such-title", clock_us + HOUR_US, "tv", 600.0, 0.5),
+    ]
+    live = LiveState(state)
+    try:
+        live.append(events)
+    finally:
+        live.close()
+    return events, clock_us
+
+
+def test_with_events_takes_the_plays_after_the_clock(tiny_world: TinyWorld, tmp_path: Path) -> None:
+    _log(tiny_world, tmp_path / "events")
+    ds = load_dataset(tiny_world.path)
+    folded, took = with_events(ds, tmp_path / "events")
+    assert (took.plays, took.new_members, took.before_clock, took.unknown_titles) == (4, 1, 1, 1)
+    assert folded.plays.height == ds.plays.height + 4
+    assert folded.clock == ds.clock + timedelta(hours=4)
+    new = folded.users.filter(pl.col(Col.USER_ID) == "brand-new")
+    assert new.height == 1 and new[Col.COUNTRY][0] is None
+    assert new[Col.MATURITY_MAX][0] == UNKNOWN_USER_MATURITY_MAX
+    assert new[Col.CREATED_AT][0] == ds.clock + timedelta(hours=3)
+    # the log is not taken twice: folded again into the folded data, nothing new
+    _, again = with_events(folded, tmp_path / "events")
+    assert again.plays == 0 and again.before_clock == 6
+
+
+def test_a_model_trained_with_events_holds_them_once(
+    tiny_world: TinyWorld, tiny_config: EngineConfig, tmp_path: Path
+) -> None:
+    _, clock_us = _log(tiny_world, tmp_path / "events")
+    model = tmp_path / "model"
+    manifest = train(
+        tiny_world.path,
+        model,
+        engine_config=tiny_config,
+        progress=False,
+        events=tmp_path / "events",
+    )
+    assert manifest["data"]["events"]["plays"] == 4
+    eng = engine.load(model)
+    h = eng.history
+    assert h.cutoff_us == clock_us + 4 * HOUR_US + 1  # one microsecond past the newest play
+    new = h.user_index("brand-new")
+    assert new >= 0 and len(h.play_title[h.user_plays(new)]) == 2
+    # over the new model, the same log layers nothing: every play is before its cut-off
+    live = LiveState(tmp_path / "events")
+    eng.live = live
+    try:
+        country = str(h.user_country[-1])  # a member of the dataset (ids sort before "u...")
+        ctx = eng.context("brand-new", "mobile", "2099-01-01T00:00:00Z", country=country)
+        assert eng.member_history(ctx) is h
+    finally:
+        eng.live = None
+        live.close()
