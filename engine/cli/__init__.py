@@ -187,6 +187,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="a play-event log (rowrank serve --state): its plays after the dataset's clock "
         "are trained on too, and the model's cut-off moves past the newest",
     )
+    p.add_argument(
+        "--impressions",
+        metavar="DIR",
+        help="a rowrank serve --log-impressions directory: the pages served after the "
+        "dataset's clock, labelled by the plays that followed them (with --events, the log's)",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -205,6 +211,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.tune_budget,
         args.seed,
         args.events,
+        args.impressions,
     )
 
 

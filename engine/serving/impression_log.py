@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +33,7 @@ from typing import Any, Literal
 import polars as pl
 
 from engine.data.columns import IMPRESSIONS, SCHEMA, Col
+from engine.data.dataset import Dataset
 from engine.request.layout import DEFAULT_LAYOUTS, DeviceLayout
 
 log = logging.getLogger("rowrank.impressions")
@@ -249,3 +250,37 @@ def attribute_plays(
     return impressions.with_columns(
         found["_play_ts"].is_not_null().alias(Col.PLAYED) | impressions[Col.PLAYED]
     )
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What `with_impressions` took from a log."""
+
+    impressions: int  # rows added, each labelled by the plays that followed it
+    played: int  # of them, played within the horizon
+    outside: int  # rows left out: at or before the dataset's clock (its own), after the
+    # newest play (not labelled yet), or of members or titles the dataset does not have
+
+
+def with_impressions(
+    ds: Dataset, directory: Path, since: datetime, horizon: timedelta = timedelta(hours=6)
+) -> tuple[Dataset, Taken]:
+    """`ds` with the served impressions of `directory` after `since` (the clock of the data the
+    serving model was trained on) and up to `ds.clock`, labelled by `ds`'s plays
+    (`attribute_plays`), for `rowrank train --impressions`. With `--events` the plays include
+    the event log's, so the pages served and the plays that followed become the next model's
+    training data."""
+    log = read_impressions(directory)
+    lo = pl.lit(since).dt.cast_time_unit("us")
+    hi = pl.lit(ds.clock).dt.cast_time_unit("us")
+    keep = log.filter(
+        (pl.col(Col.TS) > lo)
+        & (pl.col(Col.TS) <= hi)
+        & pl.col(Col.USER_ID).is_in(ds.users[Col.USER_ID].implode())
+        & pl.col(Col.TITLE_ID).is_in(ds.titles[Col.TITLE_ID].implode())
+    )
+    labelled = attribute_plays(keep, ds.plays, horizon)
+    old = ds.impressions
+    frame = labelled if old is None else pl.concat([old, labelled.select(old.columns)])
+    taken = Taken(labelled.height, int(labelled[Col.PLAYED].sum()), log.height - keep.height)
+    return replace(ds, impressions=frame), taken

@@ -1162,11 +1162,14 @@ def train(
     tune_budget: float = 0.0,
     seed: int = 0,
     events: str | os.PathLike[str] | None = None,
+    impressions: Path | None = None,
 ) -> dict[str, Any]:
     """Fit everything and write `model_dir` (replaced atomically); returns the manifest.
 
     `events` (a play-event log: a directory or a redis:// URL) adds the log's plays after the
-    dataset's clock to the data first (engine.events.export.with_events).
+    dataset's clock to the data first (engine.events.export.with_events); `impressions` (a
+    `rowrank serve --log-impressions` directory) the pages served after the dataset's clock,
+    labelled by the plays that followed them (engine.serving.impression_log.with_impressions).
 
     `tune_budget` seconds (0: the config's keys as given) go to choosing ranker keys on
     validation data cut from the training data (engine.training.tune); the chosen keys are then
@@ -1176,7 +1179,8 @@ def train(
     cfg = engine_config if engine_config is not None else load_config(config)
     page_cfg = PageModelConfig.from_section(cfg.page)
     ds = load_dataset(data_dir)
-    folded = None
+    data_clock = ds.clock
+    folded = taken = None
     if events is not None:
         from engine.events.export import with_events
 
@@ -1186,6 +1190,16 @@ def train(
                 f"events: {folded.plays:,} plays taken ({folded.new_members:,} new members); "
                 f"{folded.before_clock:,} up to the dataset's clock and "
                 f"{folded.unknown_titles:,} of unknown titles left out",
+                file=sys.stderr,
+            )
+    if impressions is not None:
+        from engine.serving.impression_log import with_impressions
+
+        ds, taken = with_impressions(ds, Path(impressions), since=data_clock)
+        if progress:
+            print(
+                f"impressions: {taken.impressions:,} taken ({taken.played:,} played); "
+                f"{taken.outside:,} outside the new data left out",
                 file=sys.stderr,
             )
     cutoff = ds.clock if until is None else to_utc(until)
@@ -1256,6 +1270,11 @@ def train(
                 "source": ds.source,
                 "fingerprint": data_fingerprint(data_dir),
                 **({} if folded is None else {"events": {"state": str(events), **asdict(folded)}}),
+                **(
+                    {}
+                    if taken is None
+                    else {"impressions": {"dir": str(impressions), **asdict(taken)}}
+                ),
             },
             "windows": window_names,
         },
@@ -1420,6 +1439,7 @@ def main_train(
     tune_budget: float = 0.0,
     seed: int = 0,
     events: str | None = None,
+    impressions: str | None = None,
 ) -> int:
     from engine.request.context import parse_time
 
@@ -1432,6 +1452,7 @@ def main_train(
         tune_budget=tune_budget,
         seed=seed,
         events=events,
+        impressions=Path(impressions) if impressions else None,
     )
     print(summary(manifest))
     print(f"-> {model_dir}")

@@ -1,6 +1,7 @@
-"""`rowrank train --events`: the log's plays at or after the dataset's clock join the training
-data (a new member becomes a user), the cut-off moves to the newest, and the live layer over the
-new model does not count them again."""
+"""`rowrank train --events --impressions`: the log's plays after the dataset's clock join the
+training data (a new member becomes a user), the cut-off moves to the newest, the live layer over
+the new model does not count them again, and the pages served since are labelled by the plays
+that followed them."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from conftest import TinyWorld
 
 import engine
 from engine.config import EngineConfig
-from engine.data.columns import Col
+from engine.data.columns import IMPRESSIONS, SCHEMA, Col
 from engine.data.dataset import load_dataset
 from engine.events.export import with_events
 from engine.events.schema import PlayEvent
 from engine.events.state import LiveState
 from engine.request.filters import UNKNOWN_USER_MATURITY_MAX
+from engine.serving.impression_log import PART_PREFIX, with_impressions
 from engine.training.train import train
 
 HOUR_US = 3_600_000_000
@@ -44,6 +46,54 @@ def _log(world: TinyWorld, state: Path) -> tuple[list[PlayEvent], int]:
     finally:
         live.close()
     return events, clock_us
+
+
+def _served(world: TinyWorld, directory: Path) -> None:
+    """An impression log: two titles shown to a member half an hour after the clock (they play
+    the first at +1 h in `_log`), one to a member the data does not know, one before the clock
+    and one after the newest play."""
+    ds = load_dataset(world.path)
+    member = ds.users[Col.USER_ID][0]
+    titles = ds.titles[Col.TITLE_ID].to_list()
+    half = timedelta(minutes=30)
+    rows = [
+        ("p1", member, ds.clock + half, titles[0]),
+        ("p1", member, ds.clock + half, titles[5]),
+        ("p2", "stranger", ds.clock + half, titles[0]),
+        ("p3", member, ds.clock - half, titles[0]),
+        ("p4", member, ds.clock + timedelta(hours=5), titles[0]),
+    ]
+    directory.mkdir()
+    pl.DataFrame(
+        {
+            Col.PAGE_ID: [r[0] for r in rows],
+            Col.USER_ID: [r[1] for r in rows],
+            Col.TS: [r[2] for r in rows],
+            Col.DEVICE: ["tv"] * len(rows),
+            Col.ROW_INDEX: [0] * len(rows),
+            Col.ROW_KIND: ["top_picks"] * len(rows),
+            Col.ROW_ID: ["top_picks"] * len(rows),
+            Col.POSITION: list(range(len(rows))),
+            Col.TITLE_ID: [r[3] for r in rows],
+            Col.PLAYED: [False] * len(rows),
+        },
+        schema={c.name: c.dtype for c in SCHEMA[IMPRESSIONS]},
+    ).write_parquet(directory / f"{PART_PREFIX}test.parquet")
+
+
+def test_served_impressions_are_labelled_by_the_plays_that_followed(
+    tiny_world: TinyWorld, tmp_path: Path
+) -> None:
+    _log(tiny_world, tmp_path / "events")
+    _served(tiny_world, tmp_path / "impressions")
+    ds = load_dataset(tiny_world.path)
+    folded, _ = with_events(ds, tmp_path / "events")
+    out, taken = with_impressions(folded, tmp_path / "impressions", since=ds.clock)
+    assert (taken.impressions, taken.played, taken.outside) == (2, 1, 3)
+    assert out.impressions is not None and ds.impressions is not None
+    new = out.impressions.filter(pl.col(Col.PAGE_ID) == "p1").sort(Col.POSITION)
+    assert new[Col.PLAYED].to_list() == [True, False]
+    assert out.impressions.height == ds.impressions.height + 2
 
 
 def test_with_events_takes_the_plays_after_the_clock(tiny_world: TinyWorld, tmp_path: Path) -> None:
