@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Self
 
 import lightgbm as lgb
 import numba
@@ -63,10 +63,6 @@ class TopPicksConfig(GenreRowsConfig):
     # row overlaps the rows; dedupe then leaves each continuation row the titles the rows above
     # did not show, so no title between a row's shown width and its length is lost.
     more_step: int | None = Field(default=None, ge=1)
-    # The order the continuation rows take their titles in: "learned" (the same order as the
-    # row) or "ease" (the candidates the row does not show, by their EASE score: the learned
-    # order is trained on each member's next plays, which sit near its top).
-    more_order: Literal["learned", "ease"] = "learned"
     # Genre rows of the same learned order, over the same candidates (kind "top_picks_genre"):
     # the member's genres as PVR picks them, each row that genre's best candidates.
     max_genre_rows: int = Field(default=0, ge=0)
@@ -410,27 +406,15 @@ class TopPicksRanker:
         # Without a model (too little history to learn from) the EASE order stands.
         s = self.forest_.raw(X) if self.forest_ is not None else -X[:, 1]
         ends = np.cumsum([len(c) for c in cands])
-        ease_rank = X[:, FEATURES.index("ease_rank")]
         return [
-            self._rows(user, r.at_us, cand, part, history, ranks)
-            for r, user, cand, part, ranks in zip(
-                requests,
-                users,
-                cands,
-                np.split(s, ends[:-1]),
-                np.split(ease_rank, ends[:-1]),
-                strict=True,
+            self._rows(user, r.at_us, cand, part, history)
+            for r, user, cand, part in zip(
+                requests, users, cands, np.split(s, ends[:-1]), strict=True
             )
         ]
 
     def _rows(
-        self,
-        user: int,
-        at_us: int,
-        cand: np.ndarray,
-        s: np.ndarray,
-        history: History,
-        ease_rank: np.ndarray,
+        self, user: int, at_us: int, cand: np.ndarray, s: np.ndarray, history: History
     ) -> list[CandidateRow]:
         """The member's row (and continuation and genre rows) from their candidates' model
         scores."""
@@ -440,10 +424,6 @@ class TopPicksRanker:
         n = cfg.row_length
         step = n if cfg.more_step is None else cfg.more_step
         top = head(np.where(np.isfinite(s), s, -np.inf), n + step * len(cfg.more_titles))
-        if cfg.more_order == "ease" and cfg.more_titles:
-            rest = np.setdiff1d(np.arange(len(cand)), top[:n])
-            rest = rest[np.argsort(ease_rank[rest], kind="stable")]
-            top = np.concatenate([top[:n], rest[: step * len(cfg.more_titles)]])
         evidence = {"personalized": user >= 0 and history.user_plays(user).stop > 0}
         rows = [
             make_row(
@@ -455,12 +435,8 @@ class TopPicksRanker:
                 evidence=evidence,
             )
         ]
-        # a row's scores must not increase: in the EASE order, minus the EASE rank
-        more_score = -ease_rank if cfg.more_order == "ease" else s
         for k, title in enumerate(cfg.more_titles, start=1):
             part = top[k * step : k * step + n]
-            if cfg.more_order == "ease":
-                part = part[np.argsort(ease_rank[part], kind="stable")]  # overlaps the row
             if len(part):
                 rows.append(
                     make_row(
@@ -468,7 +444,7 @@ class TopPicksRanker:
                         kind=MORE_KIND,
                         title=title,
                         titles=cand[part],
-                        scores=more_score[part],
+                        scores=s[part],
                         key=f"more{k}",
                         evidence=evidence,
                     )

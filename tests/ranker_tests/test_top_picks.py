@@ -3,7 +3,6 @@ point in time, and what it learns reaches the row."""
 
 from __future__ import annotations
 
-import itertools
 from datetime import timedelta
 
 import numpy as np
@@ -120,28 +119,6 @@ def test_a_shorter_step_overlaps_the_continuation_rows(history: History) -> None
     assert len(set(order.tolist())) == len(order) == 18
     assert np.array_equal(more1.titles[:3], first.titles[5:])
     assert np.array_equal(more2.titles[:3], more1.titles[5:])
-
-
-def test_more_order_ease_continues_with_the_rest_by_ease(history: History) -> None:
-    """`more_order = "ease"`: the row is the learned order's top; the continuation rows hold
-    the other candidates by their EASE score, best first."""
-    cfg = TopPicksConfig(windows=1, holdout=3, trees=20, row_length=8, candidates=20)
-    keys = {"more_titles": ("More Picks", "Even More"), "more_order": "ease"}
-    ranker = TopPicksRanker("top_picks", cfg.model_copy(update=keys)).fit(history)
-    learned = TopPicksRanker("top_picks", cfg).fit(history)
-    u = 5
-    ctx = RequestContext(str(history.user_ids[u]), "tv", CUTOFF + timedelta(hours=1), None)
-    first, more1, more2 = ranker.propose(ctx, history)
-    assert np.array_equal(first.titles, learned.propose(ctx, history)[0].titles)
-    cand, X = candidates_and_features(ranker.generators_, history, u, ctx.at_us, ranker.config)
-    ease = dict(zip(cand.tolist(), X[:, FEATURES.index("ease_score")].tolist(), strict=True))
-    shown = set(first.titles.tolist())
-    by_ease = cand[np.argsort(X[:, FEATURES.index("ease_rank")], kind="stable")]
-    rest = [t for t in by_ease.tolist() if t not in shown]
-    more = np.concatenate([more1.titles, more2.titles]).tolist()
-    assert more == rest[:16]
-    assert all(ease[a] >= ease[b] for a, b in itertools.pairwise(more))
-    assert np.all(np.diff(np.concatenate([more1.scores, more2.scores])) <= 0)
 
 
 def test_genre_rows_are_the_learned_order_within_the_member_s_genres(history: History) -> None:
