@@ -75,15 +75,19 @@ def event_of(k: Kept) -> PlayEvent:
 
 
 def with_event(events: Events, ev: Kept, bound: int) -> Events | None:
-    """`events` with `ev` in its place, the oldest dropped past `bound`; None when it changes
-    nothing (a repeated id, or older than a full member's oldest event)."""
-    if any(k[1] == ev[1] for k in events):
-        return None  # a retry (even with another ts: the first one stands)
+    """`events` with `ev` (not among them) in its place, the oldest dropped past `bound`; None
+    when it is older than a full member's oldest event."""
     i = bisect.bisect_left(events, ev[:2])
     if len(events) >= bound and i == 0:
         return None
     out = (*events[:i], ev, *events[i:])
     return out[1:] if len(out) > bound else out
+
+
+def id_key(ev: Kept) -> str:
+    """The key of a kept event's id: the member's and the event's ids (a string, so the dict of
+    keys stays untracked by the garbage collector, as a set or a dict of tuples would not)."""
+    return f"{ev[2]}\x00{ev[1]}"
 
 
 def without_event(events: Events, ev: Kept) -> Events:
@@ -125,6 +129,7 @@ class LiveState:
         self.log = open_log(state)
         self.bound = max_events_per_member
         self.members: dict[str, Events] = {}
+        self._ids: dict[str, int] = {}  # id_key -> ts_us of every kept event
         self.offset = 0
         self.applied = 0  # events applied since start (replay included)
         # Every play applied and on disk (written here, or read from the log), in the order
@@ -176,14 +181,20 @@ class LiveState:
 
     def _apply(self, ev: Kept, evicted: list[Kept] | None = None) -> bool:
         """Keep `ev`; the event it pushed out of a full member goes to `evicted` (for _undo)."""
+        key = id_key(ev)
+        if key in self._ids:
+            return False  # a retry (even with another ts: the first one stands)
         old = self.members.get(ev[2], ())
         new = with_event(old, ev, self.bound)
         if new is None:
             return False
         self.members[ev[2]] = new
+        self._ids[key] = ev[0]
         self.applied += 1
-        if len(old) >= self.bound and evicted is not None:
-            evicted.append(old[0])
+        if len(old) >= self.bound:  # its oldest event left
+            del self._ids[id_key(old[0])]
+            if evicted is not None:
+                evicted.append(old[0])
         return True
 
     # ----- writing ----------------------------------------------------------------------------
@@ -259,6 +270,7 @@ class LiveState:
     def _undo(self, events: list[Kept], evicted: list[Kept]) -> None:
         for ev in reversed(events):
             self.members[ev[2]] = without_event(self.members[ev[2]], ev)
+            self._ids.pop(id_key(ev), None)  # absent if a later event of the group pushed it out
             self.applied -= 1
         taken_back = {id(ev) for ev in events}
         for ev in reversed(evicted):  # what the events pushed out of full members, back in
@@ -266,6 +278,7 @@ class LiveState:
                 back = with_event(self.members[ev[2]], ev, self.bound)
                 if back is not None:
                     self.members[ev[2]] = back
+                    self._ids[id_key(ev)] = ev[0]
 
     # ----- the live layer the engine reads ----------------------------------------------------
 

@@ -86,6 +86,7 @@ def test_kept_events_leave_the_garbage_collector(tmp_path: Path) -> None:
     gc.collect()
     assert [gc.is_tracked(k) for k in live.members["u1"]] == [False] * 3
     assert not gc.is_tracked(live.members["u1"])
+    assert not gc.is_tracked(live._ids)
     assert not any(gc.is_tracked(k) for k in live.journal)
 
 
@@ -285,3 +286,10 @@ def test_a_failed_append_takes_back_what_it_pushed_out_of_a_full_member(
     with pytest.raises(EventLogError):
         live.append([_ev(4)])  # applied first (pushing e1 out), then taken back
     assert [e.event_id for e in live.events_of("u1")] == ["e1", "e2", "e3"]
+    with pytest.raises(EventLogError):
+        live.append([_ev(k) for k in range(4, 8)])  # e7 pushes out e4, of the same batch
+    assert [e.event_id for e in live.events_of("u1")] == ["e1", "e2", "e3"]
+    monkeypatch.undo()
+    # nothing of the failed batches is left behind: a retry is applied in full
+    assert live.append([_ev(k) for k in range(4, 8)]).accepted == 4
+    assert [e.event_id for e in live.events_of("u1")] == ["e5", "e6", "e7"]
