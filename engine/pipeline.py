@@ -869,8 +869,8 @@ class Engine:
 
     def _take_live_plays(self, until_us: int | None = None) -> None:
         """The live plays since the last take, converted to snapshot indices and kept until
-        the next refresh: taken before every page, a few at a time, so no page pays for a
-        minute of plays at once (300,000 plays cost about 0.17 s to convert)."""
+        the next refresh: taken before every page, a few at a time, so no page pays for
+        converting a minute of plays at once (300,000 at 5,000 events/s)."""
         if self.live is None or not self._nearline_takers():
             return
         until = until_us if until_us is not None else time.time_ns() // 1000
