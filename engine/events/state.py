@@ -50,8 +50,8 @@ MEMBER_HISTORY_CACHE = 256
 # A kept event: an exact tuple of atoms, (ts_us, event_id, user_id, title_id, device,
 # seconds_watched, progress, rating), ordered by (ts_us, event_id); a member's events: a tuple of
 # them in that order, replaced whole on every change. The cyclic garbage collector stops tracking
-# tuples of atoms, so its full collections skip the live state: with PlayEvent instances in
-# per-member lists, 150,000 live events made each one a 0.1-0.3 s pause in some page.
+# tuples of atoms, so its full collections skip the live state, which would otherwise make
+# each of them a pause as long as the live state is large (bench/bench_live_state.py).
 Kept = tuple[int, str, str, str, str, float, float, float | None]
 Events = tuple[Kept, ...]
 

@@ -79,8 +79,7 @@ def test_memory_per_member_is_bounded_to_the_newest_events(tmp_path: Path) -> No
 
 def test_kept_events_leave_the_garbage_collector(tmp_path: Path) -> None:
     """Kept events are tuples of atoms, which the cyclic collector stops tracking: its full
-    collections then do not walk a live state of hundreds of thousands of events (each one a
-    page's pause of 0.1-0.3 s at 150,000 events when they were PlayEvent instances)."""
+    collections then do not walk a live state of hundreds of thousands of events."""
     live = LiveState(tmp_path)
     live.append([_ev(i) for i in range(3)])
     gc.collect()
