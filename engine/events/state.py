@@ -9,13 +9,13 @@ read-your-writes across workers with one `fstat` a page when nothing is new. Wit
 compare-and-append (LogMoved: catch up, decide again) and the check before a page one round trip.
 
 Memory bound: per member at most `max_events_per_member` events (MAX_EVENTS_PER_MEMBER by
-default), the newest by (ts, event_id): each event with its strings, sort key and id costs about
-600 bytes (tracemalloc: 300 KB for a member at 512 events), so about 150 KB for a member at the
-default bound. Older events are dropped from memory (they stay in the log); an event older than a
-full member's oldest kept one changes nothing and is not written. Idempotence follows: a retried
-`event_id` is either kept (a no-op) or older than every kept event (a no-op). The number of
-members with live events is not bounded here: it is the members who played since the model's
-cut-off, and a newer model folds them into its snapshot.
+default), the newest by (ts, event_id): each event with its strings, id key and journal entry
+costs under 600 bytes (tests/events/test_event_log.py measures it), so under 150 KB for a member
+at the default bound. Older events are dropped from memory (they stay in the log); an event
+older than a full member's oldest kept one changes nothing and is not written. Idempotence
+follows: a retried `event_id` is either kept (a no-op) or older than every kept event (a
+no-op). The number of members with live events is not bounded here: it is the members who
+played since the model's cut-off, and a newer model folds them into its snapshot.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ line, the per-member bound, two processes' states on one log, and validation at 
 from __future__ import annotations
 
 import gc
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -87,6 +88,27 @@ def test_kept_events_leave_the_garbage_collector(tmp_path: Path) -> None:
     assert not gc.is_tracked(live.members["u1"])
     assert not gc.is_tracked(live._ids)
     assert not any(gc.is_tracked(k) for k in live.journal)
+
+
+def test_a_kept_event_costs_under_600_bytes(tmp_path: Path) -> None:
+    """The memory bound docs/events.md states: events parsed from JSON as the server parses
+    them, kept with their strings, sort key, id key and journal entry."""
+    live = LiveState(tmp_path, max_events_per_member=512)
+    raw = [
+        orjson.dumps({"e": f"evt-{k:012d}", "u": "member-000123", "t": f"t{k:05d}", "d": "tv"})
+        for k in range(512)
+    ]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k, r in enumerate(raw):
+            d = orjson.loads(r)
+            live.append([PlayEvent(d["e"], d["u"], d["t"], 1_000_000 + k, d["d"], 60.0, 0.5)])
+        per_event = (tracemalloc.get_traced_memory()[0] - before) / len(raw)
+    finally:
+        tracemalloc.stop()
+    assert len(live.events_of("member-000123")) == 512
+    assert 100 < per_event < 600, per_event
 
 
 def test_out_of_order_events_are_kept_in_time_order(tmp_path: Path) -> None:
