@@ -5,9 +5,7 @@ before the cut-off, and PVR's ALS member vector folded in from live plays."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,17 +16,6 @@ from engine.events.state import LiveState
 from engine.pipeline import Engine
 from engine.request.filters import request_masks
 from engine.request.page import Page
-
-
-@pytest.fixture
-def live(eng: Engine, tmp_path: Path) -> Iterator[LiveState]:
-    state = LiveState(tmp_path / "events")
-    eng.live = state
-    try:
-        yield state
-    finally:
-        eng.live = None
-        state.close()
 
 
 def _us(when: datetime) -> int:

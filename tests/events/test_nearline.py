@@ -4,7 +4,6 @@ when the live layer goes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,17 +18,6 @@ from engine.pipeline import Engine
 from rankers.trending import TrendingRanker
 
 HOUR_US = 3_600_000_000
-
-
-@pytest.fixture
-def live(eng: Engine, tmp_path: Path) -> Iterator[LiveState]:
-    state = LiveState(tmp_path / "events")
-    eng.live = state
-    try:
-        yield state
-    finally:
-        eng.live = None
-        state.close()
 
 
 def _trending(eng: Engine) -> TrendingRanker:
