@@ -117,9 +117,9 @@ class ServingConfig(_Section):
     # CLI's stderr, an HTTP header): rows that depend on recent plays (Continue Watching, New
     # Releases) quietly thin out as the data ages. 0 turns the warning off.
     stale_after_days: float = Field(default=7.0, ge=0)
-    # With live events (`rowrank serve --events`), title-level counts (Trending) take the
-    # members' new plays at most this often: each refresh reads every kept live play, so not on
-    # every page. 0 turns it off (Trending then moves only with the next training).
+    # With play events (`POST /v1/events`, `--state`), Trending's counts take the members' new
+    # plays at most this often: a refresh rebuilds every Trending instance's short lists, too
+    # much for every page. 0 turns it off (Trending then moves only with the next training).
     nearline_seconds: float = Field(default=60.0, ge=0)
 
 

@@ -19,7 +19,7 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +33,7 @@ import pytest
 
 from engine.cli import main as cli_main
 from engine.config import EngineConfig, load_config, parse_config
+from engine.events.state import LiveState
 from engine.pipeline import Engine
 from engine.sim.world import GroundTruth
 
@@ -122,6 +123,18 @@ def member(eng: Engine) -> str:
     """The member with the most plays (so most rankers have rows for them)."""
     counts = np.diff(eng.history.user_offsets)
     return str(eng.history.user_ids[int(np.argmax(counts))])
+
+
+@pytest.fixture
+def live(eng: Engine, tmp_path: Path) -> Iterator[LiveState]:
+    """A live state on a fresh event log, attached to the tiny model's engine for one test."""
+    state = LiveState(tmp_path / "events")
+    eng.live = state
+    try:
+        yield state
+    finally:
+        eng.live = None
+        state.close()
 
 
 @pytest.fixture(scope="session")

@@ -191,7 +191,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--impressions",
         metavar="DIR",
         help="a rowrank serve --log-impressions directory: the pages served after the "
-        "dataset's clock, labelled by the plays that followed them (with --events, the log's)",
+        "dataset's clock, labelled by the plays of --events that followed them",
     )
 
 

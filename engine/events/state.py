@@ -38,9 +38,9 @@ from engine.request.features import FeatureStore
 
 # A day of even a heavy member's plays: the window between two trainings, with room to spare.
 MAX_EVENTS_PER_MEMBER = 256
-# The newest plays kept for the title counts kept nearline (`plays_since`): 200 s at 5,000 events/s,
-# three refreshes of the default 60 s. A reference each (most are in a member's kept events too),
-# about 600 bytes for one that is not. A reader further behind misses the oldest in its counts.
+# The newest plays kept for the title counts kept nearline (`plays_since`): 200 s at 5,000
+# events/s, three refreshes of the default 60 s. A reference each (most are in a member's kept
+# events too; the event itself for one that is not). A reader further behind misses the oldest.
 MAX_JOURNAL = 1_000_000
 # Member-local Histories kept built, so the several asks of one page (and the pages of one
 # member on several devices) share one History and the rankers' caches keyed by it.

@@ -1181,6 +1181,13 @@ def train(
     ds = load_dataset(data_dir)
     data_clock = ds.clock
     folded = taken = None
+    if impressions is not None and events is None:
+        # Pages served after the dataset's clock are labelled by plays after it: only the log has
+        # them (a newer dataset export holds its own impressions already).
+        raise ConfigError(
+            "--impressions needs --events: the pages served after the dataset's clock are "
+            "labelled by the plays that followed them, which only the event log holds"
+        )
     if events is not None:
         from engine.events.export import with_events
 

@@ -9,12 +9,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
+import pytest
 from conftest import TinyWorld
 
 import engine
 from engine.config import EngineConfig
 from engine.data.columns import IMPRESSIONS, SCHEMA, Col
 from engine.data.dataset import load_dataset
+from engine.errors import ConfigError
 from engine.events.export import with_events
 from engine.events.schema import PlayEvent
 from engine.events.state import LiveState
@@ -140,3 +142,18 @@ def test_a_model_trained_with_events_holds_them_once(
     finally:
         eng.live = None
         live.close()
+
+
+def test_impressions_without_events_are_refused(
+    tiny_world: TinyWorld, tiny_config: EngineConfig, tmp_path: Path
+) -> None:
+    _served(tiny_world, tmp_path / "impressions")
+    with pytest.raises(ConfigError, match="--impressions needs --events"):
+        train(
+            tiny_world.path,
+            tmp_path / "model",
+            engine_config=tiny_config,
+            progress=False,
+            impressions=tmp_path / "impressions",
+        )
+    assert not (tmp_path / "model").exists()
