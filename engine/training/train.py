@@ -1192,23 +1192,10 @@ def train(
         from engine.events.export import with_events
 
         ds, folded = with_events(ds, events)
-        if progress:
-            print(
-                f"events: {folded.plays:,} plays taken ({folded.new_members:,} new members); "
-                f"{folded.before_clock:,} up to the dataset's clock and "
-                f"{folded.unknown_titles:,} of unknown titles left out",
-                file=sys.stderr,
-            )
     if impressions is not None:
         from engine.serving.impression_log import with_impressions
 
         ds, taken = with_impressions(ds, Path(impressions), since=data_clock)
-        if progress:
-            print(
-                f"impressions: {taken.impressions:,} taken ({taken.played:,} played); "
-                f"{taken.outside:,} outside the new data left out",
-                file=sys.stderr,
-            )
     cutoff = ds.clock if until is None else to_utc(until)
     if cutoff > ds.clock:
         raise ConfigError(
@@ -1375,7 +1362,20 @@ def summary(manifest: dict[str, Any]) -> str:
     window (the last training window, which neither model was fitted on)."""
     m = manifest["metrics"]
     t, r = m["title"], m["row"]
-    lines = [f"model {manifest['model_version']} (data up to {manifest['cutoff']})", ""]
+    lines = [f"model {manifest['model_version']} (data up to {manifest['cutoff']})"]
+    data = manifest.get("data", {})
+    if ev := data.get("events"):
+        lines.append(
+            f"event log {ev['state']}: {ev['plays']:,} plays after the dataset's clock taken "
+            f"({ev['new_members']:,} new members); {ev['before_clock']:,} up to the clock and "
+            f"{ev['unknown_titles']:,} of titles the data lacks left out"
+        )
+    if imp := data.get("impressions"):
+        lines.append(
+            f"impressions {imp['dir']}: {imp['impressions']:,} served since taken, "
+            f"{imp['played']:,} of them played; {imp['outside']:,} left out"
+        )
+    lines.append("")
     lines += tuning_lines(manifest.get("tuning") or {})
     for name, learned in manifest.get("rankers_learned", {}).items():
         if learned.get("groups"):

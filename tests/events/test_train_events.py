@@ -22,7 +22,7 @@ from engine.events.schema import PlayEvent
 from engine.events.state import LiveState
 from engine.request.filters import UNKNOWN_USER_MATURITY_MAX
 from engine.serving.impression_log import PART_PREFIX, with_impressions
-from engine.training.train import train
+from engine.training.train import summary, train
 
 HOUR_US = 3_600_000_000
 
@@ -118,6 +118,7 @@ def test_a_model_trained_with_events_holds_them_once(
     tiny_world: TinyWorld, tiny_config: EngineConfig, tmp_path: Path
 ) -> None:
     _, clock_us = _log(tiny_world, tmp_path / "events")
+    _served(tiny_world, tmp_path / "impressions")
     model = tmp_path / "model"
     manifest = train(
         tiny_world.path,
@@ -125,8 +126,13 @@ def test_a_model_trained_with_events_holds_them_once(
         engine_config=tiny_config,
         progress=False,
         events=tmp_path / "events",
+        impressions=tmp_path / "impressions",
     )
     assert manifest["data"]["events"]["plays"] == 4
+    assert manifest["data"]["impressions"]["impressions"] == 2
+    told = summary(manifest)
+    assert "4 plays after the dataset's clock taken (1 new members)" in told
+    assert "2 served since taken, 1 of them played; 3 left out" in told
     eng = engine.load(model)
     h = eng.history
     assert h.cutoff_us == clock_us + 4 * HOUR_US + 1  # one microsecond past the newest play
