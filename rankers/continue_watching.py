@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from engine.candidates import CandidateRow, RankerConfig
-from engine.data.history import FINISHED_PROGRESS, US_PER_DAY, History
+from engine.data.history import FINISHED_PROGRESS, US_PER_DAY, US_PER_HOUR, History
 from engine.errors import ModelLoadError
 from engine.request.context import RequestContext
 from rankers._common import (
@@ -42,7 +42,6 @@ from rankers._common import (
 )
 
 STATE_VERSION = 1
-_US_PER_HOUR = 3_600_000_000
 FEATURES: tuple[str, ...] = (
     "bias",
     "log_hours_since",
@@ -158,7 +157,7 @@ class ContinueWatchingRanker:
             return []
         cand = _take(cand, fresh)
         if c.model == "recency":
-            score = 1.0 / (1.0 + (at - cand.last_ts) / _US_PER_HOUR)
+            score = 1.0 / (1.0 + (at - cand.last_ts) / US_PER_HOUR)
         else:
             x = features(cand, at, np.full(len(cand.user), request.device_code, dtype=np.int8))
             score = _sigmoid(x @ self.weights_)
@@ -285,7 +284,7 @@ def candidates_as_of(
 
 def features(cand: _Candidates, t_us: int, device: np.ndarray) -> np.ndarray:
     """The model matrix (len(FEATURES) columns) for candidates seen at `t_us` on `device`."""
-    hours = np.maximum(t_us - cand.last_ts, 0) / _US_PER_HOUR
+    hours = np.maximum(t_us - cand.last_ts, 0) / US_PER_HOUR
     # Recency rank within each member (0 = the most recent), candidates grouped by member.
     order = np.lexsort((-cand.last_ts, cand.user))
     first = group_starts(cand.user[order])

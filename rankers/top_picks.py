@@ -11,7 +11,9 @@ j every member's last j*holdout plays are removed, the generators are fitted on 
 the member's next `holdout` plays are the labels, with the request at the member's last remaining
 play. Several windows give the model more groups (training data, not model size, drove the gain
 in the prototype of shared/measured.md). The served generators are then fitted on the whole
-History. Everything a request reads is "as of" its time: plays after it are not counted.
+History. Everything a request reads is "as of" its time: plays after it are not counted. Served
+with play events, live plays join the popularity and trending generators' counts by whole hours
+(`nearline`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from engine.candidates import CandidateRow, RankerConfig
-from engine.data.history import US_PER_DAY, History, drop_last_plays
+from engine.candidates import CandidateRow, LivePlays, RankerConfig
+from engine.data.history import US_PER_DAY, US_PER_HOUR, History, drop_last_plays
 from engine.errors import ModelLoadError
 from engine.request.context import RequestContext
 from engine.request.scorers import Forest
@@ -173,6 +175,20 @@ def sum_csr_rows(indptr, indices, data, rows, n_cols):
 
 
 @dataclass(frozen=True)
+class HourlyPlays:
+    """Live plays after the cut-off (served with play events), per title and whole hour since
+    the cut-off, cumulated: a request counts the hours that ended by its time, so a live play
+    reaches the popularity and trending generators within an hour of it and never before it."""
+
+    cutoff_us: int
+    cum: np.ndarray  # int64 (hours + 1, titles): row k, the plays of hours 0 .. k-1
+
+    def before(self, at_us: int) -> np.ndarray:
+        k = min(max((at_us - self.cutoff_us) // US_PER_HOUR, 0), len(self.cum) - 1)
+        return self.cum[k]
+
+
+@dataclass(frozen=True)
 class TitleSignals:
     """What the generators read of the titles at one request time, the same for every member:
     the popularity and trending scores, and the titles not yet in the catalog. Computed once
@@ -184,11 +200,21 @@ class TitleSignals:
     not_yet_added: np.ndarray  # bool per title: added after the request
 
     @classmethod
-    def at(cls, gens: Generators, history: History, at_us: int, cfg: TopPicksConfig) -> Self:
-        t = gens.times
-        plays_before = t.before(at_us)
-        short = plays_before - t.before(at_us - int(cfg.trending_short_days * US_PER_DAY))
-        long = plays_before - t.before(at_us - int(cfg.trending_long_days * US_PER_DAY))
+    def at(
+        cls,
+        gens: Generators,
+        history: History,
+        at_us: int,
+        cfg: TopPicksConfig,
+        live: HourlyPlays | None = None,
+    ) -> Self:
+        def before(t_us: int) -> np.ndarray:
+            n = gens.times.before(t_us)
+            return n if live is None else n + live.before(t_us)
+
+        plays_before = before(at_us)
+        short = plays_before - before(at_us - int(cfg.trending_short_days * US_PER_DAY))
+        long = plays_before - before(at_us - int(cfg.trending_long_days * US_PER_DAY))
         return cls(
             popular=np.log1p(plays_before).astype(np.float64),
             trending_short=np.log1p(short).astype(np.float64),
@@ -374,6 +400,29 @@ class TopPicksRanker:
         self.generators_ = gens
         self.forest_ = Forest(self.model_text_) if self.model_text_ else None
         self.history_ = history
+        # Live plays by hour (`nearline`): the counts, and their cumulated view requests read.
+        self._live_counts: np.ndarray | None = None
+        self.live_: HourlyPlays | None = None
+
+    def nearline(self, plays: LivePlays | None) -> None:
+        """The live plays new since the last call join the popularity and trending generators'
+        counts, by whole hours since the cut-off (None: back to the snapshot's). Memory: a row
+        of 8 bytes a title per hour since the cut-off, twice."""
+        check_fitted(self, "generators_")
+        if plays is None:
+            self._live_counts, self.live_ = None, None
+            return
+        n_t = self.history_.n_titles
+        cutoff = self.history_.cutoff_us
+        hour = (plays.ts_us - cutoff) // US_PER_HOUR
+        counts = self._live_counts if self._live_counts is not None else np.zeros((0, n_t), int)
+        need = int(hour.max()) + 1 if len(hour) else 0
+        if need > len(counts):
+            counts = np.vstack([counts, np.zeros((need - len(counts), n_t), dtype=counts.dtype)])
+        np.add.at(counts, (hour, plays.title), 1)
+        self._live_counts = counts
+        cum = np.vstack([np.zeros((1, n_t), dtype=counts.dtype), np.cumsum(counts, axis=0)])
+        self.live_ = HourlyPlays(cutoff, cum)  # replaced whole: a request reads old or new
 
     def propose(self, request: RequestContext, history: History) -> list[CandidateRow]:
         return self.propose_block([request], history)[0]
@@ -388,12 +437,13 @@ class TopPicksRanker:
         if not requests:
             return []
         signals: dict[int, TitleSignals] = {}
+        live = self.live_
         users, cands, xs = [], [], []
         for r in requests:
             at = signals.get(r.at_us)
             if at is None:
                 at = signals[r.at_us] = TitleSignals.at(
-                    self.generators_, history, r.at_us, self.config
+                    self.generators_, history, r.at_us, self.config, live
                 )
             user = history.user_index(r.user_id)
             cand, X = candidates_and_features(

@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import Field
 
 from engine.candidates import CandidateRow, LivePlays, RankerConfig
-from engine.data.history import History
+from engine.data.history import US_PER_HOUR, History
 from engine.errors import ModelLoadError
 from engine.request.context import RequestContext
 from rankers._common import (
@@ -43,7 +43,6 @@ from rankers._common import (
 )
 
 STATE_VERSION = 1
-_US_PER_HOUR = 3_600_000_000
 
 
 class TrendingConfig(RankerConfig):
@@ -83,7 +82,7 @@ class TrendingRanker:
 
     def fit(self, history: History) -> Self:
         c = self.config
-        age_h = (history.cutoff_us - history.play_ts).astype(np.float64) / _US_PER_HOUR
+        age_h = (history.cutoff_us - history.play_ts).astype(np.float64) / US_PER_HOUR
         weight = np.exp2(-np.maximum(age_h, 0.0) / c.half_life_hours)
         countries, code = np.unique(history.user_country[history.play_user], return_inverse=True)
         n_t = history.n_titles
@@ -113,7 +112,7 @@ class TrendingRanker:
             self.nearline_ = None
             self._live = None
             return
-        half_life_us = self.config.half_life_hours * _US_PER_HOUR
+        half_life_us = self.config.half_life_hours * US_PER_HOUR
         n_c, n_t = self.country_counts_.shape
         if self._live is None:
             self._live = (self.cutoff_us_, np.zeros((n_c, n_t)), np.zeros(n_t))
@@ -151,7 +150,7 @@ class TrendingRanker:
         """`short_lists_[country]` as of `at_us` (before the cut-off): the plays before it, each
         decayed by its age at `at_us`. Plays older than 30 half-lives weigh under 1e-9."""
         c = self.config
-        half_life_us = c.half_life_hours * _US_PER_HOUR
+        half_life_us = c.half_life_hours * US_PER_HOUR
         lo = int(np.searchsorted(self.play_ts_, at_us - int(30 * half_life_us)))
         hi = int(np.searchsorted(self.play_ts_, at_us))
         w = np.exp2(-(at_us - self.play_ts_[lo:hi]) / half_life_us)
@@ -182,7 +181,7 @@ class TrendingRanker:
         affinity = _genre_affinity(history, user, short, request.at_us)
         score = base * (1.0 + c.personalization * affinity)
         order = top_k(score, c.max_titles)
-        hours = max(request.at_us - counted_us, 0) / _US_PER_HOUR
+        hours = max(request.at_us - counted_us, 0) / US_PER_HOUR
         scores = score[order] * np.exp2(-hours / c.half_life_hours)
         evidence = {"country": country, "country_trust": round(trust, 3), "age_hours": hours}
         return [

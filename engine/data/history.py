@@ -30,6 +30,7 @@ _UNREADABLE = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, orjs
 FINISHED_PROGRESS = 0.9
 HISTORY_VERSION = 1
 US_PER_DAY = 86_400_000_000
+US_PER_HOUR = 3_600_000_000
 
 
 def to_us(ts: datetime) -> int:

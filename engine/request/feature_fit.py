@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from engine.data.columns import DEVICES, Col
-from engine.data.history import US_PER_DAY, History
+from engine.data.history import US_PER_DAY, US_PER_HOUR, History
 from engine.request.features import (
     N_DAYPARTS,
     N_GENRE_FLAGS,
@@ -31,7 +31,6 @@ from engine.request.features import (
 
 RECENT_PLAYS = 10  # "recent plays" of a member for the similarity features
 AFFINITY_HALF_LIFE_DAYS = 60.0
-_US_PER_HOUR = 3_600_000_000
 
 
 def fit_feature_store(
@@ -77,7 +76,7 @@ class _Plays:
 
     @classmethod
     def of(cls, h: History) -> _Plays:
-        play_hour = ((h.play_ts // _US_PER_HOUR) % 24).astype(np.int64)
+        play_hour = ((h.play_ts // US_PER_HOUR) % 24).astype(np.int64)
         dev = h.play_device.astype(np.int64)
         genres = h.title_genres.astype(np.float32)
         return cls(h.cutoff_us - h.play_ts, daypart(play_hour), dev, dev >= 0, genres[h.play_title])

@@ -86,9 +86,6 @@ from engine.training.model_dir import (
 from engine.training.steps import StepMeter
 from engine.training.tune import print_trial, tune, tuning_lines
 
-_US_PER_HOUR = 3_600_000_000
-
-
 # ----- what one window yields -----------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from engine.candidates import LivePlays
 from engine.events.schema import PlayEvent
 from engine.events.state import LiveState
 from engine.pipeline import Engine
+from rankers.top_picks import TitleSignals, TopPicksRanker
 from rankers.trending import TrendingRanker
 
 HOUR_US = 3_600_000_000
@@ -146,3 +147,31 @@ def test_another_worker_counts_the_plays_one_worker_took(
     finally:
         other.live = None
         state.close()
+
+
+def test_live_plays_join_top_picks_popularity_by_whole_hours(
+    eng: Engine, live: LiveState, member: str
+) -> None:
+    """Top Picks' popularity and trending generators count live plays by whole hours since the
+    cut-off: a request counts the hours that ended by its time, never a play after it."""
+    h = eng.history
+    top_picks = next(r for r in eng.rankers.values() if isinstance(r, TopPicksRanker))
+    at_us = h.cutoff_us + 3 * HOUR_US
+    title, events = _a_spike(eng, member, at_us)  # in the third hour after the cut-off
+
+    def signals(t_us: int) -> TitleSignals:
+        cfg = top_picks.config
+        return TitleSignals.at(top_picks.generators_, h, t_us, cfg, top_picks.live_)
+
+    snapshot = signals(at_us)
+    live.append(events)
+    assert eng.refresh_nearline(until_us=at_us) == len(events)
+    known = int(top_picks.generators_.times.before(at_us)[title])
+    after = signals(at_us)
+    assert after.popular[title] == pytest.approx(np.log1p(known + len(events)))
+    assert after.trending_short[title] > snapshot.trending_short[title]
+    # half way through the spike's hour: that hour has not ended, so it is not counted yet
+    mid = signals(at_us - HOUR_US // 2)
+    assert mid.popular[title] == snapshot.popular[title]
+    eng.live = None
+    assert top_picks.live_ is None
