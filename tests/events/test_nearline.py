@@ -175,3 +175,19 @@ def test_live_plays_join_top_picks_popularity_by_whole_hours(
     assert mid.popular[title] == snapshot.popular[title]
     eng.live = None
     assert top_picks.live_ is None
+
+
+def test_on_a_stale_model_the_live_plays_are_the_whole_trend(
+    eng: Engine, live: LiveState, member: str
+) -> None:
+    """30 days past the cut-off, the 24-hour trend of the snapshot has decayed to nothing
+    (2^-30): with live plays of one title, that title is the whole row."""
+    h = eng.history
+    at_us = h.cutoff_us + 30 * 24 * HOUR_US
+    title, events = _a_spike(eng, member, at_us)
+    assert len(_row(eng, member, at_us)) > 1  # without live plays: the cut-off's trend, decayed
+    live.append(events)
+    eng.refresh_nearline(until_us=at_us)
+    short = next(r for r in eng.rankers.values() if r.name == "trending_24h")
+    ctx = eng.context(member, "tv", f"{np.datetime64(at_us, 'us')}Z")
+    assert [int(t) for t in short.propose(ctx, eng.history)[0].titles] == [title]
