@@ -1,6 +1,6 @@
-"""Title counts kept nearline: live plays move Trending between trainings (every `[serving]
-nearline_seconds`), never for a request before the plays, and the snapshot's counts come back
-when the live layer goes."""
+"""Title counts kept nearline: live plays move Trending, and Top Picks' popularity and trending
+generators, between trainings (every `[serving] nearline_seconds`), never for a request before
+the plays, and the snapshot's counts come back when the live layer goes."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import pytest
 
 import engine.pipeline
 from engine.candidates import LivePlays
+from engine.data.history import US_PER_HOUR
 from engine.events.schema import PlayEvent
 from engine.events.state import LiveState
 from engine.pipeline import Engine
 from rankers.top_picks import TitleSignals, TopPicksRanker
 from rankers.trending import TrendingRanker
-
-HOUR_US = 3_600_000_000
 
 
 def _trending(eng: Engine) -> TrendingRanker:
@@ -43,7 +42,7 @@ def _a_spike(eng: Engine, member: str, at_us: int) -> tuple[int, list[PlayEvent]
     title = next(
         t for t in np.argsort(np.bincount(h.play_title, minlength=h.n_titles)) if t not in shown
     )
-    start = at_us - HOUR_US
+    start = at_us - US_PER_HOUR
     others = [u for u in np.flatnonzero(h.user_country == country) if h.user_ids[u] != member]
     events = [
         PlayEvent(f"n{k}", str(h.user_ids[u]), str(h.title_ids[title]), start + k, "tv", 600, 0.2)
@@ -56,7 +55,7 @@ def _a_spike(eng: Engine, member: str, at_us: int) -> tuple[int, list[PlayEvent]
 def test_a_spike_of_live_plays_tops_trending_after_a_refresh(
     eng: Engine, live: LiveState, member: str
 ) -> None:
-    at_us = eng.history.cutoff_us + 3 * HOUR_US
+    at_us = eng.history.cutoff_us + 3 * US_PER_HOUR
     before = _row(eng, member, at_us)
     title, events = _a_spike(eng, member, at_us)
     live.append(events)
@@ -65,7 +64,7 @@ def test_a_spike_of_live_plays_tops_trending_after_a_refresh(
     after = _row(eng, member, at_us)
     assert after[0] == title and title not in before
     # a request before the spike's newest play reads the snapshot: nothing after its time
-    assert title not in _row(eng, member, at_us - 2 * HOUR_US)
+    assert title not in _row(eng, member, at_us - 2 * US_PER_HOUR)
     # the live layer gone, the snapshot's counts are back
     eng.live = None
     assert _row(eng, member, at_us) == before
@@ -74,7 +73,7 @@ def test_a_spike_of_live_plays_tops_trending_after_a_refresh(
 def test_counts_taken_in_two_refreshes_equal_one(eng: Engine, live: LiveState, member: str) -> None:
     """The counts are kept incrementally (the old ones decayed to the newest play, the new plays
     added): two refreshes of half the plays each give the scores one refresh of all gives."""
-    at_us = eng.history.cutoff_us + 3 * HOUR_US
+    at_us = eng.history.cutoff_us + 3 * US_PER_HOUR
     ctx = eng.context(member, "tv", f"{np.datetime64(at_us, 'us')}Z")
     _, events = _a_spike(eng, member, at_us)
     live.append(events[:30])
@@ -93,7 +92,7 @@ def test_counts_taken_in_two_refreshes_equal_one(eng: Engine, live: LiveState, m
 def test_no_live_plays_give_the_snapshot_counts(eng: Engine, member: str) -> None:
     h = eng.history
     ranker = _trending(eng)
-    ctx = eng.context(member, "tv", f"{np.datetime64(h.cutoff_us + 3 * HOUR_US, 'us')}Z")
+    ctx = eng.context(member, "tv", f"{np.datetime64(h.cutoff_us + 3 * US_PER_HOUR, 'us')}Z")
     snapshot_row = ranker.propose(ctx, h)[0]
     empty = np.empty(0)
     ranker.nearline(LivePlays(empty.astype(np.int32), empty.astype(str), empty, h.cutoff_us))
@@ -108,7 +107,7 @@ def test_no_live_plays_give_the_snapshot_counts(eng: Engine, member: str) -> Non
 def test_pages_refresh_at_most_every_nearline_seconds(
     eng: Engine, live: LiveState, member: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at_us = eng.history.cutoff_us + 3 * HOUR_US
+    at_us = eng.history.cutoff_us + 3 * US_PER_HOUR
     clock = SimpleNamespace(now=100.0)
     fake_time = SimpleNamespace(monotonic=lambda: clock.now, time_ns=lambda: at_us * 1000)
     monkeypatch.setattr(engine.pipeline, "time", fake_time)
@@ -138,7 +137,7 @@ def test_another_worker_counts_the_plays_one_worker_took(
     state = LiveState(tmp_path / "events")
     other.live = state
     try:
-        at_us = eng.history.cutoff_us + 3 * HOUR_US
+        at_us = eng.history.cutoff_us + 3 * US_PER_HOUR
         title, events = _a_spike(eng, member, at_us)
         live.append(events)
         assert title not in _row(other, member, at_us)
@@ -156,7 +155,7 @@ def test_live_plays_join_top_picks_popularity_by_whole_hours(
     cut-off: a request counts the hours that ended by its time, never a play after it."""
     h = eng.history
     top_picks = next(r for r in eng.rankers.values() if isinstance(r, TopPicksRanker))
-    at_us = h.cutoff_us + 3 * HOUR_US
+    at_us = h.cutoff_us + 3 * US_PER_HOUR
     title, events = _a_spike(eng, member, at_us)  # in the third hour after the cut-off
 
     def signals(t_us: int) -> TitleSignals:
@@ -171,7 +170,7 @@ def test_live_plays_join_top_picks_popularity_by_whole_hours(
     assert after.popular[title] == pytest.approx(np.log1p(known + len(events)))
     assert after.trending_short[title] > snapshot.trending_short[title]
     # half way through the spike's hour: that hour has not ended, so it is not counted yet
-    mid = signals(at_us - HOUR_US // 2)
+    mid = signals(at_us - US_PER_HOUR // 2)
     assert mid.popular[title] == snapshot.popular[title]
     eng.live = None
     assert top_picks.live_ is None
@@ -183,7 +182,7 @@ def test_on_a_stale_model_the_live_plays_are_the_whole_trend(
     """30 days past the cut-off, the 24-hour trend of the snapshot has decayed to nothing
     (2^-30): with live plays of one title, that title is the whole row."""
     h = eng.history
-    at_us = h.cutoff_us + 30 * 24 * HOUR_US
+    at_us = h.cutoff_us + 30 * 24 * US_PER_HOUR
     title, events = _a_spike(eng, member, at_us)
     assert len(_row(eng, member, at_us)) > 1  # without live plays: the cut-off's trend, decayed
     live.append(events)

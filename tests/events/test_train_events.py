@@ -16,6 +16,7 @@ import engine
 from engine.config import EngineConfig
 from engine.data.columns import IMPRESSIONS, SCHEMA, Col
 from engine.data.dataset import load_dataset
+from engine.data.history import US_PER_HOUR
 from engine.errors import ConfigError
 from engine.events.export import with_events
 from engine.events.schema import PlayEvent
@@ -23,8 +24,6 @@ from engine.events.state import LiveState
 from engine.request.filters import UNKNOWN_USER_MATURITY_MAX
 from engine.serving.impression_log import PART_PREFIX, with_impressions
 from engine.training.train import summary, train
-
-HOUR_US = 3_600_000_000
 
 
 def _log(world: TinyWorld, state: Path) -> tuple[list[PlayEvent], int]:
@@ -35,12 +34,12 @@ def _log(world: TinyWorld, state: Path) -> tuple[list[PlayEvent], int]:
     member = ds.users[Col.USER_ID][0]
     titles = ds.titles[Col.TITLE_ID].to_list()
     events = [
-        PlayEvent("a", member, titles[0], clock_us + HOUR_US, "tv", 600.0, 0.3),
-        PlayEvent("b", member, titles[1], clock_us + 2 * HOUR_US, "tv", 5400.0, 1.0),
-        PlayEvent("c", "brand-new", titles[2], clock_us + 3 * HOUR_US, "mobile", 60.0, 0.1),
-        PlayEvent("d", "brand-new", titles[3], clock_us + 4 * HOUR_US, "mobile", 120.0, 0.2),
-        PlayEvent("e", member, titles[4], clock_us - HOUR_US, "tv", 600.0, 0.5),
-        PlayEvent("f", member, "no-such-title", clock_us + HOUR_US, "tv", 600.0, 0.5),
+        PlayEvent("a", member, titles[0], clock_us + US_PER_HOUR, "tv", 600.0, 0.3),
+        PlayEvent("b", member, titles[1], clock_us + 2 * US_PER_HOUR, "tv", 5400.0, 1.0),
+        PlayEvent("c", "brand-new", titles[2], clock_us + 3 * US_PER_HOUR, "mobile", 60.0, 0.1),
+        PlayEvent("d", "brand-new", titles[3], clock_us + 4 * US_PER_HOUR, "mobile", 120.0, 0.2),
+        PlayEvent("e", member, titles[4], clock_us - US_PER_HOUR, "tv", 600.0, 0.5),
+        PlayEvent("f", member, "no-such-title", clock_us + US_PER_HOUR, "tv", 600.0, 0.5),
     ]
     live = LiveState(state)
     try:
@@ -135,7 +134,7 @@ def test_a_model_trained_with_events_holds_them_once(
     assert "2 served since taken, 1 of them played; 3 left out" in told
     eng = engine.load(model)
     h = eng.history
-    assert h.cutoff_us == clock_us + 4 * HOUR_US + 1  # one microsecond past the newest play
+    assert h.cutoff_us == clock_us + 4 * US_PER_HOUR + 1  # one microsecond past the newest play
     new = h.user_index("brand-new")
     assert new >= 0 and len(h.play_title[h.user_plays(new)]) == 2
     # over the new model, the same log layers nothing: every play is before its cut-off
