@@ -713,6 +713,8 @@ class Engine:
         self.model = model
         self.model_version = model_version
         self.last_proposals = LastProposals()
+        # The rankers that keep title-level counts live plays move (a `nearline` method).
+        self._nearline_takers: list[Any] = [r for r in rankers.values() if hasattr(r, "nearline")]
         self._nearline_lock = threading.Lock()
         self.live = None
         a = config.assembly
@@ -850,12 +852,9 @@ class Engine:
             self._nearline_due = 0.0  # time.monotonic() of the next refresh
             self._nearline_position = 0  # the live layer's plays taken so far
             self._nearline_pending: list[LivePlays] = []  # taken, not yet given to the rankers
-            for r in self._nearline_takers():
+            for r in self._nearline_takers:
                 r.nearline(None)  # back to the snapshot's counts
             self.last_proposals = LastProposals()
-
-    def _nearline_takers(self) -> list[Any]:
-        return [r for r in self.rankers.values() if hasattr(r, "nearline")]
 
     def refresh_nearline(self, until_us: int | None = None) -> int:
         """Give the rankers that keep title-level counts (a `nearline` method: Trending) the
@@ -871,7 +870,7 @@ class Engine:
         """The live plays since the last take, converted to snapshot indices and kept until
         the next refresh: taken before every page, a few at a time, so no page pays for
         converting a minute of plays at once (300,000 at 5,000 events/s)."""
-        if self.live is None or not self._nearline_takers():
+        if self.live is None or not self._nearline_takers:
             return
         until = until_us if until_us is not None else time.time_ns() // 1000
         plays, self._nearline_position = self.live.plays_since(
@@ -890,7 +889,7 @@ class Engine:
             np.concatenate([p.ts_us for p in pending]),
             max(p.as_of_us for p in pending),
         )
-        for r in self._nearline_takers():
+        for r in self._nearline_takers:
             r.nearline(plays)
         # The rows of the last request were proposed from the old counts.
         self.last_proposals = LastProposals()
