@@ -53,7 +53,7 @@ def validate_at_scale(directory: Path) -> None:
     read_peak = peak_gb()
     problems += validate_dataset(ds)
     t2 = time.perf_counter()
-    n_imp = 0 if ds.impressions is None else ds.impressions.height
+    n_imp = 0 if ds.impressions is None else ds.impressions.select(pl.len()).collect().item()
     print(
         f"{directory}: {ds.plays.height:,} plays, {n_imp:,} impressions; "
         f"read {t1 - t0:.1f} s (peak {read_peak:.2f} GB), "

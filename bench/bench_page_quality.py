@@ -173,8 +173,8 @@ def requests(
     imp = ds.impressions
     assert imp is not None
     week = imp.filter(pl.col(Col.TS) >= pl.lit(clock - timedelta(days=7)).dt.cast_time_unit("us"))
-    pages = week.group_by(Col.PAGE_ID).agg(pl.col(Col.DEVICE).first(), pl.col(Col.TS).first())
-    pages = pages.sort(Col.PAGE_ID)
+    by_page = week.group_by(Col.PAGE_ID).agg(pl.col(Col.DEVICE).first(), pl.col(Col.TS).first())
+    pages = by_page.sort(Col.PAGE_ID).collect()
     devs = pages[Col.DEVICE].fill_null("tv").to_list()
     hours = pages[Col.TS].dt.hour().to_list()
     users = rng.choice(eng.history.user_ids, size=min(n_users, eng.history.n_users), replace=False)

@@ -43,6 +43,8 @@ from engine.data.columns import (
 from engine.data.dataset import MANIFEST, SCHEMA_VERSION, Dataset, to_utc
 
 MAX_EXAMPLES = 5
+# The row number column the rules add (rows count from 0 in file order).
+ROW = "__row"
 # Time zones taken as UTC without conversion doubts.
 UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
 # Earliest plausible release year (the first films date from the late 1880s).
@@ -73,7 +75,7 @@ def read_tables(directory: Path) -> tuple[Dataset, list[str]]:
         return _empty_dataset(), [f"{directory}: no such dataset directory"]
     problems: list[str] = []
     clock, source = _read_manifest(directory, problems)
-    frames: dict[str, pl.DataFrame | None] = {}
+    frames: dict[str, pl.DataFrame | pl.LazyFrame | None] = {}
     for table in (*REQUIRED_TABLES, *OPTIONAL_TABLES):
         path = directory / f"{table}.parquet"
         if not path.is_file():
@@ -87,22 +89,24 @@ def read_tables(directory: Path) -> tuple[Dataset, list[str]]:
                 frames[table] = None
             continue
         try:
-            frame = pl.read_parquet(path)
+            scan, found = conform_table(table, pl.scan_parquet(path))
+            # Impressions stay a scan (engine.data.dataset); the other tables are read whole.
+            frames[table] = scan if table == IMPRESSIONS else scan.collect()
         except (pl.exceptions.PolarsError, OSError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             problems.append(f"{path.name}: cannot be read as Parquet ({reason}); rewrite the file")
             frames[table] = empty_table(table)
             continue
-        frame, found = conform_table(table, frame)
         problems += found
-        frames[table] = frame
     titles, users, plays = frames[TITLES], frames[USERS], frames[PLAYS]
-    assert titles is not None and users is not None and plays is not None
+    assert isinstance(titles, pl.DataFrame) and isinstance(users, pl.DataFrame)
+    assert isinstance(plays, pl.DataFrame)
+    imp = frames[IMPRESSIONS]
     ds = Dataset(
         titles=titles,
         users=users,
         plays=plays,
-        impressions=frames[IMPRESSIONS],
+        impressions=None if imp is None else imp.lazy(),
         clock=clock,
         source=source,
     )
@@ -113,22 +117,29 @@ def conform_dataset(ds: Dataset) -> tuple[Dataset, list[str]]:
     """The structural checks of `read_tables` for a dataset built in code (e.g. a simulator):
     normalise accepted dtype variants, report missing columns and wrong dtypes."""
     problems: list[str] = []
-    frames: dict[str, pl.DataFrame] = {}
-    for table, frame in ds.tables().items():
+    frames: dict[str, pl.LazyFrame] = {}
+    for table, frame in _lazy_tables(ds).items():
         frames[table], found = conform_table(table, frame)
         problems += found
     ds = replace(
         ds,
-        titles=frames[TITLES],
-        users=frames[USERS],
-        plays=frames[PLAYS],
+        titles=frames[TITLES].collect(),
+        users=frames[USERS].collect(),
+        plays=frames[PLAYS].collect(),
         impressions=frames.get(IMPRESSIONS),
         clock=to_utc(ds.clock),
     )
     return ds, problems
 
 
-def conform_table(table: str, frame: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+def _lazy_tables(ds: Dataset) -> dict[str, pl.LazyFrame]:
+    out = {TITLES: ds.titles.lazy(), USERS: ds.users.lazy(), PLAYS: ds.plays.lazy()}
+    if ds.impressions is not None:
+        out[IMPRESSIONS] = ds.impressions
+    return out
+
+
+def conform_table(table: str, frame: pl.LazyFrame) -> tuple[pl.LazyFrame, list[str]]:
     """Check one table's columns against SCHEMA; return the normalised frame and the problems.
 
     Accepted without complaint and cast to the schema dtype: any integer width for integer
@@ -140,12 +151,13 @@ def conform_table(table: str, frame: pl.DataFrame) -> tuple[pl.DataFrame, list[s
     problems: list[str] = []
     casts: list[pl.Expr] = []
     drop: list[str] = []
+    schema = frame.collect_schema()
     for col in SCHEMA[table]:
-        if col.name not in frame.columns:
+        if col.name not in schema:
             if col.required:
                 problems.append(f"{file}: column {col.name}: required column is missing")
             continue
-        actual = frame.schema[col.name]
+        actual = schema[col.name]
         if actual == col.dtype:
             continue
         if not _accepted(actual, col):
@@ -156,19 +168,20 @@ def conform_table(table: str, frame: pl.DataFrame) -> tuple[pl.DataFrame, list[s
             drop.append(col.name)
             continue
         if col.dtype.is_integer() and actual.is_integer():
-            cast = frame[col.name].cast(col.dtype, strict=False)
-            overflow = cast.is_null() & frame[col.name].is_not_null()
-            if overflow.any():
-                problems.append(
-                    _rows_message(
-                        frame,
-                        table,
-                        col.name,
-                        f"must fit dtype {col.dtype}",
-                        overflow,
-                        (col.name,),
-                    )
-                )
+            overflow = (
+                pl.col(col.name).cast(col.dtype, strict=False).is_null()
+                & pl.col(col.name).is_not_null()
+            )
+            found = _rows_message(
+                frame.with_row_index(ROW),
+                table,
+                col.name,
+                f"must fit dtype {col.dtype}",
+                overflow,
+                (col.name,),
+            )
+            if found:
+                problems.append(found)
                 drop.append(col.name)
                 continue
         if isinstance(col.dtype, pl.Datetime):
@@ -269,15 +282,21 @@ def _empty_dataset() -> Dataset:
 
 
 class _Checker:
-    """Runs rules on one table and words the problems; skips rules on unusable columns."""
+    """Runs rules on one table and words the problems; skips rules on unusable columns.
 
-    def __init__(self, table: str, frame: pl.DataFrame, problems: list[str]) -> None:
+    Rules run as polars queries on a lazy frame with each row's number in `ROW`, in the
+    streaming engine: a table that does not fit in memory (impressions) is checked in a pass
+    per rule, and only the rows that break a rule are ever collected."""
+
+    def __init__(self, table: str, frame: pl.LazyFrame, problems: list[str]) -> None:
         self.table = table
-        self.frame = frame
+        self.frame = frame.with_row_index(ROW)
         self.problems = problems
         expected = {c.name: c.dtype for c in SCHEMA[table]}
         self.usable = {
-            name for name, dtype in frame.schema.items() if expected.get(name, dtype) == dtype
+            name
+            for name, dtype in frame.collect_schema().items()
+            if expected.get(name, dtype) == dtype
         }
 
     def has(self, *columns: str) -> bool:
@@ -288,38 +307,44 @@ class _Checker:
         column: str,
         rule: str,
         bad: pl.Expr,
-        frame: pl.DataFrame | None = None,
+        frame: pl.LazyFrame | None = None,
         show: Sequence[str] = (),
     ) -> None:
-        """Report rows where `bad` is true (null counts as fine: nulls have their own rule)."""
+        """Report rows where `bad` is true (null counts as fine: nulls have their own rule).
+        `frame`, when given, is `self.frame` with helper columns (`__...`) added."""
         frame = self.frame if frame is None else frame
         names = bad.meta.root_names()
-        if not all(r in frame.columns for r in names):
+        if not all(r in frame.collect_schema() for r in names):
             return
         # Helper columns (`__...`) come from another table; the rest must be usable here.
         roots = [r for r in names if not r.startswith("__")]
         if not self.has(*roots):
             return
-        mask = frame.select(bad.fill_null(False).alias("__bad")).to_series()
-        if mask.any():
-            self.problems.append(
-                _rows_message(frame, self.table, column, rule, mask, (*roots, *show))
-            )
+        found = _rows_message(frame, self.table, column, rule, bad, (*roots, *show))
+        if found:
+            self.problems.append(found)
 
 
 def _rows_message(
-    frame: pl.DataFrame,
+    frame: pl.LazyFrame,
     table: str,
     column: str,
     rule: str,
-    mask: pl.Series,
-    columns: Sequence[str],
+    bad: pl.Expr,
+    columns: Sequence[str] = (),
 ) -> str:
-    n = int(mask.sum())
-    rows = mask.arg_true().head(MAX_EXAMPLES).to_list()
+    """The problem of the rows of `frame` (numbered in `ROW`) where `bad` holds; "" if none."""
+    hits = frame.filter(bad.fill_null(False))
+    first = pl.col(ROW).bottom_k(MAX_EXAMPLES).implode().alias("rows")
+    got = hits.select(pl.len().alias("n"), first).collect(engine="streaming")
+    n = int(got["n"][0])
+    if n == 0:
+        return ""
+    rows = sorted(int(r) for r in got["rows"][0])
+    schema = frame.collect_schema()
     shown = list(dict.fromkeys([*KEY_COLUMNS[table], *columns]))
-    shown = [c for c in shown if c in frame.columns]
-    picked = frame[rows].select(shown)
+    shown = [c for c in shown if c in schema]
+    picked = frame.filter(pl.col(ROW).is_in(rows)).sort(ROW).select(shown).collect()
     try:
         sample = picked.to_dicts()
     except (OverflowError, ValueError):
@@ -351,31 +376,33 @@ def _one_of(values: Sequence[object]) -> str:
 
 
 def _lookup(
-    frame: pl.DataFrame, key: str, other: pl.DataFrame, value: str, alias: str
-) -> pl.DataFrame:
-    """`frame` with `other[value]` looked up by `key` as column `alias`, row order kept."""
-    if key not in frame.columns or key not in other.columns or value not in other.columns:
+    frame: pl.LazyFrame, key: str, other: pl.DataFrame, value: str, alias: str
+) -> pl.LazyFrame:
+    """`frame` with `other[value]` looked up by `key` as column `alias`."""
+    if key not in frame.collect_schema() or key not in other.columns or value not in other.columns:
         return frame
     table = other.select(key, pl.col(value).alias(alias)).unique(key, keep="first")
-    # Only the key column is joined and the result set beside the frame's own columns (no copy):
-    # joining and re-sorting the whole frame held three copies of it at once.
-    looked_up = frame.select(key).join(table, on=key, how="left", maintain_order="left")
-    return frame.with_columns(looked_up[alias])
+    return frame.join(table.lazy(), on=key, how="left", maintain_order="left")
 
 
-def _duplicated_slots(frame: pl.DataFrame, slot: Sequence[str]) -> pl.Series:
-    """Rows whose `slot` columns another row shares. A 64-bit hash of each row's slot finds the
-    candidates in one pass over fixed-width values; the exact comparison, which copies every
-    row's string key, runs on those alone."""
+def _duplicated_slots(frame: pl.LazyFrame, slot: Sequence[str]) -> pl.Series:
+    """The numbers (`ROW`) of rows whose `slot` columns another row shares. A 64-bit hash of
+    each row's slot finds the candidates in one streaming pass over fixed-width values; the
+    exact comparison, which copies every row's string key, runs on those alone."""
     h = pl.lit(0, dtype=pl.UInt64)
     for seed, name in enumerate(slot):
         h = h ^ pl.col(name).hash(seed)
-    maybe = frame.select(h.is_duplicated().alias("m")).to_series()
-    if not maybe.any():
-        return maybe
-    rows = maybe.arg_true()
-    exact = frame[rows].select(pl.struct(list(slot)).is_duplicated()).to_series()
-    return pl.repeat(False, frame.height, eager=True).alias("m").scatter(rows, exact)
+    hashed = frame.with_columns(h.alias("__slot"))
+    shared = hashed.group_by("__slot").agg(pl.len()).filter(pl.col("len") > 1).select("__slot")
+    maybe = hashed.join(shared, on="__slot", how="semi").select(ROW, *slot)
+    rows = maybe.collect(engine="streaming")
+    return rows.filter(pl.struct(list(slot)).is_duplicated())[ROW].sort()
+
+
+def _pages_where(frame: pl.LazyFrame, bad: pl.Expr) -> pl.Series:
+    """The page ids (null included) of the pages whose rows make the aggregate `bad` true."""
+    pages = frame.group_by(Col.PAGE_ID).agg(bad.alias("__bad")).filter(pl.col("__bad"))
+    return pages.select(Col.PAGE_ID).collect(engine="streaming")[Col.PAGE_ID]
 
 
 def validate_dataset(ds: Dataset) -> list[str]:
@@ -387,9 +414,7 @@ def validate_dataset(ds: Dataset) -> list[str]:
     clock = to_utc(ds.clock)
     clock_lit = pl.lit(clock).dt.cast_time_unit("us")
     after_clock = f"must not be later than the dataset clock {clock.isoformat()}"
-    tables = ds.tables()
-
-    for table, frame in tables.items():
+    for table, frame in _lazy_tables(ds).items():
         check = _Checker(table, frame, problems)
         for col in SCHEMA[table]:
             if not col.nullable:
@@ -407,13 +432,13 @@ def validate_dataset(ds: Dataset) -> list[str]:
                     pl.col(col.name).list.eval(pl.element().is_null()).list.any(),
                 )
 
-    titles_ok = _Checker(TITLES, ds.titles, []).has(Col.TITLE_ID)
-    users_ok = _Checker(USERS, ds.users, []).has(Col.USER_ID)
+    titles_ok = _Checker(TITLES, ds.titles.lazy(), []).has(Col.TITLE_ID)
+    users_ok = _Checker(USERS, ds.users.lazy(), []).has(Col.USER_ID)
     title_ids = ds.titles[Col.TITLE_ID].implode() if titles_ok else None
     user_ids = ds.users[Col.USER_ID].implode() if users_ok else None
 
     # titles
-    t = _Checker(TITLES, ds.titles, problems)
+    t = _Checker(TITLES, ds.titles.lazy(), problems)
     t.rule(Col.TITLE_ID, "must be unique", pl.col(Col.TITLE_ID).is_duplicated())
     t.rule(Col.NAME, "must not be empty", pl.col(Col.NAME).str.strip_chars().str.len_chars() == 0)
     t.rule(Col.KIND, _one_of(TITLE_KINDS), ~pl.col(Col.KIND).is_in(TITLE_KINDS))
@@ -439,7 +464,7 @@ def validate_dataset(ds: Dataset) -> list[str]:
     t.rule(Col.EPISODE, "must be at least 1", pl.col(Col.EPISODE) < 1)
 
     # users
-    u = _Checker(USERS, ds.users, problems)
+    u = _Checker(USERS, ds.users.lazy(), problems)
     u.rule(Col.USER_ID, "must be unique", pl.col(Col.USER_ID).is_duplicated())
     u.rule(
         Col.COUNTRY,
@@ -452,7 +477,7 @@ def validate_dataset(ds: Dataset) -> list[str]:
     u.rule(Col.CREATED_AT, after_clock, pl.col(Col.CREATED_AT) > clock_lit)
 
     # plays
-    p = _Checker(PLAYS, ds.plays, problems)
+    p = _Checker(PLAYS, ds.plays.lazy(), problems)
     _event_rules(p, ds, title_ids, user_ids, clock_lit, after_clock)
     p.rule(Col.SECONDS_WATCHED, "must not be negative", pl.col(Col.SECONDS_WATCHED) < 0)
     # NaN has its own rule above; report it once.
@@ -473,22 +498,25 @@ def validate_dataset(ds: Dataset) -> list[str]:
             i.rule(
                 Col.POSITION,
                 "each (page_id, row_index, position) slot must hold one title",
-                pl.lit(_duplicated_slots(ds.impressions, slot)),
+                pl.col(ROW).is_in(_duplicated_slots(i.frame, slot).implode()),
                 show=slot,
             )
-        for name, what in ((Col.USER_ID, "user"), (Col.TS, "ts")):
-            # Nulls are reported by the null rule, not here.
-            i.rule(
-                name,
-                f"all rows of one page_id must share one {what}",
-                pl.col(name).drop_nulls().n_unique().over(Col.PAGE_ID) > 1,
-            )
-        # A page is shown on one device, known or not: null next to "tv" is a mismatch too.
-        i.rule(
-            Col.DEVICE,
-            "all rows of one page_id must share one device",
-            pl.col(Col.DEVICE).n_unique().over(Col.PAGE_ID) > 1,
+        # Nulls are reported by the null rule, not here. A page is shown on one device, known
+        # or not: null next to "tv" is a mismatch too.
+        per_page = (
+            (Col.USER_ID, "user", pl.col(Col.USER_ID).drop_nulls().n_unique() > 1),
+            (Col.TS, "ts", pl.col(Col.TS).drop_nulls().n_unique() > 1),
+            (Col.DEVICE, "device", pl.col(Col.DEVICE).n_unique() > 1),
         )
+        for name, what, bad in per_page:
+            if i.has(name, Col.PAGE_ID):
+                pages = _pages_where(i.frame, bad).implode()
+                i.rule(
+                    name,
+                    f"all rows of one page_id must share one {what}",
+                    pl.col(Col.PAGE_ID).is_in(pages, nulls_equal=True),
+                    show=(name,),
+                )
     return problems
 
 
@@ -519,7 +547,7 @@ def _event_rules(
         return
     # An event before its title was added or its user was created cannot have happened, and an
     # "as of" cut would drop the title or user while keeping the event.
-    if _Checker(TITLES, ds.titles, []).has(Col.TITLE_ID, Col.ADDED_AT):
+    if _Checker(TITLES, ds.titles.lazy(), []).has(Col.TITLE_ID, Col.ADDED_AT):
         frame = _lookup(check.frame, Col.TITLE_ID, ds.titles, Col.ADDED_AT, "__added_at")
         check.rule(
             Col.TS,
@@ -528,7 +556,7 @@ def _event_rules(
             frame=frame,
             show=(Col.TS, "__added_at"),
         )
-    if _Checker(USERS, ds.users, []).has(Col.USER_ID, Col.CREATED_AT):
+    if _Checker(USERS, ds.users.lazy(), []).has(Col.USER_ID, Col.CREATED_AT):
         frame = _lookup(check.frame, Col.USER_ID, ds.users, Col.CREATED_AT, "__created_at")
         check.rule(
             Col.TS,
@@ -557,7 +585,7 @@ def validate_directory(directory: Path) -> tuple[Dataset | None, list[str]]:
 def summarize(ds: Dataset) -> str:
     """A short human summary of a clean dataset: sizes, time span, devices, genres, kinds."""
     titles, users, plays = ds.titles, ds.users, ds.plays
-    n_imp = "none" if ds.impressions is None else f"{ds.impressions.height:,}"
+    n_imp = "none" if ds.impressions is None else f"{_height(ds.impressions):,}"
     lines = [
         f"dataset {ds.source}, clock {to_utc(ds.clock).isoformat()}",
         f"titles {titles.height:,}, users {users.height:,}, plays {plays.height:,}, "
@@ -584,6 +612,10 @@ def summarize(ds: Dataset) -> str:
     if note:
         lines.append(note)
     return "\n".join(lines)
+
+
+def _height(frame: pl.LazyFrame) -> int:
+    return int(frame.select(pl.len()).collect(engine="streaming").item())
 
 
 def country_note(ds: Dataset) -> str:

@@ -35,7 +35,7 @@ AFFINITY_HALF_LIFE_DAYS = 60.0
 
 def fit_feature_store(
     history: History,
-    impressions: pl.DataFrame | None,
+    impressions: pl.LazyFrame | None,
     *,
     rankers: Sequence[str],
     kinds: Sequence[str],
@@ -209,37 +209,42 @@ def member_title_statistics(h: History) -> dict[str, Any]:
 
 
 def impression_statistics(
-    impressions: pl.DataFrame | None, h: History, kinds: tuple[str, ...]
+    impressions: pl.LazyFrame | None, h: History, kinds: tuple[str, ...]
 ) -> dict[str, Any]:
     """From the impressions before the cut-off: titles shown to a member and not played, rows
     of each kind shown and played (per member, device and daypart, and overall), and each
-    device's column decay."""
-    n_t, n_u, n_d, n_k = h.n_titles, h.n_users, len(DEVICES), len(kinds)
-    imp = _impressions_before(impressions, h, h.cutoff_us, kinds)
-    iu, it, ik = imp["u"], imp["t"], imp["k"]
-    idev, idp, played = imp["d"], imp["dp"], imp["played"]
-    not_played = ~played & (it >= 0)
-    skeys = iu[not_played].astype(np.int64) * n_t + it[not_played]
-    shown_keys, shown_counts = np.unique(skeys, return_counts=True)
-    ok = ik >= 0
-    iu, ik, idev, idp, pl_ = iu[ok], ik[ok], idev[ok], idp[ok], played[ok].astype(np.float64)
-    okd = idev >= 0
-    user_kind = _count2(iu.astype(np.int64) * n_k + ik, pl_, n_u * n_k).reshape(n_u, n_k, 2)
-    ukd_flat = (iu[okd].astype(np.int64) * n_k + ik[okd]) * n_d + idev[okd]
-    user_kind_device = _count2(ukd_flat, pl_[okd], n_u * n_k * n_d).reshape(n_u, n_k, n_d, 2)
-    ukp_flat = (iu.astype(np.int64) * n_k + ik) * N_DAYPARTS + idp
-    user_kind_daypart = _count2(ukp_flat, pl_, n_u * n_k * N_DAYPARTS).reshape(
+    device's column decay. Counted by polars' streaming engine: the impressions are never in
+    memory whole, only their counts per (member, kind, device, daypart) cell."""
+    n_u, n_d, n_k = h.n_users, len(DEVICES), len(kinds)
+    shown, cells, columns = _impression_counts(impressions, h, kinds)
+    u, k = cells["u"].to_numpy(), cells["k"].to_numpy()
+    d, dp = cells["d"].to_numpy(), cells["dp"].to_numpy()
+    n, hits = cells["n"].to_numpy(), cells["hits"].to_numpy()
+    uk = u * n_k + k
+    okd = d >= 0
+    user_kind = _count2(uk, n, hits, n_u * n_k).reshape(n_u, n_k, 2)
+    ukd_flat = uk[okd] * n_d + d[okd]
+    user_kind_device = _count2(ukd_flat, n[okd], hits[okd], n_u * n_k * n_d).reshape(
+        n_u, n_k, n_d, 2
+    )
+    ukp_flat = uk * N_DAYPARTS + dp
+    user_kind_daypart = _count2(ukp_flat, n, hits, n_u * n_k * N_DAYPARTS).reshape(
         n_u, n_k, N_DAYPARTS, 2
     )
     return {
-        "shown_keys": shown_keys.astype(np.int64),
-        "shown_counts": shown_counts.astype(np.float32),
+        "shown_keys": shown["key"].to_numpy().astype(np.int64),
+        "shown_counts": shown["n"].to_numpy().astype(np.float32),
         "user_kind": user_kind,
         "user_kind_device": user_kind_device,
         "user_kind_daypart": user_kind_daypart,
         "kind_device": user_kind_device.sum(axis=0),
         "kind_daypart": user_kind_daypart.sum(axis=0),
-        "col_decay": _column_decay(imp["d"], imp["pos"], imp["played"]),
+        "col_decay": _column_decay(
+            columns["d"].to_numpy(),
+            columns["pos"].to_numpy(),
+            columns["n"].to_numpy(),
+            columns["hits"].to_numpy(),
+        ),
     }
 
 
@@ -249,14 +254,17 @@ def impression_statistics(
 DEFAULT_COLUMN_DECAY = 0.8
 
 
-def _column_decay(device: np.ndarray, pos: np.ndarray, played: np.ndarray) -> np.ndarray:
+def _column_decay(
+    device: np.ndarray, pos: np.ndarray, n: np.ndarray, played: np.ndarray
+) -> np.ndarray:
     """Per device, exp(slope) of log(play rate) against the column over the first 6 columns of
-    logged rows: how much less a title one slot to the right is played. Without enough logged
-    data, DEFAULT_COLUMN_DECAY. Clipped to [0.2, 1]."""
+    logged rows (`n` shown and `played` at each device and column): how much less a title one
+    slot to the right is played. Without enough logged data, DEFAULT_COLUMN_DECAY. Clipped to
+    [0.2, 1]."""
     out = np.full(len(DEVICES), DEFAULT_COLUMN_DECAY)
     for d in range(len(DEVICES)):
         m = (device == d) & (pos >= 0) & (pos < 6)
-        shown = np.bincount(pos[m], minlength=6).astype(np.float64)
+        shown = np.bincount(pos[m], weights=n[m].astype(np.float64), minlength=6)
         hits = np.bincount(pos[m], weights=played[m].astype(np.float64), minlength=6)
         ok = (shown >= 200) & (hits >= 5)
         if ok.sum() >= 3:
@@ -340,66 +348,59 @@ def _unit_rows(m: np.ndarray) -> np.ndarray:
     return (m / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
-def _count2(flat: np.ndarray, played: np.ndarray, size: int) -> np.ndarray:
-    shown = np.bincount(flat, minlength=size)
-    hits = np.bincount(flat, weights=played, minlength=size)
+def _count2(flat: np.ndarray, n: np.ndarray, played: np.ndarray, size: int) -> np.ndarray:
+    """(size, 2): the impressions shown and played in each cell of `flat`."""
+    shown = np.bincount(flat, weights=n.astype(np.float64), minlength=size)
+    hits = np.bincount(flat, weights=played.astype(np.float64), minlength=size)
     return np.stack([shown, hits], axis=1).astype(np.float32)
 
 
-def _impressions_before(
-    impressions: pl.DataFrame | None, h: History, cutoff_us: int, kinds: tuple[str, ...]
-) -> dict[str, np.ndarray]:
-    """Impressions strictly before the cut-off as index arrays (u, t, k, d, dp, played)."""
-    empty_i = np.empty(0, dtype=np.int64)
-    if impressions is None or impressions.height == 0:
-        return {
-            "u": empty_i,
-            "t": empty_i,
-            "k": empty_i,
-            "d": empty_i,
-            "dp": empty_i,
-            "pos": empty_i,
-            "played": np.empty(0, dtype=bool),
-        }
-    cut = pl.lit(cutoff_us).cast(pl.Int64)
-    imp = impressions.filter(pl.col(Col.TS).dt.epoch("us") < cut)
-    uindex = pl.DataFrame(
-        {Col.USER_ID: h.user_ids, "u": np.arange(h.n_users, dtype=np.int64)},
-        schema={Col.USER_ID: pl.String, "u": pl.Int64},
+def _impression_counts(
+    impressions: pl.LazyFrame | None, h: History, kinds: tuple[str, ...]
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Impressions strictly before the cut-off of the members `h` knows, counted: `shown` (key
+    u * n_titles + t of the titles shown and not played, and their count n, by key), `cells`
+    (shown n and played hits per u, k, d, dp of rows of a known kind) and `columns` (n and
+    hits per d, pos). Unknown titles, kinds and devices are -1."""
+    idx = pl.Int64
+    empty = (
+        pl.DataFrame(schema={"key": idx, "n": idx}),
+        pl.DataFrame(schema={"u": idx, "k": idx, "d": idx, "dp": idx, "n": idx, "hits": idx}),
+        pl.DataFrame(schema={"d": idx, "pos": idx, "n": idx, "hits": idx}),
     )
-    tindex = pl.DataFrame(
-        {Col.TITLE_ID: h.title_ids, "t": np.arange(h.n_titles, dtype=np.int64)},
-        schema={Col.TITLE_ID: pl.String, "t": pl.Int64},
-    )
-    kindex = pl.DataFrame(
-        {Col.ROW_KIND: list(kinds), "k": np.arange(len(kinds), dtype=np.int64)},
-        schema={Col.ROW_KIND: pl.String, "k": pl.Int64},
-    )
-    dindex = pl.DataFrame(
-        {Col.DEVICE: list(DEVICES), "d": np.arange(len(DEVICES), dtype=np.int64)},
-        schema={Col.DEVICE: pl.String, "d": pl.Int64},
-    )
-    j = (
-        imp.join(uindex, on=Col.USER_ID, how="inner")
-        .join(tindex, on=Col.TITLE_ID, how="left")
-        .join(kindex, on=Col.ROW_KIND, how="left")
-        .join(dindex, on=Col.DEVICE, how="left")
+    if impressions is None:
+        return empty
+
+    def index(column: str, name: str, values: Sequence[str]) -> pl.LazyFrame:
+        frame = {column: list(values), name: np.arange(len(values), dtype=np.int64)}
+        return pl.DataFrame(frame, schema={column: pl.String, name: idx}).lazy()
+
+    cut = pl.lit(h.cutoff_us).cast(pl.Int64)
+    imp = (
+        impressions.filter(pl.col(Col.TS).dt.epoch("us") < cut)
+        .join(index(Col.USER_ID, "u", h.user_ids.tolist()), on=Col.USER_ID, how="inner")
+        .join(index(Col.TITLE_ID, "t", h.title_ids.tolist()), on=Col.TITLE_ID, how="left")
+        .join(index(Col.ROW_KIND, "k", kinds), on=Col.ROW_KIND, how="left")
+        .join(index(Col.DEVICE, "d", DEVICES), on=Col.DEVICE, how="left")
         .select(
             pl.col("u"),
             pl.col("t").fill_null(-1),
             pl.col("k").fill_null(-1),
             pl.col("d").fill_null(-1),
-            (pl.col(Col.TS).dt.hour().cast(pl.Int64) // (24 // N_DAYPARTS)).alias("dp"),
-            pl.col(Col.POSITION).cast(pl.Int64).alias("pos"),
+            (pl.col(Col.TS).dt.hour().cast(idx) // (24 // N_DAYPARTS)).alias("dp"),
+            pl.col(Col.POSITION).cast(idx).alias("pos"),
             pl.col(Col.PLAYED).fill_null(False),
         )
     )
-    return {
-        "u": j["u"].to_numpy().astype(np.int64),
-        "t": j["t"].to_numpy().astype(np.int64),
-        "k": j["k"].to_numpy().astype(np.int64),
-        "d": j["d"].to_numpy().astype(np.int64),
-        "dp": j["dp"].to_numpy().astype(np.int64),
-        "pos": j["pos"].to_numpy().astype(np.int64),
-        "played": j[Col.PLAYED].to_numpy().astype(bool),
-    }
+    played = pl.col(Col.PLAYED)
+    counts = (pl.len().cast(idx).alias("n"), played.sum().cast(idx).alias("hits"))
+    shown = (
+        imp.filter(~played & (pl.col("t") >= 0))
+        .group_by((pl.col("u") * h.n_titles + pl.col("t")).alias("key"))
+        .agg(pl.len().cast(idx).alias("n"))
+        .sort("key")
+    )
+    cells = imp.filter(pl.col("k") >= 0).group_by("u", "k", "d", "dp").agg(*counts)
+    columns = imp.filter((pl.col("pos") >= 0) & (pl.col("pos") < 6)).group_by("d", "pos")
+    got = pl.collect_all([shown, cells, columns.agg(*counts)], engine="streaming")
+    return got[0], got[1], got[2]

@@ -281,6 +281,10 @@ def with_impressions(
     )
     labelled = attribute_plays(keep, ds.plays, horizon)
     old = ds.impressions
-    frame = labelled if old is None else pl.concat([old, labelled.select(old.columns)])
+    frame = (
+        labelled.lazy()
+        if old is None
+        else pl.concat([old, labelled.lazy().select(old.collect_schema().names())])
+    )
     taken = Taken(labelled.height, int(labelled[Col.PLAYED].sum()), log.height - keep.height)
     return replace(ds, impressions=frame), taken

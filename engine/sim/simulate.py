@@ -1548,7 +1548,8 @@ def simulate(
     else:
         assert frames is not None
         save_dataset(
-            Dataset(titles_df, users_df, frames[0], frames[1], clock, source=SOURCE), out_dir
+            Dataset(titles_df, users_df, frames[0], frames[1].lazy(), clock, source=SOURCE),
+            out_dir,
         )
     log = PlayLog.build(
         users,

@@ -192,8 +192,9 @@ def row_kinds(cfg: EngineConfig, rankers: dict[str, Ranker], ds: Dataset) -> lis
     """The row-kind vocabulary: ranker types, kinds rankers declare, kinds in the log."""
     kinds = {spec.type for spec in cfg.rankers.values()}
     kinds |= {k for r in rankers.values() if isinstance(k := getattr(r, "ROW_KIND", None), str)}
-    if ds.impressions is not None and ds.impressions.height:
-        kinds |= set(ds.impressions[Col.ROW_KIND].unique().drop_nulls().to_list())
+    if ds.impressions is not None:
+        logged = ds.impressions.select(pl.col(Col.ROW_KIND).unique().drop_nulls())
+        kinds |= set(logged.collect(engine="streaming")[Col.ROW_KIND].to_list())
     return sorted(kinds)
 
 
@@ -298,7 +299,7 @@ def logged_window(
 
 def _window_impressions(
     ds: Dataset,
-    impressions: pl.DataFrame,
+    impressions: pl.LazyFrame,
     t0: datetime,
     t1: datetime,
     rng: np.random.Generator,
@@ -307,10 +308,13 @@ def _window_impressions(
     """The sampled pages' impressions in [t0, t1), each with its `label`; None when the window
     logged nothing."""
     lo, hi = pl.lit(t0).dt.cast_time_unit("us"), pl.lit(t1).dt.cast_time_unit("us")
-    imp = impressions.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi))
-    if imp.height == 0:
+    window = impressions.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi))
+    pages = window.group_by(Col.USER_ID).agg(pl.col(Col.PAGE_ID).unique().sort())
+    per_user = pages.sort(Col.USER_ID).collect(engine="streaming")
+    if per_user.height == 0:
         return None
-    imp = imp.filter(pl.col(Col.PAGE_ID).is_in(_sample_pages(imp, cfg.max_pages_per_window, rng)))
+    sampled = _sample_pages(per_user, cfg.max_pages_per_window, rng)
+    imp = window.filter(pl.col(Col.PAGE_ID).is_in(sampled)).collect(engine="streaming")
     return imp.with_columns(_labels(ds, imp, t1, cfg))
 
 
@@ -515,11 +519,11 @@ def _logged_window_data(
     )
 
 
-def _sample_pages(imp: pl.DataFrame, budget: int, rng: np.random.Generator) -> list[str]:
-    """Whole members in random order until `budget` pages (all pages when fewer)."""
-    per_user = imp.group_by(Col.USER_ID).agg(pl.col(Col.PAGE_ID).unique().sort()).sort(Col.USER_ID)
+def _sample_pages(per_user: pl.DataFrame, budget: int, rng: np.random.Generator) -> list[str]:
+    """Whole members in random order until `budget` pages (all pages when fewer); `per_user`
+    holds each member's sorted pages, the members sorted."""
     if per_user[Col.PAGE_ID].list.len().sum() <= budget:
-        return sorted(imp[Col.PAGE_ID].unique().to_list())
+        return sorted(per_user[Col.PAGE_ID].explode().unique().to_list())
     order = rng.permutation(per_user.height)
     lens = per_user[Col.PAGE_ID].list.len().to_numpy()[order]
     take = order[: max(1, int(np.searchsorted(np.cumsum(lens), budget, side="right")))]
@@ -889,12 +893,15 @@ def build_window(
     rng = np.random.default_rng([page_cfg.seed, index])
     name = f"window {index} [{t0:%Y-%m-%d %H:%M}, {t1:%Y-%m-%d %H:%M})"
     lo, hi = pl.lit(t0).dt.cast_time_unit("us"), pl.lit(t1).dt.cast_time_unit("us")
-    has_log = ds.impressions is not None and (
-        ds.impressions.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi)).height > 0
-    )
-    if has_log:
+    if ds.impressions is not None and _has_rows(
+        ds.impressions.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi))
+    ):
         return logged_window(ds, rp, t0, t1, rng, name, progress)
     return rebuilt_window(ds, rp, t0, t1, rng, name, progress)
+
+
+def _has_rows(frame: pl.LazyFrame | None) -> bool:
+    return frame is not None and frame.head(1).collect().height > 0
 
 
 def _countries(ds: Dataset) -> list[str]:
@@ -1213,9 +1220,7 @@ def train(
     w_cfg = window_config(cfg, page_cfg)
     windows: list[WindowData] = []
     bar = tqdm(range(page_cfg.windows), desc="training windows", disable=not progress)
-    if page_cfg.rebuilt_windows == "members" and (
-        ds.impressions is None or not ds.impressions.height
-    ):
+    if page_cfg.rebuilt_windows == "members" and not _has_rows(ds.impressions):
         # The most recent held-out plays come last: they are the window the models validate on.
         for k in bar:
             k_back = page_cfg.windows - k

@@ -17,6 +17,7 @@ import pytest
 from engine.data.columns import IMPRESSIONS, PLAYS, SCHEMA, TITLES, USERS, Col
 from engine.data.dataset import MANIFEST, Dataset, load_dataset, save_dataset
 from engine.data.validate import (
+    ROW,
     _duplicated_slots,
     conform_dataset,
     read_tables,
@@ -57,7 +58,7 @@ def edit(ds: Dataset, table: str, change: Callable[[pl.DataFrame], pl.DataFrame]
         titles=frames[TITLES],
         users=frames[USERS],
         plays=frames[PLAYS],
-        impressions=frames.get(IMPRESSIONS),
+        impressions=frames[IMPRESSIONS].lazy() if IMPRESSIONS in frames else None,
     )
 
 
@@ -227,8 +228,8 @@ def test_nullable_columns_accept_nulls(ds: Dataset) -> None:
             ):
                 ds = edit(ds, table, set_rows(col.name, [0], None))
     # A page has one device: null it on every row of the first page.
-    assert ds.impressions is not None
-    page = ds.impressions[Col.PAGE_ID].eq(ds.impressions[Col.PAGE_ID][0]).arg_true().to_list()
+    imp = ds.tables()[IMPRESSIONS]
+    page = imp[Col.PAGE_ID].eq(imp[Col.PAGE_ID][0]).arg_true().to_list()
     ds = edit(ds, IMPRESSIONS, set_rows(Col.DEVICE, page, None))
     assert validate_dataset(ds) == []
 
@@ -371,11 +372,11 @@ def test_duplicated_slots_equal_the_exact_comparison(seed: int) -> None:
         }
     )
     slot = [Col.PAGE_ID, Col.ROW_INDEX, Col.POSITION]
-    want = frame.select(pl.struct(slot).is_duplicated()).to_series()
-    got = _duplicated_slots(frame, slot)
-    assert 0 < int(want.sum()) < n and got.to_list() == want.to_list()
+    want = frame.select(pl.struct(slot).is_duplicated()).to_series().arg_true()
+    got = _duplicated_slots(frame.lazy().with_row_index(ROW), slot)
+    assert 0 < len(want) < n and got.to_list() == want.to_list()
     unique = frame.unique(slot, keep="first", maintain_order=True)
-    assert not _duplicated_slots(unique, slot).any()
+    assert _duplicated_slots(unique.lazy().with_row_index(ROW), slot).is_empty()
 
 
 @pytest.mark.parametrize(
@@ -387,8 +388,7 @@ def test_duplicated_slots_equal_the_exact_comparison(seed: int) -> None:
     ],
 )
 def test_page_rows_share_user_ts_device(ds: Dataset, column: str, value: object) -> None:
-    imp = ds.impressions
-    assert imp is not None
+    imp = ds.tables()[IMPRESSIONS]
     page = imp[Col.PAGE_ID][0]
     # Change the page's last row to something its other rows do not have.
     row = imp[Col.PAGE_ID].eq(page).arg_true()[-1]

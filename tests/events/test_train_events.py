@@ -92,9 +92,9 @@ def test_served_impressions_are_labelled_by_the_plays_that_followed(
     out, taken = with_impressions(folded, tmp_path / "impressions", since=ds.clock)
     assert (taken.impressions, taken.played, taken.outside) == (2, 1, 3)
     assert out.impressions is not None and ds.impressions is not None
-    new = out.impressions.filter(pl.col(Col.PAGE_ID) == "p1").sort(Col.POSITION)
+    new = out.impressions.collect().filter(pl.col(Col.PAGE_ID) == "p1").sort(Col.POSITION)
     assert new[Col.PLAYED].to_list() == [True, False]
-    assert out.impressions.height == ds.impressions.height + 2
+    assert out.impressions.collect().height == ds.impressions.collect().height + 2
 
 
 def test_with_events_takes_the_plays_after_the_clock(tiny_world: TinyWorld, tmp_path: Path) -> None:
