@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -523,6 +523,28 @@ class FeatureStore:
         return user, title, (country_pop,), lifts, genres, seen
 
     # ----- the row-model matrix ----------------------------------------------------------------
+
+    def for_row_examples(self, req: Requests) -> tuple[FeatureStore, Requests, np.ndarray]:
+        """What the row model's examples of the requests `req` read (`row_static`, `kinds`), with
+        `req`'s members renumbered into it, and the History index of each of its members. A
+        training window keeps this instead of its whole
+        store: at a million members each window's store holds gigabytes of every member's
+        statistics, and the row examples read three arrays of the window's few thousand members.
+        Every other array is left empty, so any other use fails loudly."""
+        known = req.user >= 0
+        # Member 0 stays first: row_static reads index 0 for an unknown member (then masks it).
+        users, local = np.unique(np.r_[0, req.user[known]], return_inverse=True)
+        user = np.full(len(req.user), -1, dtype=req.user.dtype)
+        user[known] = local[1:]
+        per_member = ("user_kind", "user_kind_device", "user_kind_daypart")
+        kept: dict[str, Any] = {name: getattr(self, name)[users] for name in per_member}
+        read = {*per_member, "kind_device", "kind_daypart", "col_decay"}
+        emptied: dict[str, Any] = {
+            f.name: np.empty((0,) * value.ndim, dtype=value.dtype)
+            for f in fields(self)
+            if isinstance(value := getattr(self, f.name), np.ndarray) and f.name not in read
+        }
+        return replace(self, **kept, **emptied), replace(req, user=user), users
 
     def row_static(
         self,

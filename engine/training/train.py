@@ -96,8 +96,9 @@ class WindowData:
 
     name: str
     logged: bool  # True: from impressions (positions known); False: rebuilt pages
-    store: FeatureStore
-    reqs: Requests
+    store: FeatureStore  # what the row examples read (FeatureStore.for_row_examples)
+    reqs: Requests  # members numbered in `store`
+    members: np.ndarray  # the History index of each member of `store`
     title_x: np.ndarray  # float32 (P, n_title_features)
     label: np.ndarray  # int8 (P,)
     position: np.ndarray | None  # int32 (P,) column shown at
@@ -489,12 +490,16 @@ def _logged_window_data(
     label = j["label"].to_numpy().astype(np.int8)
     row_size = np.diff(np.r_[row_start, len(pairs.title)]).astype(np.int64)
     row_kind = pairs.kind[row_start]
+    title_x = store.title_matrix(reqs, pairs)
+    placement = _logged_placement(store, pairs.title, layout.row_of, row_page, row_kind, n_rows)
+    store, reqs, member_index = store.for_row_examples(reqs)
     return WindowData(
         name=name,
         logged=True,
         store=store,
         reqs=reqs,
-        title_x=store.title_matrix(reqs, pairs),
+        members=member_index,
+        title_x=title_x,
         label=label,
         position=j[Col.POSITION].to_numpy().astype(np.int32),
         row_size=row_size,
@@ -505,7 +510,7 @@ def _logged_window_data(
         row_top=j["top"].gather(row_start).cast(pl.Float64).fill_null(np.nan).to_numpy(),
         row_position=layout.row_index[row_start].astype(np.int32),
         row_visible=row_size.copy(),
-        placement=_logged_placement(store, pairs.title, layout.row_of, row_page, row_kind, n_rows),
+        placement=placement,
         page_size=np.bincount(row_page, minlength=len(layout.page_start)).astype(np.int64),
         stats={
             "pages": float(len(layout.page_start)),
@@ -841,6 +846,7 @@ def _rebuilt_pages(
     pairs = concat_pairs(parts)
     reqs = request_arrays(store, h, ctxs)
     X = store.title_matrix(reqs, pairs)
+    store, reqs, member_index = store.for_row_examples(reqs)
     label = np.concatenate(labels)
     n_rows = len(row_size)
     return WindowData(
@@ -848,6 +854,7 @@ def _rebuilt_pages(
         logged=False,
         store=store,
         reqs=reqs,
+        members=member_index,
         title_x=X,
         label=label,
         position=None,

@@ -19,6 +19,8 @@ from engine.data.columns import DEVICES, Col
 from engine.data.dataset import Dataset, load_dataset
 from engine.data.history import History
 from engine.errors import ModelLoadError
+from engine.pipeline import request_arrays
+from engine.request.context import RequestContext
 from engine.request.feature_fit import fit_feature_store
 from engine.request.features import (
     _ROW_AGG_SOURCES,
@@ -321,3 +323,41 @@ def test_the_compiled_row_matrix_equals_the_numpy_formulas(
     assert sum(store is eng.store for store, _ in calls) >= 24  # pages
     assert sum(store is not eng.store for store, _ in calls) == 2  # the window's two
     assert any(len(np.unique(a[-1])) < len(a[1]) for _, a in cases)  # a row with nothing shown
+
+
+def test_a_windows_row_examples_read_the_same_from_its_slim_store(tiny_model: Path) -> None:
+    """FeatureStore.for_row_examples keeps only what row_static reads, for the requests' own
+    members (renumbered): the row matrix is the same bits, unknown members included, and the
+    rest of the store is gone."""
+    eng = engine.load(tiny_model)
+    store, h = eng.store, eng.history
+    at = datetime.fromtimestamp(h.cutoff_us / 1e6, UTC)
+    ctxs = [
+        RequestContext(str(u), device, at + timedelta(hours=hours))
+        for u in h.user_ids[[3, 1, 3, 4]].tolist()
+        for device, hours in (("tv", 2), ("mobile", 13))
+    ]
+    ctxs.append(RequestContext("someone-new", "tv", at, country=store.countries[0]))
+    req = request_arrays(store, h, ctxs)
+    rng = np.random.default_rng(0)
+    n_rows, width = 40, 6
+    row_req = rng.integers(0, len(ctxs), n_rows)
+    kind = rng.integers(0, len(store.kinds), n_rows)
+    owner = np.repeat(np.arange(n_rows), width)
+    title_x = rng.normal(size=(n_rows * width, len(feature_names("title")))).astype(np.float32)
+    args = (
+        row_req,
+        kind,
+        rng.integers(0, len(store.rankers), n_rows),
+        rng.integers(1, 40, n_rows).astype(np.float64),
+        rng.normal(size=n_rows),
+        title_x,
+        rng.normal(size=n_rows * width),
+        np.arange(n_rows * width),
+        owner,
+    )
+    slim, slim_req, members = store.for_row_examples(req)
+    np.testing.assert_array_equal(slim.row_static(slim_req, *args), store.row_static(req, *args))
+    assert members.tolist() == [0, 1, 3, 4]  # member 0 is always kept
+    assert (members[slim_req.user[:-1]] == req.user[:-1]).all()
+    assert slim_req.user[-1] == -1 and slim.shown_keys.size == 0 and slim.user_genre.size == 0

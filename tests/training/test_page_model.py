@@ -178,7 +178,7 @@ def test_members_window_asks_each_member_just_after_their_kept_plays(
     kept, dropped = drop_last_plays(history, 6)
     _, later = drop_last_plays(history, 3)
     label_plays = dropped & ~later
-    asked = w.reqs.user.tolist()
+    asked = w.members[w.reqs.user].tolist()
     assert len(asked) == len(set(asked)) > 50  # one page per member
     for u, at in zip(asked, w.reqs.at_us.tolist(), strict=True):
         s, k = history.user_plays(u), kept.user_plays(u)
