@@ -45,6 +45,8 @@ from engine.data.dataset import MANIFEST, SCHEMA_VERSION, Dataset, to_utc
 MAX_EXAMPLES = 5
 # The row number column the rules add (rows count from 0 in file order).
 ROW = "__row"
+# Impression rows whose slot hashes one pass of the duplicate-slot check groups in memory.
+SLOT_ROWS_PER_PASS = 8_000_000
 # Time zones taken as UTC without conversion doubts.
 UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
 # Earliest plausible release year (the first films date from the late 1880s).
@@ -385,18 +387,28 @@ def _lookup(
     return frame.join(table.lazy(), on=key, how="left", maintain_order="left")
 
 
-def _duplicated_slots(frame: pl.LazyFrame, slot: Sequence[str]) -> pl.Series:
+def _duplicated_slots(
+    frame: pl.LazyFrame, slot: Sequence[str], rows_per_pass: int = SLOT_ROWS_PER_PASS
+) -> pl.Series:
     """The numbers (`ROW`) of rows whose `slot` columns another row shares. A 64-bit hash of
-    each row's slot finds the candidates in one streaming pass over fixed-width values; the
-    exact comparison, which copies every row's string key, runs on those alone."""
+    each row's slot finds the candidates in streaming passes over fixed-width values, each pass
+    grouping the rows whose hash falls in its share (rows with equal slots share a pass), so no
+    pass holds more than about `rows_per_pass` hashes; the exact comparison, which copies every
+    row's string key, runs on the candidates alone."""
     h = pl.lit(0, dtype=pl.UInt64)
     for seed, name in enumerate(slot):
         h = h ^ pl.col(name).hash(seed)
     hashed = frame.with_columns(h.alias("__slot"))
-    shared = hashed.group_by("__slot").agg(pl.len()).filter(pl.col("len") > 1).select("__slot")
-    maybe = hashed.join(shared, on="__slot", how="semi").select(ROW, *slot)
-    rows = maybe.collect(engine="streaming")
-    return rows.filter(pl.struct(list(slot)).is_duplicated())[ROW].sort()
+    n = int(frame.select(pl.len()).collect(engine="streaming").item())
+    passes = max(1, -(-n // rows_per_pass))
+    found = []
+    for k in range(passes):
+        part = hashed.filter(pl.col("__slot") % passes == k)
+        shared = part.group_by("__slot").agg(pl.len()).filter(pl.col("len") > 1).select("__slot")
+        maybe = part.join(shared, on="__slot", how="semi").select(ROW, *slot)
+        rows = maybe.collect(engine="streaming")
+        found.append(rows.filter(pl.struct(list(slot)).is_duplicated())[ROW])
+    return pl.concat(found).sort()
 
 
 def _pages_where(frame: pl.LazyFrame, bad: pl.Expr) -> pl.Series:

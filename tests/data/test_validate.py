@@ -377,6 +377,9 @@ def test_duplicated_slots_equal_the_exact_comparison(seed: int) -> None:
     assert 0 < len(want) < n and got.to_list() == want.to_list()
     unique = frame.unique(slot, keep="first", maintain_order=True)
     assert _duplicated_slots(unique.lazy().with_row_index(ROW), slot).is_empty()
+    # In several passes (each grouping a share of the hashes) the rows found are the same.
+    in_passes = _duplicated_slots(frame.lazy().with_row_index(ROW), slot, rows_per_pass=70)
+    assert in_passes.to_list() == want.to_list()
 
 
 @pytest.mark.parametrize(
