@@ -92,8 +92,13 @@ def read_tables(directory: Path) -> tuple[Dataset, list[str]]:
             continue
         try:
             scan, found = conform_table(table, pl.scan_parquet(path))
-            # Impressions stay a scan (engine.data.dataset); the other tables are read whole.
-            frames[table] = scan if table == IMPRESSIONS else scan.collect()
+            if table == IMPRESSIONS:
+                # They stay a scan (engine.data.dataset); one streaming pass decodes every
+                # column now, so a damaged page is reported here, not half way through training.
+                scan.select(pl.all().null_count()).collect(engine="streaming")
+                frames[table] = scan
+            else:
+                frames[table] = scan.collect()
         except (pl.exceptions.PolarsError, OSError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             problems.append(f"{path.name}: cannot be read as Parquet ({reason}); rewrite the file")

@@ -471,6 +471,19 @@ def test_unreadable_parquet(saved: Path) -> None:
     assert ds is not None and ds.plays.height == 0
 
 
+def test_impressions_with_a_damaged_page_are_reported_when_read(saved: Path) -> None:
+    """Impressions are read as a scan: a file whose footer is intact but whose data is damaged
+    is still reported by `read_tables`, not left to fail in the middle of a later step."""
+    path = saved / "impressions.parquet"
+    data = bytearray(path.read_bytes())
+    data[100:400] = bytes(b ^ 0x55 for b in data[100:400])
+    path.write_bytes(bytes(data))
+    ds, problems = validate_directory(saved)
+    one(problems, "impressions.parquet: cannot be read as Parquet (")
+    assert ds is not None and ds.impressions is not None
+    assert ds.impressions.collect().height == 0
+
+
 def test_missing_required_column(saved: Path) -> None:
     rewrite(saved, PLAYS, lambda f: f.drop(Col.PROGRESS))
     _, problems = validate_directory(saved)
