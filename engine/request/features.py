@@ -526,11 +526,12 @@ class FeatureStore:
 
     def for_row_examples(self, req: Requests) -> tuple[FeatureStore, Requests, np.ndarray]:
         """What the row model's examples of the requests `req` read (`row_static`, `kinds`), with
-        `req`'s members renumbered into it, and the History index of each of its members. A
-        training window keeps this instead of its whole
-        store: at a million members each window's store holds gigabytes of every member's
-        statistics, and the row examples read three arrays of the window's few thousand members.
-        Every other array is left empty, so any other use fails loudly."""
+        `req`'s members renumbered into it, and the History index of each of its members.
+
+        A training window keeps this instead of its whole store: at a million members each
+        window's store holds gigabytes of every member's statistics, and the row examples read
+        three arrays of the window's few thousand members. Every other array is left empty, so
+        any other use fails loudly."""
         known = req.user >= 0
         # Member 0 stays first: row_static reads index 0 for an unknown member (then masks it).
         users, local = np.unique(np.r_[0, req.user[known]], return_inverse=True)
