@@ -232,10 +232,10 @@ def wrk_pages(
 
 
 def with_events(
-    w: World, server: Server, script: Path, args: argparse.Namespace, round_: int
+    w: World, server: Server, ingest: Server, script: Path, args: argparse.Namespace, round_: int
 ) -> tuple[tuple[float, float, float, int], int, float, int]:
-    """One wrk run while events are posted: (wrk figures, events acknowledged, seconds,
-    failed batches)."""
+    """One wrk run on `server` while events are posted to `ingest`: (wrk figures, events
+    acknowledged, seconds, failed batches)."""
     stop = threading.Event()
     counts: list[int] = []
     failures: list[int] = []
@@ -245,7 +245,7 @@ def with_events(
         event_bodies(w, n_batches, args.batch, args.seed + 1 + k, f"load{round_}-{k}")
         for k in range(args.event_clients)
     ]
-    threads = posters(server, bodies, args, stop, counts, failures)
+    threads = posters(ingest, bodies, args, stop, counts, failures)
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -315,10 +315,13 @@ def bench_load(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]
     users = [w.members[i] for i in rng.permutation(len(w.members))[:500]]
     lua_script(script, users, w.at.isoformat().replace("+", "%2B"), args.page_delay_ms)
     server = start_server(w.model, state, free_port(), work / "server-load.log")
+    ingest = server
+    if args.ingest_server:  # events to a server of their own on the same log
+        ingest = start_server(w.model, state, free_port(), work / "server-ingest.log", 1)
     rounds = []
     try:
         wrk_pages(w, server.url, script, 3, args.connections)  # warm-up
-        alone_rate, cpu_us = events_alone(w, server, args)
+        alone_rate, cpu_us = events_alone(w, ingest, args)
         print(
             f"load: events alone (no pages) {alone_rate:,.0f}/s, server CPU {cpu_us:.0f} us an "
             f"event ({alone_rate * cpu_us / 1e6:.2f} cores)",
@@ -326,7 +329,7 @@ def bench_load(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]
         )
         for r in range(args.rounds):
             base = wrk_pages(w, server.url, script, args.duration, args.connections)
-            pages, events, seconds, failed = with_events(w, server, script, args, r)
+            pages, events, seconds, failed = with_events(w, server, ingest, script, args, r)
             rounds.append((base, pages, events / seconds, failed))
             print(
                 f"load round {r + 1}: without events {base[0]:.0f} pages/s p50 {base[1]:.1f} ms "
@@ -337,6 +340,8 @@ def bench_load(w: World, work: Path, args: argparse.Namespace) -> dict[str, Any]
             )
     finally:
         stop_server(server)
+        if ingest is not server:
+            stop_server(ingest)
     log_lines = len((state / LOG_FILE).read_bytes().splitlines())
     shutil.rmtree(state, ignore_errors=True)
 
@@ -639,6 +644,12 @@ def main() -> int:
         default=5000,
         help="events/s offered during the load run (default 5000, the target; 0: as fast as "
         "the server takes them)",
+    )
+    ap.add_argument(
+        "--ingest-server",
+        action="store_true",
+        help="load: post the events to a second `rowrank serve --workers 1` on the same log, so "
+        "the page workers only read it",
     )
     ap.add_argument("--rounds", type=int, default=3, help="load: pairs of runs (default 3)")
     ap.add_argument("--fresh-events", type=int, default=1000)

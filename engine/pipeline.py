@@ -662,6 +662,10 @@ def continuation_mode(history: History, user: int, at_us: int, cfg: PageModelCon
 class LiveLayer(Protocol):
     """Members' plays after the model's cut-off (engine.events.state.LiveState)."""
 
+    def refresh(self) -> int:
+        """Read what was appended since the last read; returns how many plays."""
+        ...
+
     def history_for(self, snapshot: History, user_id: str) -> History: ...
 
     def features_for(self, store: FeatureStore, history: History) -> FeatureStore: ...
@@ -895,9 +899,17 @@ class Engine:
         self.last_proposals = LastProposals()
         return len(plays.title)
 
-    def _refresh_nearline_when_due(self) -> None:
+    def follow_live(self) -> None:
+        """Take the live layer's new plays (its members' state and the plays for the title
+        counts), and give those to the nearline rankers when `[serving] nearline_seconds` is
+        due. Every page calls it first; a server also calls it from a thread between pages
+        (engine.serving.events_route.follow_live_state), so that a page under a stream of
+        events finds only the last few to take, not all since the member's previous page."""
+        if self.live is None:
+            return
         every = self.config.serving.nearline_seconds
-        if self.live is None or every <= 0:
+        if every <= 0 or not self._nearline_takers:
+            self.live.refresh()
             return
         if not self._nearline_lock.acquire(blocking=False):
             return  # another thread is taking them; this page need not wait
@@ -916,7 +928,7 @@ class Engine:
         """The block's pages in order, in runs of consecutive requests that read the same
         History (`member_history`, the one place a request's plays come from: the snapshot for
         most, a member's own History when live plays extend it)."""
-        self._refresh_nearline_when_due()
+        self.follow_live()
         histories = [self.member_history(c) for c in ctxs]
         start = 0
         while start < len(ctxs):

@@ -320,7 +320,12 @@ def create_app(
     it and every page reads the member's live plays from it (engine.events); None turns both
     off."""
     from engine.events.state import LiveState
-    from engine.serving.events_route import ROUTE_EVENTS, post_events, with_live
+    from engine.serving.events_route import (
+        ROUTE_EVENTS,
+        follow_live_state,
+        post_events,
+        with_live,
+    )
 
     live = LiveState(events_dir) if events_dir is not None else None
     if live is not None:
@@ -364,6 +369,12 @@ def create_app(
             if shared_dir is not None:  # a worker (re)started after a reload: follow it
                 holder.model_dir, holder.generation = Path(shared_dir), generation
         threading.Thread(target=holder.load_initial, name="model-load", daemon=True).start()
+        following = threading.Event()
+        follower = threading.Thread(
+            target=follow_live_state, args=(holder, following), name="live", daemon=True
+        )
+        if live is not None:
+            follower.start()
         poll = (
             asyncio.create_task(follow_shared_state(holder, state, svc.metrics)) if state else None
         )
@@ -377,6 +388,8 @@ def create_app(
             if logger is not None:
                 await anyio.to_thread.run_sync(logger.close)
             if live is not None:
+                following.set()
+                await anyio.to_thread.run_sync(follower.join)  # before the log it reads closes
                 live.close()
 
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {

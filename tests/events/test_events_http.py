@@ -25,7 +25,8 @@ from conftest import rowrank_cmd
 from servers import ServerThread
 
 from engine.events.log import LOG_FILE
-from engine.events.schema import MAX_BODY_BYTES
+from engine.events.schema import MAX_BODY_BYTES, validate_batch
+from engine.events.state import LiveState
 from engine.serving.http import create_app
 
 TIMEOUT = 60
@@ -98,6 +99,32 @@ def test_an_event_reaches_the_next_page_and_a_retry_is_a_no_op(
     assert r.json() == {"accepted": 0, "duplicates": 1}
     ids = [orjson.loads(x)["event_id"] for x in (events / LOG_FILE).read_bytes().splitlines()]
     assert ids.count("http-1") == 1
+
+
+def test_the_worker_takes_other_processes_events_between_pages(
+    tiny_model: Path, model: dict[str, Any], tmp_path: Path
+) -> None:
+    """The follower thread reads what another process appended with no page asked, so a page
+    under a stream of events does not first apply every event since the previous page."""
+    app = create_app(tiny_model, events_dir=tmp_path)
+    live = app.app.state.service.live  # type: ignore[attr-defined]
+    with ServerThread(app) as url:
+        deadline = time.monotonic() + TIMEOUT
+        while requests.get(f"{url}/readyz", timeout=TIMEOUT).status_code != 200:
+            assert time.monotonic() < deadline, "the model did not load"
+            time.sleep(0.05)
+        before = live.applied
+        other = LiveState(tmp_path)  # another process's writer on the same log
+        try:
+            event = _event(model, "elsewhere-1", model["movies"][1], 0.3)
+            other.append(validate_batch([event], lambda t: True, time.time_ns() // 1000))
+        finally:
+            other.close()
+        deadline = time.monotonic() + 5
+        while live.applied == before:  # no request at all meanwhile
+            assert time.monotonic() < deadline, "the worker did not read the log by itself"
+            time.sleep(0.01)
+        assert [e.event_id for e in live.events_of(model["member"])][-1:] == ["elsewhere-1"]
 
 
 @pytest.mark.parametrize(
