@@ -38,6 +38,9 @@ from rankers._common import check_fitted, load_state, make_row, save_state
 STATE_VERSION = 1
 Method = Literal["ease", "als", "item_knn"]
 _LN2 = float(np.log(2.0))
+# The most titles EASE and item-kNN score (`max_dense_titles`): at 10,000 a fit's peak is a few
+# GB and its matrix 0.4 GB in every server worker (bench/bench_cf_scale.py).
+MAX_DENSE_TITLES = 10_000
 _OVERALL = 400  # the rank whose score is the genre rows' candidate threshold (PVRRanker.propose)
 
 
@@ -49,6 +52,9 @@ class CFConfig(RankerConfig):
     method: Method = "ease"
     # Titles with fewer distinct players get no CF score (EASE's item-item matrix is n^2).
     min_plays: int = Field(default=2, ge=1)
+    # EASE and item-kNN hold dense n x n matrices: past this many titles only the most played
+    # get a CF score (ALS has no such limit). bench/bench_cf_scale.py measures the cost.
+    max_dense_titles: int = Field(default=MAX_DENSE_TITLES, ge=1)
     l2: float = Field(default=200.0, gt=0, description="EASE ridge strength")
     factors: int = Field(default=64, ge=1, description="ALS latent factors")
     als_reg: float = Field(default=0.1, gt=0)
@@ -69,6 +75,7 @@ class CFConfig(RankerConfig):
         keys = (
             "method",
             "min_plays",
+            "max_dense_titles",
             "l2",
             "factors",
             "als_reg",
@@ -193,9 +200,12 @@ class CFModel:
 
     @classmethod
     def fit(cls, history: History, cfg: CFConfig) -> CFModel:
-        X = play_matrix(history, cfg.play_weight)
-        players = distinct_players(history)
-        eval_items = np.flatnonzero(players >= cfg.min_plays).astype(np.int32)
+        return cls.fit_plays(play_matrix(history, cfg.play_weight), cfg)
+
+    @classmethod
+    def fit_plays(cls, X: sp.csr_matrix, cfg: CFConfig) -> CFModel:
+        """Fit on `X` (members x titles, one weight per member and title played)."""
+        eval_items = cf_titles(np.diff(X.tocsc().indptr), cfg)
         Xe = X[:, eval_items].tocsr()
         empty = np.zeros((0, 0), dtype=np.float32)
         if cfg.method == "als":
@@ -259,6 +269,17 @@ class CFModel:
         # |plays| x n_eval, a float64 copy of it cost 10x more than the product).
         w = weights.astype(np.float32)
         return (w @ self.item_weights[pos]).astype(np.float64)
+
+
+def cf_titles(players: np.ndarray, cfg: CFConfig) -> np.ndarray:
+    """The titles the CF model scores (int32, ascending): those with `min_plays` distinct
+    players; for a dense method at most `max_dense_titles` of them, the most played (ties to
+    the lower index), which bounds the n x n matrix a large catalog would need."""
+    titles = np.flatnonzero(players >= cfg.min_plays).astype(np.int32)
+    if cfg.method != "als" and len(titles) > cfg.max_dense_titles:
+        most = np.argsort(-players[titles], kind="stable")[: cfg.max_dense_titles]
+        titles = np.sort(titles[most])
+    return titles
 
 
 def _gram(X: sp.csr_matrix) -> np.ndarray:

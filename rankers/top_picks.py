@@ -36,6 +36,7 @@ from engine.request.context import RequestContext
 from engine.request.scorers import Forest
 from rankers._common import PlayTimes, check_fitted, load_state, make_row, save_state
 from rankers.pvr import (
+    MAX_DENSE_TITLES,
     CFConfig,
     CFModel,
     GenreRowsConfig,
@@ -73,6 +74,7 @@ class TopPicksConfig(GenreRowsConfig):
     candidates: int = Field(default=50, ge=1, description="titles each generator proposes")
     # Generators
     min_plays: int = Field(default=3, ge=1, description="players a title needs for CF scores")
+    max_dense_titles: int = Field(default=MAX_DENSE_TITLES, ge=1)  # rankers.pvr.CFConfig's
     l2: float = Field(default=500.0, gt=0, description="EASE ridge strength")
     neighbours: int = Field(default=100, ge=1)
     shrink: float = Field(default=10.0, ge=0)
@@ -103,6 +105,7 @@ class TopPicksConfig(GenreRowsConfig):
         return CFConfig(
             method=method,  # type: ignore[arg-type]
             min_plays=self.min_plays,
+            max_dense_titles=self.max_dense_titles,
             l2=self.l2,
             neighbours=self.neighbours,
             shrink=self.shrink,

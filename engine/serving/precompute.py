@@ -1164,28 +1164,11 @@ def _run_dask(
     """One Dask task per shard, on a LocalCluster (processes, 1 thread each) or a scheduler.
     Dask workers see no stop flag: once it is set no shard is submitted, and those in progress
     finish."""
-    import logging
+    from distributed import as_completed
 
-    from distributed import Client, LocalCluster, as_completed
+    from engine.cluster import dask_client
 
-    with contextlib.ExitStack() as stack:
-        if scheduler:
-            client = stack.enter_context(Client(scheduler))
-            # Keep as many tasks queued as the cluster has threads, times the usual slack.
-            n_slots = max(1, sum(client.nthreads().values()))
-        else:
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=n_workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    # ":0" = any free port; None still tries 8787 and warns when it is taken.
-                    dashboard_address=":0",
-                    silence_logs=logging.ERROR,
-                )
-            )
-            client = stack.enter_context(Client(cluster))
-            n_slots = n_workers
+    with dask_client(n_workers, scheduler) as (client, n_slots):
         limit = n_slots * _IN_FLIGHT_PER_WORKER
         by_key: dict[str, ShardTask] = {}
         queue = as_completed()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 from pydantic import ValidationError
 
 from engine.data.columns import STR_LIST, TIMESTAMP, Col
@@ -19,7 +20,7 @@ from engine.data.history import History, truncate_history
 from engine.errors import ModelLoadError
 from engine.request.context import RequestContext
 from rankers.because_you_watched import BecauseYouWatchedConfig, BecauseYouWatchedRanker
-from rankers.pvr import PVRConfig, PVRRanker
+from rankers.pvr import CFConfig, CFModel, PVRConfig, PVRRanker
 from rankers.top_n import Blend, TopNConfig, TopNRanker
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -395,3 +396,21 @@ def test_byw_seed_choice_is_personalized() -> None:
     b = r.seeds(h.user_index("u001"), h, h.cutoff_us)
     assert len(a) and len(b) and set(a.tolist()) != set(b.tolist())
     assert set(a.tolist()) <= set(h.play_title[h.user_plays(h.user_index("u000"))].tolist())
+
+
+@pytest.mark.parametrize("method", ["ease", "item_knn"])
+def test_a_dense_method_scores_only_the_most_played_titles_past_max_dense_titles(
+    method: str,
+) -> None:
+    # Title t has t + 1 distinct players (members 0..t), so the most played are the last.
+    titles = 12
+    rows = np.concatenate([np.arange(t + 1) for t in range(titles)])
+    cols = np.concatenate([np.full(t + 1, t) for t in range(titles)])
+    x = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(titles, titles))
+    capped = CFModel.fit_plays(x, CFConfig(method=method, min_plays=2, max_dense_titles=4))
+    assert capped.eval_items.tolist() == [8, 9, 10, 11]
+    assert capped.item_weights.shape == (4, 4)
+    whole = CFModel.fit_plays(x, CFConfig(method=method, min_plays=2))
+    assert whole.eval_items.tolist() == list(range(1, titles))  # title 0 has one player
+    als = CFModel.fit_plays(x, CFConfig(method="als", min_plays=2, max_dense_titles=4))
+    assert als.eval_items.tolist() == list(range(1, titles))  # factors: no n^2 to bound
