@@ -193,6 +193,16 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="a rowrank serve --log-impressions directory: the pages served after the "
         "dataset's clock, labelled by the plays of --events that followed them",
     )
+    p.add_argument(
+        "--engine",
+        choices=("local", "dask"),
+        default="local",
+        help="dask: build the training windows as Dask tasks (default local)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="--engine dask: local cluster workers (default 2)"
+    )
+    p.add_argument("--scheduler", help="--engine dask: scheduler address (default: local)")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -203,6 +213,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise BadRequestError(f"{args.model_dir} exists and is not a directory: choose a model dir")
     if args.tune_budget < 0:
         raise BadRequestError(f"--tune-budget {args.tune_budget:g}: seconds, 0 or more")
+    if args.workers < 1:
+        raise BadRequestError(f"--workers must be at least 1, got {args.workers}")
     return main_train(
         args.data_dir,
         args.model_dir,
@@ -212,6 +224,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.seed,
         args.events,
         args.impressions,
+        engine=args.engine,
+        workers=args.workers,
+        scheduler=args.scheduler,
     )
 
 

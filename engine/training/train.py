@@ -44,11 +44,11 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -83,8 +83,10 @@ from engine.training.model_dir import (
     read_manifest,
     sha256_file,
 )
-from engine.training.steps import StepMeter
+from engine.training.steps import StepMeter, peak_rss_mb
 from engine.training.tune import print_trial, tune, tuning_lines
+
+T = TypeVar("T")
 
 # ----- what one window yields -----------------------------------------------------------------
 
@@ -1128,6 +1130,121 @@ def _groups_with_positive(d: RankData) -> int:
 # ----- the command ----------------------------------------------------------------------------
 
 
+def as_of(ds: Dataset, until: datetime | None) -> tuple[Dataset, datetime, History]:
+    """The dataset as of `until` (None: its clock), that cut-off, and the History before it."""
+    cutoff = ds.clock if until is None else to_utc(until)
+    if cutoff > ds.clock:
+        raise ConfigError(
+            f"--until {cutoff.isoformat()} is after the dataset's clock {ds.clock.isoformat()}: "
+            "nothing is known then; use a time at or before the clock"
+        )
+    if until is not None:
+        ds = ds.as_of(cutoff)
+    history = History.from_dataset(ds) if until is None else History.from_dataset(ds, cutoff)
+    return ds, cutoff, history
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """One training window: `k_back` held-out plays back (a members window) or [t0, t1)."""
+
+    index: int
+    k_back: int = 0
+    t0: datetime | None = None
+    t1: datetime | None = None
+
+
+def window_specs(
+    ds: Dataset, cutoff: datetime, page_cfg: PageModelConfig
+) -> tuple[list[WindowSpec], list[datetime]]:
+    """The windows to build, oldest first (the last is the one the models validate on), and
+    the time windows' bounds (none for members windows)."""
+    if page_cfg.rebuilt_windows == "members" and not _has_rows(ds.impressions):
+        n = page_cfg.windows
+        return [WindowSpec(k, k_back=n - k) for k in range(n)], []
+    bounds = window_bounds(ds, cutoff, page_cfg)
+    return [WindowSpec(k, t0=bounds[k], t1=bounds[k + 1]) for k in range(page_cfg.windows)], bounds
+
+
+def build_spec(
+    ds: Dataset,
+    history: History,
+    cfg: EngineConfig,
+    page_cfg: PageModelConfig,
+    kinds: Sequence[str],
+    spec: WindowSpec,
+    progress: bool = False,
+) -> WindowData | None:
+    if spec.t0 is None or spec.t1 is None:
+        return held_out_window(ds, cfg, page_cfg, kinds, history, spec.k_back, progress=progress)
+    return build_window(
+        ds, cfg, page_cfg, kinds, spec.t0, spec.t1, index=spec.index, progress=progress
+    )
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a Dask worker reads the training data from: the dataset directory and the cut-off."""
+
+    data_dir: str
+    until: datetime | None
+
+
+def _window_task(
+    source: DataSource,
+    cfg: EngineConfig,
+    page_cfg: PageModelConfig,
+    kinds: Sequence[str],
+    spec: WindowSpec,
+) -> WindowData | None:
+    """On a Dask worker: one window, from the dataset as the training process reads it."""
+    ds, _, history = as_of(load_dataset(Path(source.data_dir)), source.until)
+    return build_spec(ds, history, cfg, page_cfg, kinds, spec)
+
+
+def windows_on_dask(
+    source: DataSource,
+    specs: Sequence[WindowSpec],
+    cfg: EngineConfig,
+    page_cfg: PageModelConfig,
+    kinds: Sequence[str],
+    fit_serving: Callable[[], T],
+    meter: StepMeter,
+    *,
+    workers: int,
+    scheduler: str | None,
+    progress: bool,
+) -> tuple[list[WindowData | None], T, dict[str, Any]]:
+    """The windows as one Dask task each, while this process runs `fit_serving`; returns them
+    in `specs` order, its result, and the workers' count and peak memory. A window is built
+    the same on a worker as here (seeded by its index, LightGBM on fixed threads), so the
+    models trained from them are too."""
+    from distributed import as_completed
+
+    from engine.cluster import dask_client
+
+    with dask_client(workers, scheduler) as (client, _):
+        futures = [
+            client.submit(_window_task, source, cfg, page_cfg, kinds, spec, pure=False)
+            for spec in specs
+        ]
+        served = fit_serving()
+        meter.step("serving_fit")
+        index = {f.key: k for k, f in enumerate(futures)}
+        built: list[WindowData | None] = [None] * len(specs)
+        done = as_completed(futures)
+        for fut in tqdm(done, total=len(futures), desc="training windows", disable=not progress):
+            built[index[fut.key]] = fut.result()
+        peaks = client.run(peak_rss_mb)
+    meter.step("windows")
+    cluster = {
+        "engine": "dask",
+        "workers": len(peaks),
+        "worker_peak_rss_mb": sorted(round(float(v), 1) for v in peaks.values()),
+    }
+    return built, served, cluster
+
+
 def data_fingerprint(data_dir: Path) -> str:
     """sha256 over the dataset's Parquet files and manifest (names and bytes)."""
     h = hashlib.sha256()
@@ -1174,8 +1291,15 @@ def train(
     seed: int = 0,
     events: str | os.PathLike[str] | None = None,
     impressions: Path | None = None,
+    engine: str = "local",
+    workers: int = 2,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """Fit everything and write `model_dir` (replaced atomically); returns the manifest.
+
+    `engine="dask"` builds the training windows as Dask tasks (`windows_on_dask`: a LocalCluster
+    of `workers` processes, or the cluster at `scheduler`), each reading `data_dir` itself,
+    while this process fits the serving side; the model files are the same as `"local"`'s.
 
     `events` (a play-event log: a directory or a redis:// URL) adds the log's plays after the
     dataset's clock to the data first (engine.events.export.with_events); `impressions` (a
@@ -1187,6 +1311,12 @@ def train(
     used everywhere, in the training windows and the served rankers alike."""
     meter = StepMeter()
     data_dir, model_dir = Path(data_dir), Path(model_dir)
+    if engine == "dask" and (events is not None or impressions is not None):
+        raise ConfigError(
+            "--engine dask: the workers read the dataset directory itself, so --events and "
+            "--impressions are not folded in there; write them into a dataset first "
+            "(`rowrank events export`) or train with --engine local"
+        )
     cfg = engine_config if engine_config is not None else load_config(config)
     page_cfg = PageModelConfig.from_section(cfg.page)
     ds = load_dataset(data_dir)
@@ -1207,15 +1337,7 @@ def train(
         from engine.serving.impression_log import with_impressions
 
         ds, taken = with_impressions(ds, Path(impressions), since=data_clock)
-    cutoff = ds.clock if until is None else to_utc(until)
-    if cutoff > ds.clock:
-        raise ConfigError(
-            f"--until {cutoff.isoformat()} is after the dataset's clock {ds.clock.isoformat()}: "
-            "nothing is known then; use a time at or before the clock"
-        )
-    if until is not None:
-        ds = ds.as_of(cutoff)
-    history = History.from_dataset(ds) if until is None else History.from_dataset(ds, cutoff)
+    ds, cutoff, history = as_of(ds, until)
     if len(history.play_user) == 0:
         raise DataError(["plays: no plays before the cut-off to train on"])
     given = cfg
@@ -1225,34 +1347,42 @@ def train(
     meter.step("tuning")
     kinds = row_kinds(cfg, build_rankers(cfg), ds)
     w_cfg = window_config(cfg, page_cfg)
-    windows: list[WindowData] = []
-    bar = tqdm(range(page_cfg.windows), desc="training windows", disable=not progress)
-    if page_cfg.rebuilt_windows == "members" and not _has_rows(ds.impressions):
-        # The most recent held-out plays come last: they are the window the models validate on.
-        for k in bar:
-            k_back = page_cfg.windows - k
-            w = held_out_window(ds, w_cfg, page_cfg, kinds, history, k_back, progress=progress)
-            if w is not None:
-                windows.append(w)
-        window_names = [w.name for w in windows]
+    specs, bounds = window_specs(ds, cutoff, page_cfg)
+
+    def fit_serving() -> tuple[dict[str, Ranker], FeatureStore]:
+        """The serving side: rankers and features as of the cut-off itself."""
+        rankers = fit_window_rankers(cfg, history)
+        countries = _countries(ds)
+        store = fit_feature_store(
+            history, ds.impressions, rankers=list(cfg.rankers), kinds=kinds, countries=countries
+        )
+        return rankers, store
+
+    cluster: dict[str, Any] = {}
+    if engine == "dask":
+        built, (rankers, store), cluster = windows_on_dask(
+            DataSource(str(data_dir), until),
+            specs,
+            w_cfg,
+            page_cfg,
+            kinds,
+            fit_serving,
+            meter,
+            workers=workers,
+            scheduler=scheduler,
+            progress=progress,
+        )
     else:
-        bounds = window_bounds(ds, cutoff, page_cfg)
-        for k in bar:
-            w = build_window(
-                ds, w_cfg, page_cfg, kinds, bounds[k], bounds[k + 1], index=k, progress=progress
-            )
-            if w is not None:
-                windows.append(w)
-        window_names = [b.isoformat() for b in bounds]
-    meter.step("windows")
+        bar = tqdm(specs, desc="training windows", disable=not progress)
+        built = [build_spec(ds, history, w_cfg, page_cfg, kinds, k, progress) for k in bar]
+        meter.step("windows")
+    windows = [w for w in built if w is not None]
+    window_names = [b.isoformat() for b in bounds] if bounds else [w.name for w in windows]
     fitted = fit_page_model(windows, page_cfg, progress=progress)
     meter.step("models")
-    # The serving side: rankers and features as of the cut-off itself.
-    rankers = fit_window_rankers(cfg, history)
-    store = fit_feature_store(
-        history, ds.impressions, rankers=list(cfg.rankers), kinds=kinds, countries=_countries(ds)
-    )
-    meter.step("serving_fit")
+    if engine != "dask":
+        rankers, store = fit_serving()
+        meter.step("serving_fit")
     timings = {f"{k}_s": v for k, v in meter.seconds.items()}
     return write_model_dir(
         model_dir,
@@ -1262,7 +1392,12 @@ def train(
         rankers=rankers,
         store=store,
         model=fitted.model,
-        metrics={**fitted.metrics, "timings": timings, "steps": meter.to_dict()},
+        metrics={
+            **fitted.metrics,
+            "timings": timings,
+            "steps": meter.to_dict(),
+            **({"cluster": cluster} if cluster else {}),
+        },
         info={
             "ranker_order_kinds": list(fitted.ranker_order_kinds),
             "row_order": fitted.row_order,
@@ -1444,6 +1579,10 @@ def step_lines(metrics: dict[str, Any]) -> list[str]:
         lines.append(f"  {name:<12} {sec:>8.1f} {peak[name] / 1024:>15.2f} GB")
     total = sum(steps["seconds"].values())
     lines.append(f"  {'total':<12} {total:>8.1f} {max(peak.values()) / 1024:>15.2f} GB")
+    cluster = metrics.get("cluster")
+    if cluster:  # the windows ran on Dask workers, the serving fit here meanwhile
+        peaks = ", ".join(f"{mb / 1024:.2f}" for mb in cluster["worker_peak_rss_mb"])
+        lines.append(f"  windows on {cluster['workers']} Dask workers, each peak: {peaks} GB")
     return lines
 
 
@@ -1456,6 +1595,10 @@ def main_train(
     seed: int = 0,
     events: str | None = None,
     impressions: str | None = None,
+    *,
+    engine: str = "local",
+    workers: int = 2,
+    scheduler: str | None = None,
 ) -> int:
     from engine.request.context import parse_time
 
@@ -1469,6 +1612,9 @@ def main_train(
         seed=seed,
         events=events,
         impressions=Path(impressions) if impressions else None,
+        engine=engine,
+        workers=workers,
+        scheduler=scheduler,
     )
     print(summary(manifest))
     print(f"-> {model_dir}")
