@@ -45,7 +45,7 @@ def with_live(loader: Loader, live: LiveState) -> Loader:
 
 
 # How often a server worker takes the live plays between pages (`follow_live_state`): at 5,000
-# events/s a tick takes about 100, about a millisecond, so no page waits for more than that.
+# events/s a tick takes about 100, so a page finds at most a tick's worth to apply first.
 FOLLOW_SECONDS = 0.02
 
 

@@ -1184,7 +1184,9 @@ def build_spec(
 
 @dataclass(frozen=True)
 class DataSource:
-    """Where a Dask worker reads the training data from: the dataset directory and the cut-off."""
+    """Where a Dask worker reads the training data from: the dataset directory (an absolute
+    path, which a remote cluster's workers must see too, e.g. on a shared file system) and the
+    cut-off."""
 
     data_dir: str
     until: datetime | None
@@ -1361,7 +1363,7 @@ def train(
     cluster: dict[str, Any] = {}
     if engine == "dask":
         built, (rankers, store), cluster = windows_on_dask(
-            DataSource(str(data_dir), until),
+            DataSource(str(data_dir.resolve()), until),
             specs,
             w_cfg,
             page_cfg,
