@@ -370,10 +370,11 @@ def create_app(
                 holder.model_dir, holder.generation = Path(shared_dir), generation
         threading.Thread(target=holder.load_initial, name="model-load", daemon=True).start()
         following = threading.Event()
-        follower = threading.Thread(
-            target=follow_live_state, args=(holder, following), name="live", daemon=True
-        )
+        follower = None
         if live is not None:
+            follower = threading.Thread(
+                target=follow_live_state, args=(holder, following), name="live", daemon=True
+            )
             follower.start()
         poll = (
             asyncio.create_task(follow_shared_state(holder, state, svc.metrics)) if state else None
@@ -387,9 +388,10 @@ def create_app(
                     await poll
             if logger is not None:
                 await anyio.to_thread.run_sync(logger.close)
-            if live is not None:
+            if follower is not None:
                 following.set()
                 await anyio.to_thread.run_sync(follower.join)  # before the log it reads closes
+            if live is not None:
                 live.close()
 
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
