@@ -19,6 +19,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,8 +28,16 @@ from typing import Any
 
 # Before LightGBM loads its OpenMP runtime (see engine/request/scorers.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before numpy picks its SIMD kernels by the CPU: its AVX-512 ones round some functions (log,
+# exp, ...) in the last bit otherwise than the AVX2 ones, so on a CPU with AVX-512 the tiny
+# model trained here, and the golden pages, would differ from those of the machine that wrote
+# them. The tests take the AVX2 kernels on every machine (docs/page_model.md, "Same bytes").
+# Subprocesses inherit it. A numpy that names its kernels otherwise warns and keeps its own.
+os.environ.setdefault("NPY_DISABLE_CPU_FEATURES", "X86_V4 AVX512_ICL AVX512_SPR")
 
-import numpy as np
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ImportWarning)
+    import numpy as np
 import pytest
 
 from engine.cli import main as cli_main
