@@ -222,6 +222,8 @@ class PrecomputeResult:
     completed: bool
     failures: list[str] = field(default_factory=list)
     interrupted: bool = False  # stopped by SIGINT; the manifest lists the shards complete
+    # With --engine dask: each worker's resident-set high-water mark at the end, MB.
+    worker_peak_rss_mb: list[float] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -771,7 +773,7 @@ def run_precompute(
         tasks = _shard_tasks(job, todo, out_dir, model_dir)
         n_workers = max(1, min(n_workers, len(todo)))
         outcomes = (
-            _run_shards(stack, makers, tasks, n_workers, scheduler, loader, stop)
+            _run_shards(stack, makers, tasks, n_workers, scheduler, loader, stop, result)
             if todo
             else iter(())
         )
@@ -1017,15 +1019,17 @@ def _run_shards(
     scheduler: str | None,
     loader: Loader,
     stop: Any,
+    result: PrecomputeResult,
 ) -> Iterator[Outcome]:
     """Phase 3: the shards run where the pages are made; (task, marker or error) as each ends.
-    Once `stop` is set no shard starts, and local shards in progress stop at their next page."""
+    Once `stop` is set no shard starts, and local shards in progress stop at their next page.
+    Dask workers' peak memory goes to `result`."""
     if makers.pool is not None:
         return stack.enter_context(
             contextlib.closing(_run_pool(tasks, makers.pool, n_workers, loader, stop))
         )
     if makers.kind == "dask":
-        return _run_dask(tasks, n_workers, scheduler, loader, stop)
+        return _run_dask(tasks, n_workers, scheduler, loader, stop, result.worker_peak_rss_mb)
     assert makers.engine is not None
     return _run_inline(tasks, makers.engine, stop)
 
@@ -1159,14 +1163,21 @@ def _run_pool(
 
 
 def _run_dask(
-    tasks: Iterator[ShardTask], n_workers: int, scheduler: str | None, loader: Loader, stop: Any
+    tasks: Iterator[ShardTask],
+    n_workers: int,
+    scheduler: str | None,
+    loader: Loader,
+    stop: Any,
+    peaks: list[float],
 ) -> Iterator[Outcome]:
     """One Dask task per shard, on a LocalCluster (processes, 1 thread each) or a scheduler.
     Dask workers see no stop flag: once it is set no shard is submitted, and those in progress
-    finish."""
+    finish. Once all have ended, each worker's peak memory (MB) goes to `peaks`: what a
+    machine of the cluster must hold per worker."""
     from distributed import as_completed
 
     from engine.cluster import dask_client
+    from engine.training.steps import peak_rss_mb
 
     with dask_client(n_workers, scheduler) as (client, n_slots):
         limit = n_slots * _IN_FLIGHT_PER_WORKER
@@ -1193,6 +1204,7 @@ def _run_dask(
                 outcome = exc
             yield task, outcome
             submit_more()
+        peaks += sorted(round(float(v), 1) for v in client.run(peak_rss_mb).values())
 
 
 def _collect(
@@ -1388,4 +1400,7 @@ def cli(args: Any) -> int:
         f"{result.pages_run:,} pages in {result.seconds:.1f} s = {rate:,.0f} pages/s) "
         f"-> {result.out_dir}"
     )
+    if result.worker_peak_rss_mb:
+        peaks = ", ".join(f"{mb / 1024:.2f}" for mb in result.worker_peak_rss_mb)
+        print(f"Dask workers' peak memory: {peaks} GB")
     return result.exit_code

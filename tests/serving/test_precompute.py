@@ -394,6 +394,9 @@ def test_dask_engine_writes_the_same_files(
     )
     assert result.exit_code == 0 and result.shards_run == result.spec.n_shards
     assert _tree(out) == _tree(reference)
+    # Each worker's peak: it loaded the model, so above an idle interpreter's ~30 MB.
+    assert len(result.worker_peak_rss_mb) == 2
+    assert all(60 < mb < 4096 for mb in result.worker_peak_rss_mb)
 
 
 def test_two_contexts_and_parquet_hold_the_same_pages(
