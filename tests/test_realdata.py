@@ -26,6 +26,7 @@ from engine.evaluation.realdata import (
     BASELINES,
     HOLD_OUT,
     MIN_PLAYS,
+    deal,
     ease_weights,
     global_split,
     held_out_plays,
@@ -179,6 +180,12 @@ def test_poured_n2dcg_and_union_recall() -> None:
     # row lengths decide the shape: [[5], [6, 7]] puts 7 at (2, 2), discount 1/log2(4)
     got = poured_n2dcg(np.array([5, 6, 7, 8]), np.array([7]), [1, 2], layout)
     assert got.sum() == pytest.approx(0.5)
+    # dealt by anti-diagonals: ranks 0, 1 | 2, 3 fill (1,1), (1,2), (2,1), (2,2)
+    dealt = deal(np.arange(10), [4, 3, 3])
+    assert dealt.tolist() == [[0, 1, 3, 6], [2, 4, 7, -1], [5, 8, 9, -1]]
+    # the third title sits at (2,1) dealt, at (1,3) poured: discounts 1/log2(3) and 1/2
+    got = poured_n2dcg(np.array([5, 6, 7, 8]), np.array([7]), [2, 2], layout, dealt=True)
+    assert got.tolist() == pytest.approx([0.0, 1 / np.log2(3)])
     u = union_recall([np.array([1, 2, 3]), np.array([4])], [np.array([2, 9]), np.array([5])])
     np.testing.assert_allclose(u, [0.5, 0.0])
 
@@ -247,6 +254,8 @@ def test_whole_protocol_on_a_generated_release(release: Path, tmp_path: Path) ->
         for p in r["page"]:  # the rows' shares add up to the page's N2DCG
             assert sum(p["by_row"]["page"]) == pytest.approx(p["page_n2dcg"], abs=1e-4)
             assert sum(p["by_row"]["poured"]) == pytest.approx(p["poured_n2dcg"], abs=1e-4)
+            # dealt is the better layout of the same list: never below poured on average
+            assert p["dealt_n2dcg"] >= p["poured_n2dcg"] - 1e-9
         best = next(row for row in r["rows"] if row["list"] == r["best_baseline"])
         assert best["ndcg10_vs_best"]["value"] == pytest.approx(1.0)
         for row in r["rows"]:

@@ -218,12 +218,33 @@ def pour(ranked: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
     return page_grid(rows, max(lengths, default=0))
 
 
+def deal(ranked: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
+    """A single list dealt into rows of `lengths` by anti-diagonals, as a page is read: slot
+    (1,1), then (1,2) and (2,1), then (1,3), (2,2), (3,1), ... (-1 padded). N2DCG discounts
+    slot (r, c) by log2(r + c), so each rank gets a slot discounted no more than any later
+    rank's: where earlier ranks are likelier plays, the best layout of one list."""
+    ranked = ranked[ranked >= 0]
+    width = max(lengths, default=0)
+    r = np.repeat(np.arange(len(lengths)), lengths)
+    c = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else r
+    order = np.lexsort((r, r + c))[: len(ranked)]
+    grid = np.full((len(lengths), width), -1, dtype=np.int64)
+    grid[r[order], c[order]] = ranked[: len(order)]
+    return grid
+
+
 def poured_n2dcg(
-    ranked: np.ndarray, truth: np.ndarray, lengths: Sequence[int], layout: DeviceLayout
+    ranked: np.ndarray,
+    truth: np.ndarray,
+    lengths: Sequence[int],
+    layout: DeviceLayout,
+    *,
+    dealt: bool = False,
 ) -> np.ndarray:
     """Each row's N2DCG of `ranked` poured into a page of row `lengths` (they sum to the page's;
-    bench_page_quality's comparison)."""
-    return n2dcg_by_row(pour(ranked, lengths), truth, layout)
+    bench_page_quality's comparison); `dealt`: laid out by `deal` instead, the best one list
+    can do on that page."""
+    return n2dcg_by_row((deal if dealt else pour)(ranked, lengths), truth, layout)
 
 
 # ----- baselines ----------------------------------------------------------------------------------

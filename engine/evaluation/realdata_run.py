@@ -272,12 +272,20 @@ def run_split(kind: str, args: argparse.Namespace, data: Path, ds: Dataset) -> d
                 ]
             )
             poured = poured_rows.sum(axis=1)
+            dealt = np.array(
+                [
+                    poured_n2dcg(v, t, lengths, layout, dealt=True).sum()
+                    for v, t, lengths in zip(values, scored.truth, rr.row_lengths, strict=True)
+                ]
+            )
             pages.append(
                 {
                     "baseline": n,
                     "poured_n2dcg": float(poured.mean()),
                     "page_n2dcg": float(page.mean()),
                     "page_vs_poured": bootstrap_ratio_ci(page, poured, rng).to_dict(),
+                    "dealt_n2dcg": float(dealt.mean()),
+                    "page_vs_dealt": bootstrap_ratio_ci(page, dealt, rng).to_dict(),
                     # where on the page it gains or loses: mean N2DCG share of each row
                     "by_row": {
                         "page": page_rows.mean(axis=0).round(5).tolist(),
@@ -327,13 +335,17 @@ def markdown(r: dict[str, Any]) -> str:
     if "page" in r:
         lines += [
             "",
-            "| page N2DCG against | baseline poured | page | page ÷ poured [95%] |",
-            "|---|---|---|---|",
+            "| page N2DCG against | baseline poured | page | page ÷ poured [95%] "
+            "| baseline dealt | page ÷ dealt [95%] |",
+            "|---|---|---|---|---|---|",
         ]
         for p in r["page"]:
+            dealt = (
+                f"{p['dealt_n2dcg']:.4f} | {_iv(p['page_vs_dealt'])}" if "dealt_n2dcg" in p else "|"
+            )
             lines.append(
                 f"| {p['baseline']} | {p['poured_n2dcg']:.4f} | {p['page_n2dcg']:.4f} | "
-                f"{_iv(p['page_vs_poured'])} |"
+                f"{_iv(p['page_vs_poured'])} | {dealt} |"
             )
         best = next(p for p in r["page"] if p["baseline"] == r["best_baseline"])
         lines += [
