@@ -66,6 +66,12 @@ class TopPicksConfig(GenreRowsConfig):
     # row overlaps the rows; dedupe then leaves each continuation row the titles the rows above
     # did not show, so no title between a row's shown width and its length is lost.
     more_step: int | None = Field(default=None, ge=1)
+    # Deal the learned order over the row and its continuation rows as a page is read, by
+    # anti-diagonals: rank 1 heads the row, ranks 2-3 go to its 2nd place and the head of the
+    # first continuation row, and so on (`dealt`), instead of consecutive ranks per row
+    # (`more_step` is then not used). The head of the next row is seen as soon as the 2nd
+    # title of the row above (engine/evaluation/metrics.py, N2DCG).
+    more_deal: bool = False
     # Genre rows of the same learned order, over the same candidates (kind "top_picks_genre"):
     # the member's genres as PVR picks them, each row that genre's best candidates.
     max_genre_rows: int = Field(default=0, ge=0)
@@ -144,6 +150,17 @@ class Generators:
         ease = CFModel.fit(history, cfg.cf("ease"))
         knn = CFModel.fit(history, cfg.cf("item_knn"))
         return cls.of(ease, knn, history)
+
+
+def dealt(n_rows: int, length: int) -> list[np.ndarray]:
+    """For rows of `length` filled from one ranking by anti-diagonals, as a page is read
+    (slot (1,1); then (1,2), (2,1); then (1,3), (2,2), (3,1); ...), each row's ranking
+    positions in column order."""
+    r, c = np.divmod(np.arange(n_rows * length), length)
+    order = np.lexsort((r, r + c))  # the slots in filling order
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return [position[k * length : (k + 1) * length] for k in range(n_rows)]
 
 
 def _cf(model: CFModel, n: int, pos: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
@@ -476,20 +493,26 @@ class TopPicksRanker:
         cfg = self.config
         n = cfg.row_length
         step = n if cfg.more_step is None else cfg.more_step
-        top = head(np.where(np.isfinite(s), s, -np.inf), n + step * len(cfg.more_titles))
+        n_rows = 1 + len(cfg.more_titles)
+        total = n * n_rows if cfg.more_deal else n + step * len(cfg.more_titles)
+        top = head(np.where(np.isfinite(s), s, -np.inf), total)
+        if cfg.more_deal:
+            parts = [top[p[p < len(top)]] for p in dealt(n_rows, n)]
+        else:
+            parts = [top[k * step : k * step + n] for k in range(n_rows)]
         evidence = {"personalized": user >= 0 and history.user_plays(user).stop > 0}
         rows = [
             make_row(
                 ranker=self.name,
                 kind=self.type_name,
                 title=cfg.title,
-                titles=cand[top[:n]],
-                scores=s[top[:n]],
+                titles=cand[parts[0]],
+                scores=s[parts[0]],
                 evidence=evidence,
             )
         ]
         for k, title in enumerate(cfg.more_titles, start=1):
-            part = top[k * step : k * step + n]
+            part = parts[k]
             if len(part):
                 rows.append(
                     make_row(

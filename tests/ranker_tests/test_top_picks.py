@@ -121,6 +121,27 @@ def test_a_shorter_step_overlaps_the_continuation_rows(history: History) -> None
     assert np.array_equal(more2.titles[:3], more1.titles[5:])
 
 
+def test_dealt_rows_share_the_learned_order_by_anti_diagonals(history: History) -> None:
+    """With `more_deal`, the row and its 2 continuation rows hold the top 3 x 8 of one order:
+    ranks 1-2 lead the row, rank 3 heads the first continuation row, rank 6 the second."""
+    cfg = TopPicksConfig(windows=1, holdout=3, trees=20, row_length=8, candidates=20)
+    plain = TopPicksRanker(
+        "top_picks", cfg.model_copy(update={"more_titles": ("More Picks", "Even More")})
+    ).fit(history)
+    keys = {"more_titles": ("More Picks", "Even More"), "more_deal": True}
+    dealt = TopPicksRanker("top_picks", cfg.model_copy(update=keys)).fit(history)
+    ctx = RequestContext(str(history.user_ids[5]), "tv", CUTOFF + timedelta(hours=1), None)
+    order = np.concatenate([r.titles for r in plain.propose(ctx, history)])
+    first, more1, more2 = dealt.propose(ctx, history)
+    assert [more1.kind, more2.kind] == ["top_picks_more"] * 2
+    assert first.titles[:2].tolist() == order[:2].tolist()
+    assert (more1.titles[0], more2.titles[0]) == (order[2], order[5])
+    got = np.concatenate([first.titles, more1.titles, more2.titles])
+    assert sorted(got.tolist()) == sorted(order.tolist())  # the same 24 titles, none twice
+    for row in (first, more1, more2):  # each row keeps the order's ranking
+        assert np.all(np.diff(row.scores) <= 0)
+
+
 def test_genre_rows_are_the_learned_order_within_the_member_s_genres(history: History) -> None:
     cfg = TopPicksConfig(windows=1, holdout=3, trees=20, row_length=8, candidates=20)
     keys = {"max_genre_rows": 2, "min_row_titles": 1}
