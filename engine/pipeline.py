@@ -71,13 +71,7 @@ from engine.request.features import (
     Requests,
     row_column,
 )
-from engine.request.filters import (
-    Removed,
-    RequestMasks,
-    apply_filters,
-    filter_row,
-    request_masks,
-)
+from engine.request.filters import RequestMasks, apply_filters, request_masks
 from engine.request.layout import DeviceLayout
 from engine.request.page import Page, PageTrace, build_page
 from engine.request.scorers import PageModel, PageModelConfig
@@ -339,37 +333,19 @@ def filter_rows(
     limit: int,
     limit_by_kind: Mapping[str, int] | None = None,
     masks: RequestMasks | None = None,
-    memo: FilterMemo | None = None,
 ) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
     """Business filters (engine.request.filters), then each row cut to the `limit` titles the title
     model scores (`limit_by_kind[row.kind]` for the kinds it names: [page]
     row_titles_scored_by_kind). Returns the rows and, per row id, titles removed per filter.
-    `masks`: the request's filter masks when the caller has them; `memo`: rows already filtered
-    with the same masks (candidate_rows_block)."""
-    if memo is None:
-        memo = {}
-    if masks is None:
-        masks = request_masks(ctx, history)
+    `masks`: the request's filter masks when the caller has them."""
+    kept, removed = apply_filters(rows, ctx, history, rankers, masks)
+    counts = {rid: rem.counts() for rid, rem in removed.items() if rem.total}
     by_kind = limit_by_kind or {}
-    cut, counts = [], {}
-    for row in rows:
-        hit = memo.get(id(row))
-        if hit is None or hit[0] is not row:
-            kept, removed = filter_row(row, rankers.get(row.ranker), masks)
-            n = by_kind.get(kept.kind, limit)
-            hit = (row, kept if len(kept.titles) <= n else kept.take(np.arange(n)), removed)
-            memo[id(row)] = hit
-        if hit[2].total:
-            counts[row.row_id] = hit[2].counts()
-        if len(hit[1].titles):
-            cut.append(hit[1])
-    return cut, counts
-
-
-# A row object (by id, kept beside it so the id is not reused) -> the row filtered and cut, and
-# what the filters removed: a member's devices share the rows of rankers that ignore the device
-# (LastProposals), and their filter masks, so such a row is filtered once for all of them.
-FilterMemo = dict[int, tuple[CandidateRow, CandidateRow, Removed]]
+    cut = []
+    for r in kept:
+        n = by_kind.get(r.kind, limit)
+        cut.append(r if len(r.titles) <= n else r.take(np.arange(n)))
+    return [r for r in cut if len(r.titles)], counts
 
 
 def filter_rows_for_page(
@@ -379,20 +355,12 @@ def filter_rows_for_page(
     rankers: Mapping[str, Ranker],
     cfg: PageModelConfig,
     masks: RequestMasks | None = None,
-    memo: FilterMemo | None = None,
 ) -> tuple[list[CandidateRow], dict[str, dict[str, int]]]:
     """`filter_rows` with [page]'s limits (row_titles_scored, row_titles_scored_by_kind): the
     one call serving (Engine.filter) and training (engine.training.train) share, so both cut rows
     alike."""
     return filter_rows(
-        rows,
-        ctx,
-        history,
-        rankers,
-        cfg.row_titles_scored,
-        cfg.row_titles_scored_by_kind,
-        masks,
-        memo,
+        rows, ctx, history, rankers, cfg.row_titles_scored, cfg.row_titles_scored_by_kind, masks
     )
 
 
@@ -428,15 +396,14 @@ def candidate_rows_block(
     last: LastProposals | None = None,
 ) -> list[Candidates]:
     """`candidate_rows` for each of a block of requests: `propose_block_rows`, then the
-    filters with each member, time and country's masks computed once (not once per device), and
-    a row the member's devices share filtered once (FilterMemo)."""
-    masks: dict[tuple[str, int, str | None], tuple[RequestMasks, FilterMemo]] = {}
+    filters with each member, time and country's masks computed once (not once per device)."""
+    masks: dict[tuple[str, int, str | None], RequestMasks] = {}
     out = []
     for ctx, proposed in zip(ctxs, propose_block_rows(rankers, ctxs, history, last), strict=True):
         key = (ctx.user_id, ctx.at_us, ctx.country)
         if key not in masks:
-            masks[key] = (request_masks(ctx, history), {})
-        rows, removed = filter_rows_for_page(proposed.rows, ctx, history, rankers, cfg, *masks[key])
+            masks[key] = request_masks(ctx, history)
+        rows, removed = filter_rows_for_page(proposed.rows, ctx, history, rankers, cfg, masks[key])
         out.append(Candidates(rows, proposed.counts, proposed.failed, removed))
     return out
 

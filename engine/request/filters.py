@@ -104,32 +104,27 @@ def apply_filters(
     kept: list[CandidateRow] = []
     removed: dict[str, Removed] = {}
     for row in rows:
-        k, r = filter_row(row, rankers.get(row.ranker), masks)
-        kept.append(k)
-        removed[row.row_id] = r
+        ranker = rankers.get(row.ranker)
+        t = row.titles
+        reason = masks.reason[t]
+        # Watch again shows finished episodes, Continue Watching the one the member is in:
+        # the filters after `last` do not apply to their rows.
+        if getattr(ranker, "keeps_finished", False):
+            last = _MATURITY
+        elif row.kind == "continue_watching":
+            last = _FINISHED
+        else:
+            last = _SERIES_ENTRY
+        if last < _SERIES_ENTRY:
+            reason[reason > last] = 0
+        drop = reason > 0
+        if drop.any():
+            kept.append(row.take(~drop))
+            removed[row.row_id] = Removed(row.row_id, t[drop], reason[drop])
+        else:
+            kept.append(row)
+            removed[row.row_id] = Removed(row.row_id, t[:0], reason[:0])
     return kept, removed
-
-
-def filter_row(
-    row: CandidateRow, ranker: Ranker | None, masks: RequestMasks
-) -> tuple[CandidateRow, Removed]:
-    """`apply_filters` for one row of `ranker` (None: an instance not among the rankers)."""
-    t = row.titles
-    reason = masks.reason[t]
-    # Watch again shows finished episodes, Continue Watching the one the member is in:
-    # the filters after `last` do not apply to their rows.
-    if getattr(ranker, "keeps_finished", False):
-        last = _MATURITY
-    elif row.kind == "continue_watching":
-        last = _FINISHED
-    else:
-        last = _SERIES_ENTRY
-    if last < _SERIES_ENTRY:
-        reason[reason > last] = 0
-    drop = reason > 0
-    if drop.any():
-        return row.take(~drop), Removed(row.row_id, t[drop], reason[drop])
-    return row, Removed(row.row_id, t[:0], reason[:0])
 
 
 # Reason codes (1 + position in FILTERS) after which a row kind keeps its titles.

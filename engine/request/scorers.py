@@ -576,46 +576,36 @@ class Forest:
         return out
 
 
-# Rows per pass through the trees in _forest_raw: 1,024 rows of ~60 float32 features (~240 KB)
-# sit in L2 beside a default model's trees (bench/bench_precompute.py --block-only times the
-# title model on a block in its floor).
-_FOREST_CHUNK = 1024
-
-
 @numba.njit(cache=True, nogil=True)
 def _forest_raw(X, trees, zero, out):
     """Each row's sum over the trees of the leaf it reaches; node and leaf indices are global,
-    a leaf l is written ~l. Tree by tree over a chunk of rows, so one tree's nodes stay in cache
-    while the chunk passes through it, and the chunk stays in cache for every tree (a block's
-    pairs, tens of MB, do not); each row still adds its leaves in tree order."""
+    a leaf l is written ~l. Tree by tree over all rows, so one tree's nodes stay in cache while
+    the rows pass through it; each row still adds its leaves in tree order."""
     feature, threshold, categorical, plain, nan_left, zero_left, left, right = trees[:8]
     cat_lo, cat_hi, cat_bits, leaf_value, roots = trees[8:]
     out[:] = 0.0
-    n = X.shape[0]
-    for lo in range(0, n, _FOREST_CHUNK):
-        hi = min(lo + _FOREST_CHUNK, n)
-        for root in roots:
-            for i in range(lo, hi):
-                node = root
-                while node >= 0:
-                    x = X[i, feature[node]]
-                    if plain[node]:
-                        go_left = x <= threshold[node] or (x != x and nan_left[node])
-                    elif categorical[node]:  # left when the category's bit is set; NaN, < 0: right
-                        go_left = False
-                        if x > -1.0 and x < 2147483648.0:
-                            c = int(x)
-                            word = cat_lo[node] + c // 32
-                            if word < cat_hi[node]:
-                                go_left = ((cat_bits[word] >> (c % 32)) & 1) == 1
-                    elif x != x:
-                        go_left = nan_left[node]
-                    elif abs(x) <= zero:
-                        go_left = zero_left[node]
-                    else:
-                        go_left = x <= threshold[node]
-                    node = left[node] if go_left else right[node]
-                out[i] += leaf_value[~node]
+    for root in roots:
+        for i in range(X.shape[0]):
+            node = root
+            while node >= 0:
+                x = X[i, feature[node]]
+                if plain[node]:
+                    go_left = x <= threshold[node] or (x != x and nan_left[node])
+                elif categorical[node]:  # left when the category's bit is set; NaN, < 0: right
+                    go_left = False
+                    if x > -1.0 and x < 2147483648.0:
+                        c = int(x)
+                        word = cat_lo[node] + c // 32
+                        if word < cat_hi[node]:
+                            go_left = ((cat_bits[word] >> (c % 32)) & 1) == 1
+                elif x != x:
+                    go_left = nan_left[node]
+                elif abs(x) <= zero:
+                    go_left = zero_left[node]
+                else:
+                    go_left = x <= threshold[node]
+                node = left[node] if go_left else right[node]
+            out[i] += leaf_value[~node]
 
 
 def model_text_problem(text: str) -> str | None:
