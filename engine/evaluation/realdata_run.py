@@ -294,6 +294,11 @@ def run_split(kind: str, args: argparse.Namespace, data: Path, ds: Dataset) -> d
                 }
             )
         out["page"] = pages
+        # per member, for paired comparisons of two runs (bench/compare_realdata.py)
+        out["page_by_member"] = {
+            "users": [str(scored.history.user_ids[u]) for u in scored.users.tolist()],
+            "n2dcg": page.round(6).tolist(),
+        }
         out["pages_without_top_picks"] = rr.pages_without_top_picks
         ur = union_recall(rr.union, scored.truth)
         out["union"] = {
