@@ -67,6 +67,7 @@ from engine.pipeline import (
     PvrSource,
     candidate_rows,
     concat_pairs,
+    continuation_mode,
     pairs_for,
     request_arrays,
     resolve_country,
@@ -76,6 +77,7 @@ from engine.request.context import RequestContext
 from engine.request.feature_fit import fit_feature_store
 from engine.request.features import PLACEMENT_SLICE, FeatureStore, Pairs, Requests, feature_names
 from engine.request.scorers import PageModel, PageModelConfig, RankData, concat, fit_ranker, ndcg_at
+from engine.request.selectors import AssemblyRules, pin_matches, pins_for
 from engine.training.model_dir import (
     HISTORY_DIR,
     MANIFEST,
@@ -115,6 +117,10 @@ class WindowData:
     placement: np.ndarray  # float32 (W, 3)
     page_size: np.ndarray  # int64 rows per page (row groups)
     stats: dict[str, float] = field(default_factory=dict)
+    # Rebuilt pages: each pair's title and the rows the assembly pins above the others (their
+    # titles are deduped out of every other row, as on the served page). None when logged.
+    pair_title: np.ndarray | None = None
+    row_pinned: np.ndarray | None = None
 
     def title_data(self) -> RankData:
         """Title-model examples; logged ones carry (column, row) shown at."""
@@ -128,7 +134,8 @@ class WindowData:
         self, title_scores: np.ndarray, ranker_order_kinds: Sequence[str] = ()
     ) -> RankData:
         """Row-model examples given the title model's scores of this window's pairs; rows of
-        `ranker_order_kinds` show their titles in the ranker's order (the title-order guard)."""
+        `ranker_order_kinds` show their titles in the ranker's order (the title-order guard).
+        A row's label is its best visible title's grade."""
         starts = np.cumsum(self.row_size) - self.row_size
         if self.logged:  # the row shows what the log says it showed, in that order
             vis = np.arange(len(self.label), dtype=np.int64)
@@ -136,10 +143,13 @@ class WindowData:
         else:  # the row would show its best titles by the title model
             keep = np.isin(self.row_kind, [self.store.kind_code(k) for k in ranker_order_kinds])
             per_row = []
-            for s, n, v, k in zip(starts, self.row_size, self.row_visible, keep, strict=True):
+            for s, n, k in zip(starts, self.row_size, keep, strict=True):
                 ranked = np.arange(n) if k else np.lexsort((np.arange(n), -title_scores[s : s + n]))
-                per_row.append(s + ranked[:v])
-            vis, owner = visible_pairs(per_row, 10**9)
+                per_row.append(s + ranked)
+            per_row = self.deduped_below_pins(per_row)
+            vis, owner = visible_pairs(
+                [p[:v] for p, v in zip(per_row, self.row_visible, strict=True)], 10**9
+            )
         X = self.store.row_static(
             self.reqs,
             self.row_req,
@@ -156,6 +166,32 @@ class WindowData:
         y = np.zeros(len(self.row_size), dtype=np.int8)
         np.maximum.at(y, owner, self.label[vis])
         return RankData(X, y, self.page_size, self.row_position)
+
+    def deduped_below_pins(self, per_row: list[np.ndarray]) -> list[np.ndarray]:
+        """Each row's pairs in display order without the titles its page's pinned rows show:
+        the assembly places pinned rows first and dedupe takes their titles from the rest, so
+        a row below Top Picks is judged on what it would show there."""
+        if self.row_pinned is None or self.pair_title is None or not self.row_pinned.any():
+            return per_row
+        pinned = np.flatnonzero(self.row_pinned)
+        big = int(self.pair_title.max()) + 1
+        shown = np.sort(
+            np.concatenate(
+                [
+                    self.row_req[i] * big + self.pair_title[per_row[i][: self.row_visible[i]]]
+                    for i in pinned
+                ]
+            )
+        )
+        out = []
+        for i, p in enumerate(per_row):
+            if self.row_pinned[i] or not len(p):
+                out.append(p)
+                continue
+            key = self.row_req[i] * big + self.pair_title[p]
+            at = np.minimum(np.searchsorted(shown, key), len(shown) - 1)
+            out.append(p[shown[at] != key])
+        return out
 
 
 # ----- windows --------------------------------------------------------------------------------
@@ -820,6 +856,8 @@ def _rebuilt_pages(
     labels: list[np.ndarray] = []
     row_size, row_req, row_kind, row_ranker, row_len, row_top, row_vis = [], [], [], [], [], [], []
     page_size: list[int] = []
+    pinned: list[np.ndarray] = []
+    rules = rp.cfg.assembly.rules()
     for uid, device, at_us in tqdm(requests, desc=f"{name} pages", disable=not progress):
         ctx = rp.resolve(uid, device, at_us)
         rows, pvr = rp.rows(ctx)
@@ -843,6 +881,9 @@ def _rebuilt_pages(
             row_vis.append(rp.cfg.layout(device).visible_titles)
         ctxs.append(ctx)
         page_size.append(len(rows))
+        user = h.user_index(uid)
+        cm = continuation_mode(h, user, at_us, rp.page_cfg)
+        pinned.append(pinned_rows(rules, cm, rows))
     if not ctxs:
         return None
     pairs = concat_pairs(parts)
@@ -877,7 +918,22 @@ def _rebuilt_pages(
             "positives": float((label > 0).sum()),
             "ranker_failures": float(rp.failures),
         },
+        pair_title=pairs.title.astype(np.int64),
+        row_pinned=np.concatenate(pinned) if rules.dedupe else None,
     )
+
+
+def pinned_rows(
+    rules: AssemblyRules, continuation: bool, rows: Sequence[CandidateRow]
+) -> np.ndarray:
+    """Which of a page's rows the assembly pins on top (bool per row): each pin takes the
+    first row it matches that no earlier pin took."""
+    out = np.zeros(len(rows), dtype=bool)
+    for pin in pins_for(rules, continuation):
+        match = np.array(pin_matches(pin, rows), dtype=bool) & ~out
+        if match.any():
+            out[int(np.argmax(match))] = True
+    return out
 
 
 def build_window(

@@ -260,3 +260,54 @@ def eng_country(ds: object) -> str:
     """A country some titles are licensed in."""
     titles = ds.titles  # type: ignore[attr-defined]
     return str(titles["countries"].explode().drop_nulls().mode().sort()[0])
+
+
+def test_rebuilt_rows_below_a_pinned_row_are_judged_without_its_titles(
+    tiny_world: TinyWorld,
+) -> None:
+    """On a rebuilt page the pinned row (Top Picks in the built-in config) goes first and
+    dedupe takes its visible titles from every other row, as the served assembly does: the
+    row model's examples see each row as it would show below the pin, never a title the pin
+    already shows."""
+    from engine.config import build_rankers
+    from engine.data.history import History
+
+    ds = replace(load_dataset(tiny_world.path), impressions=None)
+    history = History.from_dataset(ds)
+    cfg = tiny_engine_config()
+    assert list(cfg.assembly.pinned) == ["top_picks"]
+    page_cfg = PageModelConfig(window_holdout_plays=3, rebuilt_pages_per_window=10_000)
+    kinds = row_kinds(cfg, build_rankers(cfg), ds)
+    w = held_out_window(ds, cfg, page_cfg, kinds, history, 1)
+    assert w is not None and w.row_pinned is not None and w.pair_title is not None
+    # Top Picks, and Continue Watching above it for a member in the middle of something
+    tp, cw = w.store.kind_code("top_picks"), w.store.kind_code("continue_watching")
+    assert (w.row_req[w.row_pinned & (w.row_kind == tp)] == np.arange(len(w.page_size))).all()
+    assert np.isin(w.row_kind[w.row_pinned], [tp, cw]).all()
+    assert (w.row_pinned & (w.row_kind == cw)).any()
+    scores = np.random.default_rng(0).normal(size=len(w.label))
+    starts = np.cumsum(w.row_size) - w.row_size
+    full = [
+        s + np.lexsort((np.arange(n), -scores[s : s + n]))
+        for s, n in zip(starts, w.row_size, strict=True)
+    ]
+    deduped = w.deduped_below_pins(full)
+    removed = 0
+    for i, (before, after) in enumerate(zip(full, deduped, strict=True)):
+        page = w.row_req[i]
+        pins = np.flatnonzero(w.row_pinned & (w.row_req == page))
+        if w.row_pinned[i]:
+            np.testing.assert_array_equal(after, before)
+            continue
+        shown = np.concatenate([w.pair_title[full[p][: w.row_visible[p]]] for p in pins])
+        assert not np.isin(w.pair_title[after], shown).any()
+        # the rest keep their order
+        np.testing.assert_array_equal(after, before[~np.isin(w.pair_title[before], shown)])
+        removed += len(before) - len(after)
+    assert removed > 0
+    # each row is labelled by its best grade among what it shows below the pin, which is not
+    # what it would show on top
+    y_pin = w.row_data(scores).y
+    want = [w.label[d[:v]].max(initial=0) for d, v in zip(deduped, w.row_visible, strict=True)]
+    np.testing.assert_array_equal(y_pin, want)
+    assert (y_pin != replace(w, row_pinned=None).row_data(scores).y).any()
