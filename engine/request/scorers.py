@@ -98,10 +98,6 @@ class PageModelConfig(BaseModel):
     # (rs_top, rs_mean_visible, rs_play_est): a prior that keeps a small, noisy row data set
     # from learning that better titles make a worse row.
     row_monotone: bool = True
-    # The row model's label: "best" = the best grade among the row's visible titles;
-    # "column" = its visible grades discounted by the column each sits at (the row's own DCG,
-    # engine.training.train.column_label), gains linear in the label.
-    row_label: Literal["best", "column"] = "best"
     learning_rate: float = Field(0.08, gt=0)
     min_data_in_leaf: int = Field(40, ge=1)
     feature_fraction: float = Field(0.9, gt=0, le=1)
@@ -272,8 +268,6 @@ def fit_ranker(
     )
     if model == "row":
         params["min_data_in_leaf"] = cfg.row_min_data_in_leaf
-        if cfg.row_label == "column":  # label steps are gains, not grades
-            params["label_gain"] = list(range(31))
         if cfg.row_monotone:
             rising = {"rs_top", "rs_mean_visible", "rs_play_est"}
             params["monotone_constraints"] = [int(n in rising) for n in names]
@@ -311,7 +305,6 @@ def fit_ranker(
                 valid.y,
                 valid.group,
                 10,
-                linear=model == "row" and cfg.row_label == "column",
             )
             for r in checkpoints
         ]
@@ -365,11 +358,8 @@ def _informative(d: RankData) -> RankData:
     )
 
 
-def ndcg_at(
-    scores: np.ndarray, labels: np.ndarray, group: np.ndarray, k: int, *, linear: bool = False
-) -> float:
-    """Mean NDCG@k (gain 2^label - 1, or the label itself when `linear`) over groups with at
-    least one positive label."""
+def ndcg_at(scores: np.ndarray, labels: np.ndarray, group: np.ndarray, k: int) -> float:
+    """Mean NDCG@k (gain 2^label - 1) over groups with at least one positive label."""
     ends = np.cumsum(group)
     out = []
     for s, e in zip(ends - group, ends, strict=True):
@@ -378,10 +368,9 @@ def ndcg_at(
             continue
         order = np.lexsort((np.arange(e - s), -scores[s:e]))[:k]
         disc = 1.0 / np.log2(np.arange(2, len(order) + 2))
-        gain = y if linear else 2**y - 1
-        dcg = (gain[order] * disc).sum()
-        ideal = np.sort(gain)[::-1][:k]
-        idcg = (ideal * disc[: len(ideal)]).sum()
+        dcg = ((2 ** y[order] - 1) * disc).sum()
+        ideal = np.sort(y)[::-1][:k]
+        idcg = ((2**ideal - 1) * disc[: len(ideal)]).sum()
         out.append(dcg / idcg)
     return float(np.mean(out)) if out else float("nan")
 

@@ -131,15 +131,11 @@ class WindowData:
         return RankData(self.title_x, self.label, self.row_size, pos)
 
     def row_data(
-        self,
-        title_scores: np.ndarray,
-        ranker_order_kinds: Sequence[str] = (),
-        row_label: str = "best",
+        self, title_scores: np.ndarray, ranker_order_kinds: Sequence[str] = ()
     ) -> RankData:
         """Row-model examples given the title model's scores of this window's pairs; rows of
         `ranker_order_kinds` show their titles in the ranker's order (the title-order guard).
-        A row's label is its best visible title's grade, or with `row_label = "column"` its
-        grades discounted by the column each is shown at (`column_label`)."""
+        A row's label is its best visible title's grade."""
         starts = np.cumsum(self.row_size) - self.row_size
         if self.logged:  # the row shows what the log says it showed, in that order
             vis = np.arange(len(self.label), dtype=np.int64)
@@ -167,13 +163,8 @@ class WindowData:
             owner,
         )
         X[:, PLACEMENT_SLICE] = self.placement
-        if row_label == "column":
-            first = np.searchsorted(owner, owner, side="left")
-            col = self.position[vis] if self.logged and self.position is not None else None
-            y = column_label(self.label[vis], owner, col, len(self.row_size), first)
-        else:
-            y = np.zeros(len(self.row_size), dtype=np.int8)
-            np.maximum.at(y, owner, self.label[vis])
+        y = np.zeros(len(self.row_size), dtype=np.int8)
+        np.maximum.at(y, owner, self.label[vis])
         return RankData(X, y, self.page_size, self.row_position)
 
     def deduped_below_pins(self, per_row: list[np.ndarray]) -> list[np.ndarray]:
@@ -201,28 +192,6 @@ class WindowData:
             at = np.minimum(np.searchsorted(shown, key), len(shown) - 1)
             out.append(p[shown[at] != key])
         return out
-
-
-# The column label's scale: a grade-1 play at the first column is worth this many label steps.
-COLUMN_LABEL_STEPS = 4
-
-
-def column_label(
-    grade: np.ndarray,
-    owner: np.ndarray,
-    column: np.ndarray | None,
-    n_rows: int,
-    first: np.ndarray,
-) -> np.ndarray:
-    """Each row's visible grades discounted by 1/log2(column + 2), summed and rounded to
-    integer steps: the row's own DCG, what it adds to the page's N2DCG wherever it is placed
-    (up to the row's discount). A play at column 1 counts more than one at column 20, which
-    the best-grade label cannot tell apart. `column` is where each title was shown (0-based),
-    or None for the order of `owner`'s runs (`first` = the index of each run's first title)."""
-    col = np.arange(len(owner)) - first if column is None else np.maximum(column, 0)
-    gain = np.zeros(n_rows, dtype=np.float64)
-    np.add.at(gain, owner, grade / np.log2(col + 2.0))
-    return np.minimum(np.rint(gain * COLUMN_LABEL_STEPS), 30).astype(np.int8)
 
 
 # ----- windows --------------------------------------------------------------------------------
@@ -1052,12 +1021,9 @@ def fit_page_model(
     metrics["title"]["ranker_order_kinds"] = list(keep)
     # --- row model: in-sample title scores for training windows, out-of-sample for validation
     r_train = concat(
-        [
-            w.row_data(_predict_title(title_a, page_cfg, w.title_x), keep, page_cfg.row_label)
-            for w in train_w
-        ]
+        [w.row_data(_predict_title(title_a, page_cfg, w.title_x), keep) for w in train_w]
     )
-    rv = valid_w.row_data(s_valid, keep, page_cfg.row_label)
+    rv = valid_w.row_data(s_valid, keep)
     row_a, m_r = fit_ranker("row", page_cfg, r_train, rv)
     steps.update()
     template = template_row_scores(valid_w, s_valid, page_cfg.row_template)
@@ -1065,7 +1031,6 @@ def fit_page_model(
         _predict_row(row_a, page_cfg, rv.X),
         rv,
         {**_baseline_row(valid_w, rv), "template": template},
-        linear=page_cfg.row_label == "column",
     )
     metrics["row"]["lightgbm"] = m_r
     row_order = "learned" if row_model_wins(metrics["row"]) else "template"
@@ -1086,10 +1051,7 @@ def fit_page_model(
     )
     steps.update()
     r_all = concat(
-        [
-            w.row_data(_predict_title(title_f, page_cfg, w.title_x), keep, page_cfg.row_label)
-            for w in windows
-        ]
+        [w.row_data(_predict_title(title_f, page_cfg, w.title_x), keep) for w in windows]
     )
     row_f, _ = fit_ranker("row", page_cfg, r_all, rounds=r_rounds)
     steps.update()
@@ -1199,17 +1161,17 @@ def _baseline_row(w: WindowData, rv: RankData) -> dict[str, np.ndarray]:
 
 
 def _ndcg_report(
-    scores: np.ndarray, d: RankData, baselines: dict[str, np.ndarray], *, linear: bool = False
+    scores: np.ndarray, d: RankData, baselines: dict[str, np.ndarray]
 ) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     rep: dict[str, Any] = {
         "valid_groups_with_positive": int(_groups_with_positive(d)),
-        "valid_ndcg_at_5": ndcg_at(scores, d.y, d.group, 5, linear=linear),
-        "valid_ndcg_at_10": ndcg_at(scores, d.y, d.group, 10, linear=linear),
-        "random_ndcg_at_10": ndcg_at(rng.random(len(d.y)), d.y, d.group, 10, linear=linear),
+        "valid_ndcg_at_5": ndcg_at(scores, d.y, d.group, 5),
+        "valid_ndcg_at_10": ndcg_at(scores, d.y, d.group, 10),
+        "random_ndcg_at_10": ndcg_at(rng.random(len(d.y)), d.y, d.group, 10),
     }
     for name, s in baselines.items():
-        rep[f"{name}_ndcg_at_10"] = ndcg_at(s, d.y, d.group, 10, linear=linear)
+        rep[f"{name}_ndcg_at_10"] = ndcg_at(s, d.y, d.group, 10)
     return rep
 
 

@@ -311,23 +311,3 @@ def test_rebuilt_rows_below_a_pinned_row_are_judged_without_its_titles(
     want = [w.label[d[:v]].max(initial=0) for d, v in zip(deduped, w.row_visible, strict=True)]
     np.testing.assert_array_equal(y_pin, want)
     assert (y_pin != replace(w, row_pinned=None).row_data(scores).y).any()
-
-
-def test_the_column_label_discounts_a_play_by_where_the_row_shows_it() -> None:
-    """A row's column label is its visible grades over log2(column + 2), in label steps: a
-    play at the first column outweighs the same play further right, and two plays add up."""
-    from engine.training.train import COLUMN_LABEL_STEPS, column_label
-
-    grade = np.array([1, 1, 2, 1], dtype=np.int8)
-    owner = np.array([0, 0, 1, 2])
-    first = np.searchsorted(owner, owner)
-    got = column_label(grade, owner, None, 3, first)  # columns 0, 1 | 0 | 0
-    want = np.rint(COLUMN_LABEL_STEPS * np.array([1 + 1 / np.log2(3), 2.0, 1.0])).astype(np.int8)
-    np.testing.assert_array_equal(got, want)
-    shown_at = np.array([0, 9, 3, 20])
-    got = column_label(grade, owner, shown_at, 3, first)
-    want = np.rint(
-        COLUMN_LABEL_STEPS * np.array([1 + 1 / np.log2(11), 2 / np.log2(5), 1 / np.log2(22)])
-    ).astype(np.int8)
-    np.testing.assert_array_equal(got, want)
-    assert got[2] < column_label(grade, owner, np.zeros(4, dtype=np.int64), 3, first)[2]
