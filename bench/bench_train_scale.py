@@ -7,11 +7,12 @@ Each world is simulated once under --work (reused when present) and trained in i
 process and the processes it waited for). The machine is shared: CPU time is steadier than
 wall time. `--engine local dask` trains each world both ways, one after the other
 (`rowrank train --engine dask`: the windows on a LocalCluster of 2 workers, whose peak memory
-each comes from the model manifest).
+each comes from the model manifest); `dask-lightgbm` is `--engine dask --lightgbm dask`, the page
+models fitted by lightgbm.dask on the same workers.
 
     .venv/bin/python bench/bench_train_scale.py --users 10000 100000 --work /tmp/scale
     .venv/bin/python bench/bench_train_scale.py --users 1000000 --days 7 --work /tmp/scale
-    .venv/bin/python bench/bench_train_scale.py --users 100000 --engine local dask
+    .venv/bin/python bench/bench_train_scale.py --users 100000 --engine local dask dask-lightgbm
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def world(work: Path, users: int, titles: int, days: int, seed: int) -> Path:
 
 def train_once(data: Path, model: Path, tune_budget: float, engine: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "engine.cli", "train", str(data), str(model)]
-    cmd += ["--tune-budget", str(tune_budget), "--engine", engine]
+    cmd += ["--tune-budget", str(tune_budget), "--engine", engine.removesuffix("-lightgbm")]
+    if engine == "dask-lightgbm":
+        cmd += ["--lightgbm", "dask"]
     measured: dict[str, Any] = _run(cmd)
     manifest = json.loads((model / "manifest.json").read_text())
     measured["steps"] = manifest["metrics"].get("steps", {})
@@ -77,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tune-budget", type=float, default=0.0)
     p.add_argument("--work", type=Path, default=Path("bench/results/train_scale"))
-    p.add_argument("--engine", nargs="+", choices=("local", "dask"), default=["local"])
+    p.add_argument(
+        "--engine", nargs="+", choices=("local", "dask", "dask-lightgbm"), default=["local"]
+    )
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     results = []

@@ -203,6 +203,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=2, help="--engine dask: local cluster workers (default 2)"
     )
     p.add_argument("--scheduler", help="--engine dask: scheduler address (default: local)")
+    p.add_argument(
+        "--lightgbm",
+        choices=("local", "dask"),
+        default="local",
+        help="dask (with --engine dask): fit the two page models with LightGBM's distributed "
+        "training on the cluster's workers; local fits them in this process (default)",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -227,6 +234,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         engine=args.engine,
         workers=args.workers,
         scheduler=args.scheduler,
+        lightgbm=args.lightgbm,
     )
 
 

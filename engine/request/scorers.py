@@ -14,6 +14,7 @@ and for the measured effect.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,9 +239,12 @@ def fit_ranker(
     valid: RankData | None = None,
     *,
     rounds: int | None = None,
+    client: Any = None,
 ) -> tuple[lgb.Booster, dict[str, float]]:
     """Train one Booster on the declared features (minus context ones when ablated, plus the
     training-only position feature when `position_bias = "feature"` and positions are logged).
+    With a Dask `client`, LightGBM's own distributed training fits it across the cluster's
+    workers (`fit_on_dask`); the validation below runs here either way.
 
     lambdarank drops groups whose labels are all equal (no ranking signal, only cost); binary
     keeps `negative_row_sample` of them, weighted back up. With `valid`, NDCG@10 on its groups
@@ -272,19 +276,31 @@ def fit_ranker(
             rising = {"rs_top", "rs_mean_visible", "rs_play_est"}
             params["monotone_constraints"] = [int(n in rising) for n in names]
             params["monotone_constraints_method"] = "advanced"
-    dtrain = lgb.Dataset(
-        X,
-        label=label,
-        weight=weight,
-        group=train.group if objective == "lambdarank" else None,
-        position=_first_column(train.position) if lgb_position else None,
-        feature_name=names,
-        categorical_feature=cats,
-        params={"max_bin": 63, "verbosity": -1, "data_random_seed": cfg.seed},
-        free_raw_data=True,
-    )
+    dataset_params = {"max_bin": 63, "verbosity": -1, "data_random_seed": cfg.seed}
+    group = train.group if objective == "lambdarank" else None
     n_rounds = rounds or trees
-    booster = lgb.train(params, dtrain, num_boost_round=n_rounds)
+    if client is not None:
+        if lgb_position:
+            raise ConfigError(
+                '[page] position_bias = "unbiased_lambdarank" trains in one process only: '
+                "lightgbm.dask takes no positions"
+            )
+        booster = fit_on_dask(
+            client, {**params, **dataset_params}, X, label, weight, group, names, cats, n_rounds
+        )
+    else:
+        dtrain = lgb.Dataset(
+            X,
+            label=label,
+            weight=weight,
+            group=group,
+            position=_first_column(train.position) if lgb_position else None,
+            feature_name=names,
+            categorical_feature=cats,
+            params=dataset_params,
+            free_raw_data=True,
+        )
+        booster = lgb.train(params, dtrain, num_boost_round=n_rounds)
     metrics: dict[str, float] = {
         "train_examples": float(train.n),
         "train_positives": float((train.y > 0).sum()),
@@ -311,6 +327,62 @@ def fit_ranker(
         metrics["valid_ndcg_at_10"] = curve[-1]
         metrics["best_rounds"] = float(checkpoints[int(np.argmax(curve))])
     return booster, metrics
+
+
+def fit_on_dask(
+    client: Any,
+    params: dict[str, Any],
+    X: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray | None,
+    group: np.ndarray | None,
+    names: list[str],
+    cats: list[str],
+    rounds: int,
+) -> lgb.Booster:
+    """LightGBM's data-parallel training (lightgbm.dask) over the workers of `client`: the
+    examples are cut into one part per worker, at query-group boundaries (a group must stay on
+    one machine for lambdarank). Each worker bins and histograms its own part and the workers
+    merge histograms every split, so the trees differ from one process's in the last bits of the
+    bin bounds and split gains: the same objective and parameters, not the same bytes."""
+    import dask.array as da
+
+    n_parts = max(1, min(len(client.scheduler_info()["workers"]), len(label)))
+    if group is not None:
+        ends = np.cumsum(group)
+        at = np.searchsorted(ends, len(label) * np.arange(1, n_parts) / n_parts) + 1
+        g_cuts = np.unique(np.clip(at, 1, len(group)))
+        cuts = np.unique(np.r_[0, ends[g_cuts - 1], len(label)])
+        g_bounds = np.r_[0, np.searchsorted(ends, cuts[1:]) + 1]
+    else:
+        cuts = np.unique(np.linspace(0, len(label), n_parts + 1).round().astype(np.int64))
+    rows = tuple(np.diff(cuts).tolist())
+    dX = da.from_array(X, chunks=(rows, X.shape[1]))
+    dy = da.from_array(label, chunks=(rows,))
+    kwargs: dict[str, Any] = {}
+    if weight is not None:
+        kwargs["sample_weight"] = da.from_array(weight, chunks=(rows,))
+    if group is not None:
+        kwargs["group"] = da.from_array(group, chunks=(tuple(np.diff(g_bounds).tolist()),))
+    # lightgbm.dask and the workers' LightGBM print their port search and network set-up;
+    # through `logging` it is quiet unless asked for. LightGBM's log callback is per thread:
+    # it is set in the thread each worker runs tasks on.
+    workers = list(client.scheduler_info()["workers"])
+    client.gather([client.submit(_quiet_lightgbm, workers=[w], pure=False) for w in workers])
+    _quiet_lightgbm()
+    # Each worker trains on its own threads (Dask's count of them), and nothing is evaluated
+    # on the cluster, so neither key goes there.
+    params = {k: v for k, v in params.items() if k not in ("num_threads", "eval_at")}
+    est_cls = lgb.DaskLGBMRanker if params["objective"] == "lambdarank" else lgb.DaskLGBMClassifier
+    est = est_cls(client=client, n_estimators=rounds, **params)
+    est.fit(dX, dy, feature_name=names, categorical_feature=cats, **kwargs)
+    return est.booster_
+
+
+def _quiet_lightgbm() -> None:
+    logger = logging.getLogger("lightgbm")
+    logger.setLevel(logging.ERROR)
+    lgb.register_logger(logger)
 
 
 def _model_matrix(X: np.ndarray, cols: list[int] | None, position: np.ndarray | None) -> np.ndarray:

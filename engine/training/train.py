@@ -38,6 +38,7 @@ Model directory:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -988,9 +989,14 @@ class Fitted:
 
 
 def fit_page_model(
-    windows: Sequence[WindowData], page_cfg: PageModelConfig, *, progress: bool = False
+    windows: Sequence[WindowData],
+    page_cfg: PageModelConfig,
+    *,
+    progress: bool = False,
+    client: Any = None,
 ) -> Fitted:
-    """Validate on the last window, then (by default) refit on all windows."""
+    """Validate on the last window, then (by default) refit on all windows. With a Dask
+    `client`, each LightGBM fit is distributed over its workers (scorers.fit_on_dask)."""
     if len(windows) < 2:
         raise DataError(
             [f"only {len(windows)} window(s) with training data; need 2 (train + validation)"]
@@ -1002,7 +1008,9 @@ def fit_page_model(
     )
     # --- title model, validated on the held-out window
     tv = valid_w.title_data()
-    title_a, m_a = fit_ranker("title", page_cfg, concat([w.title_data() for w in train_w]), tv)
+    title_a, m_a = fit_ranker(
+        "title", page_cfg, concat([w.title_data() for w in train_w]), tv, client=client
+    )
     steps.update()
     s_valid = _predict_title(title_a, page_cfg, tv.X)
     metrics["title"] = _ndcg_report(s_valid, tv, _baseline_title(valid_w))
@@ -1024,7 +1032,7 @@ def fit_page_model(
         [w.row_data(_predict_title(title_a, page_cfg, w.title_x), keep) for w in train_w]
     )
     rv = valid_w.row_data(s_valid, keep)
-    row_a, m_r = fit_ranker("row", page_cfg, r_train, rv)
+    row_a, m_r = fit_ranker("row", page_cfg, r_train, rv, client=client)
     steps.update()
     template = template_row_scores(valid_w, s_valid, page_cfg.row_template)
     metrics["row"] = _ndcg_report(
@@ -1047,13 +1055,13 @@ def fit_page_model(
     t_rounds = _best_rounds(m_a, page_cfg.title_trees)
     r_rounds = _best_rounds(m_r, page_cfg.row_trees)
     title_f, _ = fit_ranker(
-        "title", page_cfg, concat([w.title_data() for w in windows]), rounds=t_rounds
+        "title", page_cfg, concat([w.title_data() for w in windows]), rounds=t_rounds, client=client
     )
     steps.update()
     r_all = concat(
         [w.row_data(_predict_title(title_f, page_cfg, w.title_x), keep) for w in windows]
     )
-    row_f, _ = fit_ranker("row", page_cfg, r_all, rounds=r_rounds)
+    row_f, _ = fit_ranker("row", page_cfg, r_all, rounds=r_rounds, client=client)
     steps.update()
     steps.close()
     metrics["refit"] = {"title_rounds": t_rounds, "row_rounds": r_rounds}
@@ -1269,38 +1277,39 @@ def windows_on_dask(
     fit_serving: Callable[[], T],
     meter: StepMeter,
     *,
-    workers: int,
-    scheduler: str | None,
+    client: Any,
     progress: bool,
-) -> tuple[list[WindowData | None], T, dict[str, Any]]:
-    """The windows as one Dask task each, while this process runs `fit_serving`; returns them
-    in `specs` order, its result, and the workers' count and peak memory. A window is built
-    the same on a worker as here (seeded by its index, LightGBM on fixed threads), so the
-    models trained from them are too."""
+) -> tuple[list[WindowData | None], T]:
+    """The windows as one Dask task each on `client`'s cluster, while this process runs
+    `fit_serving`; returns them in `specs` order and its result. A window is built the same on
+    a worker as here (seeded by its index, LightGBM on fixed threads), so the models trained
+    from them are too."""
     from distributed import as_completed
 
-    from engine.cluster import dask_client
-
-    with dask_client(workers, scheduler) as (client, _):
-        futures = [
-            client.submit(_window_task, source, cfg, page_cfg, kinds, spec, pure=False)
-            for spec in specs
-        ]
-        served = fit_serving()
-        meter.step("serving_fit")
-        index = {f.key: k for k, f in enumerate(futures)}
-        built: list[WindowData | None] = [None] * len(specs)
-        done = as_completed(futures)
-        for fut in tqdm(done, total=len(futures), desc="training windows", disable=not progress):
-            built[index[fut.key]] = fut.result()
-        peaks = client.run(peak_rss_mb)
+    futures = [
+        client.submit(_window_task, source, cfg, page_cfg, kinds, spec, pure=False)
+        for spec in specs
+    ]
+    served = fit_serving()
+    meter.step("serving_fit")
+    index = {f.key: k for k, f in enumerate(futures)}
+    built: list[WindowData | None] = [None] * len(specs)
+    done = as_completed(futures)
+    for fut in tqdm(done, total=len(futures), desc="training windows", disable=not progress):
+        built[index[fut.key]] = fut.result()
     meter.step("windows")
-    cluster = {
+    return built, served
+
+
+def cluster_report(client: Any, lightgbm: str) -> dict[str, Any]:
+    """The manifest's record of a Dask training run: its workers and each one's peak memory."""
+    peaks = client.run(peak_rss_mb)
+    return {
         "engine": "dask",
+        "lightgbm": lightgbm,
         "workers": len(peaks),
         "worker_peak_rss_mb": sorted(round(float(v), 1) for v in peaks.values()),
     }
-    return built, served, cluster
 
 
 def data_fingerprint(data_dir: Path) -> str:
@@ -1352,12 +1361,16 @@ def train(
     engine: str = "local",
     workers: int = 2,
     scheduler: str | None = None,
+    lightgbm: str = "local",
 ) -> dict[str, Any]:
     """Fit everything and write `model_dir` (replaced atomically); returns the manifest.
 
     `engine="dask"` builds the training windows as Dask tasks (`windows_on_dask`: a LocalCluster
     of `workers` processes, or the cluster at `scheduler`), each reading `data_dir` itself,
     while this process fits the serving side; the model files are the same as `"local"`'s.
+    With it, `lightgbm="dask"` also fits the two page models by LightGBM's distributed
+    training over the same workers (scorers.fit_on_dask): the same objective and parameters,
+    trees that differ in the last bits of their bin bounds (so not the same bytes).
 
     `events` (a play-event log: a directory or a redis:// URL) adds the log's plays after the
     dataset's clock to the data first (engine.events.export.with_events); `impressions` (a
@@ -1369,6 +1382,8 @@ def train(
     used everywhere, in the training windows and the served rankers alike."""
     meter = StepMeter()
     data_dir, model_dir = Path(data_dir), Path(model_dir)
+    if lightgbm == "dask" and engine != "dask":
+        raise ConfigError("--lightgbm dask trains on the Dask cluster: it needs --engine dask")
     if engine == "dask" and (events is not None or impressions is not None):
         raise ConfigError(
             "--engine dask: the workers read the dataset directory itself, so --events and "
@@ -1417,27 +1432,37 @@ def train(
         return rankers, store
 
     cluster: dict[str, Any] = {}
-    if engine == "dask":
-        built, (rankers, store), cluster = windows_on_dask(
-            DataSource(str(data_dir.resolve()), until),
-            specs,
-            w_cfg,
-            page_cfg,
-            kinds,
-            fit_serving,
-            meter,
-            workers=workers,
-            scheduler=scheduler,
-            progress=progress,
-        )
-    else:
-        bar = tqdm(specs, desc="training windows", disable=not progress)
-        built = [build_spec(ds, history, w_cfg, page_cfg, kinds, k, progress) for k in bar]
-        meter.step("windows")
-    windows = [w for w in built if w is not None]
-    window_names = [b.isoformat() for b in bounds] if bounds else [w.name for w in windows]
-    fitted = fit_page_model(windows, page_cfg, progress=progress)
-    meter.step("models")
+    with contextlib.ExitStack() as stack:
+        client = None
+        if engine == "dask":
+            from engine.cluster import dask_client
+
+            client, _ = stack.enter_context(dask_client(workers, scheduler))
+            built, (rankers, store) = windows_on_dask(
+                DataSource(str(data_dir.resolve()), until),
+                specs,
+                w_cfg,
+                page_cfg,
+                kinds,
+                fit_serving,
+                meter,
+                client=client,
+                progress=progress,
+            )
+            if lightgbm != "dask":  # the workers' memory goes back before the models' fit
+                cluster = cluster_report(client, lightgbm)
+                stack.close()
+                client = None
+        else:
+            bar = tqdm(specs, desc="training windows", disable=not progress)
+            built = [build_spec(ds, history, w_cfg, page_cfg, kinds, k, progress) for k in bar]
+            meter.step("windows")
+        windows = [w for w in built if w is not None]
+        window_names = [b.isoformat() for b in bounds] if bounds else [w.name for w in windows]
+        fitted = fit_page_model(windows, page_cfg, progress=progress, client=client)
+        meter.step("models")
+        if client is not None:
+            cluster = cluster_report(client, lightgbm)
     if engine != "dask":
         rankers, store = fit_serving()
         meter.step("serving_fit")
@@ -1640,7 +1665,8 @@ def step_lines(metrics: dict[str, Any]) -> list[str]:
     cluster = metrics.get("cluster")
     if cluster:  # the windows ran on Dask workers, the serving fit here meanwhile
         peaks = ", ".join(f"{mb / 1024:.2f}" for mb in cluster["worker_peak_rss_mb"])
-        lines.append(f"  windows on {cluster['workers']} Dask workers, each peak: {peaks} GB")
+        what = "windows and page models" if cluster.get("lightgbm") == "dask" else "windows"
+        lines.append(f"  {what} on {cluster['workers']} Dask workers, each peak: {peaks} GB")
     return lines
 
 
@@ -1657,6 +1683,7 @@ def main_train(
     engine: str = "local",
     workers: int = 2,
     scheduler: str | None = None,
+    lightgbm: str = "local",
 ) -> int:
     from engine.request.context import parse_time
 
@@ -1673,6 +1700,7 @@ def main_train(
         engine=engine,
         workers=workers,
         scheduler=scheduler,
+        lightgbm=lightgbm,
     )
     print(summary(manifest))
     print(f"-> {model_dir}")
