@@ -51,7 +51,16 @@ STATE_VERSION = 1
 MODEL_FILE = "lambdarank.txt"  # LightGBM's own text format, never pickle
 MORE_KIND = "top_picks_more"  # the kind of the continuation rows (`more_titles`)
 GENRE_KIND = "top_picks_genre"  # the kind of its genre rows (`max_genre_rows`)
-_GENERATORS = ("ease", "ease_recent", "knn", "popular", "trending_short", "trending_long")
+_GENERATORS = (
+    "ease",
+    "ease_recent",
+    "ease_last",
+    "knn",
+    "knn_last",
+    "popular",
+    "trending_short",
+    "trending_long",
+)
 
 
 class TopPicksConfig(GenreRowsConfig):
@@ -85,6 +94,9 @@ class TopPicksConfig(GenreRowsConfig):
     neighbours: int = Field(default=100, ge=1)
     shrink: float = Field(default=10.0, ge=0)
     recent_half_life_days: float = Field(default=30.0, gt=0)
+    # ease_last and knn_last read only the member's most recent titles: what they are watching
+    # now, which a decay by days cannot tell apart when a whole history is one evening's.
+    last_titles: int = Field(default=10, ge=1)
     trending_short_days: float = Field(default=7.0, gt=0)
     trending_long_days: float = Field(default=90.0, gt=0)
     # Training windows
@@ -269,10 +281,15 @@ def candidates_and_features(
     ease, ease_recent = _cf(
         gens.ease, n, pos[keep], np.vstack([np.ones(int(keep.sum())), recent_w[keep]])
     )
+    latest = np.argsort(last, kind="stable")[: cfg.last_titles]  # most recent first
+    pos_last = pos[latest][keep[latest]]
+    (ease_last,) = _cf(gens.ease, n, pos_last, np.ones((1, len(pos_last))))
     scores = {
         "ease": ease,
         "ease_recent": ease_recent,
+        "ease_last": ease_last,
         "knn": _knn(gens.knn_sparse, gens.knn.eval_items, n, pos[keep]),
+        "knn_last": _knn(gens.knn_sparse, gens.knn.eval_items, n, pos_last),
         "popular": titles_at.popular,
         "trending_short": titles_at.trending_short,
         "trending_long": titles_at.trending_long,

@@ -80,9 +80,11 @@ def test_the_row_follows_the_learned_model(history: History) -> None:
     (row,) = ranker.propose(ctx, history)
     cand, X = candidates_and_features(ranker.generators_, history, u, ctx.at_us, ranker.config)
     s = ranker.forest_.raw(X)
-    best = cand[np.argsort(-s, kind="stable")][: len(row.titles)]
-    assert set(row.titles.tolist()) == set(best.tolist())
-    assert row.titles[0] == best[0]
+    # the row holds the candidates with the model's best scores (ties at its end either way)
+    s32 = s.astype(row.scores.dtype)
+    np.testing.assert_array_equal(row.scores, np.sort(s32)[::-1][: len(row.titles)])
+    np.testing.assert_array_equal(row.scores, s32[np.searchsorted(cand, row.titles)])
+    assert np.isin(row.titles, cand).all() and len(set(row.titles.tolist())) == len(row.titles)
     # nothing the member already played is proposed
     played = set(history.play_title[history.user_plays(u)].tolist())
     assert not played & set(row.titles.tolist())
