@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import orjson
@@ -295,3 +296,27 @@ def test_real_ml_latest_small_splits(tmp_path: Path) -> None:
     g = global_split(ds)
     assert g.until is not None and g.history.play_ts.max() < to_us(g.until)
     assert 20 <= len(g.users) <= 100
+
+
+def test_two_runs_compare_paired_by_member(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """bench/compare_realdata.py: B's page N2DCG over A's, paired over the same members, and
+    refused when the runs scored different members."""
+    compare = _load(ROOT / "bench" / "compare_realdata.py", "compare_realdata")
+    users = ["1", "2", "3", "4"]
+    a: dict[str, Any] = {
+        "split": "member-validation",
+        "page_by_member": {"users": users, "n2dcg": [0.2] * 4},
+    }
+    b: dict[str, Any] = {
+        "split": "member-validation",
+        "page_by_member": {"users": users, "n2dcg": [0.3] * 4},
+    }
+    (tmp_path / "a.json").write_bytes(orjson.dumps(a))
+    (tmp_path / "b.json").write_bytes(orjson.dumps(b))
+    assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "B / A: 1.500 [1.500, 1.500]" in out and "4 / 0 / 0" in out
+    b["page_by_member"]["users"] = ["1", "2", "3", "5"]
+    (tmp_path / "b.json").write_bytes(orjson.dumps(b))
+    with pytest.raises(SystemExit, match="different splits or members"):
+        compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
