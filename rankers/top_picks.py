@@ -32,6 +32,7 @@ from pydantic import Field
 from engine.candidates import CandidateRow, LivePlays, RankerConfig
 from engine.data.history import US_PER_DAY, US_PER_HOUR, History, drop_last_plays
 from engine.errors import ModelLoadError
+from engine.evaluation.metrics import anti_diagonal_ranks
 from engine.request.context import RequestContext
 from engine.request.scorers import Forest
 from rankers._common import PlayTimes, check_fitted, load_state, make_row, save_state
@@ -77,9 +78,9 @@ class TopPicksConfig(GenreRowsConfig):
     more_step: int | None = Field(default=None, ge=1)
     # Deal the learned order over the row and its continuation rows as a page is read, by
     # anti-diagonals: rank 1 heads the row, ranks 2-3 go to its 2nd place and the head of the
-    # first continuation row, and so on (`dealt`), instead of consecutive ranks per row
-    # (`more_step` is then not used). The head of the next row is seen as soon as the 2nd
-    # title of the row above (engine/evaluation/metrics.py, N2DCG).
+    # first continuation row, and so on (engine.evaluation.metrics.anti_diagonal_ranks, beside
+    # N2DCG), instead of consecutive ranks per row (`more_step` is then not used). The head of
+    # the next row is seen as soon as the 2nd title of the row above.
     more_deal: bool = False
     # Genre rows of the same learned order, over the same candidates (kind "top_picks_genre"):
     # the member's genres as PVR picks them, each row that genre's best candidates.
@@ -162,17 +163,6 @@ class Generators:
         ease = CFModel.fit(history, cfg.cf("ease"))
         knn = CFModel.fit(history, cfg.cf("item_knn"))
         return cls.of(ease, knn, history)
-
-
-def dealt(n_rows: int, length: int) -> list[np.ndarray]:
-    """For rows of `length` filled from one ranking by anti-diagonals, as a page is read
-    (slot (1,1); then (1,2), (2,1); then (1,3), (2,2), (3,1); ...), each row's ranking
-    positions in column order."""
-    r, c = np.divmod(np.arange(n_rows * length), length)
-    order = np.lexsort((r, r + c))  # the slots in filling order
-    position = np.empty_like(order)
-    position[order] = np.arange(len(order))
-    return [position[k * length : (k + 1) * length] for k in range(n_rows)]
 
 
 def _cf(model: CFModel, n: int, pos: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
@@ -514,7 +504,7 @@ class TopPicksRanker:
         total = n * n_rows if cfg.more_deal else n + step * len(cfg.more_titles)
         top = head(np.where(np.isfinite(s), s, -np.inf), total)
         if cfg.more_deal:
-            parts = [top[p[p < len(top)]] for p in dealt(n_rows, n)]
+            parts = [top[p[p < len(top)]] for p in anti_diagonal_ranks([n] * n_rows)]
         else:
             parts = [top[k * step : k * step + n] for k in range(n_rows)]
         evidence = {"personalized": user >= 0 and history.user_plays(user).stop > 0}

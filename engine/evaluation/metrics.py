@@ -124,6 +124,18 @@ def first_appearances(grid: np.ndarray) -> np.ndarray:
     return out.reshape(grid.shape)
 
 
+def anti_diagonal_ranks(lengths: Sequence[int]) -> list[np.ndarray]:
+    """Rows of `lengths` filled from one ranking as N2DCG reads a page, by anti-diagonals: slot
+    (1,1); then (1,2), (2,1); then (1,3), (2,2), (3,1); ... Each row's ranking positions (0-based)
+    in column order. Each rank gets a slot discounted no more than any later rank's, so where
+    earlier ranks are likelier plays this is the best layout of one list."""
+    r = np.repeat(np.arange(len(lengths)), lengths)
+    c = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else r
+    position = np.empty(len(r), dtype=np.int64)
+    position[np.lexsort((r, r + c))] = np.arange(len(r))
+    return np.split(position, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
 def discounts_2d(n_rows: int, n_cols: int) -> np.ndarray:
     """(R, C) discounts 1 / log2(r + c), r and c 1-based."""
     r = np.arange(1, n_rows + 1)[:, None]

@@ -44,6 +44,7 @@ from engine.data.columns import Col
 from engine.data.dataset import Dataset
 from engine.data.history import History, to_us
 from engine.evaluation.metrics import (
+    anti_diagonal_ranks,
     n2dcg_by_row,
     ndcg_at_k,
     page_grid,
@@ -219,17 +220,13 @@ def pour(ranked: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
 
 
 def deal(ranked: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
-    """A single list dealt into rows of `lengths` by anti-diagonals, as a page is read: slot
-    (1,1), then (1,2) and (2,1), then (1,3), (2,2), (3,1), ... (-1 padded). N2DCG discounts
-    slot (r, c) by log2(r + c), so each rank gets a slot discounted no more than any later
-    rank's: where earlier ranks are likelier plays, the best layout of one list."""
+    """A single list dealt into rows of `lengths` by anti-diagonals (`anti_diagonal_ranks`),
+    -1 padded."""
     ranked = ranked[ranked >= 0]
-    width = max(lengths, default=0)
-    r = np.repeat(np.arange(len(lengths)), lengths)
-    c = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else r
-    order = np.lexsort((r, r + c))[: len(ranked)]
-    grid = np.full((len(lengths), width), -1, dtype=np.int64)
-    grid[r[order], c[order]] = ranked[: len(order)]
+    grid = np.full((len(lengths), max(lengths, default=0)), -1, dtype=np.int64)
+    for k, pos in enumerate(anti_diagonal_ranks(lengths)):
+        shown = pos < len(ranked)
+        grid[k, : len(pos)][shown] = ranked[pos[shown]]
     return grid
 
 

@@ -347,7 +347,8 @@ def fit_on_dask(
     bin bounds and split gains: the same objective and parameters, not the same bytes."""
     import dask.array as da
 
-    n_parts = max(1, min(len(client.scheduler_info()["workers"]), len(label)))
+    workers = list(client.scheduler_info()["workers"])
+    n_parts = max(1, min(len(workers), len(label)))
     if group is not None:
         ends = np.cumsum(group)
         at = np.searchsorted(ends, len(label) * np.arange(1, n_parts) / n_parts) + 1
@@ -367,7 +368,6 @@ def fit_on_dask(
     # lightgbm.dask and the workers' LightGBM print their port search and network set-up;
     # through `logging` it is quiet unless asked for. LightGBM's log callback is per thread:
     # it is set in the thread each worker runs tasks on.
-    workers = list(client.scheduler_info()["workers"])
     client.gather([client.submit(_quiet_lightgbm, workers=[w], pure=False) for w in workers])
     _quiet_lightgbm()
     # Each worker trains on its own threads (Dask's count of them), and nothing is evaluated
