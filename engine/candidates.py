@@ -30,6 +30,12 @@ class RankerConfig(BaseModel):
         not when it names what the row is (a trending row's half-life is its label's promise)."""
         return {}
 
+    def page_space(self) -> dict[str, tuple[Any, ...]]:
+        """Keys that change only how the fitted ranker lays out its rows, each with the other
+        values to try: `rowrank train` tries them on whole pages of its held-out window
+        (engine/training/page_keys.py), with no refit. None by default."""
+        return {}
+
 
 @dataclass(frozen=True)
 class CandidateRow:

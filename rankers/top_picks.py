@@ -120,6 +120,11 @@ class TopPicksConfig(GenreRowsConfig):
             "recent_half_life_days": (7.0, 90.0),
         }
 
+    def page_space(self) -> dict[str, tuple[Any, ...]]:
+        # Whether members read a page row by row or by its diagonals decides it: only whole
+        # pages of the held-out window can tell (engine/training/page_keys.py).
+        return {"more_deal": (not self.more_deal,)} if self.more_titles else {}
+
     def cf(self, method: str) -> CFConfig:
         return CFConfig(
             method=method,  # type: ignore[arg-type]

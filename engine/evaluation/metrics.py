@@ -151,12 +151,28 @@ def n2dcg(grid: np.ndarray, truth: np.ndarray, layout: DeviceLayout) -> float:
 def n2dcg_by_row(grid: np.ndarray, truth: np.ndarray, layout: DeviceLayout) -> np.ndarray:
     """Each row's share of the page's N2DCG (float64 per grid row; they sum to `n2dcg`): where
     on the page a list gains or loses against another."""
+    ideal = discounts_2d(layout.rows, layout.titles_per_row)
+    return _gain_by_row(grid, truth, discounts_2d(*grid.shape), ideal)
+
+
+def read_gain(grid: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> float:
+    """N2DCG with a page's reading measured instead of assumed: `weights` (R, C) is how much a
+    title at each slot counts (e.g. the play rate of each slot in logged impressions), slots
+    outside it count zero, and the ideal is the min(|T|, slots) largest weights."""
+    padded = np.zeros((max(grid.shape[0], weights.shape[0]), max(grid.shape[1], weights.shape[1])))
+    padded[: weights.shape[0], : weights.shape[1]] = weights
+    return float(_gain_by_row(grid, truth, padded[: grid.shape[0], : grid.shape[1]], weights).sum())
+
+
+def _gain_by_row(
+    grid: np.ndarray, truth: np.ndarray, weights: np.ndarray, ideal_weights: np.ndarray
+) -> np.ndarray:
     if len(truth) == 0 or grid.size == 0:
         return np.zeros(grid.shape[0])
     rel = np.isin(grid, truth) & first_appearances(grid)
-    dcg = (discounts_2d(*grid.shape) * rel).sum(axis=1)
-    ideal = np.sort(discounts_2d(layout.rows, layout.titles_per_row).reshape(-1))[::-1]
-    return dcg / float(ideal[: min(len(truth), ideal.size)].sum())
+    dcg = (weights * rel).sum(axis=1)
+    ideal = float(np.sort(ideal_weights.reshape(-1))[::-1][: len(truth)].sum())
+    return dcg / ideal if ideal > 0 else np.zeros(grid.shape[0])
 
 
 def visible(grid: np.ndarray, layout: DeviceLayout) -> np.ndarray:

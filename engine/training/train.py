@@ -22,7 +22,8 @@ after each request. Nothing at or after t_k reaches a feature of window k
   they played in the rest of it.
 
 The last window is held out: both models are validated on it (NDCG in the manifest), then refit
-on every window with the validated number of rounds. The serving rankers and feature store are
+on every window with the validated number of rounds. Its pages, built with the validated models,
+choose the page keys (how rankers lay out their rows: engine/training/page_keys.py). The serving rankers and feature store are
 fitted as of the cut-off itself.
 
 Model directory:
@@ -86,6 +87,14 @@ from engine.training.model_dir import (
     read_manifest,
     sha256_file,
 )
+from engine.training.page_keys import (
+    HeldOutPages,
+    choose_page_keys,
+    held_out_pages,
+    page_keys_lines,
+    set_keys,
+    slot_play_rates,
+)
 from engine.training.steps import StepMeter, peak_rss_mb
 from engine.training.tune import print_trial, tune, tuning_lines
 
@@ -122,6 +131,9 @@ class WindowData:
     # titles are deduped out of every other row, as on the served page). None when logged.
     pair_title: np.ndarray | None = None
     row_pinned: np.ndarray | None = None
+    # The held-out window only: its requests, what followed them and its fitted rankers, for
+    # the page keys (engine/training/page_keys.py).
+    held_out: HeldOutPages | None = None
 
     def title_data(self) -> RankData:
         """Title-model examples; logged ones carry (column, row) shown at."""
@@ -760,6 +772,15 @@ def rebuilt_window(
 ) -> WindowData | None:
     """Without impressions, a time window: one rebuilt page per sampled member, just before
     their first play in [t0, t1); a candidate is labelled by the member's plays from then to t1."""
+    got = first_play_requests(ds, rp, t0, t1, rng)
+    return None if got is None else _rebuilt_pages(rp, *got, name, progress)
+
+
+def first_play_requests(
+    ds: Dataset, rp: _Replayer, t0: datetime, t1: datetime, rng: np.random.Generator
+) -> tuple[list[tuple[str, str, int]], dict[str, tuple[np.ndarray, np.ndarray]]] | None:
+    """One request per sampled member active in [t0, t1), just before their first play there,
+    and each member's plays from then to t1 as (title, grade)."""
     cfg = rp.page_cfg
     lo, hi = pl.lit(t0).dt.cast_time_unit("us"), pl.lit(t1).dt.cast_time_unit("us")
     plays = ds.plays.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi)).with_columns(
@@ -792,7 +813,7 @@ def rebuilt_window(
             strict=True,
         )
     ]
-    return _rebuilt_pages(rp, requests, plays_of, name, progress)
+    return requests, plays_of
 
 
 def held_out_window(
@@ -804,6 +825,7 @@ def held_out_window(
     k: int,
     *,
     progress: bool = False,
+    keep_pages: bool = False,
 ) -> WindowData | None:
     """Without impressions, a members window (`[page] rebuilt_windows = "members"`): every
     member's last k x n plays are removed (n = `window_holdout_plays`), the rankers and features
@@ -839,7 +861,10 @@ def held_out_window(
         at_us = int(h.play_ts[h.user_plays(u).stop - 1]) + 1
         requests.append((uid, DEVICES[device] if device >= 0 else "tv", at_us))
         plays_of[uid] = (history.play_title[s][mine].astype(np.int64), grade[s][mine])
-    return _rebuilt_pages(rp, requests, plays_of, f"members' held-out plays {k}", progress)
+    w = _rebuilt_pages(rp, requests, plays_of, f"members' held-out plays {k}", progress)
+    if w is not None and keep_pages:
+        w.held_out = held_out_pages(h, rankers, store, requests, plays_of, page_cfg.seed)
+    return w
 
 
 def _rebuilt_pages(
@@ -947,9 +972,12 @@ def build_window(
     *,
     index: int,
     progress: bool = False,
+    keep_pages: bool = False,
 ) -> WindowData | None:
     """Examples of the window [t0, t1): everything fitted as of t0 only. `cfg` is the
-    config the window's rankers are built from (`window_config`)."""
+    config the window's rankers are built from (`window_config`). With `keep_pages`, the
+    window's first-play requests are kept for the page keys (with impressions too: the keys
+    are judged on the plays that followed, not on what the logged pages showed)."""
     history = History.from_dataset(ds, t0)
     rankers = fit_window_rankers(cfg, history)
     store = fit_feature_store(
@@ -962,8 +990,14 @@ def build_window(
     if ds.impressions is not None and _has_rows(
         ds.impressions.filter((pl.col(Col.TS) >= lo) & (pl.col(Col.TS) < hi))
     ):
-        return logged_window(ds, rp, t0, t1, rng, name, progress)
-    return rebuilt_window(ds, rp, t0, t1, rng, name, progress)
+        w = logged_window(ds, rp, t0, t1, rng, name, progress)
+    else:
+        w = rebuilt_window(ds, rp, t0, t1, rng, name, progress)
+    if w is not None and keep_pages:
+        got = first_play_requests(ds, rp, t0, t1, np.random.default_rng([page_cfg.seed, index, 1]))
+        if got is not None:
+            w.held_out = held_out_pages(history, rankers, store, *got, page_cfg.seed)
+    return w
 
 
 def _has_rows(frame: pl.LazyFrame | None) -> bool:
@@ -986,6 +1020,11 @@ class Fitted:
     ranker_order_kinds: tuple[str, ...] = ()
     # "template" when the row model did not beat the editorial template on the held-out window.
     row_order: str = "learned"
+    # Both models as validated, fitted without the held-out window (the page keys' pages).
+    validation_model: PageModel | None = None
+
+    def guards(self) -> dict[str, Any]:
+        return {"ranker_order_kinds": list(self.ranker_order_kinds), "row_order": self.row_order}
 
 
 def fit_page_model(
@@ -1043,14 +1082,10 @@ def fit_page_model(
     metrics["row"]["lightgbm"] = m_r
     row_order = "learned" if row_model_wins(metrics["row"]) else "template"
     metrics["row"]["row_order"] = row_order
+    validated = PageModel(title_a, row_a, context_features=page_cfg.context_features)
     if not page_cfg.refit_all_windows:
         steps.close()
-        return Fitted(
-            PageModel(title_a, row_a, context_features=page_cfg.context_features),
-            metrics,
-            keep,
-            row_order,
-        )
+        return Fitted(validated, metrics, keep, row_order, validated)
     # --- refit on every window with the validated number of rounds
     t_rounds = _best_rounds(m_a, page_cfg.title_trees)
     r_rounds = _best_rounds(m_r, page_cfg.row_trees)
@@ -1070,6 +1105,7 @@ def fit_page_model(
         metrics,
         keep,
         row_order,
+        validated,
     )
 
 
@@ -1238,11 +1274,23 @@ def build_spec(
     kinds: Sequence[str],
     spec: WindowSpec,
     progress: bool = False,
+    keep_pages: bool = False,
 ) -> WindowData | None:
+    """Window `spec`; `keep_pages` for the held-out one (its pages choose the page keys)."""
     if spec.t0 is None or spec.t1 is None:
-        return held_out_window(ds, cfg, page_cfg, kinds, history, spec.k_back, progress=progress)
+        return held_out_window(
+            ds, cfg, page_cfg, kinds, history, spec.k_back, progress=progress, keep_pages=keep_pages
+        )
     return build_window(
-        ds, cfg, page_cfg, kinds, spec.t0, spec.t1, index=spec.index, progress=progress
+        ds,
+        cfg,
+        page_cfg,
+        kinds,
+        spec.t0,
+        spec.t1,
+        index=spec.index,
+        progress=progress,
+        keep_pages=keep_pages,
     )
 
 
@@ -1262,10 +1310,11 @@ def _window_task(
     page_cfg: PageModelConfig,
     kinds: Sequence[str],
     spec: WindowSpec,
+    keep_pages: bool,
 ) -> WindowData | None:
     """On a Dask worker: one window, from the dataset as the training process reads it."""
     ds, _, history = as_of(load_dataset(Path(source.data_dir)), source.until)
-    return build_spec(ds, history, cfg, page_cfg, kinds, spec)
+    return build_spec(ds, history, cfg, page_cfg, kinds, spec, keep_pages=keep_pages)
 
 
 def windows_on_dask(
@@ -1287,8 +1336,10 @@ def windows_on_dask(
     from distributed import as_completed
 
     futures = [
-        client.submit(_window_task, source, cfg, page_cfg, kinds, spec, pure=False)
-        for spec in specs
+        client.submit(
+            _window_task, source, cfg, page_cfg, kinds, spec, k == len(specs) - 1, pure=False
+        )
+        for k, spec in enumerate(specs)
     ]
     served = fit_serving()
     meter.step("serving_fit")
@@ -1455,17 +1506,34 @@ def train(
                 client = None
         else:
             bar = tqdm(specs, desc="training windows", disable=not progress)
-            built = [build_spec(ds, history, w_cfg, page_cfg, kinds, k, progress) for k in bar]
+            built = [
+                build_spec(ds, history, w_cfg, page_cfg, kinds, k, progress, k is specs[-1])
+                for k in bar
+            ]
             meter.step("windows")
         windows = [w for w in built if w is not None]
         window_names = [b.isoformat() for b in bounds] if bounds else [w.name for w in windows]
         fitted = fit_page_model(windows, page_cfg, progress=progress, client=client)
         meter.step("models")
+        assert fitted.validation_model is not None
+        page_keys = choose_page_keys(
+            w_cfg,
+            page_cfg,
+            fitted.validation_model,
+            fitted.guards(),
+            windows[-1].held_out,
+            slot_play_rates(ds.impressions),
+        )
+        windows[-1].held_out = None  # its rankers' memory goes back
+        cfg = page_keys.apply(cfg)
+        meter.step("page_keys")
         if client is not None:
             cluster = cluster_report(client, lightgbm)
     if engine != "dask":
         rankers, store = fit_serving()
         meter.step("serving_fit")
+    else:  # fitted before the keys were chosen; they are read only when rows are laid out
+        set_keys(rankers, page_keys.chosen)
     timings = {f"{k}_s": v for k, v in meter.seconds.items()}
     return write_model_dir(
         model_dir,
@@ -1485,6 +1553,7 @@ def train(
             "ranker_order_kinds": list(fitted.ranker_order_kinds),
             "row_order": fitted.row_order,
             "tuning": {**tuning.to_dict(), "config_given": given.to_document()},
+            "page_keys": page_keys.to_dict(),
             "cutoff": cutoff.isoformat(),
             "data": {
                 "dir": str(data_dir),
@@ -1644,6 +1713,8 @@ def summary(manifest: dict[str, Any]) -> str:
             "the live app's own order on the same pages, for reference (it chose what was "
             "shown, so it is hard to beat): " + ", ".join(f"{k} {v:.3f}" for k, v in logged)
         )
+    if keys := page_keys_lines(manifest.get("page_keys") or {}):
+        lines += ["", *keys]
     return "\n".join([*lines, "", *step_lines(m)])
 
 

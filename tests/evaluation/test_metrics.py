@@ -27,6 +27,7 @@ from engine.evaluation.metrics import (
     page_grid,
     paired_comparison,
     ratio_comparison,
+    read_gain,
     recall_at_k,
     visible_recall,
 )
@@ -95,6 +96,22 @@ def test_n2dcg_repeat_does_not_count_twice() -> None:
     grid = page_grid([np.array([7, 7, 7])])
     assert n2dcg(grid, np.array([7]), SMALL) == pytest.approx(1.0)
     assert n2dcg(grid, np.array([7, 8]), SMALL) == pytest.approx(1 / (1 + 1 / L3))
+
+
+def test_read_gain_by_hand() -> None:
+    # Measured weights instead of 1/log2(r + c): row 1 counts 1, 0.5, 0.25, row 2 only its head.
+    weights = np.array([[1.0, 0.5, 0.25], [0.2, 0.0, 0.0]])
+    truth = np.array([7, 3])
+    # PAGE: 7 at (1,2) counts 0.5, its repeat at (2,1) 0, 3 at (2,2) 0 (an unread slot); the
+    # ideal for two titles is 1 + 0.5.
+    assert read_gain(PAGE, truth, weights) == pytest.approx(0.5 / 1.5)
+    # A grid wider than the weights: slots past them count 0.
+    wide = page_grid([np.array([1, 2, 4, 7]), np.array([3])])
+    assert read_gain(wide, truth, weights) == pytest.approx(0.2 / 1.5)
+    # The weights of N2DCG give N2DCG.
+    assert read_gain(PAGE, truth, discounts_2d(SMALL.rows, SMALL.titles_per_row)) == pytest.approx(
+        n2dcg(PAGE, truth, SMALL)
+    )
 
 
 def test_visible_recall_by_hand() -> None:
