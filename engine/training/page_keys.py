@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from tqdm import tqdm
 
 from engine.candidates import Ranker
 from engine.config import EngineConfig
@@ -136,9 +137,12 @@ def set_keys(rankers: Mapping[str, Ranker], keys: Mapping[str, Mapping[str, Any]
         r.config = r.config.model_copy(update=dict(changed))
 
 
-def mean_page_gain(eng: Engine, held: HeldOutPages, reading: np.ndarray | None) -> float:
+def mean_page_gain(
+    eng: Engine, held: HeldOutPages, reading: np.ndarray | None, bar: Any = None
+) -> float:
     """Mean gain of the engine's pages for the held-out requests against what followed: each
-    slot weighted by `reading` (slot_play_rates), or N2DCG without it."""
+    slot weighted by `reading` (slot_play_rates), or N2DCG without it. `bar` (tqdm) counts
+    the pages."""
     h = held.history
     index = {t: i for i, t in enumerate(h.title_ids.tolist())}
     ctxs = [
@@ -154,7 +158,9 @@ def mean_page_gain(eng: Engine, held: HeldOutPages, reading: np.ndarray | None) 
     every = eng.titles_everywhere == h.n_titles
     asked = [(c, t) for c, t in zip(ctxs, held.truth, strict=True) if every or c.country]
     total = 0.0
-    for (ctx, truth), page in zip(asked, eng.pages([c for c, _ in asked]), strict=True):
+    for (ctx, truth), page in zip(asked, eng.iter_pages([c for c, _ in asked]), strict=True):
+        if bar is not None:
+            bar.update()
         shown = [np.array([index[i.title_id] for i in r.items], dtype=np.int64) for r in page.rows]
         grid = page_grid(shown)
         if reading is None:
@@ -171,6 +177,8 @@ def choose_page_keys(
     guards: Mapping[str, Any],
     held: HeldOutPages | None,
     reading: np.ndarray | None = None,
+    *,
+    progress: bool = False,
 ) -> PageKeys:
     """Each declared page key against the given config on the held-out window's pages, one key
     at a time from the given values; `model` and `guards` (ranker_order_kinds, row_order) are
@@ -190,13 +198,15 @@ def choose_page_keys(
         manifest=dict(guards),
     )
     trials: list[PageTrial] = []
+    n = len(held.requests) * (1 + len(steps))
+    bar = tqdm(total=n, desc="page keys: held-out pages", disable=not progress)
 
     def run(keys: dict[str, dict[str, Any]]) -> float:
         t = time.perf_counter()
         given = {n: {k: getattr(cfg.rankers[n].config, k) for k in ks} for n, ks in keys.items()}
         set_keys(held.rankers, keys)
         try:
-            score = mean_page_gain(eng, held, reading)
+            score = mean_page_gain(eng, held, reading, bar)
         finally:
             set_keys(held.rankers, given)
         trials.append(PageTrial(keys, score, time.perf_counter() - t))
@@ -209,6 +219,7 @@ def choose_page_keys(
         score = run(keys)
         if score - best > best * MIN_GAIN and score - best >= MIN_GAIN_ABS:
             chosen, best = keys, score
+    bar.close()
     return PageKeys(len(held.requests), reading, trials, chosen)
 
 

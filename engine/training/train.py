@@ -23,8 +23,8 @@ after each request. Nothing at or after t_k reaches a feature of window k
 
 The last window is held out: both models are validated on it (NDCG in the manifest), then refit
 on every window with the validated number of rounds. Its pages, built with the validated models,
-choose the page keys (how rankers lay out their rows: engine/training/page_keys.py). The serving rankers and feature store are
-fitted as of the cut-off itself.
+choose the page keys (how rankers lay out their rows: engine/training/page_keys.py). The serving
+rankers and feature store are fitted as of the cut-off itself.
 
 Model directory:
     manifest.json        format, rowrank version, model version, cut-off, data fingerprint,
@@ -1523,6 +1523,7 @@ def train(
             fitted.guards(),
             windows[-1].held_out,
             slot_play_rates(ds.impressions),
+            progress=progress,
         )
         windows[-1].held_out = None  # its rankers' memory goes back
         cfg = page_keys.apply(cfg)
