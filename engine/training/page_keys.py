@@ -2,21 +2,21 @@
 `more_deal`), chosen by `rowrank train` on whole pages of the held-out window.
 
 Which layout serves a catalog depends on how its members read a page, and a ranker's own score
-cannot see it: dealing Top Picks' order over its three rows by anti-diagonals raised the page's
-N2DCG 6.6% on MovieLens validation, while the simulated world's members, who read a row before
-the next, took 2.1% fewer titles (docs/results/2026-12-07-dealt-rows.md). So once the page model
-is validated, the held-out window's pages are built again through the whole pipeline, with the
-rankers, features and page models fitted without that window: once with the keys as given and
-once per declared alternative (`RankerConfig.page_space`), one key at a time, each page scored
-against what its member played next. An alternative replaces the given value only when it raises
-the mean by tune.MIN_GAIN. Nothing is refitted: the keys are read when a ranker proposes.
+cannot see it: dealing Top Picks' order over its three rows by anti-diagonals puts its 3rd title at
+the head of the row below instead of the 3rd slot of its own row, which pays only where members look
+down before they look far right. So once the page model is validated, the held-out window's pages
+are built again through the whole pipeline, with the rankers, features and page models fitted
+without that window: once with the keys as given and once per declared alternative
+(`RankerConfig.page_space`), one key at a time, each page scored against what its member played
+next. An alternative replaces the given value only when it raises the mean by tune.MIN_GAIN. Nothing
+is refitted: the keys are read when a ranker proposes.
 
 How a slot counts is measured when the data can show it: with logged impressions, by each slot's
-play rate in them (`slot_play_rates`; members of the simulated world read a row before the next,
-and the rates say so), scored with metrics.read_gain. Without impressions (MovieLens) nothing
-shows how members read, and N2DCG's reader is assumed: slot (r, c) counts 1 / log2(r + c).
-The rates are those of the app that logged the pages, whose best titles sat top-left, so they
-overstate the top-left slots: a bias toward keeping the given layout.
+play rate in them (`slot_play_rates`), scored with metrics.read_gain. Without impressions
+(MovieLens) nothing shows how members read, and N2DCG's reader is assumed: slot (r, c) counts
+1 / log2(r + c). The rates are those of the app that logged the pages, whose best titles sat
+top-left, so they overstate the top-left slots: a bias toward the first row's consecutive titles.
+Runs: docs/results/2026-12-08-page-keys.md.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def choose_page_keys(
 
 
 def page_keys_lines(result: Mapping[str, Any]) -> list[str]:
-    """Lines for the training summary: each page-key trial's N2DCG and what was chosen."""
+    """Lines for the training summary: each page-key trial's mean gain and what was chosen."""
     if not result.get("trials"):
         return []
     how = (
