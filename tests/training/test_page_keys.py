@@ -59,7 +59,7 @@ def test_page_keys_follow_how_members_read(
     assert dealt["gain"] > given["gain"] * (1 + MIN_GAIN)
     assert keys["chosen"] == {"top_picks": {"more_deal": True}}
     eng = engine.load(tmp_path / "read")
-    assert eng.config.rankers["top_picks"].config.more_deal is True
+    assert eng.config.rankers["top_picks"].config.more_deal is True  # type: ignore[attr-defined]
     assert eng.rankers["top_picks"].config.more_deal is True  # type: ignore[attr-defined]
     # Served: the first continuation row holds the learned order's 3rd title at its head (the
     # learned order is the first row's head, then its 2nd slot, then the next row's head).
@@ -78,3 +78,18 @@ def test_page_keys_follow_how_members_read(
     assert dealt["gain"] < given["gain"]
     assert m["page_keys"]["chosen"] == {}
     assert engine.load(tmp_path / "first-row").rankers["top_picks"].config.more_deal is False  # type: ignore[attr-defined]
+
+
+def test_without_impressions_the_page_keys_read_pages_as_n2dcg(
+    tiny_world, tiny_config: EngineConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No impressions to measure the reading from (MovieLens): N2DCG's reader is assumed, and the
+    # choice follows its figures.
+    monkeypatch.setattr(train_module, "slot_play_rates", lambda _imp: None)
+    m = _trained(tiny_world.path, tiny_config, tmp_path / "model")
+    keys = m["page_keys"]
+    assert keys["reader"] == "N2DCG" and keys["slot_play_rates"] is None
+    given, dealt = keys["trials"]
+    assert 0 < given["gain"] <= 1 and 0 < dealt["gain"] <= 1
+    wins = dealt["gain"] - given["gain"] > given["gain"] * MIN_GAIN
+    assert keys["chosen"] == ({"top_picks": {"more_deal": True}} if wins else {})
