@@ -178,7 +178,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         default=TUNE_BUDGET_S,
         metavar="SECONDS",
         help="time to choose ranker keys on validation data cut from the training data "
-        f"(default {TUNE_BUDGET_S:.0f}; 0 keeps the config's keys)",
+        f"(default {TUNE_BUDGET_S:.0f}; 0 keeps the config's ranker keys; the page keys, "
+        "like the guards, are chosen on the held-out window either way)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the validation members (default 0)")
     p.add_argument(
